@@ -1,0 +1,77 @@
+"""Engine options. Defaults suit a shard worker holding a few GiB."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lsm.errors import InvalidArgumentError
+from lsm.fs import FileSystem, OsFileSystem
+
+FsyncMode = Literal["always", "interval", "never"]
+
+
+class Decision:
+    """What a compaction filter says of one entry (RocksDB's CompactionFilter)."""
+
+    KEEP = 0
+    DROP = 1
+    REPLACE = 2
+
+
+#: ``filter(key, value) -> (decision, new_value)``; called for the newest
+#: visible value of each key during compaction. Tombstones are not offered.
+CompactionFilter = Callable[[bytes, bytes], tuple[int, bytes | None]]
+
+
+@dataclass(slots=True)
+class Options:
+    fs: FileSystem = field(default_factory=OsFileSystem)
+    create_if_missing: bool = True
+
+    # Durability: "always" acks after fsync (group commit); "interval" acks once
+    # the write reached the OS and fsyncs every ``fsync_interval_ms``; "never"
+    # leaves syncing to the OS (benchmarks and tests only).
+    fsync: FsyncMode = "interval"
+    fsync_interval_ms: int = 1000
+
+    memtable_bytes: int = 8 << 20
+    block_bytes: int = 16 << 10
+    block_cache_bytes: int = 64 << 20
+    compression_level: int = 1
+    bloom_error_rate: float = 0.01
+    max_open_tables: int = 512
+
+    # Leveled compaction (RocksDB's names and meanings).
+    l0_compaction_trigger: int = 4
+    l0_slowdown_trigger: int = 12
+    l0_stop_trigger: int = 20
+    level1_bytes: int = 64 << 20
+    level_fanout: int = 10
+    num_levels: int = 7
+    target_file_bytes: int = 8 << 20
+    max_immutable_memtables: int = 2
+    slowdown_sleep_s: float = 0.001
+
+    # Engine tombstones are dropped when they reach the bottom level; the shard
+    # layer's own tombstones (with their grace period) go through this filter.
+    compaction_filter: CompactionFilter | None = None
+
+    background_threads: bool = True
+
+    def validate(self) -> None:
+        if self.fsync not in ("always", "interval", "never"):
+            raise InvalidArgumentError(
+                f"fsync must be always, interval or never, not {self.fsync!r}"
+            )
+        if self.memtable_bytes < 4096:
+            raise InvalidArgumentError("memtable_bytes must be at least 4096")
+        if not 0 < self.bloom_error_rate < 1:
+            raise InvalidArgumentError("bloom_error_rate must be between 0 and 1")
+        if not (0 < self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger):
+            raise InvalidArgumentError(
+                "need 0 < l0_compaction_trigger <= l0_slowdown_trigger <= l0_stop_trigger"
+            )
+        if self.num_levels < 2 or self.level_fanout < 2:
+            raise InvalidArgumentError("need num_levels >= 2 and level_fanout >= 2")
