@@ -82,9 +82,15 @@ class _MemWritable(WritableFile):
 
     def sync(self) -> None:
         self.flush()
+        self.sync_flushed()
+
+    def sync_flushed(self) -> None:
         self._check("fsync")
         with self._fs.mu:
             self._inode.synced = bytes(self._inode.data)
+
+    def discard_buffer(self) -> None:
+        self._buf.clear()
 
     def size(self) -> int:
         return len(self._inode.data) + len(self._buf)

@@ -47,6 +47,10 @@ def table_path(dirname: str, number: int) -> str:
     return os.path.join(dirname, table_name(number))
 
 
+def manifest_path(dirname: str, number: int) -> str:
+    return os.path.join(dirname, manifest_name(number))
+
+
 def parse(name: str) -> tuple[FileType, int] | None:
     """Classify a file name; ``None`` for files that are not ours."""
     if name == CURRENT:

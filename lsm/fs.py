@@ -59,6 +59,15 @@ class WritableFile(ABC):
     def sync(self) -> None: ...
 
     @abstractmethod
+    def sync_flushed(self) -> None:
+        """fsync what earlier ``flush`` calls handed to the OS, without touching
+        the buffer; safe to call from another thread while one appends."""
+
+    @abstractmethod
+    def discard_buffer(self) -> None:
+        """Drop bytes appended but not yet flushed (after a failed write)."""
+
+    @abstractmethod
     def size(self) -> int:
         """Bytes appended so far (buffered or not)."""
 
@@ -179,8 +188,15 @@ class _OsWritableFile(WritableFile):
 
     def sync(self) -> None:
         self.flush()
+        self.sync_flushed()
+
+    def sync_flushed(self) -> None:
         with os_errors("fsync", self.path):
             os.fsync(self._fd)
+
+    def discard_buffer(self) -> None:
+        self._size -= len(self._buf)
+        self._buf.clear()
 
     def size(self) -> int:
         return self._size

@@ -1,0 +1,31 @@
+"""Fixed-width little-endian integer coding shared by the on-disk formats.
+
+Every format in ``lsm`` uses little-endian fixed-width integers (no varints):
+Python decodes a ``struct`` field in one C call, while a varint costs a loop
+iteration per byte. The few bytes this wastes are taken back by zstd.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import crc32c as _crc32c
+
+U8 = struct.Struct("<B")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+
+# ``array`` uses native byte order; our formats are little-endian.
+NATIVE_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC-32C (Castagnoli), hardware-accelerated where the CPU has it."""
+    return int(_crc32c.crc32c(data, value))
+
+
+def hexdump_prefix(data: bytes, limit: int = 16) -> str:
+    """A short hex rendering of ``data`` for error messages."""
+    shown = data[:limit].hex(" ")
+    return shown + (" …" if len(data) > limit else "")

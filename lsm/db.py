@@ -1,0 +1,550 @@
+"""The engine: public API, write path, read path and recovery.
+
+Concurrency model
+-----------------
+``_mu`` guards the write path: sequence numbers, the current WAL, memtable
+switches. Everything a reader needs is one tuple, ``_state = (memtable,
+immutable memtables newest first, version)``, replaced whole under ``_mu``;
+readers take it with a single attribute read and never lock.
+
+Background work runs in :mod:`lsm.jobs` on two threads (flush, compaction)
+plus a WAL syncer in ``interval`` mode. Lock order: ``_manifest_lock`` ->
+``_mu`` -> ``_sync_lock``.
+
+Failure model
+-------------
+A failed write to disk (ENOSPC, EIO) latches ``_error`` and the engine turns
+read-only: writes raise that error, reads go on. A WAL failure is retried by
+the next write (at most every ``_RESUME_INTERVAL_S``) by rolling to a fresh
+WAL; a flush or compaction failure is retried by its thread with backoff.
+The first success clears the latch, so writes resume without a restart.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from lsm import filenames
+from lsm.batch import WriteBatch
+from lsm.cache import BlockCache
+from lsm.errors import (
+    ClosedError,
+    CorruptionError,
+    InvalidArgumentError,
+    StorageIOError,
+)
+from lsm.filenames import FileType
+from lsm.iterators import live_items, merge_newest
+from lsm.jobs import Jobs
+from lsm.keys import KIND_DELETE, KIND_VALUE, MAX_KEY_BYTES, MAX_VALUE_BYTES, Entry
+from lsm.manifest import ManifestWriter, VersionEdit, read_current, read_manifest, set_current
+from lsm.memtable import MemTable
+from lsm.options import Options
+from lsm.recovery import recover
+from lsm.stats import collect as collect_stats
+from lsm.table_cache import TableCache
+from lsm.version import Version
+from lsm.wal import WalWriter, encode_batch
+
+log = logging.getLogger("lsm.db")
+
+_RESUME_INTERVAL_S = 0.05
+
+State = tuple[MemTable, tuple[MemTable, ...], Version]
+
+
+class DB:
+    """An open LSM database. Thread-safe; one process per directory."""
+
+    def __init__(self, path: str, options: Options) -> None:
+        # Use DB.open(); the constructor only sets fields.
+        self.path = path
+        self.options = options
+        self.fs = options.fs
+        self._mu = threading.Lock()
+        self._cv = threading.Condition(self._mu)
+        self._sync_lock = threading.Lock()
+        self._manifest_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._state: State
+        self._wals: dict[int, WalWriter] = {}
+        self._wal: WalWriter
+        self._wal_good = 0  # bytes of the current WAL known to hold whole records
+        self._synced: dict[int, int] = {}
+        self._last_seq = 0
+        self._next_file = 2
+        self._manifest: ManifestWriter
+        self._manifest_broken = False
+        self._log_number = 0  # WALs below this number are obsolete
+        self._pointers: dict[int, bytes] = {}
+        self._pins: Counter[int] = Counter()
+        self._obsolete_tables: set[int] = set()
+        self._error: StorageIOError | None = None
+        self._error_source = ""
+        self._last_resume = 0.0
+        self._closed = False
+        self._closing = False
+        self.block_cache = BlockCache(options.block_cache_bytes)
+        self.tables = TableCache(self.fs, path, self.block_cache)
+        self._lock_handle: Any = None
+        self._threads: list[threading.Thread] = []
+        self.counters: Counter[str] = Counter()
+        self._jobs = Jobs(self)
+
+    # -- lifecycle ------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str, options: Options | None = None) -> DB:
+        """Open (or create) the database at ``path``; returns once the WAL has
+        been replayed, i.e. when the database is ready to serve."""
+        options = options or Options()
+        options.validate()
+        db = cls(path, options)
+        db.fs.mkdirs(path)
+        db._lock_handle = db.fs.lock(os.path.join(path, filenames.LOCK))
+        try:
+            recover(db)
+        except BaseException:
+            db.tables.close()
+            db._lock_handle.release()
+            raise
+        db._jobs.start()
+        return db
+
+    def close(self) -> None:
+        """Stop background work, sync the WAL and release the directory.
+        Unflushed memtables stay in their WALs and are replayed on open."""
+        with self._mu:
+            if self._closed:
+                return
+            self._closing = True
+            self._cv.notify_all()
+        self._jobs.stop()
+        with self._mu, self._sync_lock:
+            self._closed = True
+            for wal in self._wals.values():
+                try:
+                    wal.sync()
+                    wal.close()
+                except StorageIOError as exc:
+                    log.warning("closing %s: %s", self.path, exc)
+            self._wals.clear()
+        self._manifest.close()
+        self.tables.close()
+        self._lock_handle.release()
+
+    def kill(self) -> None:
+        """Test kit: stop like a killed process would. Background threads end,
+        nothing is synced or closed; pair with ``FaultFileSystem.crash()``."""
+        with self._mu:
+            self._closing = True
+            self._cv.notify_all()
+        self._jobs.stop()
+        self._closed = True
+
+    def __enter__(self) -> DB:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------
+    def put(self, key: bytes, value: bytes) -> None:
+        _check_key(key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise InvalidArgumentError(f"value too large ({len(value)} > {MAX_VALUE_BYTES} bytes)")
+        self._write([(KIND_VALUE, key, value)])
+
+    def delete(self, key: bytes) -> None:
+        _check_key(key)
+        self._write([(KIND_DELETE, key, b"")])
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply every operation of ``batch`` atomically (one WAL record)."""
+        if not len(batch):
+            return
+        for kind, key, value in batch.ops:
+            _check_key(key)
+            if kind == KIND_VALUE and len(value) > MAX_VALUE_BYTES:
+                raise InvalidArgumentError(
+                    f"value too large ({len(value)} > {MAX_VALUE_BYTES} bytes)"
+                )
+        self._write(list(batch.ops))
+
+    def _write(self, ops: list[tuple[int, bytes, bytes]]) -> None:
+        with self._mu:
+            if self._error is not None or self._closed:
+                self._check_writable()
+            mem = self._state[0]
+            if mem.approx_bytes >= self.options.memtable_bytes or self._l0_pressure():
+                self._make_room()
+                mem = self._state[0]
+            seq = self._last_seq + 1
+            wal = self._wal
+            try:
+                wal.append([encode_batch(seq, ops)])
+                wal.flush()
+            except StorageIOError as exc:
+                wal.discard_buffer()
+                self._latch(exc, "wal")
+                raise
+            self._last_seq = seq + len(ops) - 1
+            mem.add_batch(seq, ops)
+            target = self._wal_good = wal.size()
+        if self.options.fsync == "always":
+            self.sync_wal(wal.number, target)
+
+    def sync_wal(self, number: int, upto: int) -> None:
+        """Group commit: make the WAL durable up to ``upto``. Whoever gets the
+        lock fsyncs everything flushed so far; writers queued behind it usually
+        find their bytes already covered."""
+        with self._sync_lock:
+            if self._synced.get(number, -1) >= upto:
+                return
+            wal = self._wals.get(number)
+            if wal is None:  # rotated out and synced by the flush job
+                return
+            covered = wal.size()
+            start = time.perf_counter()
+            try:
+                wal.sync_flushed()
+            except StorageIOError as exc:
+                with self._mu:
+                    self._latch(exc, "wal")
+                raise
+            self.counters["wal_syncs"] += 1
+            self.counters["wal_sync_us"] += int((time.perf_counter() - start) * 1e6)
+            self._synced[number] = covered
+
+    def _l0_pressure(self) -> bool:
+        return len(self._state[2].levels[0]) >= self.options.l0_slowdown_trigger
+
+    def _make_room(self) -> None:
+        """Called with ``_mu`` held before a write: slow down or stop while
+        level 0 is over its triggers, and switch a full memtable."""
+        opts = self.options
+        slowed = False
+        stall_start: float | None = None
+        try:
+            while True:
+                self._check_writable()
+                mem, imms, version = self._state
+                l0 = len(version.levels[0])
+                if l0 >= opts.l0_stop_trigger or (
+                    mem.approx_bytes >= opts.memtable_bytes
+                    and len(imms) >= opts.max_immutable_memtables
+                ):
+                    if stall_start is None:
+                        stall_start = time.perf_counter()
+                        self.counters["write_stalls"] += 1
+                    self._jobs.wake()
+                    self._cv.wait(0.1)
+                    continue
+                if l0 >= opts.l0_slowdown_trigger and not slowed:
+                    slowed = True
+                    self.counters["write_slowdowns"] += 1
+                    self._cv.wait(opts.slowdown_sleep_s)
+                    continue
+                if mem.approx_bytes >= opts.memtable_bytes:
+                    self._switch_memtable()
+                return
+        finally:
+            if stall_start is not None:
+                self.counters["stall_us"] += int((time.perf_counter() - stall_start) * 1e6)
+
+    def _switch_memtable(self) -> None:
+        """Start a new memtable and WAL (``_mu`` held). The old WAL is synced
+        and closed by the flush job once its memtable is on disk."""
+        number = self._new_file_number()
+        path = filenames.wal_path(self.path, number)
+        try:
+            f = self.fs.create(path)
+            self.fs.sync_dir(self.path)
+        except StorageIOError as exc:
+            self._latch(exc, "wal")
+            raise
+        wal = WalWriter(f, number)
+        with self._sync_lock:
+            self._wals[number] = wal
+        self._wal = wal
+        self._wal_good = 0
+        mem, imms, version = self._state
+        self._state = (MemTable(number), (mem, *imms), version)
+        self._jobs.wake()
+
+    def _new_file_number(self) -> int:
+        number = self._next_file
+        self._next_file += 1
+        return number
+
+    def new_file_number(self) -> int:
+        with self._mu:
+            return self._new_file_number()
+
+    # -- error latch ----------------------------------------------------------
+    def _latch(self, exc: StorageIOError, source: str) -> None:
+        if self._error is None:
+            log.error("%s: turning read-only after %s failure: %s", self.path, source, exc)
+            self.counters["bg_errors" if source != "wal" else "wal_errors"] += 1
+        self._error = exc
+        self._error_source = source
+        self._cv.notify_all()
+
+    def latch_error(self, exc: StorageIOError, source: str) -> None:
+        with self._mu:
+            self._latch(exc, source)
+
+    def clear_error(self, source: str) -> None:
+        with self._mu:
+            if self._error is not None and self._error_source == source:
+                log.warning("%s: writes resume (%s recovered)", self.path, source)
+                self._error = None
+                self._cv.notify_all()
+
+    def _check_writable(self) -> None:
+        if self._closed or self._closing:
+            raise ClosedError(f"database {self.path} is closed")
+        err = self._error
+        if err is None:
+            return
+        now = time.monotonic()
+        if self._error_source == "wal" and now - self._last_resume >= _RESUME_INTERVAL_S:
+            self._last_resume = now
+            self._resume_wal()
+            if self._error is None:
+                return
+        raise type(err)(f"database is read-only: {err}", err.errno)
+
+    def _resume_wal(self) -> None:
+        """After a failed WAL write: cut the partial record off the old WAL and
+        start a new one. Whatever fails leaves the latch set."""
+        old = self._wal
+        try:
+            old.discard_buffer()
+            self.fs.truncate(old.path, self._wal_good)
+            self._switch_memtable()
+        except StorageIOError as exc:
+            self._error = exc
+            return
+        log.warning("%s: writes resume on WAL %d", self.path, self._wal.number)
+        self._error = None
+
+    # -- reads ----------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None`` if absent or deleted."""
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+        while True:
+            state = self._state
+            mem, imms, version = state
+            hit = mem.get(key)
+            if hit is None:
+                for imm in imms:
+                    hit = imm.get(key)
+                    if hit is not None:
+                        break
+            if hit is not None:
+                return hit[2] if hit[1] == KIND_VALUE else None
+            try:
+                return self._get_from_tables(version, key)
+            except (StorageIOError, FileNotFoundError):
+                # A compaction may have deleted a file of the version we read;
+                # retry on the newer version, or fail if nothing changed.
+                if self._state[2] is version:
+                    raise
+
+    def _get_from_tables(self, version: Version, key: bytes) -> bytes | None:
+        tables = self.tables
+        for f in version.levels[0]:
+            if f.smallest <= key <= f.largest:
+                hit = tables.get(f.number).get(key)
+                if hit is not None:
+                    return hit[2] if hit[1] == KIND_VALUE else None
+        for level in range(1, len(version.levels)):
+            f2 = version.find_in_level(level, key)
+            if f2 is not None:
+                hit = tables.get(f2.number).get(key)
+                if hit is not None:
+                    return hit[2] if hit[1] == KIND_VALUE else None
+        return None
+
+    def scan(
+        self, start: bytes | None = None, end: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Live ``(key, value)`` pairs with ``start <= key < end`` in key order,
+        as of the call. Files the scan reads are pinned until it finishes."""
+        return live_items(self.scan_entries(start), end)
+
+    def scan_entries(self, start: bytes | None = None) -> Iterator[Entry]:
+        """Raw merged entries (tombstones included) from ``start``."""
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+        with self._mu:
+            mem, imms, version = self._state
+            mem_entries = mem.entries()
+            pinned = [f.number for files in version.levels for f in files]
+            self._pins.update(pinned)
+        return self._scan(mem_entries, imms, version, start, pinned)
+
+    def _scan(
+        self,
+        mem_entries: list[Entry],
+        imms: tuple[MemTable, ...],
+        version: Version,
+        start: bytes | None,
+        pinned: list[int],
+    ) -> Iterator[Entry]:
+        try:
+            sources: list[Any] = [_from(mem_entries, start)]
+            sources += [_from(imm.entries(), start) for imm in imms]
+            for f in version.levels[0]:
+                sources.append(self.tables.get(f.number).iter(start))
+            for level in range(1, len(version.levels)):
+                files = [f for f in version.levels[level] if start is None or f.largest >= start]
+                if files:
+                    sources.append(self._level_iter(files, start))
+            yield from merge_newest(sources)
+        finally:
+            self.unpin(pinned)
+
+    def _level_iter(self, files: list[Any], start: bytes | None) -> Iterator[Entry]:
+        for f in files:
+            yield from self.tables.get(f.number).iter(start)
+
+    def unpin(self, numbers: list[int]) -> None:
+        with self._mu:
+            self._pins.subtract(numbers)
+            self._pins += Counter()  # drop zero counts
+        self._jobs.delete_obsolete_tables()
+
+    # -- maintenance ----------------------------------------------------------
+    def flush(self) -> None:
+        """Write the memtable to a level-0 table and wait until it is there."""
+        with self._mu:
+            self._check_writable()
+            mem, imms, _ = self._state
+            waiting = list(imms)
+            if len(mem):
+                self._switch_memtable()
+                waiting.append(mem)
+            while any(m is w for m in self._state[1] for w in waiting):
+                if self._error is not None:
+                    raise type(self._error)(str(self._error), self._error.errno)
+                if self._closing:
+                    raise ClosedError(f"database {self.path} is closed")
+                self._jobs.wake()
+                self._cv.wait(0.1)
+
+    def compact_range(self, start: bytes | None = None, end: bytes | None = None) -> None:
+        """Flush, then merge every level's files overlapping [start, end] down
+        to the deepest non-empty level, dropping overwritten versions and
+        tombstones there."""
+        self.flush()
+        self._jobs.compact_range(start, end)
+
+    def wait_for_compactions(self, timeout: float = 600.0) -> None:
+        """Block until no flush or compaction is due (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._mu:
+            while self._state[1] or self._jobs.compaction_due() or self._jobs.busy:
+                if self._error is not None:
+                    raise type(self._error)(str(self._error), self._error.errno)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"compactions of {self.path} still running")
+                self._jobs.wake()
+                self._cv.wait(min(remaining, 0.05))
+
+    def stats(self) -> dict[str, Any]:
+        return collect_stats(self)
+
+    # -- used by jobs and recovery ---------------------------------------------
+    def install(self, edit: VersionEdit, flushed: MemTable | None = None) -> Version:
+        """Log ``edit`` durably in the manifest and make it the current version."""
+        with self._manifest_lock:
+            new_version = self._state[2].apply(edit)
+            if edit.log_number is not None:
+                log_number = max(self._log_number, edit.log_number)
+            else:
+                log_number = self._log_number
+            if self._manifest_broken:
+                self._roll_manifest(new_version, log_number)
+            else:
+                try:
+                    self._manifest.append(edit)
+                except StorageIOError:
+                    self._manifest_broken = True
+                    raise
+            self._log_number = log_number
+            with self._mu:
+                mem, imms, _ = self._state
+                if flushed is not None:
+                    imms = tuple(m for m in imms if m is not flushed)
+                self._state = (mem, imms, new_version)
+                for level, key in edit.compact_pointers:
+                    self._pointers[level] = key
+                self._cv.notify_all()
+        return new_version
+
+    def _roll_manifest(self, version: Version, log_number: int) -> None:
+        """Start a new manifest holding a snapshot of ``version``, because the
+        last append to the old one failed and may have left a partial frame.
+        ``_manifest_lock`` held."""
+        number = self.new_file_number()
+        old = self._manifest
+        self._manifest = ManifestWriter.create(
+            self.fs, self.path, number, [self.snapshot_edit(version, log_number)]
+        )
+        set_current(self.fs, self.path, number)
+        self._manifest_broken = False
+        try:
+            old.close()
+            self.fs.remove(old.path)
+        except (StorageIOError, FileNotFoundError) as exc:  # removed on the next open
+            log.warning("could not remove old manifest %s: %s", old.path, exc)
+        log.warning("%s: switched to manifest %d after a failed append", self.path, number)
+
+    def snapshot_edit(self, version: Version, log_number: int) -> VersionEdit:
+        return VersionEdit(
+            log_number=log_number,
+            next_file_number=self._next_file,
+            last_seq=self._last_seq,
+            added=tuple((n, f) for n, files in enumerate(version.levels) for f in files),
+            compact_pointers=tuple(sorted(self._pointers.items())),
+        )
+
+
+def _check_key(key: bytes) -> None:
+    if type(key) is not bytes:
+        raise InvalidArgumentError(f"keys are bytes, not {type(key).__name__}")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidArgumentError(f"key too large ({len(key)} > {MAX_KEY_BYTES} bytes)")
+
+
+def _from(entries: list[Entry], start: bytes | None) -> Iterator[Entry]:
+    if start is None:
+        return iter(entries)
+    i = bisect.bisect_left(entries, (start,))
+    return iter(entries[i:])
+
+
+__all__ = [
+    "DB",
+    "CorruptionError",
+    "FileType",
+    "read_current",
+    "read_manifest",
+    "set_current",
+]

@@ -1,0 +1,151 @@
+"""Opening a database: manifest replay, WAL replay, clean-up.
+
+Steps, in order:
+
+1. No CURRENT: create an empty database (refused if tables or WALs exist,
+   since that means CURRENT was lost, not that the directory is new).
+2. Replay the manifest named by CURRENT into a Version; check that levels
+   1+ do not overlap and that every table it names exists.
+3. Replay every WAL numbered >= the manifest's log number, oldest first, each
+   into its own memtable; truncate a torn tail (the WAL module warns). The
+   recovered memtables become immutable and are flushed in the background,
+   so opening costs one read of the WALs, not a rewrite of them.
+4. Start a new WAL, write a fresh manifest holding a snapshot of the version,
+   switch CURRENT to it, and delete what nothing references any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from lsm import filenames
+from lsm.errors import CorruptionError, InvalidArgumentError
+from lsm.filenames import FileType
+from lsm.manifest import (
+    ManifestWriter,
+    VersionEdit,
+    read_current,
+    read_manifest,
+    set_current,
+)
+from lsm.memtable import MemTable
+from lsm.version import Version
+from lsm.wal import WalWriter, replay_file
+
+if TYPE_CHECKING:
+    from lsm.db import DB
+
+log = logging.getLogger("lsm.recovery")
+
+
+def recover(db: DB) -> None:
+    fs, path, options = db.fs, db.path, db.options
+    names = fs.listdir(path)
+    parsed = {name: filenames.parse(name) for name in names}
+    if filenames.CURRENT not in names:
+        stray = [n for n, p in parsed.items() if p and p[0] in (FileType.TABLE, FileType.WAL)]
+        if stray:
+            raise CorruptionError(
+                os.path.join(path, filenames.CURRENT), None,
+                f"CURRENT is missing but the directory holds {len(stray)} data files "
+                f"(e.g. {stray[0]}); refusing to create a new database over them",
+            )
+        if not options.create_if_missing:
+            raise InvalidArgumentError(f"no database at {path} and create_if_missing is off")
+        _create(db)
+        names = fs.listdir(path)
+        parsed = {name: filenames.parse(name) for name in names}
+
+    manifest_file = read_current(fs, path)
+    manifest_path = os.path.join(path, manifest_file)
+    version = Version.empty(options.num_levels)
+    log_number = 0
+    next_file = 2
+    last_seq = 0
+    for edit in read_manifest(fs, manifest_path):
+        version = version.apply(edit, manifest_path)
+        if edit.log_number is not None:
+            log_number = edit.log_number
+        if edit.next_file_number is not None:
+            next_file = edit.next_file_number
+        if edit.last_seq is not None:
+            last_seq = max(last_seq, edit.last_seq)
+        for level, key in edit.compact_pointers:
+            db._pointers[level] = key
+    version.check_levels(manifest_path)
+    for files in version.levels:
+        for f in files:
+            if filenames.table_name(f.number) not in names:
+                raise CorruptionError(
+                    filenames.table_path(path, f.number), None,
+                    f"table {f.number} is referenced by {manifest_file} but missing",
+                )
+    numbers = [p[1] for p in parsed.values() if p is not None]
+    next_file = max([next_file, *(n + 1 for n in numbers)])
+
+    wal_numbers = sorted(
+        p[1] for p in parsed.values() if p and p[0] is FileType.WAL and p[1] >= log_number
+    )
+    recovered: list[MemTable] = []
+    empty_wals: list[int] = []
+    for number in wal_numbers:
+        mem = MemTable(number)
+        wal_path = filenames.wal_path(path, number)
+        result = replay_file(fs, wal_path, mem.add_batch)
+        last_seq = max(last_seq, result.last_seq)
+        if result.torn_tail is not None:
+            fs.truncate(wal_path, result.valid_end)
+        if len(mem):
+            recovered.append(mem)
+        else:
+            empty_wals.append(number)
+
+    db._next_file = next_file
+    db._last_seq = last_seq
+    wal_number = db._new_file_number()
+    wal_file = fs.create(filenames.wal_path(path, wal_number))
+    db._wal = WalWriter(wal_file, wal_number)
+    db._wals[wal_number] = db._wal
+    for mem in recovered:
+        # Reopen for the flush job, which syncs and closes it after flushing.
+        db._wals[mem.wal_number] = WalWriter(
+            fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number
+        )
+    db._state = (MemTable(wal_number), tuple(reversed(recovered)), version)
+
+    oldest_needed = recovered[0].wal_number if recovered else wal_number
+    manifest_number = db._new_file_number()
+    db._manifest = ManifestWriter.create(
+        fs, path, manifest_number, [db.snapshot_edit(version, oldest_needed)]
+    )
+    set_current(fs, path, manifest_number)  # also makes the new WAL's name durable
+    db._log_number = oldest_needed
+
+    live = version.file_numbers()
+    for name, p in parsed.items():
+        if p is None:
+            continue
+        kind, number = p
+        stale = (
+            (kind is FileType.MANIFEST and number != manifest_number)
+            or (kind is FileType.WAL and (number < oldest_needed or number in empty_wals))
+            or (kind is FileType.TABLE and number not in live)
+            or kind is FileType.TEMP
+        )
+        if stale:
+            log.info("%s: deleting obsolete %s", path, name)
+            # A temp name may have been reused and renamed by this very open.
+            with contextlib.suppress(FileNotFoundError):
+                fs.remove(os.path.join(path, name))
+    fs.sync_dir(path)
+
+
+def _create(db: DB) -> None:
+    fs, path = db.fs, db.path
+    edit = VersionEdit(log_number=0, next_file_number=2, last_seq=0)
+    writer = ManifestWriter.create(fs, path, 1, [edit])
+    writer.close()
+    set_current(fs, path, 1)

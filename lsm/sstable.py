@@ -1,0 +1,421 @@
+"""Sorted string tables: immutable files of entries in key order.
+
+File layout (byte-level detail in docs/formats/sstable.md)::
+
+    +----------------------+
+    | data block 0         |  block format of lsm.block, each with its
+    | ...                  |  5-byte trailer (type, crc32c); zstd or raw
+    | data block n-1       |
+    +----------------------+
+    | filter block         |  pybloom-live filter of every key (never compressed)
+    | index block          |  block format: last key of data block i ->
+    |                      |  u64 offset, u32 size (trailer included)
+    | properties block     |  msgpack map (entries, tombstones, key and seq ranges, sizes)
+    +----------------------+
+    | footer, 52 bytes     |  handles of filter, index, properties; format
+    |                      |  version; crc32c of the footer; magic
+    +----------------------+
+
+Each key appears at most once per table (the newest version; flushes and
+compactions drop older ones), so a lookup is: bloom filter, bisect of the
+index, bisect inside one block.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import msgpack
+
+from lsm.block import TRAILER_SIZE, Block, BlockBuilder, Codec
+from lsm.bloom import Filter
+from lsm.cache import BlockCache
+from lsm.coding import crc32c
+from lsm.errors import CorruptionError
+from lsm.fs import FileSystem, RandomAccessFile, WritableFile
+from lsm.keys import KIND_DELETE, KIND_VALUE, Entry, pack_trailer, unpack_trailer
+from lsm.options import Options
+
+MAGIC = b"RINGKVST"
+FORMAT_VERSION = 1
+FOOTER = struct.Struct("<QIQIQIII8s")
+FOOTER_SIZE = FOOTER.size  # 52
+HANDLE = struct.Struct("<QI")
+_CRC_SPAN = FOOTER_SIZE - 12  # the crc covers everything before it
+
+
+@dataclass(frozen=True, slots=True)
+class TableProperties:
+    entries: int
+    tombstones: int
+    smallest_key: bytes
+    largest_key: bytes
+    smallest_seq: int
+    largest_seq: int
+    data_bytes: int
+    index_bytes: int
+    filter_bytes: int
+    raw_key_bytes: int
+    raw_value_bytes: int
+    num_blocks: int
+    file_bytes: int
+    format_version: int
+    bloom_bits_per_key: float
+    compression: str
+    created_ms: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb(asdict(self), use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def decode(cls, data: bytes) -> TableProperties:
+        try:
+            raw = msgpack.unpackb(data, raw=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ValueError(f"properties are not valid msgpack: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("properties must be a map")
+        try:
+            props = cls(**{f.name: raw[f.name] for f in fields(cls)})
+        except KeyError as exc:
+            raise ValueError(f"properties lack field {exc}") from None
+        for f in fields(cls):
+            want = {"bytes": bytes, "str": str, "float": (float, int)}.get(str(f.type), int)
+            if not isinstance(getattr(props, f.name), want):  # type: ignore[arg-type]
+                raise ValueError(f"property {f.name} has type {type(getattr(props, f.name))}")
+        return props
+
+
+@dataclass(frozen=True, slots=True)
+class Footer:
+    filter_handle: tuple[int, int]
+    index_handle: tuple[int, int]
+    props_handle: tuple[int, int]
+    format_version: int
+
+    def encode(self) -> bytes:
+        head = FOOTER.pack(
+            *self.filter_handle,
+            *self.index_handle,
+            *self.props_handle,
+            self.format_version,
+            0,
+            MAGIC,
+        )[:_CRC_SPAN]
+        return head + struct.pack("<I", crc32c(head)) + MAGIC
+
+    @classmethod
+    def decode(cls, data: bytes, file_size: int) -> Footer:
+        """Raises ValueError saying what was expected and what was found."""
+        (f_off, f_size, i_off, i_size, p_off, p_size, version, crc, magic) = FOOTER.unpack(data)
+        if magic != MAGIC:
+            raise ValueError(
+                f"bad magic: expected {MAGIC!r}, found {magic!r} (not a ringkv SSTable)"
+            )
+        found = crc32c(data[:_CRC_SPAN])
+        if found != crc:
+            raise ValueError(
+                f"footer checksum mismatch (expected {crc:#010x}, found {found:#010x})"
+            )
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+            )
+        limit = file_size - FOOTER_SIZE
+        for name, off, size in (
+            ("filter", f_off, f_size),
+            ("index", i_off, i_size),
+            ("properties", p_off, p_size),
+        ):
+            if size < TRAILER_SIZE or off + size > limit:
+                raise ValueError(f"{name} handle ({off}, {size}) lies outside the file")
+        return cls((f_off, f_size), (i_off, i_size), (p_off, p_size), version)
+
+
+class TableBuilder:
+    """Writes one table to ``file``; entries must come in strictly ascending
+    key order. The caller syncs and closes the file."""
+
+    def __init__(self, file: WritableFile, options: Options) -> None:
+        self._file = file
+        self._block_bytes = options.block_bytes
+        self._error_rate = options.bloom_error_rate
+        self._codec = Codec(options.compression_level)
+        self._compress = options.compression_level > 0
+        self._block = BlockBuilder()
+        self._index = BlockBuilder()
+        self._keys: list[bytes] = []
+        self._offset = 0
+        self._last: bytes | None = None
+        self._first: bytes | None = None
+        self._tombstones = 0
+        self._min_seq = 1 << 62
+        self._max_seq = 0
+        self._raw_keys = 0
+        self._raw_values = 0
+        self._blocks = 0
+        self._compressed_blocks = 0
+
+    def add(self, key: bytes, seq: int, kind: int, value: bytes) -> None:
+        last = self._last
+        if last is not None and key <= last:
+            raise ValueError(f"keys out of order: {key!r} after {last!r}")
+        if self._first is None:
+            self._first = key
+        self._last = key
+        self._block.add(key, pack_trailer(seq, kind), value)
+        self._keys.append(key)
+        self._raw_keys += len(key)
+        self._raw_values += len(value)
+        if kind == KIND_DELETE:
+            self._tombstones += 1
+        self._min_seq = min(self._min_seq, seq)
+        self._max_seq = max(self._max_seq, seq)
+        if self._block.raw_size >= self._block_bytes:
+            self._flush_block()
+
+    def estimated_size(self) -> int:
+        return self._offset + self._block.raw_size
+
+    def _write(self, sealed: bytes) -> tuple[int, int]:
+        handle = (self._offset, len(sealed))
+        self._file.append(sealed)
+        self._offset += len(sealed)
+        return handle
+
+    def _flush_block(self) -> None:
+        if not len(self._block):
+            return
+        last = self._block.last_key()
+        raw = self._block.finish()
+        sealed = self._codec.seal(raw, self._compress)
+        if sealed[-TRAILER_SIZE] != 0:
+            self._compressed_blocks += 1
+        offset, size = self._write(sealed)
+        self._index.add(last, 0, HANDLE.pack(offset, size))
+        self._blocks += 1
+
+    def finish(self) -> TableProperties:
+        self._flush_block()
+        data_bytes = self._offset
+        bloom = Filter.build(self._keys, self._error_rate)
+        filter_handle = self._write(self._codec.seal(bloom.encode(), compress=False))
+        index_handle = self._write(self._codec.seal(self._index.finish(), self._compress))
+        props = TableProperties(
+            entries=len(self._keys),
+            tombstones=self._tombstones,
+            smallest_key=self._first or b"",
+            largest_key=self._last or b"",
+            smallest_seq=self._min_seq if self._keys else 0,
+            largest_seq=self._max_seq,
+            data_bytes=data_bytes,
+            index_bytes=index_handle[1],
+            filter_bytes=filter_handle[1],
+            raw_key_bytes=self._raw_keys,
+            raw_value_bytes=self._raw_values,
+            num_blocks=self._blocks,
+            file_bytes=0,  # not stored: the reader knows the file size
+            format_version=FORMAT_VERSION,
+            bloom_bits_per_key=round(bloom.bits_per_key, 3),
+            compression=f"zstd-{self._compressed_blocks}/{self._blocks}"
+            if self._compress
+            else "none",
+            created_ms=int(time.time() * 1000),
+        )
+        props_handle = self._write(self._codec.seal(props.encode(), compress=False))
+        self._write(Footer(filter_handle, index_handle, props_handle, FORMAT_VERSION).encode())
+        self._keys = []
+        return _with_size(props, self._offset)
+
+
+def _with_size(props: TableProperties, size: int) -> TableProperties:
+    values = asdict(props)
+    values["file_bytes"] = size
+    return TableProperties(**values)
+
+
+class TableReader:
+    """Reads one table. Thread-safe: blocks are read with positional reads
+    and decoded blocks are shared through the block cache."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        number: int,
+        file: RandomAccessFile,
+        footer: Footer,
+        index_keys: list[bytes],
+        handles: list[tuple[int, int]],
+        bloom: Filter,
+        properties: TableProperties,
+        cache: BlockCache | None,
+        codec: Codec,
+    ) -> None:
+        self.path = path
+        self.number = number
+        self._file = file
+        self.footer = footer
+        self._index_keys = index_keys
+        self._handles = handles
+        self._bloom = bloom
+        self.properties = properties
+        self._cache = cache
+        self._codec = codec
+        self.bloom_checks = 0
+        self.bloom_negatives = 0
+
+    @classmethod
+    def open(
+        cls, fs: FileSystem, path: str, number: int = 0, cache: BlockCache | None = None
+    ) -> TableReader:
+        f = fs.open_read(path)
+        try:
+            return cls._open(path, number, f, cache)
+        except BaseException:
+            f.close()
+            raise
+
+    @classmethod
+    def _open(
+        cls, path: str, number: int, f: RandomAccessFile, cache: BlockCache | None
+    ) -> TableReader:
+        size = f.size()
+        if size < FOOTER_SIZE:
+            raise CorruptionError(
+                path,
+                0,
+                f"file of {size} bytes is too short for the {FOOTER_SIZE}-byte footer "
+                "(not an SSTable, or truncated)",
+            )
+        codec = Codec(0)
+        try:
+            footer = Footer.decode(f.read_at(size - FOOTER_SIZE, FOOTER_SIZE), size)
+        except ValueError as exc:
+            raise CorruptionError(path, size - FOOTER_SIZE, str(exc)) from None
+
+        def load(handle: tuple[int, int], what: str) -> bytes:
+            try:
+                return codec.open(_read_exact(f, path, *handle), 1 << 31)
+            except ValueError as exc:
+                raise CorruptionError(path, handle[0], f"{what} block: {exc}") from None
+
+        try:
+            bloom = Filter.decode(load(footer.filter_handle, "filter"))
+            index = Block.decode(load(footer.index_handle, "index"))
+            props_raw = load(footer.props_handle, "properties")
+            props = _with_size(TableProperties.decode(props_raw), size)
+        except ValueError as exc:
+            raise CorruptionError(path, footer.index_handle[0], str(exc)) from None
+        handles = []
+        data_end = footer.filter_handle[0]
+        for i in range(len(index)):
+            raw = index.value(i)
+            if len(raw) != HANDLE.size:
+                raise CorruptionError(
+                    path, footer.index_handle[0], f"index entry {i} is not a handle"
+                )
+            off, bsize = HANDLE.unpack(raw)
+            if bsize < TRAILER_SIZE or off + bsize > data_end:
+                raise CorruptionError(
+                    path,
+                    footer.index_handle[0],
+                    f"index entry {i} points at ({off}, {bsize}), outside the data blocks",
+                )
+            handles.append((off, bsize))
+        return cls(
+            path=path,
+            number=number,
+            file=f,
+            footer=footer,
+            index_keys=index.keys,
+            handles=handles,
+            bloom=bloom,
+            properties=props,
+            cache=cache,
+            codec=codec,
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+    def may_contain(self, key: bytes) -> bool:
+        return self._bloom.may_contain(key)
+
+    def block_handles(self) -> list[tuple[bytes, int, int]]:
+        """``(last key, offset, size)`` of every data block."""
+        return [(k, o, s) for k, (o, s) in zip(self._index_keys, self._handles, strict=True)]
+
+    def read_block(self, i: int, fill_cache: bool = True) -> Block:
+        offset, size = self._handles[i]
+        cache = self._cache
+        if cache is not None:
+            cache_key = (self.number, offset)
+            block: Block | None = cache.get(cache_key)
+            if block is not None:
+                return block
+        try:
+            block = Block.decode(
+                self._codec.open(_read_exact(self._file, self.path, offset, size), 1 << 31)
+            )
+        except ValueError as exc:
+            raise CorruptionError(self.path, offset, f"data block {i}: {exc}") from None
+        if cache is not None and fill_cache:
+            cache.put(cache_key, block, block.charge())
+        return block
+
+    def get(self, key: bytes) -> tuple[int, int, bytes] | None:
+        """``(seq, kind, value)`` of ``key`` in this table, or ``None``."""
+        self.bloom_checks += 1
+        if not self._bloom.may_contain(key):
+            self.bloom_negatives += 1
+            return None
+        i = bisect.bisect_left(self._index_keys, key)
+        if i == len(self._index_keys):
+            return None
+        block = self.read_block(i)
+        j = block.find(key)
+        if j < 0:
+            return None
+        seq, kind = unpack_trailer(block.trailers[j])
+        if kind not in (KIND_VALUE, KIND_DELETE):
+            raise CorruptionError(
+                self.path, self._handles[i][0], f"entry {j} has unknown kind {kind}"
+            )
+        return seq, kind, block.value(j)
+
+    def iter(self, start: bytes | None = None, fill_cache: bool = False) -> Iterator[Entry]:
+        """Entries with key >= ``start`` in order. Blocks not in the cache are
+        decoded for this scan only unless ``fill_cache``."""
+        i = 0 if start is None else bisect.bisect_left(self._index_keys, start)
+        first = True
+        for n in range(i, len(self._handles)):
+            block = self.read_block(n, fill_cache)
+            j = block.seek(start) if first and start is not None else 0
+            first = False
+            keys, trailers, value = block.keys, block.trailers, block.value
+            for k in range(j, len(keys)):
+                t = trailers[k]
+                yield keys[k], t >> 8, t & 0xFF, value(k)
+
+
+def _read_exact(f: RandomAccessFile, path: str, offset: int, size: int) -> bytes:
+    data = f.read_at(offset, size)
+    if len(data) != size:
+        raise CorruptionError(path, offset, f"expected {size} bytes, file ends after {len(data)}")
+    return data
+
+
+def describe_footer(footer: Footer) -> dict[str, Any]:
+    return {
+        "filter": list(footer.filter_handle),
+        "index": list(footer.index_handle),
+        "properties": list(footer.props_handle),
+        "format_version": footer.format_version,
+        "magic": MAGIC.decode(),
+    }

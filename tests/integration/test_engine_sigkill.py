@@ -1,0 +1,91 @@
+"""A writer process killed with SIGKILL loses no acknowledged write."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lsm.db import DB
+from lsm.options import Options
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WRITER = r"""
+import sys
+from lsm.db import DB
+from lsm.options import Options
+from lsm.batch import WriteBatch
+
+path, round_no, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+db = DB.open(path, Options(fsync=mode, memtable_bytes=64 << 10, target_file_bytes=128 << 10,
+                           level1_bytes=512 << 10, l0_compaction_trigger=2))
+out = sys.stdout
+i = 0
+while True:
+    key = b"r%03d-%07d" % (round_no, i)
+    if i % 7 == 0:
+        b = WriteBatch()
+        b.put(key, key * 3)
+        b.delete(b"r%03d-%07d" % (round_no, i - 1))
+        db.write(b)
+    else:
+        db.put(key, key * 3)
+    out.write(f"{i}\n")
+    out.flush()
+    i += 1
+"""
+
+
+def _round(path: str, round_no: int, rng: random.Random) -> tuple[int, int]:
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, path, str(round_no), "always"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    assert proc.stdout is not None
+    target = rng.randint(1, 400)
+    acked = -1
+    deadline = time.monotonic() + 30
+    try:
+        while acked < target and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert acked >= 0, f"writer never acknowledged a write: {err}"
+    return acked, target
+
+
+def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: str) -> None:
+    path = os.path.join(tmp_path, "db")
+    rng = random.Random(20261123)
+    acked_by_round = {}
+    for round_no in range(20):
+        acked, _ = _round(path, round_no, rng)
+        acked_by_round[round_no] = acked
+        with DB.open(path, Options(fsync="always")) as db:
+            for r, last in acked_by_round.items():
+                for i in range(last + 1):
+                    key = b"r%03d-%07d" % (r, i)
+                    deleted_by_batch = (i + 1) % 7 == 0 and i + 1 <= last
+                    got = db.get(key)
+                    if (i + 1) % 7 == 0 and i == last:
+                        # the unacknowledged batch after it may have deleted it
+                        assert got in (None, key * 3), key
+                    elif deleted_by_batch:
+                        assert got is None, key
+                    else:
+                        assert got == key * 3, (key, got)
