@@ -216,7 +216,7 @@ class DB:
             wal = self._wals.get(number)
             if wal is None:  # rotated out and synced by the flush job
                 return
-            covered = wal.size()
+            covered = wal.flushed_size  # not size(): buffered bytes are not covered
             start = time.perf_counter()
             try:
                 wal.sync_flushed()

@@ -47,7 +47,8 @@ class ClosedError(LSMError):
 
 
 class InvalidArgumentError(LSMError, ValueError):
-    """A caller passed something the engine cannot store (empty key, bad option)."""
+    """A caller passed something the engine cannot take: a key that is not
+    bytes or is too long, a value too large, a bad option."""
 
 
 class LockedError(LSMError):

@@ -5,7 +5,7 @@
     MANIFEST-NNNNNN    log of version edits
     NNNNNN.log         write-ahead log of one memtable
     NNNNNN.sst         sorted table
-    *.tmp              half-written file; deleted on open
+    CURRENT.tmp        CURRENT being replaced; deleted on open
 """
 
 from __future__ import annotations
@@ -57,14 +57,18 @@ def parse(name: str) -> tuple[FileType, int] | None:
         return FileType.CURRENT, 0
     if name == LOCK:
         return FileType.LOCK, 0
-    if name.endswith(".tmp"):
+    if name == CURRENT + ".tmp":  # the only temp file the engine writes
         return FileType.TEMP, 0
-    if name.startswith("MANIFEST-") and name[9:].isdigit():
+    if name.startswith("MANIFEST-") and _digits(name[9:]):
         return FileType.MANIFEST, int(name[9:])
     stem, _, ext = name.partition(".")
-    if stem.isdigit():
+    if _digits(stem):
         if ext == "log":
             return FileType.WAL, int(stem)
         if ext == "sst":
             return FileType.TABLE, int(stem)
     return None
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()

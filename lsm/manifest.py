@@ -21,6 +21,7 @@ replaced atomically (temp file, fsync, rename, directory fsync).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from lsm.fs import FileSystem, WritableFile
 from lsm.record_log import HEADER_SIZE, encode_frame, read_log
 
 EDIT_FORMAT = 1
+
+log = logging.getLogger("lsm.manifest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +64,7 @@ class FileMeta:
         number, size, smallest, largest, sseq, lseq, entries, tombs = raw
         for name, v in (("number", number), ("size", size), ("smallest_seq", sseq),
                         ("largest_seq", lseq), ("entries", entries), ("tombstones", tombs)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"file field {name} must be a non-negative int, got {v!r:.40}")
+            _nonneg(v, f"file field {name}")
         if not isinstance(smallest, bytes) or not isinstance(largest, bytes):
             raise ValueError("file key range must be bytes")
         if smallest > largest:
@@ -219,6 +221,7 @@ def read_manifest_records(
     if result.damage is not None:
         d = result.damage
         damage = f"{'torn tail' if d.torn else 'corruption'} at offset {d.offset}: {d.reason}"
+        log.warning("%s: ignoring %s (an edit whose append never finished)", path, damage)
     return edits, damage
 
 

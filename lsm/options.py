@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -10,6 +11,10 @@ from lsm.errors import InvalidArgumentError
 from lsm.fs import FileSystem, OsFileSystem
 
 FsyncMode = Literal["always", "interval", "never"]
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class Decision:
@@ -60,6 +65,10 @@ class Options:
 
     background_threads: bool = True
 
+    # Stamps ``created_ms`` in table properties; fixtures inject a fixed clock
+    # so that the files they build are byte-for-byte reproducible.
+    clock_ms: Callable[[], int] = wall_clock_ms
+
     def validate(self) -> None:
         if self.fsync not in ("always", "interval", "never"):
             raise InvalidArgumentError(
@@ -67,8 +76,8 @@ class Options:
             )
         if self.memtable_bytes < 4096:
             raise InvalidArgumentError("memtable_bytes must be at least 4096")
-        if not 0 < self.bloom_error_rate < 1:
-            raise InvalidArgumentError("bloom_error_rate must be between 0 and 1")
+        if not 1e-9 <= self.bloom_error_rate < 1:
+            raise InvalidArgumentError("bloom_error_rate must be in [1e-9, 1)")
         if not (0 < self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger):
             raise InvalidArgumentError(
                 "need 0 < l0_compaction_trigger <= l0_slowdown_trigger <= l0_stop_trigger"

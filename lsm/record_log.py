@@ -19,10 +19,11 @@ cut off) or *corruption* (damage to data that was once complete):
 
 * fewer than 13 bytes left, or a payload that runs past the end of the file:
   torn tail (the append never finished);
-* a bad header checksum where every byte from there to the end is zero:
-  torn tail (the file system extended the file but the data never landed);
-* a bad payload checksum in the frame that ends exactly at end of file: torn
-  tail (the last append was torn inside its payload);
+* a bad header checksum where every byte after the 13 header bytes is zero:
+  torn tail (the file system extended the file but the data never landed,
+  or landed only partly);
+* a bad payload checksum in a frame followed by nothing but zeros (or by
+  nothing at all): torn tail (the last append was torn inside its payload);
 * anything else is corruption in the middle of the file: a
   :class:`~lsm.errors.CorruptionError` naming the file and the offset. The
   records before it are still returned to callers that ask for them
@@ -91,8 +92,9 @@ def iter_frames(data: bytes) -> Iterator[Record | Damage]:
             return
         length, rtype, header_crc, payload_crc = HEADER.unpack_from(data, pos)
         if crc32c(view[pos : pos + 5]) != header_crc:
-            if not any(view[pos:]):
-                yield Damage(pos, True, f"zero-filled tail of {end - pos} bytes")
+            if not any(view[pos + HEADER_SIZE :]):
+                # Nothing but (part of) a header before a zero-filled tail.
+                yield Damage(pos, True, f"unfinished frame in a zeroed tail of {end - pos} bytes")
             else:
                 yield Damage(
                     pos, False,
@@ -113,8 +115,9 @@ def iter_frames(data: bytes) -> Iterator[Record | Damage]:
         payload = data[body:stop]
         found = crc32c(payload)
         if found != payload_crc:
+            # Torn if nothing but zeros follows: the last append, partly landed.
             yield Damage(
-                pos, stop == end,
+                pos, not any(view[stop:]),
                 f"payload checksum mismatch (expected {payload_crc:#010x}, found {found:#010x})",
             )
             return

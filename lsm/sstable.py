@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import bisect
 import struct
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -47,6 +46,7 @@ FOOTER = struct.Struct("<QIQIQIII8s")
 FOOTER_SIZE = FOOTER.size  # 52
 HANDLE = struct.Struct("<QI")
 _CRC_SPAN = FOOTER_SIZE - 12  # the crc covers everything before it
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,12 @@ class Footer:
         ):
             if size < TRAILER_SIZE or off + size > limit:
                 raise ValueError(f"{name} handle ({off}, {size}) lies outside the file")
+        # The meta blocks sit back to back right before the footer.
+        if i_off != f_off + f_size or p_off != i_off + i_size or p_off + p_size != limit:
+            raise ValueError(
+                f"meta blocks are not contiguous: filter ({f_off}, {f_size}), index "
+                f"({i_off}, {i_size}), properties ({p_off}, {p_size}), footer at {limit}"
+            )
         return cls((f_off, f_size), (i_off, i_size), (p_off, p_size), version)
 
 
@@ -160,6 +166,7 @@ class TableBuilder:
         self._raw_values = 0
         self._blocks = 0
         self._compressed_blocks = 0
+        self._clock_ms = options.clock_ms
 
     def add(self, key: bytes, seq: int, kind: int, value: bytes) -> None:
         last = self._last
@@ -225,7 +232,7 @@ class TableBuilder:
             compression=f"zstd-{self._compressed_blocks}/{self._blocks}"
             if self._compress
             else "none",
-            created_ms=int(time.time() * 1000),
+            created_ms=self._clock_ms(),
         )
         props_handle = self._write(self._codec.seal(props.encode(), compress=False))
         self._write(Footer(filter_handle, index_handle, props_handle, FORMAT_VERSION).encode())
@@ -305,13 +312,16 @@ class TableReader:
             except ValueError as exc:
                 raise CorruptionError(path, handle[0], f"{what} block: {exc}") from None
 
-        try:
-            bloom = Filter.decode(load(footer.filter_handle, "filter"))
-            index = Block.decode(load(footer.index_handle, "index"))
-            props_raw = load(footer.props_handle, "properties")
-            props = _with_size(TableProperties.decode(props_raw), size)
-        except ValueError as exc:
-            raise CorruptionError(path, footer.index_handle[0], str(exc)) from None
+        def decode(handle: tuple[int, int], what: str, fn: Callable[[bytes], T]) -> T:
+            raw = load(handle, what)
+            try:
+                return fn(raw)
+            except ValueError as exc:
+                raise CorruptionError(path, handle[0], f"{what} block: {exc}") from None
+
+        bloom = decode(footer.filter_handle, "filter", Filter.decode)
+        index = decode(footer.index_handle, "index", Block.decode)
+        props = _with_size(decode(footer.props_handle, "properties", TableProperties.decode), size)
         handles = []
         data_end = footer.filter_handle[0]
         for i in range(len(index)):

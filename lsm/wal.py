@@ -81,12 +81,16 @@ class WalWriter:
     """Appends batches to one WAL file. Not thread-safe by itself: the engine
     appends under its write lock and syncs under its sync lock."""
 
-    __slots__ = ("_file", "number", "path")
+    __slots__ = ("_file", "flushed_size", "number", "path")
 
     def __init__(self, file: WritableFile, number: int) -> None:
         self._file = file
         self.number = number
         self.path = file.path
+        # Bytes handed to the OS: what an fsync started now is sure to cover.
+        # Set after the write returns, so other threads never see more than
+        # what really reached the OS.
+        self.flushed_size = file.size()
 
     def append(self, payloads: list[bytes]) -> None:
         f = self._file
@@ -95,9 +99,11 @@ class WalWriter:
 
     def flush(self) -> None:
         self._file.flush()
+        self.flushed_size = self._file.size()
 
     def sync(self) -> None:
         self._file.sync()
+        self.flushed_size = self._file.size()
 
     def sync_flushed(self) -> None:
         self._file.sync_flushed()
