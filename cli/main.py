@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import click
 
+from cli import inspect
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ringkv")
 def cli() -> None:
     """ringkv: a Dynamo-style distributed key-value store that speaks Redis."""
+
+
+cli.add_command(inspect.sst)
+cli.add_command(inspect.wal)
+cli.add_command(inspect.manifest)
+cli.add_command(inspect.db)
 
 
 def main() -> None:
