@@ -1,0 +1,398 @@
+"""RESP2 requests in, RESP2 replies out: a sans-IO codec.
+
+Requests come in two shapes, told apart by their first byte::
+
+    multibulk   *<argc>\\r\\n  then argc times  $<len>\\r\\n<len bytes>\\r\\n
+    inline      anything else up to \\n (an optional \\r before it is dropped),
+                split into words with Redis's quoting rules (see split_inline)
+
+The framing of every multibulk request is checked here, header by header, as
+bytes arrive, before anything is buffered for it: ``$999999999999\\r\\n`` is
+refused as soon as its header is complete (or as soon as its digits alone
+exceed the limit), so a client cannot make us wait for, or store, a body we
+would refuse anyway. hiredis then cuts the checked bytes into arguments in C.
+hiredis alone would not do: it accepts any reply type inside the array
+(``*1\\r\\n+PING\\r\\n``) and has no bulk-length limit of ours.
+
+Errors use Redis's wording (networking.c), prefixed ``ERR Protocol error:``.
+After one, the parser is dead: every later :meth:`RequestParser.gets` returns
+the same error, and the server replies with it once and closes the
+connection, as Redis does. Requests that were complete before the bad bytes
+are returned first, in order.
+
+Replies::
+
+    +OK\\r\\n   -ERR text\\r\\n   :42\\r\\n   $3\\r\\nfoo\\r\\n   $-1\\r\\n
+    *2\\r\\n<two replies>   *-1\\r\\n
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import hiredis
+
+from coordinator.errors import ProtocolError, RespError
+
+#: Redis's PROTO_INLINE_MAX_SIZE: longest inline request, and longest
+#: unterminated header line we wait for.
+MAX_INLINE = 64 * 1024
+#: Longest header line (``*<n>`` or ``$<n>``) we wait for its CR; the longest
+#: valid one is 21 bytes.
+MAX_HEADER = 32
+#: Redis's limit on the argument count of one multibulk request.
+MAX_MULTIBULK = 1024 * 1024
+#: Default bulk limit. The server passes max_value_bytes plus slack, so that a
+#: value just over the limit gets a clear "value too large" reply instead of a
+#: disconnect.
+DEFAULT_MAX_BULK = 1024 * 1024
+#: One request's total size; with MAX_MULTIBULK arguments of up to max_bulk
+#: each, one request could otherwise pin terabytes (Redis's analogue is
+#: client-query-buffer-limit).
+DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
+
+# string2ll's grammar: an optional minus, no plus, no leading zeros, no spaces.
+_INTEGER = re.compile(rb"-?[1-9][0-9]{0,18}|0")
+_DIGITS = re.compile(rb"[0-9]+")
+# C's isspace(), used to skip between words and after a closing quote ...
+_WHITESPACE = b" \t\n\r\v\f"
+# ... while a bare word ends only at these (sdssplitargs's switch).
+_WORD_END = b" \t\n\r"
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = b"0123456789abcdefABCDEF"
+
+Request = list[bytes]
+
+
+def split_inline(line: bytes) -> list[bytes] | None:
+    """Split an inline request like Redis's sdssplitargs; None for bad quoting.
+
+    Double quotes understand ``\\n \\r \\t \\b \\a``, ``\\xHH`` (lower-case x)
+    and a backslash before any other byte (which stands for that byte);
+    single quotes only ``\\'``. A closing quote must be followed by
+    whitespace or the end. A quote inside a bare word opens a quoted part of
+    the same word. A bare word ends at space, tab, CR or LF only (not at \\v
+    or \\f, which only separate words), and a NUL ends the line, all as in
+    Redis.
+    """
+    # sdssplitargs reads a C string: everything from a NUL on is ignored.
+    line = line.split(b"\0", 1)[0]
+    args: list[bytes] = []
+    i, end = 0, len(line)
+    while True:
+        while i < end and line[i] in _WHITESPACE:
+            i += 1
+        if i == end:
+            return args
+        word = bytearray()
+        quote = 0  # the open quote byte, or 0 in a bare word
+        while True:
+            if not quote:
+                if i == end or line[i] in _WORD_END:
+                    break
+                if line[i] in b"\"'":
+                    quote = line[i]
+                else:
+                    word.append(line[i])
+                i += 1
+                continue
+            if i == end:
+                return None  # unterminated quote
+            c, nxt = line[i], line[i + 1 : i + 2]
+            if c == quote:
+                if nxt and nxt not in _WHITESPACE:
+                    return None
+                i += 1
+                break
+            hexa = line[i + 2 : i + 4]
+            if quote == 0x22 and c == 0x5C and nxt == b"x" and len(hexa) == 2 and (
+                hexa[0] in _HEX and hexa[1] in _HEX
+            ):
+                word.append(int(hexa, 16))
+                i += 4
+            elif quote == 0x22 and c == 0x5C and nxt:
+                word.append(_ESCAPES.get(nxt[0], nxt[0]))
+                i += 2
+            elif quote == 0x27 and c == 0x5C and nxt == b"'":
+                word.append(0x27)
+                i += 2
+            else:
+                word.append(c)
+                i += 1
+        args.append(bytes(word))
+
+
+class RequestParser:
+    """Incremental request parser for one connection.
+
+    ``feed`` bytes as they arrive; call ``gets`` until it returns None. It
+    returns a request (a non-empty list of arguments), None when more bytes
+    are needed, or a :class:`ProtocolError`, after which the parser is dead.
+    Empty requests (a blank line, ``*0``, ``*-1``) are skipped, as Redis does.
+    """
+
+    def __init__(
+        self,
+        max_bulk: int = DEFAULT_MAX_BULK,
+        max_inline: int = MAX_INLINE,
+        max_multibulk: int = MAX_MULTIBULK,
+        max_request: int = DEFAULT_MAX_REQUEST,
+    ) -> None:
+        self.max_bulk = max_bulk
+        self.max_inline = max_inline
+        self.max_multibulk = max_multibulk
+        self.max_request = max_request
+        self._buf = bytearray()
+        self._ready: deque[Request] = deque()
+        self._error: ProtocolError | None = None
+        # Scan state, kept across feeds so that each byte is looked at about
+        # once: _start is where the current request begins in _buf, _pos how
+        # far it has been checked. Consumed bytes are dropped once per scan,
+        # not once per request, so a deep pipeline costs no quadratic copying.
+        self._start = 0
+        self._pos = 0
+        self._argc_left = -1
+        self._argc = 0
+        self._reader = hiredis.Reader()
+
+    @property
+    def dead(self) -> bool:
+        """True once a protocol error was found."""
+        return self._error is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for requests not yet complete (for memory accounting)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes. Bytes fed after a protocol error are dropped."""
+        if self._error is None:
+            self._buf += data
+
+    def gets(self) -> Request | ProtocolError | None:
+        """The next request, None if incomplete, or the (sticky) protocol error."""
+        if not self._ready and self._error is None:
+            self._scan()
+        if self._ready:
+            return self._ready.popleft()
+        return self._error
+
+    # -- scanning ------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        self._error = ProtocolError(reason)
+        self._buf.clear()
+        self._start = self._pos = 0
+
+    def _scan(self) -> None:
+        """Move every complete request in the buffer to _ready."""
+        while self._start < len(self._buf) and self._error is None:
+            if self._argc_left < 0 and self._buf[self._start] != 0x2A:  # not '*'
+                if not self._scan_inline():
+                    break
+            elif not self._scan_multibulk():
+                break
+        if self._start:
+            del self._buf[: self._start]
+            self._pos -= self._start
+            self._start = 0
+
+    def _scan_inline(self) -> bool:
+        # Resume the search where the last feed stopped: a line trickling in
+        # byte by byte must not cost O(length²).
+        start = self._start
+        newline = self._buf.find(b"\n", max(self._pos, start))
+        if newline < 0:
+            if len(self._buf) - start > self.max_inline:
+                self._fail("too big inline request")
+            else:
+                self._pos = len(self._buf)
+            return False
+        end = newline - 1 if newline > start and self._buf[newline - 1] == 0x0D else newline
+        if end - start > self.max_inline:
+            self._fail("too big inline request")
+            return False
+        args = split_inline(bytes(self._buf[start:end]))
+        self._start = self._pos = newline + 1
+        if args is None:
+            self._fail("unbalanced quotes in request")
+            return False
+        if args:
+            self._ready.append(args)
+        return True
+
+    def _header(self, kind: str) -> int | None:
+        """Parse the header line at _pos; None if incomplete (or failed).
+
+        A valid header is at most ~21 bytes, so one without its CR after
+        MAX_HEADER bytes is refused at once with Redis's "too big" wording
+        (Redis itself waits for 64 KiB before saying so).
+        """
+        buf, pos = self._buf, self._pos
+        cr = buf.find(b"\r", pos, pos + MAX_HEADER + 1)
+        if cr < 0:
+            head = bytes(buf[pos + 1 : pos + 21])
+            limit = self.max_multibulk if kind == "multibulk" else self.max_bulk
+            if _DIGITS.fullmatch(head) and (len(head) > 19 or int(head) > limit):
+                # More digits can only make it bigger: refuse before the CR.
+                self._fail(f"invalid {kind} length")
+            elif len(buf) - pos > MAX_HEADER:
+                self._fail(f"too big {'mbulk' if kind == 'multibulk' else 'bulk'} count string")
+            return None
+        if cr + 1 >= len(buf):
+            return None  # Redis waits for the byte after CR as well
+        text = bytes(buf[pos + 1 : cr])
+        self._pos = cr + 2
+        if not _INTEGER.fullmatch(text) or int(text) >= 1 << 63:
+            self._fail(f"invalid {kind} length")
+            return None
+        return int(text)
+
+    def _scan_multibulk(self) -> bool:
+        if self._argc_left < 0:
+            self._pos = self._start
+            argc = self._header("multibulk")
+            if argc is None:
+                return False
+            if argc > self.max_multibulk:
+                self._fail("invalid multibulk length")
+                return False
+            if argc <= 0:
+                self._start = self._pos
+                return True
+            self._argc = self._argc_left = argc
+        while self._argc_left:
+            pos = self._pos
+            if pos >= len(self._buf):
+                return False
+            if self._buf[pos] != 0x24:  # '$'
+                self._fail(f"expected '$', got '{chr(self._buf[pos])}'")
+                return False
+            length = self._header("bulk")
+            if length is None:
+                if self._error is None:
+                    self._pos = pos  # re-read the whole header when more arrives
+                return False
+            if length < 0 or length > self.max_bulk:
+                self._fail("invalid bulk length")
+                return False
+            if self._pos - self._start + length > self.max_request:
+                self._fail("request too large")
+                return False
+            if self._pos + length + 2 > len(self._buf):
+                self._pos = pos
+                return False
+            self._pos += length + 2
+            self._argc_left -= 1
+        # The request's framing is checked end to end; hiredis cuts it up.
+        # hiredis takes any buffer; its stub only admits bytes, and a copy
+        # just to please the stub would double the work for large values.
+        self._reader.feed(cast(bytes, self._buf), self._start, self._pos - self._start)
+        request = self._reader.gets()
+        self._start = self._pos
+        self._argc_left = -1
+        if not isinstance(request, list) or len(request) != self._argc:
+            # Unreachable with checked framing; kept as a guard, not an assert,
+            # because the bytes come from the network.
+            self._fail("invalid multibulk length")
+            return False
+        self._ready.append(request)
+        return True
+
+
+# -- replies ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleString:
+    """A ``+status`` reply (OK, PONG, QUEUED ...), as opposed to a bulk string."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A ``-ERR text`` reply built from a message rather than an exception."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NullArray:
+    """``*-1``: what a RESP2 command returns for a missing array."""
+
+
+OK = SimpleString("OK")
+PONG = SimpleString("PONG")
+NULL_ARRAY = NullArray()
+
+Reply = (
+    SimpleString | Error | RespError | NullArray | int | bytes | str | None | Sequence["Reply"]
+)
+
+
+def _line(text: str) -> bytes:
+    # A CR or LF would end the line early and let the rest pose as a reply.
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+def simple(text: str) -> bytes:
+    """``+text``."""
+    return b"+" + _line(text) + b"\r\n"
+
+
+def error(text: str) -> bytes:
+    """``-text``; the text starts with its code, e.g. ``ERR`` or ``NOQUORUM``."""
+    return b"-" + _line(text) + b"\r\n"
+
+
+def integer(value: int) -> bytes:
+    """``:value``."""
+    return b":%d\r\n" % value
+
+
+def bulk(value: bytes | None) -> bytes:
+    """``$len`` and the bytes, or the null bulk ``$-1`` for None."""
+    if value is None:
+        return b"$-1\r\n"
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def array(items: Sequence[Reply] | None) -> bytes:
+    """``*count`` and each item encoded with :func:`encode_reply`; ``*-1`` for None."""
+    if items is None:
+        return b"*-1\r\n"
+    return b"*%d\r\n" % len(items) + b"".join(encode_reply(item) for item in items)
+
+
+def encode_reply(obj: Reply) -> bytes:
+    """Encode any reply value.
+
+    bytes and str become bulk strings (str as UTF-8), None the null bulk,
+    int an integer (bool as 1/0), lists and tuples arrays; the wrapper types
+    and :class:`~coordinator.errors.RespError` say what plain values cannot.
+    """
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bulk(bytes(obj))
+    if isinstance(obj, str):
+        return bulk(obj.encode("utf-8"))
+    if obj is None:
+        return b"$-1\r\n"
+    if isinstance(obj, int):
+        return integer(int(obj))
+    if isinstance(obj, SimpleString):
+        return simple(obj.value)
+    if isinstance(obj, Error):
+        return error(obj.message)
+    if isinstance(obj, RespError):
+        return error(str(obj))
+    if isinstance(obj, NullArray):
+        return b"*-1\r\n"
+    if isinstance(obj, list | tuple):
+        return array(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as a RESP reply")
