@@ -6,15 +6,19 @@ the table's filter block. pybloom-live hashes strings: a key's bytes are
 mapped one-to-one onto code points 0-255 (``latin-1``), which it then
 encodes as UTF-8. That mapping is part of the on-disk format.
 
-A pybloom-live membership test costs a few microseconds, mostly in its
-generator. :class:`Filter` keeps the filter object and answers
-``may_contain`` through it; the figures are in docs/benchmarks.md.
+A pybloom-live membership test costs a few microseconds, mostly in its hash
+generator, and every point lookup pays it once per table it asks. So
+:class:`Filter` builds and serialises with pybloom-live but probes with a
+flat loop over the same bits: the same salted hash (xxh128 or SHA-*, chosen
+by pybloom-live from the filter's size), the same digest slicing, the same
+bit positions. ``test_bloom`` checks the two agree.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 from pybloom_live import BloomFilter
 
@@ -24,12 +28,16 @@ _HEADER = struct.Struct("<dQQQQ")
 
 
 class Filter:
-    __slots__ = ("_bf", "bits_per_key", "count")
+    __slots__ = ("_bf", "_bits", "_fmt", "_k", "_m", "_salts", "bits_per_key", "count")
 
     def __init__(self, bf: BloomFilter) -> None:
         self._bf = bf
         self.count = int(bf.count)
         self.bits_per_key = bf.num_bits / max(1, bf.capacity)
+        self._bits = bf.bitarray
+        self._k = int(bf.num_slices)
+        self._m = int(bf.bits_per_slice)
+        self._fmt, self._salts = _probe_params(self._k, self._m, bf.hashfn)
 
     @classmethod
     def build(cls, keys: list[bytes], error_rate: float) -> Filter:
@@ -63,4 +71,33 @@ class Filter:
         return cls(BloomFilter.fromfile(io.BytesIO(data)))
 
     def may_contain(self, key: bytes) -> bool:
+        data = key.decode("latin-1").encode()
+        bits, m, k = self._bits, self._m, self._k
+        offset = 0
+        for salt in self._salts:
+            h = salt.copy()
+            h.update(data)
+            for v in self._fmt.unpack(h.digest()):
+                if not bits[offset + v % m]:
+                    return False
+                offset += m
+                k -= 1
+                if not k:
+                    return True
+        return True
+
+    def may_contain_reference(self, key: bytes) -> bool:
+        """pybloom-live's own test, for checking :meth:`may_contain`."""
         return key.decode("latin-1") in self._bf
+
+
+def _probe_params(k: int, m: int, hashfn: Any) -> tuple[struct.Struct, tuple[Any, ...]]:
+    """Digest layout and salted hash states as pybloom-live derives them: each
+    slice takes one 2-, 4- or 8-byte native-order chunk of a salted digest."""
+    code, size = ("Q", 8) if m >= 1 << 31 else ("I", 4) if m >= 1 << 15 else ("H", 2)
+    per_digest = hashfn().digest_size // size
+    fmt = struct.Struct(code * per_digest)
+    salts = tuple(
+        hashfn(hashfn(struct.pack("I", i)).digest()) for i in range(-(-k // per_digest))
+    )
+    return fmt, salts

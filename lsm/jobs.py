@@ -9,22 +9,18 @@ the latch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from lsm import compaction as policy
-from lsm import filenames
-from lsm.errors import LSMError, StorageIOError
-from lsm.fs import WritableFile
-from lsm.iterators import CompactionStats, compaction_stream, merge_newest
+from lsm import compactor, filenames
+from lsm.errors import StorageIOError
 from lsm.keys import Entry
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.memtable import MemTable
-from lsm.sstable import TableBuilder
 
 if TYPE_CHECKING:
     from lsm.db import DB
@@ -49,6 +45,7 @@ class Jobs:
         self._threads: list[threading.Thread] = []
         self.busy = False
         self._compactions_paused = 0
+        self._use_child = db.options.compaction_in_process
 
     def start(self) -> None:
         db = self.db
@@ -125,6 +122,8 @@ class Jobs:
             wal = db._wals.get(mem.wal_number)
             if wal is not None:
                 wal.sync()
+        # Flushes stay on this thread: in a child process (tried) the start-up
+        # and WAL re-read made immutable memtables pile up and stall writers.
         outputs = self.write_tables(mem.entries(), split=False) if len(mem) else []
         with db._mu:
             live = [m for m in db._state[1] if m is not mem] + [db._state[0]]
@@ -197,74 +196,63 @@ class Jobs:
             db.install(policy.trivial_move_edit(task))
             db.counters["trivial_moves"] += 1
             return
-        sources: list[Iterable[Entry]] = [db.tables.get(f.number).iter() for f in task.inputs]
+        sources: list[tuple[int, ...]] = [(f.number,) for f in task.inputs]
         if task.next_inputs:
-            sources.append(self._chain(task.next_inputs))
-        stats = CompactionStats()
-        stream = compaction_stream(
-            merge_newest(sources), task.bottommost, db.options.compaction_filter, stats
-        )
-        outputs = self.write_tables(stream, split=True)
-        db.install(policy.result_edit(task, outputs, db._last_seq))
+            sources.append(tuple(f.number for f in task.next_inputs))
         read = task.input_bytes()
-        written = sum(f.size for f in outputs)
+        reserved = compactor.reserve_count(read, db.options)
+        with db._mu:
+            first = db._next_file
+            db._next_file += reserved
+        job = compactor.CompactionJob(
+            db.path, tuple(sources), task.bottommost, first, reserved, db.options
+        )
+        closing = lambda: db._closing  # noqa: E731
+        out: compactor.CompactionOutput | None = None
+        where = "thread"
+        try:
+            if self._use_child and compactor.can_run_in_child(job):
+                try:
+                    out = compactor.run_in_child(job, closing)
+                    where = "child process"
+                except compactor.ChildUnavailable as exc:
+                    log.warning("%s: compacting in-process from now on: %s", db.path, exc)
+                    self._use_child = False
+            if out is None:
+                out = compactor.execute(job, db.fs, db.tables.get, closing)
+        except compactor.Aborted:
+            raise _Aborted from None
+        db.install(policy.result_edit(task, out.files, db._last_seq))
+        written = sum(f.size for f in out.files)
         db.counters["compactions"] += 1
         db.counters["compaction_bytes_read"] += read
         db.counters["compaction_bytes_written"] += written
-        db.counters["compaction_dropped_tombstones"] += stats.dropped_tombstones
-        db.counters["compaction_filtered"] += stats.filtered
+        db.counters["compaction_dropped_tombstones"] += out.dropped_tombstones
+        db.counters["compaction_filtered"] += out.filtered
         log.debug(
-            "%s: compacted L%d->L%d (%s): %d files %d bytes -> %d files %d bytes in %.2fs",
-            db.path, task.level, task.output_level, task.reason, len(task.all_inputs()),
-            read, len(outputs), written, time.perf_counter() - started,
+            "%s: compacted L%d->L%d (%s) in a %s: %d files %d bytes -> %d files %d bytes "
+            "in %.2fs",
+            db.path, task.level, task.output_level, task.reason, where, len(task.all_inputs()),
+            read, len(out.files), written, time.perf_counter() - started,
         )
         with db._mu:
             db._obsolete_tables.update(f.number for _, f in task.all_inputs())
         self.delete_obsolete_tables()
 
-    def _chain(self, files: Iterable[FileMeta]) -> Iterator[Entry]:
-        for f in files:
-            yield from self.db.tables.get(f.number).iter()
-
     # -- output ---------------------------------------------------------------
     def write_tables(self, entries: Iterable[Entry], split: bool) -> list[FileMeta]:
-        """Write ``entries`` to new tables (split at the target file size when
-        ``split``), sync them and their directory. On failure, remove what was
-        written and re-raise."""
         db = self.db
-        target = db.options.target_file_bytes if split else 1 << 62
-        outputs: list[FileMeta] = []
-        paths: list[str] = []
-        builder: TableBuilder | None = None
-        out: WritableFile | None = None
-        number = 0
+
+        def closing() -> bool:
+            return db._closing
+
         try:
-            for n, (key, seq, kind, value) in enumerate(entries):
-                if builder is None or out is None:
-                    number = db.new_file_number()
-                    path = filenames.table_path(db.path, number)
-                    paths.append(path)
-                    out = db.fs.create(path)
-                    builder = TableBuilder(out, db.options)
-                builder.add(key, seq, kind, value)
-                if n % _ABORT_CHECK_EVERY == 0 and db._closing:
-                    raise _Aborted
-                if builder.estimated_size() >= target:
-                    outputs.append(_finish(builder, out, number))
-                    builder = out = None
-            if builder is not None and out is not None:
-                outputs.append(_finish(builder, out, number))
-                builder = out = None
-            db.fs.sync_dir(db.path)
-        except BaseException:
-            if out is not None:
-                out.discard_buffer()
-                with contextlib.suppress(LSMError):
-                    out.close()
-            for path in paths:
-                self._remove(path)
-            raise
-        return outputs
+            return compactor.write_tables(
+                db.fs, db.path, db.options, entries,
+                split=split, next_number=db.new_file_number, should_abort=closing,
+            )
+        except compactor.Aborted:
+            raise _Aborted from None
 
     def delete_obsolete_tables(self) -> None:
         db = self.db
@@ -277,25 +265,6 @@ class Jobs:
             self._remove(filenames.table_path(db.path, number))
 
     def _remove(self, path: str) -> None:
-        try:
-            self.db.fs.remove(path)
-        except FileNotFoundError:
-            pass
-        except StorageIOError as exc:  # leftover files are removed on next open
-            log.warning("could not remove %s: %s", path, exc)
+        compactor.remove_quietly(self.db.fs, path)
 
 
-def _finish(builder: TableBuilder, f: WritableFile, number: int) -> FileMeta:
-    props = builder.finish()
-    f.sync()
-    f.close()
-    return FileMeta(
-        number=number,
-        size=props.file_bytes,
-        smallest=props.smallest_key,
-        largest=props.largest_key,
-        smallest_seq=props.smallest_seq,
-        largest_seq=props.largest_seq,
-        entries=props.entries,
-        tombstones=props.tombstones,
-    )

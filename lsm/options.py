@@ -64,6 +64,9 @@ class Options:
     compaction_filter: CompactionFilter | None = None
 
     background_threads: bool = True
+    # Run compactions in a child process when the file system is the real one
+    # (see lsm.compactor); off: on the compaction thread.
+    compaction_in_process: bool = True
 
     # Stamps ``created_ms`` in table properties; fixtures inject a fixed clock
     # so that the files they build are byte-for-byte reproducible.

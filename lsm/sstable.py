@@ -166,6 +166,7 @@ class TableBuilder:
         self._raw_values = 0
         self._blocks = 0
         self._compressed_blocks = 0
+        self._raw_streak = 0
         self._clock_ms = options.clock_ms
 
     def add(self, key: bytes, seq: int, kind: int, value: bytes) -> None:
@@ -200,9 +201,16 @@ class TableBuilder:
             return
         last = self._block.last_key()
         raw = self._block.finish()
-        sealed = self._codec.seal(raw, self._compress)
+        # After a run of blocks zstd could not shrink (random or already
+        # compressed values), try only every 8th block: a failed attempt
+        # costs as much as a successful one.
+        attempt = self._compress and (self._raw_streak < 4 or self._blocks % 8 == 0)
+        sealed = self._codec.seal(raw, attempt)
         if sealed[-TRAILER_SIZE] != 0:
             self._compressed_blocks += 1
+            self._raw_streak = 0
+        elif attempt:
+            self._raw_streak += 1
         offset, size = self._write(sealed)
         self._index.add(last, 0, HANDLE.pack(offset, size))
         self._blocks += 1

@@ -29,7 +29,7 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 TABLES = ["good", "bad_magic", "truncated", "bad_block_crc", "out_of_order"]
-WALS = ["fixtures/torn_tail.log", "fixtures/corrupt_mid.log", "fixtures/db/000007.log",
+WALS = ["fixtures/torn_tail.log", "fixtures/corrupt_mid.log", "fixtures/db/000014.log",
         "fixtures/good.sst"]
 DIRS = ["fixtures/db", "fixtures/db_missing_sst", "fixtures"]
 
@@ -176,7 +176,7 @@ def test_installed_console_script() -> None:
     bad = subprocess.run([exe, "db", "check", "fixtures/db_missing_sst"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1
-    assert ("fixtures/db_missing_sst/000008.sst: missing: level 0 of MANIFEST-000003 "
+    assert ("fixtures/db_missing_sst/000015.sst: missing: level 0 of MANIFEST-000003 "
             "references it") in bad.stdout
     assert "Traceback" not in bad.stderr
     usage = subprocess.run([exe, "wal", "dump"], cwd=ROOT, capture_output=True,
