@@ -1,5 +1,7 @@
 """Sorted string tables: immutable files of entries in key order.
 
+Footer and properties live in lsm.table_meta; they are re-exported here.
+
 File layout (byte-level detail in docs/formats/sstable.md)::
 
     +----------------------+
@@ -24,123 +26,27 @@ index, bisect inside one block.
 from __future__ import annotations
 
 import bisect
-import struct
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
-
-import msgpack
+from typing import TypeVar
 
 from lsm.block import TRAILER_SIZE, Block, BlockBuilder, Codec
 from lsm.bloom import Filter
 from lsm.cache import BlockCache
-from lsm.coding import crc32c
 from lsm.errors import CorruptionError
 from lsm.fs import FileSystem, RandomAccessFile, WritableFile
 from lsm.keys import KIND_DELETE, KIND_VALUE, Entry, pack_trailer, unpack_trailer
 from lsm.options import Options
+from lsm.table_meta import (
+    FOOTER_SIZE,
+    FORMAT_VERSION,
+    HANDLE,
+    MAGIC,
+    Footer,
+    TableProperties,
+    with_size,
+)
 
-MAGIC = b"RINGKVST"
-FORMAT_VERSION = 1
-FOOTER = struct.Struct("<QIQIQIII8s")
-FOOTER_SIZE = FOOTER.size  # 52
-HANDLE = struct.Struct("<QI")
-_CRC_SPAN = FOOTER_SIZE - 12  # the crc covers everything before it
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class TableProperties:
-    entries: int
-    tombstones: int
-    smallest_key: bytes
-    largest_key: bytes
-    smallest_seq: int
-    largest_seq: int
-    data_bytes: int
-    index_bytes: int
-    filter_bytes: int
-    raw_key_bytes: int
-    raw_value_bytes: int
-    num_blocks: int
-    file_bytes: int
-    format_version: int
-    bloom_bits_per_key: float
-    compression: str
-    created_ms: int
-
-    def encode(self) -> bytes:
-        return msgpack.packb(asdict(self), use_bin_type=True)  # type: ignore[no-any-return]
-
-    @classmethod
-    def decode(cls, data: bytes) -> TableProperties:
-        try:
-            raw = msgpack.unpackb(data, raw=False)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ValueError(f"properties are not valid msgpack: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError("properties must be a map")
-        try:
-            props = cls(**{f.name: raw[f.name] for f in fields(cls)})
-        except KeyError as exc:
-            raise ValueError(f"properties lack field {exc}") from None
-        for f in fields(cls):
-            want = {"bytes": bytes, "str": str, "float": (float, int)}.get(str(f.type), int)
-            if not isinstance(getattr(props, f.name), want):  # type: ignore[arg-type]
-                raise ValueError(f"property {f.name} has type {type(getattr(props, f.name))}")
-        return props
-
-
-@dataclass(frozen=True, slots=True)
-class Footer:
-    filter_handle: tuple[int, int]
-    index_handle: tuple[int, int]
-    props_handle: tuple[int, int]
-    format_version: int
-
-    def encode(self) -> bytes:
-        head = FOOTER.pack(
-            *self.filter_handle,
-            *self.index_handle,
-            *self.props_handle,
-            self.format_version,
-            0,
-            MAGIC,
-        )[:_CRC_SPAN]
-        return head + struct.pack("<I", crc32c(head)) + MAGIC
-
-    @classmethod
-    def decode(cls, data: bytes, file_size: int) -> Footer:
-        """Raises ValueError saying what was expected and what was found."""
-        (f_off, f_size, i_off, i_size, p_off, p_size, version, crc, magic) = FOOTER.unpack(data)
-        if magic != MAGIC:
-            raise ValueError(
-                f"bad magic: expected {MAGIC!r}, found {magic!r} (not a ringkv SSTable)"
-            )
-        found = crc32c(data[:_CRC_SPAN])
-        if found != crc:
-            raise ValueError(
-                f"footer checksum mismatch (expected {crc:#010x}, found {found:#010x})"
-            )
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
-            )
-        limit = file_size - FOOTER_SIZE
-        for name, off, size in (
-            ("filter", f_off, f_size),
-            ("index", i_off, i_size),
-            ("properties", p_off, p_size),
-        ):
-            if size < TRAILER_SIZE or off + size > limit:
-                raise ValueError(f"{name} handle ({off}, {size}) lies outside the file")
-        # The meta blocks sit back to back right before the footer.
-        if i_off != f_off + f_size or p_off != i_off + i_size or p_off + p_size != limit:
-            raise ValueError(
-                f"meta blocks are not contiguous: filter ({f_off}, {f_size}), index "
-                f"({i_off}, {i_size}), properties ({p_off}, {p_size}), footer at {limit}"
-            )
-        return cls((f_off, f_size), (i_off, i_size), (p_off, p_size), version)
 
 
 class TableBuilder:
@@ -245,13 +151,7 @@ class TableBuilder:
         props_handle = self._write(self._codec.seal(props.encode(), compress=False))
         self._write(Footer(filter_handle, index_handle, props_handle, FORMAT_VERSION).encode())
         self._keys = []
-        return _with_size(props, self._offset)
-
-
-def _with_size(props: TableProperties, size: int) -> TableProperties:
-    values = asdict(props)
-    values["file_bytes"] = size
-    return TableProperties(**values)
+        return with_size(props, self._offset)
 
 
 class TableReader:
@@ -329,7 +229,7 @@ class TableReader:
 
         bloom = decode(footer.filter_handle, "filter", Filter.decode)
         index = decode(footer.index_handle, "index", Block.decode)
-        props = _with_size(decode(footer.props_handle, "properties", TableProperties.decode), size)
+        props = with_size(decode(footer.props_handle, "properties", TableProperties.decode), size)
         handles = []
         data_end = footer.filter_handle[0]
         for i in range(len(index)):
@@ -429,11 +329,13 @@ def _read_exact(f: RandomAccessFile, path: str, offset: int, size: int) -> bytes
     return data
 
 
-def describe_footer(footer: Footer) -> dict[str, Any]:
-    return {
-        "filter": list(footer.filter_handle),
-        "index": list(footer.index_handle),
-        "properties": list(footer.props_handle),
-        "format_version": footer.format_version,
-        "magic": MAGIC.decode(),
-    }
+__all__ = [
+    "FOOTER_SIZE",
+    "FORMAT_VERSION",
+    "HANDLE",
+    "MAGIC",
+    "Footer",
+    "TableBuilder",
+    "TableProperties",
+    "TableReader",
+]
