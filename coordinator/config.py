@@ -1,0 +1,204 @@
+"""Node configuration: TOML file, then command-line overrides, then checks.
+
+Every setting has a default (the tables below are also the documentation's
+source: docs/configuration.md), a TOML section and a type. Unknown keys and
+wrong types are errors that name the key, so a typo never silently falls
+back to a default.
+
+    [node]     id, data_dir, zone
+    [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s
+    [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms
+    [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
+               memtable_bytes, block_cache_bytes, tombstone_grace_s
+    [handoff]  max_hint_window_s, throttle_bytes_per_s, concurrency
+    [security] requirepass, enable_flush
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from coordinator.errors import CoordinatorError
+
+
+class ConfigError(CoordinatorError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    # [node]
+    id: str = "node1"
+    data_dir: str = "./ringkv-data/node1"
+    zone: str = ""
+    # [network]
+    bind: str = "127.0.0.1"
+    client_port: int = 7379
+    peer_port: int = 17379
+    seeds: tuple[str, ...] = ()
+    max_clients: int = 10000
+    idle_timeout_s: float = 300.0
+    # [cluster]
+    partitions: int = 64
+    n: int = 3
+    r: int = 2
+    w: int = 2
+    pr: int = 0
+    pw: int = 0
+    secret: str = field(default="", repr=False)
+    request_timeout_ms: int = 2000
+    # [storage]
+    workers: int = 0  # 0: max(2, CPU count)
+    fsync: str = "interval"
+    fsync_interval_ms: int = 1000
+    max_value_bytes: int = 65536
+    memtable_bytes: int = 8 << 20
+    block_cache_bytes: int = 64 << 20
+    tombstone_grace_s: int = 86400
+    # [handoff]
+    max_hint_window_s: int = 3 * 3600
+    throttle_bytes_per_s: int = 10 << 20
+    concurrency: int = 2
+    # [security]
+    requirepass: str = field(default="", repr=False)
+    enable_flush: bool = False
+
+    def effective_workers(self) -> int:
+        return self.workers or max(2, os.cpu_count() or 2)
+
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "node": ("id", "data_dir", "zone"),
+    "network": ("bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s"),
+    "cluster": ("partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms"),
+    "storage": (
+        "workers",
+        "fsync",
+        "fsync_interval_ms",
+        "max_value_bytes",
+        "memtable_bytes",
+        "block_cache_bytes",
+        "tombstone_grace_s",
+    ),
+    "handoff": ("max_hint_window_s", "throttle_bytes_per_s", "concurrency"),
+    "security": ("requirepass", "enable_flush"),
+}
+_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+
+
+def load(path: str | None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides``
+    (flat keys, e.g. from command-line flags; ``None`` values are skipped)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        values.update(_flatten(doc, path))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in _TYPES:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = value
+    config = NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    validate(config)
+    return config
+
+
+def _flatten(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, body in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key, value in body.items():
+            if key not in SECTIONS[section]:
+                raise ConfigError(f"{path}: unknown key {section}.{key}")
+            out[key] = value
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    want = str(_TYPES[key])
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "tuple[str, ...]": isinstance(value, list | tuple)
+        and all(isinstance(v, str) for v in value),
+    }[want]
+    if not ok:
+        raise ConfigError(
+            f"{key} must be {want.replace('tuple[str, ...]', 'a list of strings')}, "
+            f"got {value!r:.60}"
+        )
+    if want == "tuple[str, ...]":
+        return tuple(value)
+    if want == "float":
+        return float(value)
+    return value
+
+
+def validate(c: NodeConfig) -> None:
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise ConfigError(message)
+
+    need(
+        bool(c.id) and all(ch.isalnum() or ch in "-_." for ch in c.id),
+        f"id must be letters, digits, '-', '_' or '.', got {c.id!r}",
+    )
+    for port in ("client_port", "peer_port"):
+        need(0 <= getattr(c, port) <= 65535, f"{port} must be 0..65535")
+    need(
+        c.client_port != c.peer_port or c.client_port == 0, "client_port and peer_port must differ"
+    )
+    need(
+        c.partitions >= 1 and c.partitions & (c.partitions - 1) == 0 and c.partitions <= 65536,
+        f"partitions must be a power of two up to 65536, got {c.partitions}",
+    )
+    need(1 <= c.n <= 16, f"n must be 1..16, got {c.n}")
+    for name in ("r", "w"):
+        need(1 <= getattr(c, name) <= c.n, f"{name} must be 1..n ({c.n}), got {getattr(c, name)}")
+    for name, of in (("pr", "r"), ("pw", "w")):
+        need(
+            0 <= getattr(c, name) <= getattr(c, of),
+            f"{name} must be 0..{of} ({getattr(c, of)}), got {getattr(c, name)}",
+        )
+    need(
+        c.fsync in ("always", "interval", "never"),
+        f"fsync must be always, interval or never, got {c.fsync!r}",
+    )
+    need(c.workers >= 0, "workers must be >= 0 (0: one per CPU, at least 2)")
+    need(1 <= c.max_value_bytes <= 1 << 26, "max_value_bytes must be 1..64 MiB")
+    for name in (
+        "fsync_interval_ms",
+        "request_timeout_ms",
+        "max_clients",
+        "concurrency",
+        "memtable_bytes",
+        "throttle_bytes_per_s",
+    ):
+        need(getattr(c, name) > 0, f"{name} must be > 0")
+    need(c.idle_timeout_s >= 0, "idle_timeout_s must be >= 0 (0: never)")
+    for seed in c.seeds:
+        host, _, port = seed.rpartition(":")
+        need(bool(host) and port.isdigit(), f"seed {seed!r} must be host:port")
+
+
+def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
+    """A validated copy with ``changes`` applied (used by ``ringkv up``)."""
+    new = replace(config, **changes)
+    validate(new)
+    return new

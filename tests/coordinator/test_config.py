@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from coordinator.config import SECTIONS, ConfigError, NodeConfig, load, with_overrides
+
+
+def write(tmp_path: str, text: str) -> str:
+    path = os.path.join(tmp_path, "node.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def test_defaults_are_valid_and_every_field_has_a_section() -> None:
+    c = load(None)
+    assert c == NodeConfig()
+    assert c.effective_workers() >= 2
+    listed = [k for keys in SECTIONS.values() for k in keys]
+    assert sorted(listed) == sorted(f for f in NodeConfig.__dataclass_fields__)
+
+
+def test_file_then_flags(tmp_path: str) -> None:
+    path = write(
+        tmp_path,
+        """
+[node]
+id = "n2"
+[network]
+client_port = 7400
+seeds = ["127.0.0.1:17379", "127.0.0.1:17380"]
+idle_timeout_s = 5
+[cluster]
+w = 3
+pw = 1
+""",
+    )
+    c = load(path, {"client_port": 7500, "id": None})
+    assert (c.id, c.client_port, c.w, c.pw, c.idle_timeout_s) == ("n2", 7500, 3, 1, 5.0)
+    assert c.seeds == ("127.0.0.1:17379", "127.0.0.1:17380")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nodes]\nid = 'x'\n", "unknown section [nodes]"),
+        ("[node]\nname = 'x'\n", "unknown key node.name"),
+        ("[network]\nclient_port = 'x'\n", "client_port must be int"),
+        ("[cluster]\nw = 4\n", "w must be 1..n (3), got 4"),
+        ("[cluster]\npartitions = 48\n", "partitions must be a power of two"),
+        ("[storage]\nfsync = 'sometimes'\n", "fsync must be always, interval or never"),
+        ("[network]\nseeds = ['nohost']\n", "seed 'nohost' must be host:port"),
+        ("[security]\nenable_flush = 1\n", "enable_flush must be bool"),
+        ("[node\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: str, text: str, message: str) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("[", r"\[")
+        .replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("..", r"\.\."),
+    ):
+        load(write(tmp_path, text))
+
+
+def test_missing_file_and_unknown_override(tmp_path: str) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(os.path.join(tmp_path, "nope.toml"))
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load(None, {"colour": "blue"})
+    with pytest.raises(ConfigError, match="pw must be"):
+        with_overrides(NodeConfig(), pw=3)
