@@ -29,6 +29,7 @@ import bisect
 import struct
 import threading
 from array import array
+from itertools import accumulate
 
 import zstandard
 
@@ -78,6 +79,18 @@ class BlockBuilder:
         self._val_ends.append((self._val_ends[-1] if self._val_ends else 0) + len(value))
         self._trailers.append(trailer)
         self.raw_size += len(key) + len(value) + 16
+
+    def add_run(self, keys: list[bytes], values: list[bytes], trailers: list[int]) -> None:
+        """Add many entries at once (an empty builder only): one C-level
+        pass per column instead of a Python call per entry."""
+        if self._keys:
+            raise RuntimeError("add_run needs an empty block builder")
+        self._keys = keys
+        self._values = values
+        self._key_ends = array("I", accumulate(map(len, keys)))
+        self._val_ends = array("I", accumulate(map(len, values)))
+        self._trailers = array("Q", trailers)
+        self.raw_size = self._key_ends[-1] + self._val_ends[-1] + 16 * len(keys)
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -41,10 +41,28 @@ class Filter:
 
     @classmethod
     def build(cls, keys: list[bytes], error_rate: float) -> Filter:
+        """pybloom-live sizes the filter and owns the bit array; the bits are
+        set by the same flat loop the probe uses (``test_bloom`` checks that
+        pybloom-live's own membership test finds every key)."""
         bf = BloomFilter(max(1, len(keys)), error_rate)
-        add = bf.add
+        k, m = int(bf.num_slices), int(bf.bits_per_slice)
+        fmt, salts = _probe_params(k, m, bf.hashfn)
+        bits = bf.bitarray
+        unpack = fmt.unpack
         for key in keys:
-            add(key.decode("latin-1"), skip_check=True)
+            data = key.decode("latin-1").encode()
+            offset = 0
+            left = k
+            for salt in salts:
+                h = salt.copy()
+                h.update(data)
+                for v in unpack(h.digest()):
+                    bits[offset + v % m] = True
+                    offset += m
+                    left -= 1
+                    if not left:
+                        break
+        bf.count = len(keys)
         return cls(bf)
 
     def encode(self) -> bytes:

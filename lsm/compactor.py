@@ -94,6 +94,17 @@ def write_tables(
     out: WritableFile | None = None
     number = 0
     try:
+        if not split and isinstance(entries, list) and entries:
+            # A flush: the memtable's sorted list goes into one table.
+            number = next_number()
+            path = filenames.table_path(dirname, number)
+            paths.append(path)
+            out = fs.create(path)
+            builder = TableBuilder(out, options)
+            builder.add_sorted(entries)
+            if should_abort():
+                raise Aborted
+            entries = []
         for n, (key, seq, kind, value) in enumerate(entries):
             if builder is None or out is None:
                 number = next_number()

@@ -93,6 +93,41 @@ class TableBuilder:
         if self._block.raw_size >= self._block_bytes:
             self._flush_block()
 
+    def add_sorted(self, entries: list[Entry]) -> None:
+        """Add a whole run of entries known to be in strictly ascending key
+        order (a memtable's), a block at a time. Same result as calling
+        :meth:`add` for each; several times cheaper per entry."""
+        if not entries:
+            return
+        self._flush_block()
+        if self._last is not None and entries[0][0] <= self._last:
+            raise ValueError(f"keys out of order: {entries[0][0]!r} after {self._last!r}")
+        if self._first is None:
+            self._first = entries[0][0]
+        self._last = entries[-1][0]
+        keys = [e[0] for e in entries]
+        values = [e[3] for e in entries]
+        trailers = [(e[1] << 8) | e[2] for e in entries]
+        self._keys += keys
+        self._raw_keys += sum(map(len, keys))
+        self._raw_values += sum(map(len, values))
+        self._tombstones += sum(1 for e in entries if e[2] == KIND_DELETE)
+        seqs = [e[1] for e in entries]
+        lo, hi = min(seqs), max(seqs)
+        self._min_seq = min(self._min_seq, lo)
+        self._max_seq = max(self._max_seq, hi)
+        limit = self._block_bytes
+        start = 0
+        size = 0
+        n = len(entries)
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            size += len(k) + len(v) + 16
+            if size >= limit or i == n - 1:
+                self._block.add_run(keys[start : i + 1], values[start : i + 1],
+                                    trailers[start : i + 1])
+                self._flush_block()
+                start, size = i + 1, 0
+
     def estimated_size(self) -> int:
         return self._offset + self._block.raw_size
 
