@@ -372,7 +372,7 @@ class DB:
                 hit = tables.get(f.number).get(key)
                 if hit is not None:
                     return hit[2] if hit[1] == KIND_VALUE else None
-        for level in range(1, len(version.levels)):
+        for level in version.deep_levels:
             f2 = version.find_in_level(level, key)
             if f2 is not None:
                 hit = tables.get(f2.number).get(key)

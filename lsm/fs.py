@@ -220,8 +220,11 @@ class _OsRandomAccessFile(RandomAccessFile):
         self._size = os.fstat(fd).st_size
 
     def read_at(self, offset: int, n: int) -> bytes:
-        with os_errors("read", self.path):
+        # try/except rather than os_errors(): this is on every block-cache miss.
+        try:
             return os.pread(self._fd, n, offset)
+        except OSError as exc:
+            raise translate_os_error(exc, "read", self.path) from exc
 
     def size(self) -> int:
         return self._size

@@ -304,11 +304,13 @@ class TableReader:
         """``(last key, offset, size)`` of every data block."""
         return [(k, o, s) for k, (o, s) in zip(self._index_keys, self._handles, strict=True)]
 
-    def read_block(self, i: int, fill_cache: bool = True) -> Block:
+    def read_block(self, i: int, fill_cache: bool = True, lookup: bool = True) -> Block:
+        """Data block ``i``, from the block cache if there (``lookup=False``:
+        the caller already looked)."""
         offset, size = self._handles[i]
         cache = self._cache
-        if cache is not None:
-            cache_key = (self.number, offset)
+        cache_key = (self.number, offset)
+        if cache is not None and lookup:
             block: Block | None = cache.get(cache_key)
             if block is not None:
                 return block
@@ -331,9 +333,13 @@ class TableReader:
         i = bisect.bisect_left(self._index_keys, key)
         if i == len(self._index_keys):
             return None
-        block = self.read_block(i)
-        j = block.find(key)
-        if j < 0:
+        cache = self._cache
+        block = None if cache is None else cache.get((self.number, self._handles[i][0]))
+        if block is None:
+            block = self.read_block(i, lookup=False)
+        keys = block.keys
+        j = bisect.bisect_left(keys, key)
+        if j == len(keys) or keys[j] != key:
             return None
         seq, kind = unpack_trailer(block.trailers[j])
         if kind not in (KIND_VALUE, KIND_DELETE):

@@ -26,6 +26,8 @@ class Version:
     levels: tuple[tuple[FileMeta, ...], ...]
     # Largest key of each file per level (levels 1+), for bisecting a lookup.
     _largest: tuple[tuple[bytes, ...], ...] = field(default=(), compare=False, repr=False)
+    # Levels >= 1 that hold files, so point lookups skip empty levels.
+    deep_levels: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def empty(cls, num_levels: int) -> Version:
@@ -41,7 +43,8 @@ class Version:
             else:
                 out.append(tuple(sorted(files, key=lambda f: f.smallest)))
         largest = tuple(tuple(f.largest for f in files) for files in out)
-        return cls(tuple(out), largest)
+        deep = tuple(n for n in range(1, len(out)) if out[n])
+        return cls(tuple(out), largest, deep)
 
     def apply(self, edit: VersionEdit, source: str = "version edit") -> Version:
         levels = [dict((f.number, f) for f in files) for files in self.levels]
