@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import hiredis
 
-from coordinator.errors import ProtocolError, RespError
+from coordinator.errors import ProtocolError
 
 #: Redis's PROTO_INLINE_MAX_SIZE: longest inline request, and longest
 #: unterminated header line we wait for.
@@ -303,96 +301,3 @@ class RequestParser:
             return False
         self._ready.append(request)
         return True
-
-
-# -- replies ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SimpleString:
-    """A ``+status`` reply (OK, PONG, QUEUED ...), as opposed to a bulk string."""
-
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    """A ``-ERR text`` reply built from a message rather than an exception."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class NullArray:
-    """``*-1``: what a RESP2 command returns for a missing array."""
-
-
-OK = SimpleString("OK")
-PONG = SimpleString("PONG")
-NULL_ARRAY = NullArray()
-
-Reply = (
-    SimpleString | Error | RespError | NullArray | int | bytes | str | None | Sequence["Reply"]
-)
-
-
-def _line(text: str) -> bytes:
-    # A CR or LF would end the line early and let the rest pose as a reply.
-    return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
-
-
-def simple(text: str) -> bytes:
-    """``+text``."""
-    return b"+" + _line(text) + b"\r\n"
-
-
-def error(text: str) -> bytes:
-    """``-text``; the text starts with its code, e.g. ``ERR`` or ``NOQUORUM``."""
-    return b"-" + _line(text) + b"\r\n"
-
-
-def integer(value: int) -> bytes:
-    """``:value``."""
-    return b":%d\r\n" % value
-
-
-def bulk(value: bytes | None) -> bytes:
-    """``$len`` and the bytes, or the null bulk ``$-1`` for None."""
-    if value is None:
-        return b"$-1\r\n"
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def array(items: Sequence[Reply] | None) -> bytes:
-    """``*count`` and each item encoded with :func:`encode_reply`; ``*-1`` for None."""
-    if items is None:
-        return b"*-1\r\n"
-    return b"*%d\r\n" % len(items) + b"".join(encode_reply(item) for item in items)
-
-
-def encode_reply(obj: Reply) -> bytes:
-    """Encode any reply value.
-
-    bytes and str become bulk strings (str as UTF-8), None the null bulk,
-    int an integer (bool as 1/0), lists and tuples arrays; the wrapper types
-    and :class:`~coordinator.errors.RespError` say what plain values cannot.
-    """
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return bulk(bytes(obj))
-    if isinstance(obj, str):
-        return bulk(obj.encode("utf-8"))
-    if obj is None:
-        return b"$-1\r\n"
-    if isinstance(obj, int):
-        return integer(int(obj))
-    if isinstance(obj, SimpleString):
-        return simple(obj.value)
-    if isinstance(obj, Error):
-        return error(obj.message)
-    if isinstance(obj, RespError):
-        return error(str(obj))
-    if isinstance(obj, NullArray):
-        return b"*-1\r\n"
-    if isinstance(obj, list | tuple):
-        return array(obj)
-    raise TypeError(f"cannot encode {type(obj).__name__} as a RESP reply")

@@ -21,12 +21,11 @@ from coordinator.errors import (
     ValueTooLargeError,
     WrongArityError,
 )
-from coordinator.resp import (
+from coordinator.replies import (
     NULL_ARRAY,
     OK,
     PONG,
     Error,
-    RequestParser,
     SimpleString,
     array,
     bulk,
@@ -34,8 +33,8 @@ from coordinator.resp import (
     error,
     integer,
     simple,
-    split_inline,
 )
+from coordinator.resp import RequestParser, split_inline
 
 
 def pack(*args: bytes) -> bytes:
@@ -398,3 +397,15 @@ def test_error_texts(exc: RespError, text: str) -> None:
     assert exc.code == text.split(" ", 1)[0]
     assert isinstance(exc, CoordinatorError)
     assert encode_reply(exc) == b"-" + text.encode() + b"\r\n"
+
+
+def test_resp3_nulls_and_maps_for_hello_3_clients() -> None:
+    from coordinator.replies import NULL_ARRAY, Reply, encode_reply
+
+    assert encode_reply(None, 3) == b"_\r\n"
+    assert encode_reply(NULL_ARRAY, 3) == b"_\r\n"
+    assert encode_reply([b"a", None], 3) == b"*2\r\n$1\r\na\r\n_\r\n"
+    hello: dict[str, Reply] = {"server": "ringkv", "proto": 3}
+    assert encode_reply(hello, 3) == b"%2\r\n$6\r\nserver\r\n$6\r\nringkv\r\n$5\r\nproto\r\n:3\r\n"
+    assert encode_reply(hello, 2).startswith(b"*4\r\n")
+    assert encode_reply(None) == b"$-1\r\n"
