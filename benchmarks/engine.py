@@ -275,10 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write_docs:
-        title = "Engine benchmark" + (" (--quick)" if args.quick else "")
-        body = harness.machine_block(info, harness.command_line()) + "\n\n" + text
-        heading = harness.write_docs_section(title, body)
-        print(f"\nwrote '{heading}' to {os.path.relpath(harness.DOCS)}")
+        harness.publish("Engine benchmark", args.quick, info, text)
     failed = [e for e, r in results.items() if "error" in r]
     return 1 if failed else 0
 

@@ -246,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write_docs:
-        title = "Bulk load" + (" (--quick)" if args.quick else "")
-        body = harness.machine_block(info, harness.command_line()) + "\n\n" + text
-        heading = harness.write_docs_section(title, body)
-        print(f"\nwrote '{heading}' to {os.path.relpath(harness.DOCS)}")
+        harness.publish("Bulk load", args.quick, info, text)
     return 0
 
 

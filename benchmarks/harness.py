@@ -270,3 +270,11 @@ def machine_block(info: dict[str, str], command: str) -> str:
 def command_line() -> str:
     rel = os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())
     return " ".join(["python3", rel, *sys.argv[1:]])
+
+
+def publish(title: str, quick: bool, info: dict[str, str], text: str) -> None:
+    """Write ``text`` with the machine block as today's ``title`` section of
+    docs/benchmarks.md (``--write-docs``)."""
+    title += " (--quick)" if quick else ""
+    heading = write_docs_section(title, machine_block(info, command_line()) + "\n\n" + text)
+    print(f"\nwrote '{heading}' to {os.path.relpath(DOCS)}")

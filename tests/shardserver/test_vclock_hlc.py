@@ -19,7 +19,6 @@ from shardserver.protocol.hlc import (
 )
 from shardserver.protocol.vclock import (
     EMPTY,
-    ActorId,
     Order,
     VClock,
     VersionFormatError,
@@ -34,13 +33,9 @@ from shardserver.protocol.vclock import (
     merge,
     parse_actor,
 )
+from tests.shardserver.strategies import A, B, C, clocks
 
-A = ActorId(b"a#0")
-B = ActorId(b"b#0")
-C = ActorId(b"c#0")
-
-actors_st = st.sampled_from([A, B, C, ActorId(b"d#1")])
-clocks_st = st.dictionaries(actors_st, st.integers(0, 6)).map(VClock.of)
+clocks_st = clocks(6)
 
 
 # --- actors -------------------------------------------------------------------

@@ -28,15 +28,11 @@ from shardserver.protocol.versions import (
     new_version_for_context,
     visible_value,
 )
+from tests.shardserver.strategies import A, B, C, D, actors_st, clocks
 
-A = ActorId(b"a#0")
-B = ActorId(b"b#0")
-C = ActorId(b"c#0")
-D = ActorId(b"d#0")
 BIG_CAP = 1000  # a cap that never binds, for the algebraic properties
 
-actors_st = st.sampled_from([A, B, C, D])
-clocks_st = st.dictionaries(actors_st, st.integers(0, 4), max_size=4).map(VClock.of)
+clocks_st = clocks(4, max_size=4)
 values_st = st.one_of(st.none(), st.binary(max_size=6))
 versions_st = st.builds(
     Version, clock=clocks_st, hlc=st.integers(0, 20), actor=actors_st, value=values_st
