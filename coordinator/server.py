@@ -1,0 +1,417 @@
+"""The client-facing server: RESP over TCP, one task per connection.
+
+Startup -> accept loop -> shutdown, uvicorn-style: every connection task is
+registered and cancelled on shutdown. Per connection, requests are parsed
+sans-IO (coordinator.resp), turned into commands (coordinator.commands), and
+each gets a slot in a FIFO of pending replies; a writer drains the FIFO in
+request order, so a pipeline of quorum requests can finish out of order
+while its replies still come back in order (DESIGN §5). The FIFO is bounded:
+when it is full the connection stops reading, so a client that pipelines
+without reading cannot grow our memory.
+
+Connection-level commands (PING, ECHO, HELLO, AUTH, SELECT, CLIENT,
+CONSISTENCY, COMMAND, CONFIG GET, QUIT) are answered here. Data commands go
+to a :class:`DataPath`; a node without one (storage not attached yet)
+answers ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from coordinator import commands
+from coordinator.commands import Command, Limits
+from coordinator.config import NodeConfig
+from coordinator.errors import (
+    CommandError,
+    NoAuthError,
+    ProtocolError,
+    UnavailableError,
+    WrongPassError,
+)
+from coordinator.quorum import Consistency, check_levels
+from coordinator.replies import OK, PONG, Error, Reply, SimpleString, encode_reply
+from coordinator.resp import RequestParser
+
+log = logging.getLogger("ringkv.server")
+
+VERSION = "0.1.0"
+READ_CHUNK = 64 * 1024
+MAX_PENDING = 1024  # replies queued per connection before reading pauses
+_CONNECTION_COMMANDS = frozenset(
+    {
+        "PING",
+        "ECHO",
+        "HELLO",
+        "AUTH",
+        "SELECT",
+        "CLIENT",
+        "CONSISTENCY",
+        "COMMAND",
+        "CONFIG",
+        "QUIT",
+        "INFO",
+    }
+)
+_NO_AUTH_NEEDED = frozenset({"AUTH", "HELLO", "QUIT"})
+
+
+class DataPath(Protocol):
+    """What the server needs from the cluster: run one data command."""
+
+    async def execute(self, command: Command, consistency: Consistency) -> Reply: ...
+
+    def info(self) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(slots=True)
+class Connection:
+    id: int
+    peer: str
+    proto: int = 2
+    authenticated: bool = False
+    name: str = ""
+    consistency: Consistency = field(default_factory=Consistency)
+    last_active: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Stats:
+    connections_received: int = 0
+    rejected_connections: int = 0
+    commands_processed: int = 0
+    protocol_errors: int = 0
+
+
+class ClientServer:
+    def __init__(self, config: NodeConfig, data: DataPath | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.limits = Limits(max_value_bytes=config.max_value_bytes)
+        # A bulk a little over the value limit still parses, so an oversized
+        # value gets "value too large" and the connection stays; a bulk far
+        # over it is a protocol error that closes the connection.
+        self.max_bulk = max(1 << 20, 2 * config.max_value_bytes)
+        self.stats = Stats()
+        self.started = time.time()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_id = 0
+        self.port = 0
+
+    # -- lifecycle --------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.config.bind, self.config.client_port, limit=READ_CHUNK
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("serving clients on %s:%d", self.config.bind, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    @property
+    def clients(self) -> int:
+        return len(self._tasks)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections_received += 1
+        if len(self._tasks) >= self.config.max_clients:
+            self.stats.rejected_connections += 1
+            writer.write(b"-ERR max number of clients reached\r\n")
+            with contextlib.suppress(OSError):
+                await asyncio.wait_for(writer.drain(), 1)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._next_id += 1
+        peer = writer.get_extra_info("peername")
+        conn = Connection(self._next_id, f"{peer[0]}:{peer[1]}" if peer else "?")
+        conn.authenticated = not self.config.requirepass
+        try:
+            await self._serve(conn, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    # -- one connection ---------------------------------------------------
+    async def _serve(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        parser = RequestParser(max_bulk=self.max_bulk, max_request=4 * self.max_bulk)
+        pending: deque[Awaitable[Reply] | Reply] = deque()
+        try:
+            await self._loop(conn, parser, pending, reader, writer)
+        finally:
+            for item in pending:  # the client is gone: stop its requests
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+
+    async def _loop(
+        self,
+        conn: Connection,
+        parser: RequestParser,
+        pending: deque[Awaitable[Reply] | Reply],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        idle = self.config.idle_timeout_s or None
+        closing = False
+        while not closing:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), idle)
+            except TimeoutError:
+                return  # idle: Redis closes silently too
+            if not data:
+                return
+            conn.last_active = time.monotonic()
+            parser.feed(data)
+            while True:
+                item = parser.gets()
+                if item is None:
+                    break
+                if isinstance(item, ProtocolError):
+                    self.stats.protocol_errors += 1
+                    pending.append(Error(str(item)))
+                    closing = True
+                    break
+                request = list(item)
+                pending.append(self._dispatch(conn, request))
+                if request and request[0].upper() == b"QUIT":
+                    closing = True
+                    break
+                if len(pending) >= MAX_PENDING:
+                    await self._flush(conn, pending, writer)
+            await self._flush(conn, pending, writer)
+
+    async def _flush(
+        self,
+        conn: Connection,
+        pending: deque[Awaitable[Reply] | Reply],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        out: list[bytes] = []
+        while pending:
+            item = pending.popleft()
+            if isinstance(item, Awaitable):
+                try:
+                    item = await item
+                except CommandError as exc:
+                    item = Error(str(exc))
+            out.append(encode_reply(item, conn.proto))
+        if out:
+            writer.write(b"".join(out))
+            await writer.drain()
+
+    def _dispatch(self, conn: Connection, request: list[bytes]) -> Awaitable[Reply] | Reply:
+        self.stats.commands_processed += 1
+        try:
+            name = request[0].decode("utf-8", "replace").upper() if request else ""
+            if not conn.authenticated and name not in _NO_AUTH_NEEDED:
+                raise NoAuthError()
+            command = commands.parse(request, self.limits)
+            if command.name in _CONNECTION_COMMANDS:
+                return self._connection_command(conn, command)
+            if self.data is None:
+                raise UnavailableError("storage is not attached to this node yet")
+            levels = command.consistency.merged(conn.consistency)
+            check_levels(levels, self.config.n)
+            # A task, so pipelined requests wait for their quorums concurrently.
+            return asyncio.ensure_future(self.data.execute(command, levels))
+        except CommandError as exc:
+            return Error(str(exc))
+
+    # -- connection-level commands ---------------------------------------
+    def _connection_command(self, conn: Connection, c: Command) -> Reply:
+        name, args = c.name, c.args
+        if name == "PING":
+            return args[0] if args else PONG
+        if name == "ECHO":
+            return args[0]
+        if name == "QUIT":
+            return OK
+        if name == "SELECT":
+            return OK
+        if name == "AUTH":
+            return self._auth(conn, args[-1])
+        if name == "HELLO":
+            return self._hello(conn, list(args))
+        if name == "CLIENT":
+            return self._client(conn, list(args))
+        if name == "CONSISTENCY":
+            if c.consistency != Consistency():
+                check_levels(c.consistency.merged(conn.consistency), self.config.n)
+                conn.consistency = c.consistency.merged(conn.consistency)
+                return OK
+            return {k: v for k, v in asdict(self._effective(conn)).items()}
+        if name == "COMMAND":
+            sub = args[0].upper() if args else b""
+            return len(commands.COMMANDS) if sub == b"COUNT" else []
+        if name == "CONFIG":
+            return self._config(list(args))
+        if name == "INFO":
+            return self.info_text(args[0].decode("utf-8", "replace") if args else "default")
+        raise CommandError(f"ERR unknown command '{name}'")
+
+    def _effective(self, conn: Connection) -> Consistency:
+        c = self.config
+        return conn.consistency.merged(Consistency(r=c.r, w=c.w, pr=c.pr, pw=c.pw))
+
+    def _auth(self, conn: Connection, password: bytes) -> Reply:
+        if not self.config.requirepass:
+            raise CommandError(
+                "ERR AUTH <password> called without any password configured for the "
+                "default user. Are you sure your configuration is correct?"
+            )
+        if password.decode("utf-8", "replace") != self.config.requirepass:
+            raise WrongPassError()
+        conn.authenticated = True
+        return OK
+
+    def _hello(self, conn: Connection, args: list[bytes]) -> Reply:
+        proto = conn.proto
+        if args:
+            try:
+                proto = int(args[0])
+            except ValueError:
+                raise CommandError(
+                    "ERR Protocol version is not an integer or out of range"
+                ) from None
+            if proto not in (2, 3):
+                raise CommandError("NOPROTO unsupported protocol version")
+            rest = args[1:]
+            while rest:
+                opt = rest[0].upper()
+                if opt == b"AUTH" and len(rest) >= 3:
+                    self._auth(conn, rest[2])
+                    rest = rest[3:]
+                elif opt == b"SETNAME" and len(rest) >= 2:
+                    conn.name = rest[1].decode("utf-8", "replace")
+                    rest = rest[2:]
+                else:
+                    raise CommandError(f"ERR Syntax error in HELLO option '{rest[0]!r}'")
+        if not conn.authenticated:
+            raise NoAuthError()
+        conn.proto = proto
+        return {
+            "server": "ringkv",
+            "version": VERSION,
+            "proto": proto,
+            "id": conn.id,
+            "mode": "cluster",
+            "role": "master",
+            "modules": [],
+        }
+
+    def _client(self, conn: Connection, args: list[bytes]) -> Reply:
+        sub = args[0].upper()
+        if sub == b"SETNAME" and len(args) == 2:
+            conn.name = args[1].decode("utf-8", "replace")
+            return OK
+        if sub == b"GETNAME":
+            return conn.name or None
+        if sub == b"ID":
+            return conn.id
+        if sub == b"SETINFO":
+            return OK
+        raise CommandError(f"ERR unknown subcommand '{args[0].decode('utf-8', 'replace')}'")
+
+    def _config(self, args: list[bytes]) -> Reply:
+        if args[0].upper() != b"GET" or len(args) != 2:
+            raise CommandError("ERR CONFIG is read-only here: only CONFIG GET <pattern>")
+        pattern = args[1].decode("utf-8", "replace").lower()
+        shown = {k: v for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")}
+        return {k: str(v) for k, v in shown.items() if fnmatch.fnmatchcase(k, pattern)}
+
+    def info_text(self, section: str) -> bytes:
+        sections: dict[str, dict[str, Any]] = {
+            "server": {
+                "ringkv_version": VERSION,
+                "node_id": self.config.id,
+                "tcp_port": self.port,
+                "uptime_in_seconds": int(time.time() - self.started),
+            },
+            "clients": {"connected_clients": self.clients, "maxclients": self.config.max_clients},
+            "stats": asdict(self.stats),
+        }
+        if self.data is not None:
+            sections.update(self.data.info())
+        wanted = section.lower()
+        lines: list[str] = []
+        for name, fields_ in sections.items():
+            if wanted not in ("default", "all", "everything", name):
+                continue
+            lines.append(f"# {name.capitalize()}")
+            lines += [f"{k}:{v}" for k, v in fields_.items()]
+            lines.append("")
+        return "\r\n".join(lines).encode()
+
+
+async def serve_forever(server: ClientServer, stop: asyncio.Event) -> None:
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m coordinator.server --port N``: the client server alone,
+    without storage (data commands answer UNAVAILABLE); used by the protocol
+    tests until ``ringkv serve`` wires the whole node."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--requirepass", default="")
+    p.add_argument("--max-clients", type=int, default=10000)
+    p.add_argument("--idle-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    config = NodeConfig(
+        client_port=args.port,
+        requirepass=args.requirepass,
+        max_clients=args.max_clients,
+        idle_timeout_s=args.idle_timeout,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = ClientServer(config)
+        await server.start()
+        print(f"listening on {config.bind}:{server.port}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+
+
+__all__ = ["ClientServer", "Connection", "DataPath", "SimpleString", "serve_forever"]
+
+if __name__ == "__main__":
+    main()

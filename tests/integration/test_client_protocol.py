@@ -1,0 +1,161 @@
+"""The client server as a real process, spoken to by redis-py and raw sockets:
+RESP2/RESP3, inline commands, pipelining order, Redis's error texts, and a
+protocol error that closes only its own connection. Data commands are not
+wired here (the node has no storage attached) and answer UNAVAILABLE."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+pytestmark = pytest.mark.integration
+
+
+def _start(*args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.server", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "listening on 127.0.0.1:PORT", or EOF if it died
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    proc, port = _start()
+    try:
+        yield port
+    finally:
+        _stop(proc)
+
+
+def raw(port: int, data: bytes, expect_close: bool = False) -> bytes:
+    """Send ``data``, read until the server closes or 0.5 s pass quietly."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.settimeout(0.5 if not expect_close else 5)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_redis_py_default_resp3_and_resp2(port: int) -> None:
+    r3 = redis.Redis(port=port, socket_timeout=5)  # redis-py 8 sends HELLO 3
+    assert r3.ping() is True
+    assert r3.echo(b"\x00bin\xff") == b"\x00bin\xff"
+    r2 = redis.Redis(port=port, socket_timeout=5, protocol=2)
+    assert r2.ping() is True
+    assert r2.config_get("n") == {"n": "3"}  # redis-py decodes CONFIG GET replies
+    assert r3.info("server")["node_id"] == "node1"
+
+
+def test_pipeline_of_10000_replies_in_order(port: int) -> None:
+    r = redis.Redis(port=port, socket_timeout=10)
+    pipe = r.pipeline(transaction=False)
+    for i in range(10000):
+        pipe.echo(b"%d" % i)
+    assert pipe.execute() == [b"%d" % i for i in range(10000)]
+
+
+def test_redis_error_texts(port: int) -> None:
+    r = redis.Redis(port=port, socket_timeout=5, protocol=2)
+    with pytest.raises(redis.ResponseError) as info:
+        r.execute_command("FOO", "a", "b")  # type: ignore[no-untyped-call]
+    assert str(info.value) == "unknown command 'FOO', with args beginning with: 'a' 'b' "
+    with pytest.raises(redis.ResponseError) as info:
+        r.execute_command("GET")  # type: ignore[no-untyped-call]
+    assert str(info.value) == "wrong number of arguments for 'get' command"
+    with pytest.raises(redis.ResponseError) as info:
+        r.set("k", b"x" * 70000)
+    assert str(info.value) == "value too large (70000 > 65536 bytes)"
+    with pytest.raises(redis.ResponseError) as info:
+        r.set("k", "v", ex=10)
+    assert "not supported" in str(info.value)
+    assert r.ping() is True  # command errors never close the connection
+
+
+def test_inline_commands_and_quotes(port: int) -> None:
+    assert raw(port, b"PING\r\nECHO \"a b\"\r\nECHO 'c\\'d'\r\n") == (
+        b"+PONG\r\n$3\r\na b\r\n$3\r\nc'd\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reply"),
+    [
+        (b'ECHO "unbalanced\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+        (b"*1\r\n$abc\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$999999999999\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n+PING\r\n", b"-ERR Protocol error: expected '$', got '+'\r\n"),
+    ],
+)
+def test_protocol_error_replies_then_closes_only_that_connection(
+    port: int, request_bytes: bytes, reply: bytes
+) -> None:
+    other = redis.Redis(port=port, socket_timeout=5)
+    assert other.ping() is True
+    # Replies to earlier requests in the same read still come first.
+    assert raw(port, b"PING\r\n" + request_bytes, expect_close=True) == b"+PONG\r\n" + reply
+    assert other.ping() is True
+
+
+def test_data_commands_say_storage_is_not_attached(port: int) -> None:
+    r = redis.Redis(port=port, socket_timeout=5)
+    with pytest.raises(redis.ResponseError, match="storage is not attached"):
+        r.get("k")
+
+
+def test_auth_and_limits() -> None:
+    proc, port = _start("--requirepass", "pw", "--max-clients", "2", "--idle-timeout", "1")
+    try:
+        assert raw(port, b"PING\r\n") == b"-NOAUTH Authentication required.\r\n"
+        assert raw(port, b"AUTH wrong\r\n").startswith(b"-WRONGPASS")
+        assert raw(port, b"AUTH pw\r\nPING\r\n") == b"+OK\r\n+PONG\r\n"
+        r = redis.Redis(port=port, password="pw", socket_timeout=5)
+        assert r.ping() is True
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 5
+            reply = b""
+            while time.monotonic() < deadline and not reply.startswith(b"-ERR max"):
+                reply = raw(port, b"", expect_close=True)
+            assert reply == b"-ERR max number of clients reached\r\n"
+        finally:
+            for s in held:
+                s.close()
+        # An idle connection is closed after idle_timeout (1 s here).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            started = time.monotonic()
+            assert s.recv(10) == b""
+            assert time.monotonic() - started < 4.5
+    finally:
+        _stop(proc)
