@@ -159,3 +159,17 @@ def test_auth_and_limits() -> None:
             assert time.monotonic() - started < 4.5
     finally:
         _stop(proc)
+
+
+def test_redis_cli_one_shot_and_pipe(port: int) -> None:
+    def cli(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), *args],
+            input=stdin, capture_output=True, text=True, timeout=20, check=True,
+        )
+        return done.stdout
+
+    assert cli("PING") == "PONG\n"
+    assert cli("ECHO", "hello world") == "hello world\n"
+    assert "unknown command 'NOPE'" in cli("NOPE")
+    assert cli(stdin="PING\nECHO x\n") == "PONG\nx\n"
