@@ -177,12 +177,13 @@ def merge(siblings: SiblingSet, incoming: Version, cap: int = DEFAULT_SIBLING_CA
 
 
 def merge_sets(a: SiblingSet, b: SiblingSet, cap: int = DEFAULT_SIBLING_CAP) -> MergeResult:
-    """Merge two sibling sets (read reconciliation, repair, handoff)."""
-    if len(b) > len(a):
-        a, b = b, a  # fewer passes; below the cap the result is the same
-    result = _apply_cap(a, cap)
-    current, dropped = result.siblings, result.dropped_by_cap
-    for v in b:
+    """Merge two sibling sets (read reconciliation, repair, handoff). Either
+    may come off the wire, so neither is trusted to be a proper set: every
+    version goes through :func:`merge` (duplicates and dominated versions
+    are dropped whichever argument they arrive in)."""
+    current: SiblingSet = ()
+    dropped = 0
+    for v in (*a, *b):
         result = merge(current, v, cap)
         current = result.siblings
         dropped += result.dropped_by_cap

@@ -362,3 +362,10 @@ def test_decode_of_damaged_encoding_fails_cleanly(
     except VersionFormatError:
         return
     assert all(isinstance(s, Version) for s in siblings)
+
+
+def test_merge_sets_normalises_improper_input_from_the_wire() -> None:
+    x = v({A: 1}, 1, A, b"x")
+    newer = v({A: 2}, 2, A, b"newer")
+    assert merge_sets((), (x, x)).siblings == (x,)
+    assert merge_sets((x, newer), ()).siblings == (newer,)
