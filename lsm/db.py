@@ -228,6 +228,16 @@ class DB:
             self.counters["wal_sync_us"] += int((time.perf_counter() - start) * 1e6)
             self._synced[number] = covered
 
+    def sync(self) -> None:
+        """Make durable everything that writes have handed to the OS so far,
+        in every live WAL. For callers that acknowledge something they did
+        not write themselves (an idempotent retry that found its value
+        already there) under ``fsync="always"``."""
+        with self._sync_lock:
+            wals = [(number, wal.flushed_size) for number, wal in self._wals.items()]
+        for number, upto in wals:
+            self.sync_wal(number, upto)
+
     def _l0_pressure(self) -> bool:
         return len(self._state[2].levels[0]) >= self.options.l0_slowdown_trigger
 

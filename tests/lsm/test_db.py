@@ -171,3 +171,14 @@ def test_invalid_arguments_are_rejected(tmp_path: str) -> None:
             db.put("text", b"x")  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             db.put(b"k" * 70000, b"x")
+
+
+def test_sync_makes_every_handed_over_write_durable() -> None:
+    fs = FaultFileSystem()
+    db = DB.open("/db", small(fs=fs, fsync="never"))
+    db.put(b"k", b"v")
+    db.sync()
+    db.kill()
+    fs.crash()
+    with DB.open("/db", small(fs=fs)) as again:
+        assert again.get(b"k") == b"v"
