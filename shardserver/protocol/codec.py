@@ -1,0 +1,399 @@
+"""Sans-IO framing of the shard protocol (coordinator ⇄ worker, DESIGN §2).
+
+A connection carries frames both ways; one frame batches many envelopes::
+
+    +----------------------+------------------------------------------+
+    | length: u32 BE       | msgpack array of envelopes (length bytes) |
+    +----------------------+------------------------------------------+
+
+    request envelope:  [request_id: uint64, op: str, args: array]
+    reply envelope:    [request_id: uint64, status: uint, payload]
+
+Request ids are chosen by the client and echoed by the worker; replies may
+come back in any order and in different frames than their requests. The ops,
+their args and reply payloads are listed in docs/formats/shard-protocol.md
+and in ``messages``. A version travels as ``[clock, hlc, actor, value]``
+(clock as in ``vclock.encode``), a sibling set as ``encode_siblings`` bytes.
+
+Everything that comes off the wire is checked field by field: anything
+malformed raises ``ProtocolError`` (a ValueError) naming the field, never
+another exception and never an assert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+
+from shardserver.protocol import messages as m
+from shardserver.protocol import vclock, versions
+from shardserver.protocol.messages import Reply, Request, Status
+from shardserver.protocol.vclock import MAX_ACTOR_BYTES, ActorId, VersionFormatError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "FrameDecoder", "ProtocolError", "Reply", "Request", "Status",
+    "check_payload", "decode_replies", "decode_requests", "decode_requests_lenient",
+    "encode_replies", "encode_requests",
+]
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 64 << 20
+MAX_REQUEST_ID = (1 << 64) - 1
+MAX_HLC = (1 << 64) - 1
+#: Nesting deeper than this in a free-form payload (stats) is garbage.
+MAX_PAYLOAD_DEPTH = 32
+
+
+class ProtocolError(ValueError):
+    """A frame or envelope is malformed; the message names the field."""
+
+
+# --- frames ------------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Split a byte stream into frame payloads.
+
+    After a ProtocolError the stream is out of sync: the decoder keeps raising
+    and the caller must drop the connection.
+    """
+
+    __slots__ = ("_buf", "_error", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 1:
+            raise ValueError(f"max_frame must be >= 1, got {max_frame}")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._error: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def frames(self) -> list[bytes]:
+        """Every complete frame payload fed so far, in order."""
+        if self._error is not None:
+            raise self._error
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length == 0 or length > self.max_frame:
+                self._error = ProtocolError(f"frame length {length} outside 1..{self.max_frame}")
+                del buf[:pos]
+                raise self._error
+            end = pos + HEADER.size + length
+            if end > len(buf):
+                break
+            out.append(bytes(buf[pos + HEADER.size : end]))
+            pos = end
+        del buf[:pos]
+        return out
+
+
+def _pack_envelopes(envelopes: list[bytes]) -> bytes:
+    payload = msgpack.Packer().pack_array_header(len(envelopes)) + b"".join(envelopes)
+    if len(payload) > 0xFFFFFFFF:
+        raise ProtocolError(f"frame payload too large: {len(payload)} bytes")
+    return HEADER.pack(len(payload)) + bytes(payload)
+
+
+def _unpack(payload: bytes, what: str) -> list[Any]:
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, timestamp=0)
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        raise ProtocolError(f"{what}: malformed msgpack ({e})") from e
+    if not isinstance(obj, list):
+        raise ProtocolError(f"{what}: expected an array of envelopes, got {type(obj).__name__}")
+    return obj
+
+
+# --- field checks ------------------------------------------------------------
+
+
+def _int(v: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"{field}: expected an int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ProtocolError(f"{field}: {v} outside {lo}..{hi}")
+    return v
+
+
+def _partition(v: object, field: str = "partition") -> int:
+    return _int(v, field, 0, m.MAX_PARTITION)
+
+
+def _bytes(v: object, field: str, lo: int, hi: int) -> bytes:
+    if not isinstance(v, bytes):
+        raise ProtocolError(f"{field}: expected bytes, got {type(v).__name__}")
+    if not lo <= len(v) <= hi:
+        raise ProtocolError(f"{field}: length {len(v)} outside {lo}..{hi}")
+    return v
+
+
+def _key(v: object, field: str = "key") -> bytes:
+    return _bytes(v, field, 1, m.MAX_KEY_BYTES)
+
+
+def _args(args: list[Any], n: int, op: str) -> list[Any]:
+    if len(args) != n:
+        raise ProtocolError(f"{op}: expected {n} args, got {len(args)}")
+    return args
+
+
+def encode_version(v: versions.Version) -> list[Any]:
+    return [vclock.encode(v.clock), v.hlc, v.actor, v.value]
+
+
+def decode_version(obj: object, field: str = "version") -> versions.Version:
+    if not isinstance(obj, list) or len(obj) != 4:
+        raise ProtocolError(f"{field}: expected [clock, hlc, actor, value]")
+    raw_clock, hlc, actor, value = obj
+    try:
+        clock = vclock.decode(raw_clock, f"{field}.clock")
+    except VersionFormatError as e:
+        raise ProtocolError(str(e)) from e
+    _int(hlc, f"{field}.hlc", 0, MAX_HLC)
+    _bytes(actor, f"{field}.actor", 1, MAX_ACTOR_BYTES)
+    if value is not None and not isinstance(value, bytes):
+        raise ProtocolError(f"{field}.value: expected bytes or nil, got {type(value).__name__}")
+    return versions.Version(clock=clock, hlc=hlc, actor=ActorId(actor), value=value)
+
+
+def decode_siblings(obj: object, field: str) -> versions.SiblingSet:
+    if not isinstance(obj, bytes):
+        raise ProtocolError(f"{field}: expected encoded siblings (bytes), got {type(obj).__name__}")
+    try:
+        return versions.decode_siblings(obj)
+    except VersionFormatError as e:
+        raise ProtocolError(f"{field}: {e}") from e
+
+
+# --- requests ----------------------------------------------------------------
+
+
+#: Args are the dataclass fields in order; these fields need a wire form.
+_FIELD_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "version": encode_version,
+    "siblings": versions.encode_siblings,
+    "partitions": list,
+}
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in m.OP_OF}
+
+
+def _request_args(req: Request) -> list[Any]:
+    enc = _FIELD_ENCODERS
+    return [enc[f](getattr(req, f)) if f in enc else getattr(req, f) for f in _FIELDS[type(req)]]
+
+
+def _d_write(a: list[Any]) -> Request:
+    p, key, ver, mode = _args(a, 4, "write")
+    if mode not in ("merge", "lww"):
+        raise ProtocolError(f"write.mode: expected 'merge' or 'lww', got {mode!r}")
+    return m.ReplicaWrite(_partition(p), _key(key), decode_version(ver, "write.version"), mode)
+
+
+def _d_write_set(a: list[Any]) -> Request:
+    p, key, sibs = _args(a, 3, "write_set")
+    return m.ReplicaWriteSet(_partition(p), _key(key), decode_siblings(sibs, "write_set.siblings"))
+
+
+def _d_read(a: list[Any]) -> Request:
+    p, key = _args(a, 2, "read")
+    return m.ReplicaRead(_partition(p), _key(key))
+
+
+def _d_scan(a: list[Any]) -> Request:
+    p, after, limit = _args(a, 3, "scan")
+    if after is not None:
+        _key(after, "scan.after")
+    return m.ScanPartition(_partition(p), after, _int(limit, "scan.limit", 1, m.MAX_SCAN_LIMIT))
+
+
+def _d_set_partitions(a: list[Any]) -> Request:
+    (parts,) = _args(a, 1, "set_partitions")
+    if not isinstance(parts, list) or len(parts) > m.MAX_PARTITION + 1:
+        raise ProtocolError("set_partitions.partitions: expected an array of partition ids")
+    return m.SetPartitions(tuple(_partition(p, "set_partitions.partitions[]") for p in parts))
+
+
+def _d_compact(a: list[Any]) -> Request:
+    (p,) = _args(a, 1, "compact")
+    return m.Compact(None if p is None else _partition(p, "compact.partition"))
+
+
+def _d_drop(a: list[Any]) -> Request:
+    (p,) = _args(a, 1, "drop")
+    return m.DropPartition(_partition(p, "drop.partition"))
+
+
+def _d_noargs(cls: Callable[[], Request], op: str) -> Callable[[list[Any]], Request]:
+    def decode(a: list[Any]) -> Request:
+        _args(a, 0, op)
+        return cls()
+
+    return decode
+
+
+_DECODERS: dict[str, Callable[[list[Any]], Request]] = {
+    "ping": _d_noargs(m.Ping, "ping"),
+    "write": _d_write,
+    "write_set": _d_write_set,
+    "read": _d_read,
+    "scan": _d_scan,
+    "drop": _d_drop,
+    "flush": _d_noargs(m.Flush, "flush"),
+    "compact": _d_compact,
+    "stats": _d_noargs(m.Stats, "stats"),
+    "set_partitions": _d_set_partitions,
+}
+
+
+def encode_requests(requests: Iterable[tuple[int, Request]]) -> bytes:
+    """One frame carrying every ``(request_id, request)``."""
+    packer = msgpack.Packer(use_bin_type=True)
+    envs = [packer.pack([rid, m.OP_OF[type(req)], _request_args(req)]) for rid, req in requests]
+    return _pack_envelopes(envs)
+
+
+def _request_id(env: object, i: int) -> int:
+    if not isinstance(env, list) or len(env) != 3:
+        raise ProtocolError(f"envelope {i}: expected [request_id, op, args]")
+    return _int(env[0], f"envelope {i}.request_id", 0, MAX_REQUEST_ID)
+
+
+def _decode_body(env: list[Any], i: int) -> Request:
+    op, args = env[1], env[2]
+    if not isinstance(op, str) or op not in _DECODERS:
+        raise ProtocolError(f"envelope {i}.op: unknown op {op!r}")
+    if not isinstance(args, list):
+        raise ProtocolError(f"envelope {i}.args: expected an array, got {type(args).__name__}")
+    return _DECODERS[op](args)
+
+
+def decode_requests(payload: bytes) -> list[tuple[int, Request]]:
+    """Inverse of ``encode_requests`` (without the length prefix)."""
+    envs = _unpack(payload, "request frame")
+    return [(_request_id(env, i), _decode_body(env, i)) for i, env in enumerate(envs)]
+
+
+def decode_requests_lenient(payload: bytes) -> list[tuple[int, Request | ProtocolError]]:
+    """Like ``decode_requests``, but a bad op or bad args fail only their envelope.
+
+    A worker answers those with BAD_REQUEST under their id. A frame that is not
+    an array, or an envelope without a readable id, still raises.
+    """
+    envs = _unpack(payload, "request frame")
+    out: list[tuple[int, Request | ProtocolError]] = []
+    for i, env in enumerate(envs):
+        rid = _request_id(env, i)
+        try:
+            out.append((rid, _decode_body(env, i)))
+        except ProtocolError as e:
+            out.append((rid, e))
+    return out
+
+
+# --- replies -----------------------------------------------------------------
+
+
+def encode_replies(replies: Iterable[tuple[int, Reply]]) -> bytes:
+    """One frame carrying every ``(request_id, reply)``.
+
+    A payload msgpack cannot encode becomes an INTERNAL reply for its id, so
+    one bad handler result never costs the other replies of the frame.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    envs: list[bytes] = []
+    for rid, reply in replies:
+        try:
+            envs.append(packer.pack([rid, int(reply.status), reply.payload]))
+        except (TypeError, ValueError, OverflowError) as e:
+            packer.reset()
+            msg = f"unencodable reply payload: {type(e).__name__}: {e}"
+            envs.append(packer.pack([rid, int(Status.INTERNAL), msg]))
+    return _pack_envelopes(envs)
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _check_plain(obj: object, field: str) -> None:
+    """Free-form payloads hold plain msgpack values only (no ext types)."""
+    stack: list[tuple[object, int]] = [(obj, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ProtocolError(f"{field}: nested deeper than {MAX_PAYLOAD_DEPTH}")
+        if isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                stack.append((k, depth + 1))
+                stack.append((x, depth + 1))
+        elif not isinstance(v, _PLAIN):
+            raise ProtocolError(f"{field}: unexpected {type(v).__name__} value")
+
+
+def decode_replies(payload: bytes) -> list[tuple[int, Reply]]:
+    """Inverse of ``encode_replies``; payloads are checked by ``check_payload``."""
+    out: list[tuple[int, Reply]] = []
+    for i, env in enumerate(_unpack(payload, "reply frame")):
+        if not isinstance(env, list) or len(env) != 3:
+            raise ProtocolError(f"reply {i}: expected [request_id, status, payload]")
+        rid = _int(env[0], f"reply {i}.request_id", 0, MAX_REQUEST_ID)
+        code = _int(env[1], f"reply {i}.status", 0, 0xFF)
+        try:
+            status = Status(code)
+        except ValueError:
+            raise ProtocolError(f"reply {i}.status: unknown status {code}") from None
+        body = env[2]
+        if status is not Status.OK and body is not None and not isinstance(body, str):
+            raise ProtocolError(f"reply {i}.payload: error message must be a str")
+        _check_plain(body, f"reply {i}.payload")
+        out.append((rid, Reply(status, body)))
+    return out
+
+
+def check_payload(request: Request, reply: Reply) -> Reply:
+    """Check an OK reply's payload has the shape ``request`` calls for.
+
+    Returns the reply unchanged; raises ProtocolError naming the field.
+    Sibling bytes are checked for type here and decoded by the caller.
+    """
+    if reply.status is not Status.OK:
+        return reply
+    p = reply.payload
+    op = m.OP_OF[type(request)]
+    match request:
+        case m.ReplicaWrite() | m.ReplicaWriteSet():
+            if not isinstance(p, bytes):
+                raise ProtocolError(f"{op} reply: expected siblings bytes, got {type(p).__name__}")
+        case m.ReplicaRead():
+            if p is not None and not isinstance(p, bytes):
+                raise ProtocolError(f"read reply: expected bytes or nil, got {type(p).__name__}")
+        case m.ScanPartition():
+            if not isinstance(p, dict) or not isinstance(p.get("items"), list):
+                raise ProtocolError("scan reply: expected {'items': [...], 'next': ...}")
+            for j, item in enumerate(p["items"]):
+                if not (isinstance(item, list) and len(item) == 2):
+                    raise ProtocolError(f"scan reply items[{j}]: expected [key, siblings]")
+                _key(item[0], f"scan reply items[{j}].key")
+                _bytes(item[1], f"scan reply items[{j}].siblings", 1, DEFAULT_MAX_FRAME)
+            if p.get("next") is not None:
+                _key(p["next"], "scan reply next")
+        case m.Ping() | m.Stats():
+            if not isinstance(p, dict):
+                raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")
+        case _:
+            pass
+    return reply

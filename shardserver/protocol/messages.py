@@ -1,0 +1,205 @@
+"""Messages between a coordinator and its shard workers (DESIGN §2).
+
+Requests are frozen, slotted dataclasses; a reply is one ``Reply(status,
+payload)``. The wire form of both lives in ``codec``; the table of ops, args
+and payloads is in docs/formats/shard-protocol.md.
+
+Reply payloads when ``status is Status.OK`` (any other status: a ``str``
+message saying what went wrong)::
+
+    Ping            {"ready": bool, ...}   (answered even while recovering)
+    ReplicaWrite    bytes: encode_siblings of the key's resulting sibling set
+    ReplicaWriteSet bytes: encode_siblings of the key's resulting sibling set
+    ReplicaRead     bytes: encode_siblings of the stored set, or None if absent
+    ScanPartition   {"items": [[key, siblings bytes], ...], "next": bytes | None}
+    DropPartition   None
+    Flush           None
+    Compact         None
+    Stats           dict (str or int keys, plain msgpack values)
+    SetPartitions   None
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from shardserver.protocol.versions import SiblingSet, Version
+
+__all__ = [
+    "OPS",
+    "OP_OF",
+    "MAX_KEY_BYTES",
+    "MAX_PARTITION",
+    "MAX_SCAN_LIMIT",
+    "Compact",
+    "DropPartition",
+    "Flush",
+    "Ping",
+    "ReplicaRead",
+    "ReplicaWrite",
+    "ReplicaWriteSet",
+    "Reply",
+    "Request",
+    "ScanPartition",
+    "SetPartitions",
+    "Stats",
+    "Status",
+    "WriteMode",
+    "op_of",
+]
+
+#: Partitions are stored under a 2-byte prefix, so ids fit in 16 bits.
+MAX_PARTITION = 0xFFFF
+#: DESIGN §4: keys are 1..1024 bytes.
+MAX_KEY_BYTES = 1024
+#: One scan page returns at most this many keys.
+MAX_SCAN_LIMIT = 10_000
+
+WriteMode: TypeAlias = Literal["merge", "lww"]
+
+
+class Status(enum.IntEnum):
+    """Outcome of one request. Values are wire constants: never renumber."""
+
+    OK = 0
+    NOT_FOUND = 1  # the thing named does not exist (not used for absent keys)
+    NOT_READY = 2  # worker still replaying its WAL, or shutting down
+    OVERLOADED = 3  # too many requests in flight; retry elsewhere or later
+    BAD_REQUEST = 4  # well-formed frame, but arguments the worker refuses
+    READ_ONLY = 5  # disk full or I/O error: the engine refuses writes
+    TIMEOUT = 6  # the request did not finish in time
+    INTERNAL = 7  # bug or corruption; the message says which
+    NOT_SERVED = 8  # this worker does not hold the partition
+    UNAVAILABLE = 9  # partition temporarily unavailable (being dropped, ...)
+
+
+# --- requests ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness and readiness probe; answered even before the worker is ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWrite:
+    """Apply one version to a key: ``merge`` (VSET/VDEL) or ``lww`` (SET/DEL)."""
+
+    partition: int
+    key: bytes
+    version: Version
+    mode: WriteMode = "merge"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWriteSet:
+    """Merge a whole sibling set into a key (read repair, handoff, anti-entropy)."""
+
+    partition: int
+    key: bytes
+    siblings: SiblingSet
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRead:
+    partition: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPartition:
+    """One page of a partition's keys in order, starting after ``after``."""
+
+    partition: int
+    after: bytes | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DropPartition:
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Flush the memtable to an SSTable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """Compact one partition's key range, or everything when ``partition`` is None."""
+
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SetPartitions:
+    """The partitions this worker holds now (compaction drops the others)."""
+
+    partitions: tuple[int, ...]
+
+
+Request: TypeAlias = (
+    Ping
+    | ReplicaWrite
+    | ReplicaWriteSet
+    | ReplicaRead
+    | ScanPartition
+    | DropPartition
+    | Flush
+    | Compact
+    | Stats
+    | SetPartitions
+)
+
+#: Op code on the wire for each request type.
+OP_OF: dict[type[Any], str] = {
+    Ping: "ping",
+    ReplicaWrite: "write",
+    ReplicaWriteSet: "write_set",
+    ReplicaRead: "read",
+    ScanPartition: "scan",
+    DropPartition: "drop",
+    Flush: "flush",
+    Compact: "compact",
+    Stats: "stats",
+    SetPartitions: "set_partitions",
+}
+OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
+
+
+def op_of(request: Request) -> str:
+    return OP_OF[type(request)]
+
+
+# --- replies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Outcome of one request; ``payload`` per request type (module docstring)."""
+
+    status: Status
+    payload: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def message(self) -> str:
+        """Error text of a failed reply ('' when OK or when none was sent)."""
+        if self.status is Status.OK or not isinstance(self.payload, str):
+            return ""
+        return self.payload
+
+    @classmethod
+    def error(cls, status: Status, message: str) -> Reply:
+        return cls(status, message)
