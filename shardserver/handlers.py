@@ -1,0 +1,261 @@
+"""One worker connection: frames in, requests dispatched, replies batched out.
+
+Every request of a frame is admitted or answered OVERLOADED at once; admitted
+ones run concurrently in the worker's thread pool. Replies finished in the
+same event-loop turn leave as one frame (DESIGN §2: batching between
+processes). Engine and store errors are translated to statuses here, the
+boundary between the engine's vocabulary and the wire's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
+from shardserver.admission import ConnSlots
+from shardserver.protocol import codec, messages
+from shardserver.protocol import versions as vs
+from shardserver.protocol.messages import Reply, Request, Status
+from shardserver.protocol.versions import VersionFormatError
+from shardserver.storage import (
+    BadRequestError,
+    PartitionDroppingError,
+    PartitionNotServedError,
+    ShardStore,
+    WriteOp,
+    WriteResult,
+)
+
+if TYPE_CHECKING:
+    from shardserver.worker import Worker
+
+log = logging.getLogger("ringkv.worker")
+
+Call = Callable[[], object]
+_READ_BYTES = 256 << 10
+
+
+def error_status(exc: BaseException) -> tuple[Status, str]:
+    """Engine/store error → wire status and message."""
+    if isinstance(exc, StorageIOError):  # DiskFullError included
+        return Status.READ_ONLY, str(exc)
+    if isinstance(exc, PartitionNotServedError):
+        return Status.NOT_SERVED, str(exc)
+    if isinstance(exc, PartitionDroppingError):
+        return Status.UNAVAILABLE, str(exc)
+    if isinstance(exc, BadRequestError | InvalidArgumentError):
+        return Status.BAD_REQUEST, str(exc)
+    if isinstance(exc, ClosedError):
+        return Status.NOT_READY, "worker is shutting down"
+    if isinstance(exc, CorruptionError | VersionFormatError):
+        return Status.INTERNAL, f"corruption: {exc}"
+    return Status.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+class Connection:
+    def __init__(
+        self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.worker = worker
+        self.reader = reader
+        self.writer = writer
+        self.slots = ConnSlots()
+        self._pending: list[tuple[int, Reply]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        decoder = codec.FrameDecoder(self.worker.config.max_frame_bytes)
+        while True:
+            data = await self.reader.read(_READ_BYTES)
+            if not data:
+                return
+            decoder.feed(data)
+            try:
+                frames = decoder.frames()
+                for payload in frames:
+                    self._on_frame(codec.decode_requests_lenient(payload))
+            except codec.ProtocolError as exc:
+                log.warning("dropping a connection: %s", exc)
+                return
+            # Backpressure: stop reading while the peer does not read replies.
+            await self.writer.drain()
+
+    def _on_frame(self, requests: list[tuple[int, Request | codec.ProtocolError]]) -> None:
+        worker = self.worker
+        store = worker.store
+        writes: list[tuple[int, messages.ReplicaWrite]] = []
+        reads: list[tuple[int, messages.ReplicaRead]] = []
+        for rid, req in requests:
+            if isinstance(req, codec.ProtocolError):
+                self._reply(rid, Reply.error(Status.BAD_REQUEST, str(req)))
+            elif isinstance(req, messages.Ping):
+                self._reply(rid, Reply(Status.OK, self._ping()))
+            elif store is None:
+                self._reply(rid, Reply.error(Status.NOT_READY, "worker is recovering"))
+            elif not worker.admission.try_admit(self.slots):
+                self._reply(rid, Reply.error(Status.OVERLOADED, "too many requests in flight"))
+            elif isinstance(req, messages.ReplicaWrite):
+                writes.append((rid, req))
+            elif isinstance(req, messages.ReplicaRead):
+                reads.append((rid, req))
+            else:
+                self._start(self._execute(store, rid, req))
+        if writes and store is not None:
+            # The writes of one frame share one engine batch: one WAL record, one sync.
+            self._start(self._execute_writes(store, writes))
+        if reads and store is not None:
+            # One trip to the thread pool for all reads of the frame.
+            self._start(self._execute_reads(store, reads))
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, store: ShardStore, rid: int, req: Request) -> None:
+        try:
+            result = await self.worker.run_in_pool(dispatch(store, req))
+            reply = Reply(Status.OK, result)
+        except Exception as exc:
+            reply = _error_reply(req, exc)
+        finally:
+            self.worker.admission.release(self.slots)
+        self._reply(rid, reply)
+
+    async def _execute_writes(
+        self, store: ShardStore, writes: list[tuple[int, messages.ReplicaWrite]]
+    ) -> None:
+        ops = [WriteOp(w.partition, w.key, w.version, w.mode) for _, w in writes]
+        try:
+            try:
+                results = await self.worker.run_in_pool(lambda: store.write_many(ops))
+                assert isinstance(results, list)
+                replies = [Reply(Status.OK, vs.encode_siblings(r.siblings)) for r in results]
+            except (BadRequestError, PartitionNotServedError, PartitionDroppingError):
+                # One op refused: apply them one by one for per-request answers.
+                replies = []
+                for (_, w), op in zip(writes, ops, strict=True):
+                    try:
+                        one = await self.worker.run_in_pool(functools.partial(
+                            store.write, op.partition, op.key, op.version, op.mode
+                        ))
+                        assert isinstance(one, WriteResult)
+                        replies.append(Reply(Status.OK, vs.encode_siblings(one.siblings)))
+                    except Exception as exc:
+                        replies.append(_error_reply(w, exc))
+            except Exception as exc:
+                replies = [_error_reply(w, exc) for _, w in writes]
+        finally:
+            for _ in writes:
+                self.worker.admission.release(self.slots)
+        for (rid, _), reply in zip(writes, replies, strict=True):
+            self._reply(rid, reply)
+
+    async def _execute_reads(
+        self, store: ShardStore, reads: list[tuple[int, messages.ReplicaRead]]
+    ) -> None:
+        def read_all() -> list[Reply]:
+            out = []
+            for _, r in reads:
+                try:
+                    out.append(Reply(Status.OK, store.read_raw(r.partition, r.key)))
+                except Exception as exc:
+                    out.append(_error_reply(r, exc))
+            return out
+
+        try:
+            result = await self.worker.run_in_pool(read_all)
+            assert isinstance(result, list)
+            replies: list[Reply] = result
+        except Exception as exc:
+            replies = [_error_reply(r, exc) for _, r in reads]
+        finally:
+            for _ in reads:
+                self.worker.admission.release(self.slots)
+        for (rid, _), reply in zip(reads, replies, strict=True):
+            self._reply(rid, reply)
+
+    def _ping(self) -> dict[str, Any]:
+        w = self.worker
+        return {
+            "ready": w.ready,
+            "worker": w.config.worker_id,
+            "pid": os.getpid(),
+            "partitions": [w.config.partitions.start, w.config.partitions.stop],
+            "inflight": w.admission.inflight,
+        }
+
+    def _reply(self, rid: int, reply: Reply) -> None:
+        self._pending.append((rid, reply))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Every reply finished in this loop turn leaves in one frame.
+        self._flush_scheduled = False
+        replies, self._pending = self._pending, []
+        if replies and not self.writer.is_closing():
+            self.writer.write(codec.encode_replies(replies))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+
+def _error_reply(req: Request, exc: BaseException) -> Reply:
+    status, message = error_status(exc)
+    if status is Status.INTERNAL:
+        log.error("%s failed: %s", messages.op_of(req), message, exc_info=exc)
+    return Reply.error(status, message)
+
+
+def dispatch(store: ShardStore, req: Request) -> Call:
+    """The engine call a request asks for, as a closure for the thread pool;
+    it returns the reply payload (messages' docstring)."""
+    if isinstance(req, messages.ReplicaWrite):
+        w = req
+        return lambda: vs.encode_siblings(
+            store.write(w.partition, w.key, w.version, w.mode).siblings
+        )
+    if isinstance(req, messages.ReplicaWriteSet):
+        ws = req
+        return lambda: vs.encode_siblings(
+            store.write_set(ws.partition, ws.key, ws.siblings).siblings
+        )
+    if isinstance(req, messages.ReplicaRead):
+        r = req
+        return lambda: store.read_raw(r.partition, r.key)
+    if isinstance(req, messages.ScanPartition):
+        sc = req
+        return lambda: _scan(store, sc.partition, sc.after, sc.limit)
+    if isinstance(req, messages.DropPartition):
+        d = req
+        return lambda: store.drop_partition(d.partition)
+    if isinstance(req, messages.Flush):
+        return store.flush
+    if isinstance(req, messages.Compact):
+        c = req
+        return lambda: store.compact(c.partition)
+    if isinstance(req, messages.Stats):
+        return store.stats
+    if isinstance(req, messages.SetPartitions):
+        sp = req
+        return lambda: store.set_partitions(sp.partitions)
+    raise BadRequestError(f"unexpected request {type(req).__name__}")
+
+
+def _scan(store: ShardStore, partition: int, after: bytes | None, limit: int) -> dict[str, Any]:
+    items, next_after = store.scan_raw(partition, after, limit)
+    return {"items": [[k, v] for k, v in items], "next": next_after}

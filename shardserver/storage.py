@@ -1,0 +1,377 @@
+"""One worker's replicas: sibling sets of many partitions in one LSM engine.
+
+Keys and values are laid out as ``shardserver.layout`` says.
+
+Writes are read-merge-write: the stored set is read, the incoming version is
+merged (``merge`` for context writes, ``apply_lww`` for plain ones) and the
+result written back. Striped locks serialize writers of one key while
+writers of different keys proceed together, so that with ``fsync="always"``
+their syncs can share one group commit.
+
+Deletion is compaction's job (``ShardCompactionFilter``): sibling sets that
+are only tombstones older than ``tombstone_grace`` vanish, and so do entries
+of partitions this worker no longer holds. The filter is pickled into the
+compaction child process, so it carries plain data (held set, grace, now)
+and is rebuilt (``refresh_filter``) to move its clock forward.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lsm.batch import WriteBatch
+from lsm.db import DB
+from lsm.options import Decision, Options
+from shardserver.layout import (
+    DEFAULT_TOMBSTONE_GRACE_MS,
+    MAX_KEY_BYTES,
+    MAX_PARTITIONS,
+    PARTITION_BYTES,
+    ShardCompactionFilter,
+    partition_range,
+    storage_key,
+    wall_ms,
+)
+from shardserver.protocol import versions
+from shardserver.protocol.versions import SiblingSet, Version
+
+WriteMode = Literal["merge", "lww"]
+
+_LOCK_STRIPES = 256
+_SWEEP_CHUNK = 1024
+
+
+class ShardStoreError(Exception):
+    """Base of the errors the store raises on purpose (not engine errors)."""
+
+
+class BadRequestError(ShardStoreError, ValueError):
+    """Key, partition or argument out of range."""
+
+
+class PartitionNotServedError(ShardStoreError):
+    """The partition is outside this worker's range."""
+
+
+class PartitionDroppingError(ShardStoreError):
+    """The partition is being dropped; retry after the drop finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    partition: int
+    key: bytes
+    version: Version
+    mode: WriteMode = "lww"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    siblings: SiblingSet
+    changed: bool
+    dropped_by_cap: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    items: list[tuple[bytes, SiblingSet]]
+    #: Pass as ``after`` to get the next page; None when the partition is done.
+    next_after: bytes | None
+
+
+@dataclass(slots=True)
+class _Counters:
+    values: Counter[str] = field(default_factory=Counter)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+
+class ShardStore:
+    """Replicas of the partitions in ``partitions`` (this worker's range)."""
+
+    def __init__(
+        self,
+        db: DB,
+        partitions: range,
+        *,
+        tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS,
+        sibling_cap: int = versions.DEFAULT_SIBLING_CAP,
+        clock_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        if partitions.step != 1 or partitions.start < 0 or partitions.stop > MAX_PARTITIONS:
+            raise BadRequestError(f"bad partition range {partitions}")
+        self.db = db
+        self.partitions = partitions
+        self.grace_ms = tombstone_grace_ms
+        self.sibling_cap = sibling_cap
+        self._clock_ms = clock_ms
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._meta = threading.Lock()  # guards _held, _dropping
+        self._held: frozenset[int] | None = None
+        self._dropping: set[int] = set()
+        self._counters = _Counters()
+        self.refresh_filter()
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        partitions: range,
+        options: Options | None = None,
+        **kwargs: Any,
+    ) -> ShardStore:
+        """Open (recover) the engine at ``path``; blocks until it is ready."""
+        return cls(DB.open(path, options or Options()), partitions, **kwargs)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- partitions ------------------------------------------------------------
+    def _check(self, partition: int, key: bytes | None = None) -> None:
+        if type(partition) is not int or partition not in self.partitions:
+            raise PartitionNotServedError(
+                f"partition {partition!r} is not served here "
+                f"(range {self.partitions.start}-{self.partitions.stop - 1})"
+            )
+        if key is not None and (type(key) is not bytes or not 1 <= len(key) <= MAX_KEY_BYTES):
+            raise BadRequestError(f"key must be 1..{MAX_KEY_BYTES} bytes")
+
+    def held(self) -> frozenset[int] | None:
+        with self._meta:
+            return self._held
+
+    def set_partitions(self, held: Iterable[int] | None) -> None:
+        """Declare which partitions this worker holds (None: all of its range).
+        Data of the others is dropped lazily by later compactions."""
+        new = None if held is None else frozenset(held)
+        if new is not None:
+            for p in new:
+                self._check(p)
+        with self._meta:
+            self._held = new
+        self.refresh_filter()
+
+    def _claim_for_write(self, partition: int) -> None:
+        # A write re-claims a partition that was given up: data is only ever
+        # deleted by an explicit decision, never by a late write's race.
+        with self._meta:
+            if partition in self._dropping:
+                raise PartitionDroppingError(f"partition {partition} is being dropped")
+            if self._held is not None and partition not in self._held:
+                self._held = self._held | {partition}
+                changed = True
+            else:
+                changed = False
+        if changed:
+            self.refresh_filter()
+
+    def refresh_filter(self) -> None:
+        """Install a filter with the current held set and clock; the engine
+        reads ``options.compaction_filter`` at the start of each compaction."""
+        with self._meta:
+            held = self._held
+            if held is not None and self._dropping:
+                held = held - self._dropping
+        self.db.options.compaction_filter = ShardCompactionFilter(
+            held, self.grace_ms, self._clock_ms()
+        )
+
+    def drop_partition(self, partition: int) -> None:
+        """Delete every replica of ``partition`` now, through a compaction of
+        its key range with a filter that no longer holds it. Writes to it are
+        refused (PartitionDroppingError) until the drop finished."""
+        self._check(partition)
+        with self._meta:
+            if partition in self._dropping:
+                raise PartitionDroppingError(f"partition {partition} is being dropped")
+            self._dropping.add(partition)
+            base = frozenset(self.partitions) if self._held is None else self._held
+            self._held = base - {partition}
+        try:
+            self._compact_and_sweep(*partition_range(partition))
+            self._counters.add("partitions_dropped")
+        finally:
+            with self._meta:
+                self._dropping.discard(partition)
+
+    # -- reads -------------------------------------------------------------------
+    def read(self, partition: int, key: bytes) -> SiblingSet:
+        raw = self.read_raw(partition, key)
+        return () if raw is None else versions.decode_siblings(raw)
+
+    def read_raw(self, partition: int, key: bytes) -> bytes | None:
+        """The stored sibling set still encoded (None when absent)."""
+        self._check(partition, key)
+        self._counters.add("reads")
+        return self.db.get(storage_key(partition, key))
+
+    def scan(self, partition: int, after: bytes | None = None, limit: int = 1000) -> ScanPage:
+        """Up to ``limit`` keys of ``partition`` greater than ``after``, in order."""
+        page, next_after = self.scan_raw(partition, after, limit)
+        items = [(k, versions.decode_siblings(v)) for k, v in page]
+        return ScanPage(items, next_after)
+
+    def scan_raw(
+        self, partition: int, after: bytes | None = None, limit: int = 1000
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """``scan`` with values still encoded (for handoff and repair streams)."""
+        self._check(partition)
+        if limit < 1:
+            raise BadRequestError("scan limit must be >= 1")
+        start, end = partition_range(partition)
+        if after is not None:
+            start = storage_key(partition, after + b"\x00")  # smallest key > after
+        items: list[tuple[bytes, bytes]] = []
+        more = False
+        with closing(self.db.scan(start, end)) as it:  # type: ignore[type-var]
+            for skey, value in it:
+                if len(items) == limit:
+                    more = True
+                    break
+                items.append((skey[PARTITION_BYTES:], value))
+        self._counters.add("scanned_keys", len(items))
+        return items, (items[-1][0] if more else None)
+
+    # -- writes -------------------------------------------------------------------
+    def write(
+        self, partition: int, key: bytes, version: Version, mode: WriteMode = "lww"
+    ) -> WriteResult:
+        return self.write_many([WriteOp(partition, key, version, mode)])[0]
+
+    def write_set(self, partition: int, key: bytes, siblings: SiblingSet) -> WriteResult:
+        """Merge a whole sibling set (handoff, read repair, anti-entropy)."""
+        return self._apply([(partition, key, lambda cur: versions.merge_sets(cur, siblings,
+                                                                             self.sibling_cap))])[0]
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """Apply several versions as one engine batch (one WAL record, one
+        sync); each result is what that key holds after its op."""
+        steps: list[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]] = []
+        for op in ops:
+            if op.mode == "merge":
+                steps.append((op.partition, op.key, self._merger(op.version)))
+            elif op.mode == "lww":
+                steps.append((op.partition, op.key, self._lww(op.version)))
+            else:
+                raise BadRequestError(f"write mode must be merge or lww, not {op.mode!r}")
+        return self._apply(steps)
+
+    def _merger(self, v: Version) -> Callable[[SiblingSet], versions.MergeResult]:
+        return lambda cur: versions.merge(cur, v, self.sibling_cap)
+
+    def _lww(self, v: Version) -> Callable[[SiblingSet], versions.MergeResult]:
+        return lambda cur: versions.apply_lww(cur, v, self.sibling_cap)
+
+    def _apply(
+        self, steps: Sequence[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]]
+    ) -> list[WriteResult]:
+        for partition, key, _ in steps:
+            self._check(partition, key)
+        for partition in {p for p, _, _ in steps}:
+            self._claim_for_write(partition)
+        skeys = [storage_key(p, k) for p, k, _ in steps]
+        stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in skeys})  # fixed order: no deadlock
+        results: list[WriteResult] = []
+        with ExitStack() as stack:
+            for i in stripes:
+                stack.enter_context(self._stripes[i])
+            current: dict[bytes, SiblingSet] = {}
+            batch = WriteBatch()
+            dirty: dict[bytes, SiblingSet] = {}
+            for skey, (_, _, fn) in zip(skeys, steps, strict=True):
+                if skey not in current:
+                    raw = self.db.get(skey)
+                    current[skey] = () if raw is None else versions.decode_siblings(raw)
+                before = current[skey]
+                merged = fn(before)
+                changed = merged.siblings != before
+                if changed:
+                    current[skey] = merged.siblings
+                    dirty[skey] = merged.siblings
+                results.append(WriteResult(merged.siblings, changed, merged.dropped_by_cap))
+            for skey, siblings in dirty.items():
+                batch.put(skey, versions.encode_siblings(siblings))
+            if len(batch):
+                self.db.write(batch)
+            elif self.db.options.fsync == "always":
+                # Nothing new to write, but what we found may be another
+                # writer's record that is not yet fsynced: make it durable
+                # before acknowledging.
+                self.db.sync()
+        self._counters.add("writes", len(steps))
+        self._counters.add("writes_unchanged", sum(1 for r in results if not r.changed))
+        self._counters.add("siblings_dropped_by_cap", sum(r.dropped_by_cap for r in results))
+        return results
+
+    # -- maintenance -------------------------------------------------------------
+    def flush(self) -> None:
+        self.db.flush()
+
+    def compact(self, partition: int | None = None) -> None:
+        """Compact one partition's range, or everything; applies the filter."""
+        if partition is None:
+            self._compact_and_sweep(None, None)
+        else:
+            self._check(partition)
+            self._compact_and_sweep(*partition_range(partition))
+
+    def _compact_and_sweep(self, start: bytes | None, end: bytes | None) -> None:
+        # compact_range does not rewrite files already at the bottom level (nor
+        # trivially moved ones), so the filter never sees them; the sweep
+        # deletes what it would drop there, and a second compaction purges it.
+        self.refresh_filter()
+        self.db.compact_range(start, end)
+        if self._sweep(start, end):
+            self.db.compact_range(start, end)
+
+    def _sweep(self, lo: bytes | None, end: bytes | None) -> int:
+        """Delete the entries of ``[start, end)`` the current filter drops, in
+        chunks; each is re-checked under its key's lock so that a concurrent
+        write is never deleted. Returns the number of entries deleted."""
+        filt = self.db.options.compaction_filter
+        assert isinstance(filt, ShardCompactionFilter)
+        deleted = 0
+        start: bytes | None = lo
+        while True:
+            chunk: list[bytes] = []
+            with closing(self.db.scan(start, end)) as it:  # type: ignore[type-var]
+                for skey, value in it:
+                    if filt(skey, value)[0] == Decision.DROP:
+                        chunk.append(skey)
+                        if len(chunk) == _SWEEP_CHUNK:
+                            break
+            if not chunk:
+                return deleted
+            stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in chunk})
+            batch = WriteBatch()
+            with ExitStack() as stack:
+                for i in stripes:
+                    stack.enter_context(self._stripes[i])
+                for skey in chunk:
+                    now = self.db.get(skey)
+                    if now is not None and filt(skey, now)[0] == Decision.DROP:
+                        batch.delete(skey)
+                if len(batch):
+                    self.db.write(batch)
+            deleted += len(batch)
+            self._counters.add("swept", len(batch))
+            if len(chunk) < _SWEEP_CHUNK:
+                return deleted
+            start = chunk[-1] + b"\x00"
+
+    def stats(self) -> dict[str, Any]:
+        held = self.held()
+        return {
+            "partitions": [self.partitions.start, self.partitions.stop],
+            "held": None if held is None else sorted(held),
+            "tombstone_grace_ms": self.grace_ms,
+            "store": dict(self._counters.values),
+            "engine": self.db.stats(),
+        }
