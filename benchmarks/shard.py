@@ -1,0 +1,208 @@
+"""Shard worker benchmark: replica writes and reads per second through the
+protocol client against the engine alone, side by side in one run.
+
+Rows (all with 1 KiB incompressible values, random 16-byte keys, the same
+durability: every write reaches the OS, no fsync per write):
+
+- engine: ``DB.put`` / ``DB.get`` in this process (the ceiling);
+- store: ``ShardStore.write`` / ``read`` in this process (adds the
+  read-merge-write and the sibling-set encoding);
+- client, unbatched: one call at a time to a worker process over its unix
+  socket (round-trip latency bound);
+- client, batched: ``--concurrency`` calls in flight, which the client packs
+  into shared frames (DESIGN §2).
+
+    python3 benchmarks/shard.py --quick
+    python3 benchmarks/shard.py --ops 50000 --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import harness
+
+from lsm.db import DB
+from lsm.options import Options
+from shardserver.protocol.hlc import make_hlc
+from shardserver.protocol.vclock import ActorId, VClock
+from shardserver.protocol.versions import Version
+from shardserver.storage import ShardStore
+
+ACTOR = ActorId(b"bench#1")
+Q = 64
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (well under a minute)")
+    p.add_argument("--ops", type=int, default=None, help="keys per row (default 40000, quick 5000)")
+    p.add_argument("--value-bytes", type=int, default=1024)
+    p.add_argument("--concurrency", type=int, default=256, help="calls in flight when batched")
+    p.add_argument("--seed", type=int, default=20240611)
+    p.add_argument("--dir", default=None, help="parent of the scratch directory")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--write-docs", action="store_true", help="append the results to docs")
+    args = p.parse_args(argv)
+    if args.ops is None:
+        args.ops = 5000 if args.quick else 40000
+    return args
+
+
+def workload(args: argparse.Namespace) -> tuple[list[tuple[int, bytes]], list[bytes]]:
+    rnd = random.Random(args.seed)
+    keys = [(rnd.randrange(Q), rnd.randbytes(16)) for _ in range(args.ops)]
+    values = [os.urandom(args.value_bytes) for _ in range(256)]
+    return keys, values
+
+
+def version(i: int, value: bytes) -> Version:
+    hlc = make_hlc(1_700_000_000_000 + i)
+    return Version(VClock.of({ACTOR: hlc}), hlc, ACTOR, value)
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def bench_engine(args: argparse.Namespace, path: str) -> dict[str, float]:
+    keys, values = workload(args)
+    with DB.open(path, Options(fsync="interval")) as db:
+        t = time.perf_counter()
+        for i, (p, k) in enumerate(keys):
+            db.put(p.to_bytes(2, "big") + k, values[i % len(values)])
+        put = rate(len(keys), time.perf_counter() - t)
+        order = keys[:]
+        random.Random(args.seed + 1).shuffle(order)
+        t = time.perf_counter()
+        for p, k in order:
+            db.get(p.to_bytes(2, "big") + k)
+        get = rate(len(keys), time.perf_counter() - t)
+    return {"write": put, "read": get}
+
+
+def bench_store(args: argparse.Namespace, path: str) -> dict[str, float]:
+    keys, values = workload(args)
+    store = ShardStore.open(path, range(Q), Options(fsync="interval"))
+    try:
+        t = time.perf_counter()
+        for i, (p, k) in enumerate(keys):
+            store.write(p, k, version(i, values[i % len(values)]))
+        put = rate(len(keys), time.perf_counter() - t)
+        order = keys[:]
+        random.Random(args.seed + 1).shuffle(order)
+        t = time.perf_counter()
+        for p, k in order:
+            store.read(p, k)
+        get = rate(len(keys), time.perf_counter() - t)
+    finally:
+        store.close()
+    return {"write": put, "read": get}
+
+
+def start_worker(sock: str, data: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardserver.worker", "--socket", sock, "--data", data,
+         "--partitions", f"0-{Q - 1}", "--fsync", "interval", "--log-level", "WARNING"],
+        env=env,
+    )
+
+
+async def _timed(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]]) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await call(i)
+
+    t = time.perf_counter()
+    if concurrency == 1:
+        for i in range(n):
+            await call(i)
+    else:
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return rate(n, time.perf_counter() - t)
+
+
+async def bench_client(
+    args: argparse.Namespace, sock: str, concurrency: int, salt: int
+) -> dict[str, float]:
+    from shardserver.protocol.client import ShardClient
+
+    keys, values = workload(args)
+    keys = [(p, k + bytes([salt])) for p, k in keys]  # rows must not overwrite each other
+    client = ShardClient(sock, timeout_s=30.0, max_inflight=max(concurrency, 1))
+    try:
+        await client.wait_ready(timeout_s=60.0)
+
+        async def write(i: int) -> None:
+            p, k = keys[i]
+            await client.write(p, k, version(i, values[i % len(values)]))
+
+        async def read(i: int) -> None:
+            p, k = keys[i]
+            await client.read(p, k)
+
+        w = await _timed(len(keys), concurrency, write)
+        r = await _timed(len(keys), concurrency, read)
+    finally:
+        await client.close()
+    return {"write": w, "read": r}
+
+
+def run(args: argparse.Namespace, scratch: str) -> str:
+    rows: dict[str, dict[str, float]] = {}
+    rows["engine (in-process)"] = bench_engine(args, os.path.join(scratch, "engine"))
+    rows["store (in-process)"] = bench_store(args, os.path.join(scratch, "store"))
+    sock = os.path.join(scratch, "w.sock")
+    proc = start_worker(sock, os.path.join(scratch, "worker"))
+    try:
+        rows["client, unbatched"] = asyncio.run(bench_client(args, sock, 1, 1))
+        rows[f"client, batched (c={args.concurrency})"] = asyncio.run(
+            bench_client(args, sock, args.concurrency, 2)
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    base = rows["engine (in-process)"]
+    header = ["path", "writes/s", "vs engine", "reads/s", "vs engine"]
+    table = [
+        [name, harness.fmt_rate(r["write"]), harness.fmt_ratio(r["write"] / base["write"]),
+         harness.fmt_rate(r["read"]), harness.fmt_ratio(r["read"] / base["read"])]
+        for name, r in rows.items()
+    ]
+    note = (
+        f"{args.ops} keys per row, {args.value_bytes}-byte values, fsync=interval; "
+        "client rows talk to one worker process over a unix socket."
+    )
+    return harness.table(header, table) + "\n\n" + note
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with harness.work_dir(args.dir, keep=args.keep) as scratch:
+        text = run(args, scratch)
+        info = harness.machine_info(scratch, ["msgpack", "zstandard"])
+    print()
+    print(text)
+    if args.write_docs:
+        harness.publish("Shard worker", args.quick, info, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
