@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from cli import decode
 from lsm.errors import CorruptionError
 from lsm.fs import FileSystem, OsFileSystem
 from lsm.inspect import dbcheck as lib_db
@@ -33,6 +34,11 @@ hex_option = click.option(
     help="Print keys and values as hex, and read KEY arguments as hex.",
 )
 existing = click.Path(exists=True, dir_okay=False)
+decode_option = click.option(
+    "--decode", "decode_as", type=click.Choice(decode.DECODERS), default="raw",
+    show_default=True,
+    help="ringkv: show keys as partition + key and values as sibling sets.",
+)
 
 
 def _fs() -> FileSystem:
@@ -151,10 +157,12 @@ def properties(files: tuple[str, ...], as_json: bool, hex_: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=0), help="At most N entries.")
 @json_option
 @hex_option
+@decode_option
 def scan(file: str, *, start: str | None, end: str | None, prefix: str | None,
-         limit: int | None, as_json: bool, hex_: bool) -> None:
+         limit: int | None, as_json: bool, hex_: bool, decode_as: str) -> None:
     """Entries of FILE in key order with their seq and kind (value or
-    tombstone). Keys are text with \\xNN escapes, or hex with --hex."""
+    tombstone). Keys are text with \\xNN escapes, or hex with --hex;
+    --decode ringkv shows a shard worker's partition, key and sibling set."""
     lo, hi = _key(start, hex_, "--from"), _key(end, hex_, "--to")
     pre = _key(prefix, hex_, "--prefix")
     try:
@@ -166,8 +174,17 @@ def scan(file: str, *, start: str | None, end: str | None, prefix: str | None,
     problem = None
     try:
         for e in lib_sst.scan(reader, lo, hi, pre, limit):
+            ringkv = decode_as == "ringkv"
             if as_json:
-                entries.append(e)
+                entries.append(
+                    dict(jsonable(e, hex_), **jsonable(decode.entry_json(
+                        e.key, e.value if e.kind == "value" else None), hex_))
+                    if ringkv else e
+                )
+            elif ringkv:
+                shown = (f"value {decode.value_text(e.value, hex_)}" if e.kind == "value"
+                         else e.kind)
+                click.echo(f"{decode.key_text(e.key, hex_)} @{e.seq} {shown}")
             else:
                 click.echo(text.scan_entry(e, hex_))
     except CorruptionError as exc:
