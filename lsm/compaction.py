@@ -28,15 +28,24 @@ class CompactionTask:
     next_inputs: tuple[FileMeta, ...]  # overlapping files of ``level + 1``
     bottommost: bool  # no deeper level holds any key of the range
     reason: str
+    # Rewrite the files where they are (the bottom level), so that the
+    # compaction filter and tombstone rules see data that has nowhere
+    # further down to go (RocksDB's bottommost_level_compaction=kForce).
+    in_place: bool = False
 
     @property
     def output_level(self) -> int:
-        return self.level + 1
+        return self.level if self.in_place else self.level + 1
 
     @property
     def is_trivial_move(self) -> bool:
         """One file with nothing to merge against moves down by a manifest edit."""
-        return self.level > 0 and len(self.inputs) == 1 and not self.next_inputs
+        return (
+            not self.in_place
+            and self.level > 0
+            and len(self.inputs) == 1
+            and not self.next_inputs
+        )
 
     def all_inputs(self) -> tuple[tuple[int, FileMeta], ...]:
         return tuple((self.level, f) for f in self.inputs) + tuple(
@@ -158,4 +167,21 @@ def trivial_move_edit(task: CompactionTask) -> VersionEdit:
         deleted=((task.level, f.number),),
         added=((task.output_level, f),),
         compact_pointers=((task.level, f.largest),),
+    )
+
+
+def bottom_rewrite_task(
+    version: Version, start: bytes | None, end: bytes | None
+) -> CompactionTask | None:
+    """For ``compact_range(..., bottommost=True)``: the files of the deepest
+    non-empty level (>= 1) overlapping the range, rewritten in place."""
+    level = version.last_nonempty_level()
+    if level < 1:
+        return None
+    inputs = tuple(version.overlapping(level, start, end))
+    if not inputs:
+        return None
+    return CompactionTask(
+        level=level, inputs=inputs, next_inputs=(), bottommost=True,
+        reason=f"bottom-level rewrite of level {level}", in_place=True,
     )

@@ -457,12 +457,16 @@ class DB:
                 self._jobs.wake()
                 self._cv.wait(0.1)
 
-    def compact_range(self, start: bytes | None = None, end: bytes | None = None) -> None:
+    def compact_range(
+        self, start: bytes | None = None, end: bytes | None = None, *, bottommost: bool = False
+    ) -> None:
         """Flush, then merge every level's files overlapping [start, end] down
         to the deepest non-empty level, dropping overwritten versions and
-        tombstones there."""
+        tombstones there. With ``bottommost``, also rewrite the overlapping
+        files of that deepest level in place, so the compaction filter sees
+        data that was already at the bottom."""
         self.flush()
-        self._jobs.compact_range(start, end)
+        self._jobs.compact_range(start, end, bottommost)
 
     def wait_for_compactions(self, timeout: float = 600.0) -> None:
         """Block until no flush or compaction is due (or ``timeout``)."""

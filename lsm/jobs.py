@@ -177,7 +177,7 @@ class Jobs:
                 self._wait(self._compact_wake, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
-    def compact_range(self, start: bytes | None, end: bytes | None) -> None:
+    def compact_range(self, start: bytes | None, end: bytes | None, bottommost: bool) -> None:
         """Manual compaction in the caller's thread (background compactions
         wait on ``_compaction_lock`` meanwhile)."""
         db = self.db
@@ -185,6 +185,10 @@ class Jobs:
             last = max(1, db._state[2].last_nonempty_level())
             for level in range(last):
                 task = policy.manual_tasks_for_level(db._state[2], level, start, end)
+                if task is not None:
+                    self.run(task)
+            if bottommost:
+                task = policy.bottom_rewrite_task(db._state[2], start, end)
                 if task is not None:
                     self.run(task)
         self.wake()

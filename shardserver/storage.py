@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from lsm.batch import WriteBatch
 from lsm.db import DB
-from lsm.options import Decision, Options
+from lsm.options import Options
 from shardserver.layout import (
     DEFAULT_TOMBSTONE_GRACE_MS,
     MAX_KEY_BYTES,
@@ -44,7 +44,6 @@ from shardserver.protocol.versions import SiblingSet, Version
 WriteMode = Literal["merge", "lww"]
 
 _LOCK_STRIPES = 256
-_SWEEP_CHUNK = 1024
 
 
 class ShardStoreError(Exception):
@@ -195,7 +194,7 @@ class ShardStore:
             base = frozenset(self.partitions) if self._held is None else self._held
             self._held = base - {partition}
         try:
-            self._compact_and_sweep(*partition_range(partition))
+            self._compact_filtered(*partition_range(partition))
             self._counters.add("partitions_dropped")
         finally:
             with self._meta:
@@ -317,54 +316,16 @@ class ShardStore:
     def compact(self, partition: int | None = None) -> None:
         """Compact one partition's range, or everything; applies the filter."""
         if partition is None:
-            self._compact_and_sweep(None, None)
+            self._compact_filtered(None, None)
         else:
             self._check(partition)
-            self._compact_and_sweep(*partition_range(partition))
+            self._compact_filtered(*partition_range(partition))
 
-    def _compact_and_sweep(self, start: bytes | None, end: bytes | None) -> None:
-        # compact_range does not rewrite files already at the bottom level (nor
-        # trivially moved ones), so the filter never sees them; the sweep
-        # deletes what it would drop there, and a second compaction purges it.
+    def _compact_filtered(self, start: bytes | None, end: bytes | None) -> None:
+        # bottommost: also rewrite the files already at the bottom level, so
+        # the filter sees them and drops old tombstones and partitions not held.
         self.refresh_filter()
-        self.db.compact_range(start, end)
-        if self._sweep(start, end):
-            self.db.compact_range(start, end)
-
-    def _sweep(self, lo: bytes | None, end: bytes | None) -> int:
-        """Delete the entries of ``[start, end)`` the current filter drops, in
-        chunks; each is re-checked under its key's lock so that a concurrent
-        write is never deleted. Returns the number of entries deleted."""
-        filt = self.db.options.compaction_filter
-        assert isinstance(filt, ShardCompactionFilter)
-        deleted = 0
-        start: bytes | None = lo
-        while True:
-            chunk: list[bytes] = []
-            with closing(self.db.scan(start, end)) as it:  # type: ignore[type-var]
-                for skey, value in it:
-                    if filt(skey, value)[0] == Decision.DROP:
-                        chunk.append(skey)
-                        if len(chunk) == _SWEEP_CHUNK:
-                            break
-            if not chunk:
-                return deleted
-            stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in chunk})
-            batch = WriteBatch()
-            with ExitStack() as stack:
-                for i in stripes:
-                    stack.enter_context(self._stripes[i])
-                for skey in chunk:
-                    now = self.db.get(skey)
-                    if now is not None and filt(skey, now)[0] == Decision.DROP:
-                        batch.delete(skey)
-                if len(batch):
-                    self.db.write(batch)
-            deleted += len(batch)
-            self._counters.add("swept", len(batch))
-            if len(chunk) < _SWEEP_CHUNK:
-                return deleted
-            start = chunk[-1] + b"\x00"
+        self.db.compact_range(start, end, bottommost=True)
 
     def stats(self) -> dict[str, Any]:
         held = self.held()

@@ -182,3 +182,23 @@ def test_sync_makes_every_handed_over_write_durable() -> None:
     fs.crash()
     with DB.open("/db", small(fs=fs)) as again:
         assert again.get(b"k") == b"v"
+
+
+def _drop_doomed(key: bytes, value: bytes) -> tuple[int, bytes | None]:
+    return (Decision.DROP, None) if key.startswith(b"doomed") else (Decision.KEEP, None)
+
+
+def test_bottommost_compaction_runs_the_filter_over_bottom_level_data(tmp_path: str) -> None:
+    path = os.path.join(tmp_path, "db")
+    with DB.open(path, small()) as db:
+        for i in range(300):
+            db.put(b"doomed%03d" % i, b"x" * 50)
+            db.put(b"kept%03d" % i, b"y" * 50)
+        db.compact_range()  # everything now sits at the bottom level
+        db.options.compaction_filter = _drop_doomed
+        db.compact_range()
+        assert db.get(b"doomed001") == b"x" * 50  # bottom files were not rewritten
+        db.compact_range(bottommost=True)
+        assert db.get(b"doomed001") is None and db.get(b"kept001") == b"y" * 50
+        assert [k for k, _ in db.scan()] == [b"kept%03d" % i for i in range(300)]
+        assert db.stats()["counters"]["compaction_filtered"] >= 300
