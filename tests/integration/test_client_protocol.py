@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.processes import stop
+
 pytestmark = pytest.mark.integration
 
 
@@ -31,24 +33,13 @@ def _start(*args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     proc, port = _start()
     try:
         yield port
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def raw(port: int, data: bytes, expect_close: bool = False) -> bytes:
@@ -158,7 +149,7 @@ def test_auth_and_limits() -> None:
             assert s.recv(10) == b""
             assert time.monotonic() - started < 4.5
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_redis_cli_one_shot_and_pipe(port: int) -> None:

@@ -25,6 +25,7 @@ from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.messages import Reply, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
+from tests.processes import stop
 
 REPO = Path(__file__).resolve().parents[2]
 ACTOR = ActorId(b"client-test#1")
@@ -68,15 +69,8 @@ class WorkerProc:
         return self.proc.pid
 
     def kill(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process cannot die of SIGTERM
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop(self.proc)
 
 
 @pytest.fixture

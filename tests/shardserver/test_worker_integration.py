@@ -24,6 +24,7 @@ from shardserver.protocol.messages import ReplicaRead, ReplicaWrite, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
 from shardserver.supervisor import Supervisor
+from tests.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -230,9 +231,4 @@ def test_flood_gets_overload_errors_with_bounded_memory_and_waits(tmp_path: Path
     try:
         run(body(), 300.0)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
