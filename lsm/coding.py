@@ -23,9 +23,3 @@ NATIVE_LITTLE_ENDIAN = sys.byteorder == "little"
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """CRC-32C (Castagnoli), hardware-accelerated where the CPU has it."""
     return int(_crc32c.crc32c(data, value))
-
-
-def hexdump_prefix(data: bytes, limit: int = 16) -> str:
-    """A short hex rendering of ``data`` for error messages."""
-    shown = data[:limit].hex(" ")
-    return shown + (" …" if len(data) > limit else "")

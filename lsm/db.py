@@ -95,7 +95,6 @@ class DB:
         self.block_cache = BlockCache(options.block_cache_bytes)
         self.tables = TableCache(self.fs, path, self.block_cache)
         self._lock_handle: Any = None
-        self._threads: list[threading.Thread] = []
         self.counters: Counter[str] = Counter()
         self._jobs = Jobs(self)
 

@@ -10,7 +10,7 @@ out first and the rest are skipped. That avoids a per-entry sort key.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 
 from lsm.keys import KIND_DELETE, KIND_VALUE, Entry
@@ -41,15 +41,6 @@ def live_items(
             return
         if kind == KIND_VALUE:
             yield key, value
-
-
-def concat_level(
-    files: list[Callable[[], Iterator[Entry]]],
-) -> Iterator[Entry]:
-    """Chain the files of one sorted, non-overlapping level lazily, opening a
-    file only when the previous one is exhausted."""
-    for open_iter in files:
-        yield from open_iter()
 
 
 class CompactionStats:

@@ -29,7 +29,6 @@ log = logging.getLogger("lsm.jobs")
 
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
-_ABORT_CHECK_EVERY = 1024
 
 
 class _Aborted(Exception):
@@ -44,7 +43,6 @@ class Jobs:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.busy = False
-        self._compactions_paused = 0
         self._use_child = db.options.compaction_in_process
 
     def start(self) -> None:
