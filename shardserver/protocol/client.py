@@ -1,4 +1,5 @@
-"""Asyncio client of one shard worker over its unix socket.
+"""Asyncio client of one shard worker over its unix socket (or, with a
+``connector``, of a peer coordinator over authenticated TCP: same frames).
 
 - Request ids: a per-client counter; replies are matched by id, in any order.
 - Batching: every call made in the same event-loop turn is queued and written
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shardserver.protocol import codec
@@ -45,7 +47,7 @@ from shardserver.protocol.messages import (
 )
 from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
 
-__all__ = ["DEFAULT_MAX_INFLIGHT", "ShardClient", "ShardError", "ShardUnavailable"]
+__all__ = ["DEFAULT_MAX_INFLIGHT", "Connector", "ShardClient", "ShardError", "ShardUnavailable"]
 
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_TIMEOUT_S = 5.0
@@ -53,6 +55,12 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SEND_FRAME = 8 << 20
 _READ_CHUNK = 256 << 10
 _CLOSE_TIMEOUT_S = 2.0
+
+
+#: Opens the stream to the server (default: the unix socket at ``path``).
+#: Peers pass one that connects over TCP and authenticates first; it raises
+#: OSError or ShardUnavailable when the server cannot be reached.
+Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -84,6 +92,7 @@ class ShardClient:
         self,
         path: str,
         *,
+        connector: Connector | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_send_frame: int = DEFAULT_MAX_SEND_FRAME,
@@ -92,6 +101,7 @@ class ShardClient:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.path = path
+        self._connector: Connector = connector or (lambda: asyncio.open_unix_connection(path))
         self.timeout_s = timeout_s
         self.max_inflight = max_inflight
         self.max_send_frame = max_send_frame
@@ -214,7 +224,7 @@ class ShardClient:
 
     async def _open(self) -> None:
         try:
-            reader, writer = await asyncio.open_unix_connection(self.path)
+            reader, writer = await self._connector()
         except OSError as e:
             raise ShardUnavailable(self.path, f"connect failed: {e.strerror or e}") from e
         if self._closed:

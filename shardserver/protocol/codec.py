@@ -196,10 +196,22 @@ def _request_args(req: Request) -> list[Any]:
 
 
 def _d_write(a: list[Any]) -> Request:
-    p, key, ver, mode = _args(a, 4, "write")
+    # hint_for (5th) is optional so frames of the 4-field form still decode.
+    p, key, ver, mode, hint_for = _args([*a, None] if len(a) == 4 else a, 5, "write")
     if mode not in ("merge", "lww"):
         raise ProtocolError(f"write.mode: expected 'merge' or 'lww', got {mode!r}")
-    return m.ReplicaWrite(_partition(p), _key(key), decode_version(ver, "write.version"), mode)
+    if hint_for is not None and not (isinstance(hint_for, str) and 0 < len(hint_for) <= 256):
+        raise ProtocolError("write.hint_for: expected a node id (1..256 chars) or nil")
+    version = decode_version(ver, "write.version")
+    return m.ReplicaWrite(_partition(p), _key(key), version, mode, hint_for)
+
+
+def _d_gossip(a: list[Any]) -> Request:
+    (payload,) = _args(a, 1, "gossip")
+    if not isinstance(payload, dict):
+        raise ProtocolError("gossip.payload: expected a map")
+    _check_plain(payload, "gossip.payload")
+    return m.Gossip(payload)
 
 
 def _d_write_set(a: list[Any]) -> Request:
@@ -255,6 +267,7 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "compact": _d_compact,
     "stats": _d_noargs(m.Stats, "stats"),
     "set_partitions": _d_set_partitions,
+    "gossip": _d_gossip,
 }
 
 
@@ -391,7 +404,7 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _bytes(item[1], f"scan reply items[{j}].siblings", 1, DEFAULT_MAX_FRAME)
             if p.get("next") is not None:
                 _key(p["next"], "scan reply next")
-        case m.Ping() | m.Stats():
+        case m.Ping() | m.Stats() | m.Gossip():
             if not isinstance(p, dict):
                 raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")
         case _:

@@ -17,6 +17,7 @@ message saying what went wrong)::
     Compact         None
     Stats           dict (str or int keys, plain msgpack values)
     SetPartitions   None
+    Gossip          plain msgpack map (peer-only; workers answer BAD_REQUEST)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "Compact",
     "DropPartition",
     "Flush",
+    "Gossip",
     "Ping",
     "ReplicaRead",
     "ReplicaWrite",
@@ -91,6 +93,10 @@ class ReplicaWrite:
     key: bytes
     version: Version
     mode: WriteMode = "merge"
+    #: Set by a coordinator writing to a fallback: the down primary this copy
+    #: is held for (the hint's owner). Workers ignore it; the receiving node
+    #: records the hint before the write is applied.
+    hint_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,15 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class Gossip:
+    """Peer-only (coordinator to coordinator): membership state, a plain
+    msgpack map; the reply carries the answering node's state. Workers
+    answer BAD_REQUEST."""
+
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class SetPartitions:
     """The partitions this worker holds now (compaction drops the others)."""
 
@@ -157,6 +172,7 @@ Request: TypeAlias = (
     | Compact
     | Stats
     | SetPartitions
+    | Gossip
 )
 
 #: Op code on the wire for each request type.
@@ -171,6 +187,7 @@ OP_OF: dict[type[Any], str] = {
     Compact: "compact",
     Stats: "stats",
     SetPartitions: "set_partitions",
+    Gossip: "gossip",
 }
 OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
 
