@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import inspect
+from cli import inspect, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +17,8 @@ cli.add_command(inspect.sst)
 cli.add_command(inspect.wal)
 cli.add_command(inspect.manifest)
 cli.add_command(inspect.db)
+cli.add_command(serve.serve)
+cli.add_command(serve.up)
 
 
 def main() -> None:

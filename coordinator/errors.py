@@ -111,9 +111,13 @@ class KeyTooLargeError(CommandError):
 class NoQuorumError(CommandError):
     """Too few replicas answered in time; names who was asked and how many acked."""
 
-    def __init__(self, needed: int, got: int, replicas: Iterable[str] = (), what: str = "acks"):
+    def __init__(
+        self, needed: int, got: int, replicas: Iterable[str] = (), what: str = "acks",
+        *, before_sending: bool = False,
+    ):
         names = ", ".join(replicas)
-        super().__init__(f"NOQUORUM needed {needed} {what}, got {got} (replicas: {names})")
+        outcome = f"only {got} up, nothing sent" if before_sending else f"got {got}"
+        super().__init__(f"NOQUORUM needed {needed} {what}, {outcome} (replicas: {names})")
         self.needed = needed
         self.got = got
 

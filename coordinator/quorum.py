@@ -139,6 +139,21 @@ class Tally:
             return Outcome.FAILED
         return Outcome.PENDING
 
+    def unreachable(self) -> NoQuorumError | None:
+        """Before anything is sent: the error if too few targets are up to
+        ever succeed (as Cassandra answers Unavailable without writing)."""
+        targets = self.plan.targets
+        up, primaries_up = len(targets), sum(1 for t in targets if t.primary)
+        if up >= self.needed and primaries_up >= self.needed_primaries:
+            return None
+        if up >= self.needed:
+            needed, have, what = self.needed_primaries, primaries_up, f"primary {self.what}"
+        else:
+            needed, have, what = self.needed, up, self.what
+        replicas = [f"{t.node} {_role(t)} up" for t in targets]
+        replicas += [f"{p} primary down" for p in self.plan.down_primaries]
+        return NoQuorumError(needed, have, replicas, what, before_sending=True)
+
     def error(self) -> NoQuorumError:
         """The NOQUORUM error naming every replica and what became of it."""
         got, got_primaries, could, could_primaries = self._reach()
@@ -151,11 +166,14 @@ class Tally:
             needed, what = self.needed, self.what
         replicas = []
         for t in self.plan.targets:
-            role = "primary" if t.primary else f"fallback for {t.hint_for or '-'}"
             state = "ok" if t.node in self.ok else self.failed.get(t.node, "no answer")
-            replicas.append(f"{t.node} {role} {state}")
+            replicas.append(f"{t.node} {_role(t)} {state}")
         replicas += [f"{p} primary down" for p in self.plan.down_primaries]
         return NoQuorumError(needed, got, replicas, what)
+
+
+def _role(t: Target) -> str:
+    return "primary" if t.primary else f"fallback for {t.hint_for or '-'}"
 
 
 def write_tally(p: Plan, w: int, pw: int) -> Tally:

@@ -42,6 +42,7 @@ from coordinator.errors import (
 from coordinator.quorum import Consistency, check_levels
 from coordinator.replies import OK, PONG, Error, Reply, SimpleString, encode_reply
 from coordinator.resp import RequestParser
+from coordinator.streams import handler_scope
 
 log = logging.getLogger("ringkv.server")
 
@@ -83,6 +84,8 @@ class Connection:
     name: str = ""
     consistency: Consistency = field(default_factory=Consistency)
     last_active: float = field(default_factory=time.monotonic)
+    # key -> the connection's latest unfinished command on it (see _submit)
+    key_tails: dict[bytes, asyncio.Future[Reply]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -148,14 +151,11 @@ class ClientServer:
         conn = Connection(self._next_id, f"{peer[0]}:{peer[1]}" if peer else "?")
         conn.authenticated = not self.config.requirepass
         try:
-            await self._serve(conn, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+            async with handler_scope(writer, 1.0):
+                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                    await self._serve(conn, reader, writer)
         finally:
             self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1)
 
     # -- one connection ---------------------------------------------------
     async def _serve(
@@ -237,12 +237,38 @@ class ClientServer:
                 return self._connection_command(conn, command)
             if self.data is None:
                 raise UnavailableError("storage is not attached to this node yet")
-            levels = command.consistency.merged(conn.consistency)
+            levels = command.consistency.merged(self._effective(conn))
             check_levels(levels, self.config.n)
-            # A task, so pipelined requests wait for their quorums concurrently.
-            return asyncio.ensure_future(self.data.execute(command, levels))
+            return self._submit(conn, self.data, command, levels)
         except CommandError as exc:
             return Error(str(exc))
+
+    @staticmethod
+    def _submit(
+        conn: Connection, data: DataPath, command: Command, levels: Consistency
+    ) -> asyncio.Future[Reply]:
+        """Start a data command as a task, so pipelined requests wait for
+        their quorums concurrently; but one that names a key an earlier,
+        unfinished command of this connection names waits for it first, so
+        a pipelined SET k then GET k reads its own write, as on Redis."""
+        prior = {conn.key_tails[k] for k in command.keys if k in conn.key_tails}
+
+        async def run() -> Reply:
+            if prior:
+                await asyncio.wait(prior)
+            return await data.execute(command, levels)
+
+        fut = asyncio.ensure_future(run())
+        for k in command.keys:
+            conn.key_tails[k] = fut
+
+        def done(f: asyncio.Future[Reply]) -> None:
+            for k in command.keys:
+                if conn.key_tails.get(k) is f:
+                    del conn.key_tails[k]
+
+        fut.add_done_callback(done)
+        return fut
 
     # -- connection-level commands ---------------------------------------
     def _connection_command(self, conn: Connection, c: Command) -> Reply:
@@ -343,8 +369,17 @@ class ClientServer:
         if args[0].upper() != b"GET" or len(args) != 2:
             raise CommandError("ERR CONFIG is read-only here: only CONFIG GET <pattern>")
         pattern = args[1].decode("utf-8", "replace").lower()
-        shown = {k: v for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")}
-        return {k: str(v) for k, v in shown.items() if fnmatch.fnmatchcase(k, pattern)}
+        shown = {
+            k: str(v) for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")
+        }
+        # Redis names that tools ask for (redis-benchmark reads save and
+        # appendonly), answered with what ringkv does instead.
+        shown.update(
+            save="",
+            appendonly="yes",
+            appendfsync={"always": "always", "interval": "everysec"}.get(self.config.fsync, "no"),
+        )
+        return {k: v for k, v in shown.items() if fnmatch.fnmatchcase(k, pattern)}
 
     def info_text(self, section: str) -> bytes:
         sections: dict[str, dict[str, Any]] = {

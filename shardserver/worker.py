@@ -93,6 +93,7 @@ class Worker:
             self._on_connection, path=path, limit=64 << 10
         )
         self._spawn(self._open(), "open-engine")
+        self._spawn(self._watch_parent(os.getppid()), "watch-parent")
         log.info("listening on %s", path)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -120,6 +121,15 @@ class Worker:
         self.store = store
         log.info("ready: partitions %d-%d", cfg.partitions.start, cfg.partitions.stop - 1)
         self._spawn(self._refresh_filter(), "refresh-filter")
+
+    async def _watch_parent(self, parent: int) -> None:
+        """Stop cleanly when the coordinator that started us is gone (killed
+        with SIGKILL it cannot stop us), so a restarted node finds its engine
+        directories free instead of held by orphans."""
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("parent process %d is gone; stopping", parent)
+        self._stop.set()
 
     async def _refresh_filter(self) -> None:
         # The filter carries "now" for tombstone grace; move it forward.
@@ -149,6 +159,10 @@ class Worker:
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # Shutdown. Not re-raised: Python 3.11's start_server callback calls
+            # task.exception() on the handler and would log a traceback.
             pass
         finally:
             self._conns.discard(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from typing import Any
 
@@ -22,3 +23,21 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def raw(port: int, data: bytes, expect_close: bool = False, quiet_s: float = 0.5) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port`` over a plain socket and return what
+    comes back until the server closes (``expect_close``: wait up to 5 s for
+    that) or ``quiet_s`` pass without a byte."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.settimeout(5 if expect_close else quiet_s)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                return out
+            if not chunk:
+                return out
+            out += chunk

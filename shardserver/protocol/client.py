@@ -159,12 +159,7 @@ class ShardClient:
                 await self._ensure_connected(deadline - loop.time())
             except TimeoutError:
                 return Reply(Status.TIMEOUT, f"connecting to {self.path} took over {t}s")
-            rid = next(self._ids)
-            fut: asyncio.Future[Reply] = loop.create_future()
-            self._pending[rid] = (request, fut)
-            self._queue.append((rid, request))
-            if self._flush_handle is None:
-                self._flush_handle = loop.call_soon(self._flush)
+            rid, fut = self._enqueue(request)
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except TimeoutError:
@@ -173,6 +168,29 @@ class ShardClient:
                 self._pending.pop(rid, None)  # a late reply now finds no slot
         finally:
             self._sem.release()
+
+    def submit(self, request: Request) -> asyncio.Future[Reply]:
+        """Queue ``request`` and return the future of its reply, without a
+        task or a deadline of its own: the caller bounds the wait and cancels
+        the future to give up (the coordinator's hot path; ``call`` costs a
+        task and a timer per request). Not connected yet, or the in-flight
+        window full: falls back to a task running ``call``."""
+        if self._writer is None or self._closed or len(self._pending) >= self.max_inflight:
+            return asyncio.ensure_future(self.call(request))
+        rid, fut = self._enqueue(request)
+        fut.add_done_callback(lambda _f: self._pending.pop(rid, None))
+        return fut
+
+    def _enqueue(self, request: Request) -> tuple[int, asyncio.Future[Reply]]:
+        """Give ``request`` an id and a reply future; it leaves in this turn's frame."""
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        fut: asyncio.Future[Reply] = loop.create_future()
+        self._pending[rid] = (request, fut)
+        self._queue.append((rid, request))
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        return rid, fut
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.processes import stop
+from tests.processes import raw, stop
 
 pytestmark = pytest.mark.integration
 
@@ -40,22 +40,6 @@ def port() -> Iterator[int]:
         yield port
     finally:
         stop(proc)
-
-
-def raw(port: int, data: bytes, expect_close: bool = False) -> bytes:
-    """Send ``data``, read until the server closes or 0.5 s pass quietly."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        s.settimeout(0.5 if not expect_close else 5)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                return out
-            if not chunk:
-                return out
-            out += chunk
 
 
 def test_redis_py_default_resp3_and_resp2(port: int) -> None:

@@ -1,0 +1,281 @@
+"""``ringkv serve`` (one node) and ``ringkv up`` (a local cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from coordinator.config import ConfigError, NodeConfig, load
+from coordinator.errors import CoordinatorError
+from coordinator.node import Node
+from shardserver.supervisor import Supervisor
+
+#: Unix socket paths must fit in sun_path (108 bytes on Linux).
+_MAX_SOCKET_DIR = 80
+
+
+def _socket_dir(data_dir: str) -> str:
+    path = os.path.join(os.path.abspath(data_dir), "run")
+    if len(path) <= _MAX_SOCKET_DIR:
+        return path
+    return tempfile.mkdtemp(prefix="ringkv-")
+
+
+def build_node(config: NodeConfig) -> Node:
+    pool = Supervisor(
+        os.path.join(config.data_dir, "workers"),
+        _socket_dir(config.data_dir),
+        config.partitions,
+        config.effective_workers(),
+        fsync=config.fsync,
+        worker_args=[
+            "--memtable-bytes", str(config.memtable_bytes),
+            "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
+        ],
+    )
+    return Node(config, pool)
+
+
+async def run_node(config: NodeConfig) -> None:
+    node = build_node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        print(
+            f"ringkv node {config.id}: clients on {config.bind}:{node.client_server.port}, "
+            f"peers on {config.bind}:{node.peer_server.port}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML node config (docs/configuration.md); flags override it.")
+@click.option("--id", "node_id", help="Node id (node.id).")
+@click.option("--data-dir", help="Data directory (node.data_dir).")
+@click.option("--bind", help="Address to listen on (network.bind).")
+@click.option("--port", "client_port", type=int, help="Client (Redis) port.")
+@click.option("--peer-port", type=int, help="Port for other nodes.")
+@click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")
+@click.option("--workers", type=int, help="Shard worker processes (0: one per CPU).")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str | None, log_level: str, **flags: Any) -> None:
+    """Run one node: coordinator plus its shard workers, until SIGTERM or Ctrl-C."""
+    flags["id"] = flags.pop("node_id")
+    flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
+    try:
+        config = load(config_path, flags)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {config.id} %(name)s: %(message)s",
+    )
+    if config.seeds and not config.secret:
+        logging.warning("no cluster secret set: any process that can reach the peer port "
+                        "can join (set cluster.secret)")
+    try:
+        asyncio.run(run_node(config))
+    except CoordinatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start node {config.id}: {exc}") from None
+
+
+# --- ringkv up ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What ``ringkv up`` starts: node i has client port ``port + i`` and
+    peer port ``port + 10000 + i``; every node lists every peer as a seed."""
+
+    nodes: int
+    data: str
+    port: int
+    replicas: int
+    workers: int
+    secret: str
+
+    @property
+    def n(self) -> int:
+        return min(self.replicas, self.nodes)
+
+    def toml(self, i: int) -> str:
+        seeds = ", ".join(f'"127.0.0.1:{self.port + 10000 + j}"' for j in range(self.nodes))
+        return f"""# written by `ringkv up`; see docs/configuration.md
+[node]
+id = "node{i + 1}"
+data_dir = "{os.path.join(self.data, f"node{i + 1}")}"
+
+[network]
+bind = "127.0.0.1"
+client_port = {self.port + i}
+peer_port = {self.port + 10000 + i}
+seeds = [{seeds}]
+
+[cluster]
+n = {self.n}
+r = {min(2, self.n)}
+w = {min(2, self.n)}
+secret = "{self.secret}"
+
+[storage]
+workers = {self.workers}
+
+[security]
+enable_flush = true
+"""
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _nodes_up(port: int) -> int:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"INFO cluster\r\n")
+            data = b""
+            deadline = time.monotonic() + 2
+            while b"nodes_up:" not in data or not data.endswith(b"\r\n"):
+                if time.monotonic() > deadline:
+                    return 0
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return 0
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("nodes_up:"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
+@click.command()
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 16))
+@click.option("--data", default="./ringkv-data", show_default=True,
+              type=click.Path(file_okay=False), help="Data directory of the cluster.")
+@click.option("--port", default=7379, show_default=True, type=click.IntRange(1, 65000),
+              help="Client port of the first node; node i listens on port+i.")
+@click.option("--n", "replicas", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="Replication factor N.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Shard workers per node.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
+def up(timeout: float, **opts: Any) -> None:
+    """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
+    data, nodes, port = opts["data"], opts["nodes"], opts["port"]
+    os.makedirs(data, exist_ok=True)
+    secret_file = os.path.join(data, "cluster.secret")
+    if os.path.exists(secret_file):
+        with open(secret_file) as f:
+            secret = f.read().strip()
+    else:
+        secret = secrets.token_hex(16)
+        with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(secret + "\n")
+    layout = Layout(secret=secret, **opts)
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for i in range(nodes):
+            cfg = os.path.join(data, f"node{i + 1}.toml")
+            with open(cfg, "w") as f:
+                f.write(layout.toml(i))
+            log = open(os.path.join(data, f"node{i + 1}.log"), "ab")  # noqa: SIM115
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "cli", "serve", "--config", cfg],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            ))
+        _wait_up(procs, nodes, port, timeout)
+        n = layout.n
+        click.echo(f"ringkv: {nodes} nodes up on 127.0.0.1 (N={n}, R={min(2, n)}, "
+                   f"W={min(2, n)}), data in {data}")
+        for i in range(nodes):
+            click.echo(f"  node{i + 1}  redis-cli -p {port + i}    log {data}/node{i + 1}.log")
+        click.echo(f"Connect with: redis-cli -p {port}   Ctrl-C stops the cluster.")
+        _wait_for_signal(procs)
+    finally:
+        _stop_all(procs)
+        for log in logs:
+            log.close()
+
+
+def _wait_up(procs: list[subprocess.Popen[bytes]], nodes: int, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    shown = -1
+    with click.progressbar(length=nodes, label="starting nodes", file=sys.stderr) as bar:
+        while True:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    raise click.ClickException(
+                        f"node{i + 1} exited with {p.returncode}; see its log")
+            ready = sum(1 for i in range(nodes) if _ping(port + i))
+            if ready == nodes and all(_nodes_up(port + i) == nodes for i in range(nodes)):
+                bar.update(nodes - max(shown, 0))
+                return
+            if ready != shown:
+                bar.update(max(0, ready - max(shown, 0)))
+                shown = ready
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"cluster not up after {timeout:.0f}s ({ready}/{nodes} nodes answer)")
+            time.sleep(0.2)
+
+
+def _wait_for_signal(procs: list[subprocess.Popen[bytes]]) -> None:
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        for i, p in enumerate(procs):
+            if p.poll() is not None:
+                click.echo(f"node{i + 1} exited with {p.returncode}; stopping the cluster",
+                           err=True)
+                return
+        time.sleep(0.5)  # polls child exits; signals set `stopping`
+    click.echo("stopping...", err=True)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

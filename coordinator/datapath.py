@@ -1,0 +1,330 @@
+"""Quorum reads and writes: what a data command does on the cluster (DESIGN §6).
+
+Write (SET, DEL, VSET, VDEL, MSET): build the version (reconcile.py), send it
+to the plan's N targets at once (a fallback's copy carries ``hint_for``),
+answer after W acks of which PW from primaries, or NOQUORUM as soon as that
+is out of reach or at the request timeout. Acks after the answer are still
+counted.
+
+Read (GET, VGET, EXISTS, MGET): ask the N targets, answer after R replies (PR
+primaries) with the merge of what came back. Every reply, also those that
+arrive after the client's answer, is kept until the request timeout; then
+replicas whose answer lacked something get the merged set (read repair,
+rate-limited by a token bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator import reconcile
+from coordinator.commands import Command
+from coordinator.errors import CommandError, ReadOnlyError
+from coordinator.quorum import Consistency, Outcome, Plan, Tally, Target, read_tally, write_tally
+from coordinator.replies import OK, Reply
+from coordinator.ring import NodeId
+from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.messages import (
+    ReplicaRead,
+    ReplicaWrite,
+    ReplicaWriteSet,
+    Request,
+    Status,
+)
+from shardserver.protocol.messages import Reply as ShardReply
+from shardserver.protocol.vclock import ActorId
+from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
+
+log = logging.getLogger("ringkv.datapath")
+
+
+class Cluster(Protocol):
+    """What the data path needs of the node it runs in."""
+
+    actor: ActorId
+    sibling_cap: int
+
+    def plan_for(self, key: bytes) -> tuple[int, Plan]: ...
+
+    async def call(self, node: NodeId, request: Request, timeout: float) -> ShardReply: ...
+
+    def submit(self, node: NodeId, request: Request) -> asyncio.Future[ShardReply]: ...
+
+    def next_hlc(self) -> int: ...
+
+    def saw_hlc(self, hlc: int) -> None: ...
+
+
+@dataclass(slots=True)
+class DataStats:
+    reads: int = 0
+    writes: int = 0
+    noquorum_reads: int = 0
+    noquorum_writes: int = 0
+    late_acks: int = 0
+    read_repairs: int = 0
+    read_repairs_skipped: int = 0
+    fallback_writes: int = 0
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at = burst, clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+def _reason(reply: ShardReply) -> str:
+    name = reply.status.name.lower().replace("_", "-")
+    return f"{name}: {reply.message}" if reply.message else name
+
+
+class Round:
+    """One request's calls to its targets and what came back, driven by
+    done-callbacks (no task per call): ``decided`` resolves when the tally
+    succeeds or fails, ``finished`` when every call has ended."""
+
+    def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target]) -> None:
+        loop = asyncio.get_running_loop()
+        self.tally = tally
+        self.calls = calls
+        self.replies: dict[NodeId, ShardReply] = {}
+        self.read_only: list[str] = []
+        self.late = 0  # successful replies after the decision
+        self.decided: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._open = len(calls)
+        for fut in calls:
+            fut.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: asyncio.Future[ShardReply]) -> None:
+        self._open -= 1
+        if not fut.cancelled():
+            before = len(self.replies)
+            self._take(fut)
+            if self.decided.done() and len(self.replies) > before:
+                self.late += 1
+        if self.tally.outcome() is not Outcome.PENDING or self._open == 0:
+            _resolve(self.decided)
+        if self._open == 0:
+            _resolve(self.finished)
+
+    def _take(self, fut: asyncio.Future[ShardReply]) -> None:
+        target = self.calls[fut]
+        exc = fut.exception()
+        if isinstance(exc, ShardUnavailable):
+            self.tally.fail(target.node, f"down ({exc.reason})")
+            return
+        if exc is not None:  # a bug in a call must not hang the request
+            log.error("call to %s failed", target.node, exc_info=exc)
+            self.tally.fail(target.node, f"error: {exc}")
+            return
+        reply = fut.result()
+        if reply.ok:
+            self.replies[target.node] = reply
+            self.tally.ack(target.node)
+        else:
+            if reply.status is Status.READ_ONLY:
+                self.read_only.append(f"{target.node}: {reply.message}")
+            self.tally.fail(target.node, _reason(reply))
+
+    def cancel(self) -> None:
+        for fut in self.calls:
+            fut.cancel()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class DataPath:
+    def __init__(self, cluster: Cluster, timeout_s: float, read_repair_per_s: float = 1000.0):
+        self.cluster = cluster
+        self.timeout_s = timeout_s
+        self.stats = DataStats()
+        self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- commands -----------------------------------------------------------
+    async def execute(self, command: Command, levels: Consistency) -> Reply:
+        name, keys = command.name, command.keys
+        if name in ("GET", "VGET"):
+            siblings = await self.read(keys[0], levels)
+            if name == "GET":
+                return reconcile.get_reply(siblings)
+            return list(reconcile.vget_reply(siblings))
+        if name == "SET":
+            await self.write(keys[0], command.values[0], levels, lww=True)
+            return OK
+        if name == "VSET":
+            await self.write(keys[0], command.values[0], levels, lww=False, context=command.context)
+            return OK
+        if name == "VDEL":
+            await self.write(keys[0], None, levels, lww=False, context=command.context)
+            return OK
+        if name == "MSET":
+            pairs = zip(keys, command.values, strict=True)
+            await asyncio.gather(*(self.write(k, v, levels, lww=True) for k, v in pairs))
+            return OK
+        if name == "MGET":
+            sets = await asyncio.gather(*(self.read(k, levels) for k in keys))
+            return [reconcile.get_reply(s) for s in sets]
+        if name == "EXISTS":
+            sets = await asyncio.gather(*(self.read(k, levels) for k in keys))
+            return sum(1 for s in sets if reconcile.get_reply(s) is not None)
+        if name == "DEL":
+            found = await asyncio.gather(*(self.delete(k, levels) for k in keys))
+            return sum(found)
+        raise CommandError(f"ERR unknown command '{name}'")
+
+    # -- reads --------------------------------------------------------------
+    async def read(self, key: bytes, levels: Consistency) -> SiblingSet:
+        """Merged sibling set of ``key`` from R replicas (PR primaries)."""
+        self.stats.reads += 1
+        partition, p = self.cluster.plan_for(key)
+        tally = read_tally(p, levels.r or 1, levels.pr or 0)
+        if (error := tally.unreachable()) is not None:
+            self.stats.noquorum_reads += 1
+            raise error
+        rnd = self._send(p, tally, lambda t: ReplicaRead(partition, key))
+        await self._wait(rnd)
+        if tally.outcome() is not Outcome.SUCCEEDED:
+            self.stats.noquorum_reads += 1
+            self._spawn(self._drain(rnd))
+            raise tally.error()
+        answers = self._answers(rnd)
+        merged = reconcile.reconcile(answers, self.cluster.sibling_cap).merged
+        if merged:
+            self.cluster.saw_hlc(max(v.hlc for v in merged))
+        self._spawn(self._repair_after(partition, key, rnd))
+        return merged
+
+    def _answers(self, rnd: Round) -> dict[str, SiblingSet | None]:
+        out: dict[str, SiblingSet | None] = {}
+        for node, reply in rnd.replies.items():
+            out[node] = None if reply.payload is None else decode_siblings(reply.payload)
+        return out
+
+    async def _repair_after(self, partition: int, key: bytes, rnd: Round) -> None:
+        """Wait for the remaining replies (bounded by the request timeout),
+        then send the merged set to every replica that lacked part of it."""
+        await self._drain(rnd)
+        answers = self._answers(rnd)
+        if len(answers) < 2:
+            return
+        result = reconcile.reconcile(answers, self.cluster.sibling_cap)
+        for node in result.stale:
+            if not self._repair_bucket.take():
+                self.stats.read_repairs_skipped += 1
+                continue
+            self.stats.read_repairs += 1
+            req = ReplicaWriteSet(partition, key, result.merged)
+            with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
+                await self.cluster.call(NodeId(node), req, self.timeout_s)
+
+    # -- writes -------------------------------------------------------------
+    async def write(
+        self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
+        context: bytes | None = None,
+    ) -> Version:
+        actor, hlc = self.cluster.actor, self.cluster.next_hlc()
+        if lww:
+            version = reconcile.plain_write(actor, hlc, value)
+        else:
+            version = reconcile.context_write(context or b"", actor, hlc, value)
+        await self._replicate(key, version, "lww" if lww else "merge", levels)
+        return version
+
+    async def delete(self, key: bytes, levels: Consistency) -> int:
+        """DEL of one key: 1 if it had a visible value at R replicas just
+        before, else 0 (Redis's count). The read must finish before the
+        tombstone is sent: a replica applying the tombstone first would hide
+        the value, so DEL costs two round trips."""
+        try:
+            before = await self.read(key, Consistency(r=levels.r or 1))
+        except CommandError:
+            before = None  # cannot tell; the delete still goes ahead
+        await self.write(key, None, levels, lww=True)
+        return 0 if before is not None and reconcile.get_reply(before) is None else 1
+
+    async def _replicate(
+        self, key: bytes, version: Version, mode: str, levels: Consistency
+    ) -> None:
+        self.stats.writes += 1
+        partition, p = self.cluster.plan_for(key)
+        tally = write_tally(p, levels.w or 1, levels.pw or 0)
+        if (error := tally.unreachable()) is not None:
+            self.stats.noquorum_writes += 1
+            raise error
+
+        def request(t: Target) -> Request:
+            return ReplicaWrite(partition, key, version, mode, t.hint_for)  # type: ignore[arg-type]
+
+        self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
+        rnd = self._send(p, tally, request)
+        await self._wait(rnd)
+        if tally.outcome() is not Outcome.SUCCEEDED:
+            self.stats.noquorum_writes += 1
+            self._spawn(self._drain(rnd))
+            if rnd.read_only and len(rnd.read_only) >= len(p.targets) - len(tally.ok):
+                raise ReadOnlyError("disk full or I/O error on " + "; ".join(rnd.read_only))
+            raise tally.error()
+        self._spawn(self._drain(rnd, count_late=True))
+
+    # -- rounds -------------------------------------------------------------
+    def _send(self, p: Plan, tally: Tally, request: Callable[[Target], Request]) -> Round:
+        return Round(tally, {self.cluster.submit(t.node, request(t)): t for t in p.targets})
+
+    async def _wait(self, rnd: Round) -> None:
+        """Until the tally decides or the request timeout passes."""
+        await self._until(rnd.decided, self.timeout_s, rnd)
+        if rnd.tally.outcome() is Outcome.PENDING:
+            for fut, target in rnd.calls.items():
+                if not fut.done():
+                    rnd.tally.fail(target.node, "timeout")
+
+    async def _drain(self, rnd: Round, count_late: bool = False) -> None:
+        """Let the calls still in flight end (bounded), then give up on them."""
+        await self._until(rnd.finished, self.timeout_s + 1, rnd)
+        rnd.cancel()
+        if count_late:
+            self.stats.late_acks += rnd.late
+
+    @staticmethod
+    async def _until(event: asyncio.Future[None], timeout: float, rnd: Round) -> None:
+        if event.done():
+            return
+        handle = asyncio.get_running_loop().call_later(timeout, _resolve, event)
+        try:
+            await event
+        except asyncio.CancelledError:
+            rnd.cancel()  # the client went away: stop waiting for replicas
+            raise
+        finally:
+            handle.cancel()

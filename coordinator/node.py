@@ -1,0 +1,417 @@
+"""One ringkv node: the coordinator that ties ring, workers, peers and clients.
+
+Startup -> serve -> shutdown::
+
+    identity + ring + hints from data_dir ─▶ workers ready ─▶ peer server
+      ─▶ gossip (form the ring with the seeds if there is none yet)
+      ─▶ handoff + stats tasks ─▶ client server
+
+Routing: a request for node X goes to our own worker for the partition when
+X is us, else over peer RPC to X's coordinator, which hands it to its
+worker (:meth:`Node.call`). A write that carries ``hint_for`` is a fallback
+copy: its hint is made durable before the worker applies the write.
+
+The ring: a new cluster claims partitions once every seed answered (or the
+formation timeout passed); the ring is saved in ``<data_dir>/ring.msgpack``
+and travels in gossip, where the higher (epoch, members) wins and equal
+ones are broken by the owner list, so all nodes settle on one ring. A
+member seen in gossip but missing from the ring joins by ``rebalance``; the
+partitions a node stops replicating become hints for their new primaries,
+so handoff moves the data (Riak's ownership handoff, through the same code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from coordinator import files, quorum, report
+from coordinator import ring as ringmod
+from coordinator.commands import Command
+from coordinator.config import NodeConfig
+from coordinator.datapath import DataPath
+from coordinator.errors import CommandError, CoordinatorError, UnavailableError
+from coordinator.gossip import Gossiper
+from coordinator.handoff import Handoff
+from coordinator.hints import HintStore
+from coordinator.membership import Endpoint
+from coordinator.membership import Status as MemberStatus
+from coordinator.peer import PeerServer, peer_client
+from coordinator.quorum import Consistency, Plan
+from coordinator.replies import OK, Reply
+from coordinator.ring import NodeId, Ring
+from coordinator.server import ClientServer
+from shardserver.protocol import messages as m
+from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
+from shardserver.protocol.hlc import HLC
+from shardserver.protocol.pool import WorkerPool
+from shardserver.protocol.vclock import make_actor
+from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
+
+log = logging.getLogger("ringkv.node")
+
+IDENTITY_FILE = "node.msgpack"
+RING_FILE = "ring.msgpack"
+STATS_INTERVAL_S = 2.0
+PLAN_TTL_S = 0.2
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        pool: WorkerPool,
+        *,
+        formation_timeout_s: float = 30.0,
+        gossip_interval_s: float = 1.0,
+        clock_offset_ms: int = 0,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.id = NodeId(config.id)
+        self.secret = config.secret.encode()
+        self.hlc = HLC(offset_ms=clock_offset_ms)
+        self.sibling_cap = DEFAULT_SIBLING_CAP
+        self.actor = make_actor(config.id, 0)  # replaced by start() from the identity file
+        self.incarnation = 0
+        self.hints = HintStore(config.data_dir)
+        self.ring: Ring | None = None
+        self.timeout_s = config.request_timeout_ms / 1000
+        self.data = DataPath(self, self.timeout_s)
+        self.handoff = Handoff(self, config)
+        self.client_server = ClientServer(config, self)
+        self.peer_server = PeerServer(
+            config.id, self.secret, self._on_peer, bind=config.bind, port=config.peer_port,
+            fast=self._peer_fast,
+        )
+        self.gossip: Gossiper | None = None
+        self.local_stats: list[dict[str, Any]] = []
+        self._formation_timeout_s = formation_timeout_s
+        self._gossip_interval_s = gossip_interval_s
+        self._local: list[ShardClient] = []
+        self._peers: dict[str, ShardClient] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._plans: dict[int, Plan] = {}
+        self._plans_at = 0.0
+        self._plans_ring: Ring | None = None
+
+    # -- life cycle ---------------------------------------------------------
+    async def start(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        self._load_identity()
+        self.hints.load()
+        doc = files.read_doc(os.path.join(self.config.data_dir, RING_FILE))
+        if doc is not None:
+            self.ring = ringmod.decode_ring(doc.get("ring"))
+        await self.pool.start()
+        await self.pool.wait_ready(120)
+        self._local = [
+            ShardClient(self.pool.socket_for(p), timeout_s=self.timeout_s)
+            for p in self._first_partitions()
+        ]
+        await self.peer_server.start()
+        me = Endpoint(
+            self.id, int(time.time() * 1000), 0, MemberStatus.UP,
+            f"{self.config.bind}:{self.config.client_port}",
+            f"{self.config.bind}:{self.peer_server.port}",
+            self.ring.epoch if self.ring else 0,
+        )
+        self.gossip = Gossiper(
+            me, self.config.seeds, self._gossip_send, interval_s=self._gossip_interval_s,
+            extra_out=self._ring_out, extra_in=self._ring_in,
+        )
+        self._own(self.gossip.run(), "gossip")
+        if self.ring is None:
+            await self._form()
+        self._own(self.handoff.run(), "handoff")
+        self._own(self._stats_loop(), "stats")
+        await self.client_server.start()
+        log.info("node %s ready: clients on %s:%d, peers on %s:%d, ring epoch %d",
+                 self.id, self.config.bind, self.client_server.port, self.config.bind,
+                 self.peer_server.port, self.ring.epoch if self.ring else 0)
+
+    async def stop(self) -> None:
+        await self.client_server.stop()
+        await self.data.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        await self.handoff.close()
+        await self.peer_server.stop()
+        for client in [*self._local, *self._peers.values()]:
+            await client.close()
+        await self.pool.stop()
+
+    def _own(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{self.id} {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s died", task.get_name(), exc_info=task.exception())
+
+    def _load_identity(self) -> None:
+        path = os.path.join(self.config.data_dir, IDENTITY_FILE)
+        doc = files.read_doc(path)
+        if doc is None:
+            # A new data directory gets a new incarnation, so a wiped node
+            # never reuses clock entries of its former self (DESIGN §4).
+            doc = {"v": 1, "id": self.config.id, "incarnation": time.time_ns() // 1_000_000}
+            files.write_doc(path, doc)
+        if doc.get("id") != self.config.id:
+            raise CoordinatorError(
+                f"data directory {self.config.data_dir} belongs to node {doc.get('id')!r}, "
+                f"not {self.config.id!r}"
+            )
+        self.incarnation = int(doc["incarnation"])
+        self.actor = make_actor(self.config.id, self.incarnation)
+
+    def _first_partitions(self) -> list[int]:
+        """One partition per worker, to find each worker's socket."""
+        seen: dict[int, int] = {}
+        for p in range(self.config.partitions):
+            seen.setdefault(self.pool.worker_for(p), p)
+        return [seen[i] for i in range(self.pool.workers)]
+
+    # -- ring ---------------------------------------------------------------
+    async def _form(self) -> None:
+        assert self.gossip is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._formation_timeout_s
+        while self.ring is None and loop.time() < deadline:
+            if self.gossip.heard_from_all_seeds():
+                break
+            await asyncio.sleep(0.05)
+        if self.ring is None:
+            members = sorted(self.gossip.members)
+            log.info("forming a new ring with %s", ", ".join(members))
+            self._adopt(ringmod.claim(
+                [(n, None) for n in members], self.config.partitions, self.config.n
+            ))
+
+    def _ring_out(self) -> dict[str, Any]:
+        return {"ring": ringmod.encode_ring(self.ring)} if self.ring else {}
+
+    def _ring_in(self, payload: dict[str, Any]) -> None:
+        raw = payload.get("ring")
+        if raw is not None:
+            theirs = ringmod.decode_ring(raw)
+            if self.ring is None or _better(theirs, self.ring):
+                self._adopt(theirs)
+        assert self.gossip is not None
+        if self.ring is not None and not set(self.gossip.members) <= set(self.ring.node_ids):
+            nodes = [(n, None) for n in sorted(set(self.gossip.members) | set(self.ring.node_ids))]
+            self._adopt(ringmod.rebalance(self.ring, nodes))
+
+    def _adopt(self, new: Ring) -> None:
+        if new.q != self.config.partitions:
+            log.error("ignoring a ring with Q=%d (ours is %d)", new.q, self.config.partitions)
+            return
+        old, self.ring = self.ring, new
+        files.write_doc(os.path.join(self.config.data_dir, RING_FILE),
+                        {"v": 1, "ring": ringmod.encode_ring(new)})
+        if self.gossip is not None:
+            me = self.gossip.members[self.id]
+            self.gossip.set_me(Endpoint(me.node, me.generation, me.version, me.status,
+                                        me.client_addr, me.peer_addr, new.epoch))
+        if old is None:
+            return
+        log.info("ring epoch %d -> %d", old.epoch, new.epoch)
+        now = int(time.time() * 1000)
+        for p in range(new.q):
+            before, after = ringmod.primaries(old, p), ringmod.primaries(new, p)
+            if self.id in before and self.id not in after:
+                for owner in after:
+                    if owner not in before:
+                        self._own(self.hints.add(p, owner, now), f"hint {p}")
+
+    def plan_for(self, key: bytes) -> tuple[int, Plan]:
+        ring = self.ring
+        if ring is None:
+            raise UnavailableError("the ring is not formed yet")
+        p = ring.partition_of(key)
+        # Plans are cached for PLAN_TTL_S: liveness changes at gossip speed
+        # (seconds), and phi for every target of every request is not free.
+        now = time.monotonic()
+        if now - self._plans_at > PLAN_TTL_S or self._plans_ring is not ring:
+            self._plans.clear()
+            self._plans_at, self._plans_ring = now, ring
+        plan = self._plans.get(p)
+        if plan is None:
+            plan = quorum.plan(ringmod.preference_list(ring, p), ring.n, self.is_up)
+            self._plans[p] = plan
+        return p, plan
+
+    def is_up(self, node: NodeId) -> bool:
+        return self.gossip is not None and self.gossip.is_up(node)
+
+    def next_hlc(self) -> int:
+        return self.hlc.now()
+
+    def saw_hlc(self, hlc: int) -> None:
+        with contextlib.suppress(ValueError):
+            self.hlc.update(hlc)
+
+    # -- routing ------------------------------------------------------------
+    async def call(self, node: NodeId, request: m.Request, timeout: float) -> m.Reply:
+        if node == self.id:
+            return await self.local(request, timeout)
+        assert self.gossip is not None
+        addr = self.gossip.addr_of(node)
+        if addr is None:
+            raise ShardUnavailable(f"peer {node}", "address unknown")
+        return await self._peer(addr).call(request, timeout)
+
+    def submit(self, node: NodeId, request: m.Request) -> asyncio.Future[m.Reply]:
+        """``call`` for the hot path: the reply's future, no task where none
+        is needed; the caller bounds the wait and cancels to give up."""
+        if node != self.id:
+            assert self.gossip is not None
+            addr = self.gossip.addr_of(node)
+            if addr is not None:
+                return self._peer(addr).submit(request)
+        else:
+            partition = getattr(request, "partition", None)
+            hint = isinstance(request, m.ReplicaWrite) and request.hint_for
+            if isinstance(partition, int) and 0 <= partition < self.config.partitions and not hint:
+                index = self.pool.worker_for(partition)
+                if self.pool.ready(index):
+                    return self._local[index].submit(request)
+        return asyncio.ensure_future(self.call(node, request, self.timeout_s))
+
+    def _peer_fast(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
+        """Replica reads and writes from peers go straight to the worker."""
+        if not isinstance(request, m.ReplicaRead | m.ReplicaWriteSet | m.ReplicaWrite):
+            return None
+        hinted = isinstance(request, m.ReplicaWrite) and request.hint_for
+        if hinted or not 0 <= request.partition < self.config.partitions:
+            return None
+        index = self.pool.worker_for(request.partition)
+        return self._local[index].submit(request) if self.pool.ready(index) else None
+
+    def _peer(self, addr: str) -> ShardClient:
+        client = self._peers.get(addr)
+        if client is None:
+            client = peer_client(addr, self.config.id, self.secret, timeout_s=self.timeout_s)
+            self._peers[addr] = client
+        return client
+
+    async def local(self, request: m.Request, timeout: float) -> m.Reply:
+        partition = getattr(request, "partition", None)
+        if not isinstance(partition, int):
+            return m.Reply.error(m.Status.BAD_REQUEST, f"{m.op_of(request)} has no partition")
+        try:
+            index = self.pool.worker_for(partition)
+        except ValueError as exc:
+            return m.Reply.error(m.Status.BAD_REQUEST, str(exc))
+        if not self.pool.ready(index):
+            return m.Reply.error(m.Status.UNAVAILABLE, f"worker {index} of {self.id} is not ready")
+        if isinstance(request, m.ReplicaWrite) and request.hint_for:
+            size = len(request.key) + len(request.version.value or b"")
+            if not self.hints.touch(partition, request.hint_for, size):
+                try:
+                    await self.hints.add(partition, request.hint_for, int(time.time() * 1000),
+                                         size)
+                except OSError as exc:
+                    return m.Reply.error(m.Status.READ_ONLY, f"cannot record hint: {exc}")
+        return await self._local[index].call(request, timeout)
+
+    async def _gossip_send(self, addr: str, payload: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._peer(addr).call(m.Gossip(payload), timeout=1.0)
+        if not reply.ok or not isinstance(reply.payload, dict):
+            raise ConnectionError(f"gossip to {addr}: {reply.status.name} {reply.message}")
+        return reply.payload
+
+    async def _on_peer(self, peer: str, request: m.Request) -> m.Reply:
+        if isinstance(request, m.Gossip):
+            assert self.gossip is not None
+            return m.Reply(m.Status.OK, self.gossip.receive(request.payload))
+        if isinstance(request, m.Ping):
+            return m.Reply(m.Status.OK, {"ready": True, "node": self.config.id})
+        if isinstance(request, m.Stats):
+            return m.Reply(m.Status.OK, {"workers": self.local_stats})
+        return await self.local(request, self.timeout_s)
+
+    # -- node-level commands --------------------------------------------------
+    async def execute(self, command: Command, consistency: Consistency) -> Reply:
+        if command.name == "DBSIZE":
+            return await self._dbsize()
+        if command.name in ("FLUSHALL", "FLUSHDB"):
+            return await self._flushall()
+        return await self.data.execute(command, consistency)
+
+    async def _all_nodes_stats(self) -> list[dict[str, Any]]:
+        assert self.ring is not None
+        out = list(self.local_stats)
+        for node in self.ring.node_ids:
+            if node != self.id and self.is_up(node):
+                with contextlib.suppress(ShardUnavailable):
+                    reply = await self.call(node, m.Stats(), self.timeout_s)
+                    if reply.ok:
+                        out += reply.payload.get("workers", [])
+        return out
+
+    async def _dbsize(self) -> int:
+        """Estimate: entries in every engine of the cluster over N (it counts
+        overwritten versions and tombstones not yet compacted away)."""
+        if self.ring is None:
+            raise UnavailableError("the ring is not formed yet")
+        total = sum(_entries(s) for s in await self._all_nodes_stats())
+        return total // self.ring.n
+
+    async def _flushall(self) -> Reply:
+        if not self.config.enable_flush:
+            raise CommandError(
+                "ERR FLUSHALL is disabled on this cluster (set enable_flush = true in [security])"
+            )
+        if self.ring is None:
+            raise UnavailableError("the ring is not formed yet")
+        down = [n for n in self.ring.node_ids if not self.is_up(n)]
+        if down:
+            raise UnavailableError(f"FLUSHALL needs every node up; down: {', '.join(down)}")
+        calls = [
+            self.call(node, m.DropPartition(p), max(self.timeout_s, 60.0))
+            for node in self.ring.node_ids for p in range(self.ring.q)
+        ]
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [r for r in replies if isinstance(r, BaseException) or not r.ok]
+        if failed:
+            raise UnavailableError(f"FLUSHALL incomplete: {len(failed)} partition drops failed")
+        return OK
+
+    # -- observability --------------------------------------------------------
+    async def _stats_loop(self) -> None:
+        while True:
+            stats = []
+            for i, client in enumerate(self._local):
+                if self.pool.ready(i):
+                    with contextlib.suppress(ShardUnavailable, ShardError):
+                        s = await client.stats(timeout=self.timeout_s)
+                        stats.append(s)
+            self.local_stats = stats
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        return report.info_sections(self)
+
+
+def _entries(stats: dict[str, Any]) -> int:
+    engine = stats.get("engine", {})
+    levels = sum(int(level.get("entries", 0)) for level in engine.get("levels", []))
+    return levels + int(engine.get("memtable_entries", 0))
+
+
+def _better(a: Ring, b: Ring) -> bool:
+    """Which of two rings every node should settle on (a total order)."""
+    ka, kb = (a.epoch, len(a.nodes)), (b.epoch, len(b.nodes))
+    if ka != kb:
+        return ka > kb
+    return a.owners < b.owners

@@ -1,0 +1,248 @@
+"""A ringkv cluster of real processes on 127.0.0.1, for integration and fault
+tests (and benchmarks): start, kill -9, stop, restart single nodes, wait
+for conditions with bounded timeouts, and always clean up.
+
+Each node is ``python -m cli serve --config nodeK.toml`` in its own session
+(process group), so kill -9 of a node takes its workers with it, like a
+machine that dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not true after {timeout}s (last: {last!r:.200})")
+        time.sleep(interval)
+
+
+@dataclass
+class NodeProc:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    root: Path
+    nodes: int = 3
+    n: int = 3
+    workers: int = 2
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: list[NodeProc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ports = free_ports(2 * self.nodes)
+        for i in range(self.nodes):
+            name = f"n{i + 1}"
+            self.members.append(NodeProc(
+                name, ports[2 * i], ports[2 * i + 1], self.root / name,
+                self.root / f"{name}.toml", self.root / f"{name}.log",
+            ))
+        seeds = ", ".join(f'"127.0.0.1:{m.peer_port}"' for m in self.members)
+        for m in self.members:
+            sections: dict[str, dict[str, Any]] = {
+                "node": {"id": m.name, "data_dir": str(m.data_dir)},
+                "network": {"client_port": m.client_port, "peer_port": m.peer_port},
+                "cluster": {"n": self.n, "r": min(2, self.n), "w": min(2, self.n),
+                            "secret": "test-secret", "request_timeout_ms": 2000},
+                "storage": {"workers": self.workers},
+                "security": {"enable_flush": True},
+            }
+            for section, values in self.settings.items():
+                sections.setdefault(section, {}).update(values)
+            lines = []
+            for section, values in sections.items():
+                lines.append(f"[{section}]")
+                lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+            lines.insert(lines.index("[network]") + 1, f"seeds = [{seeds}]")
+            m.config.write_text("\n".join(lines) + "\n")
+
+    # -- processes ------------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> None:
+        for i in range(self.nodes):
+            self.start_node(i, wait=False)
+        for i in range(self.nodes):
+            self.wait_serving(i, timeout)
+        self.wait_all_up(timeout)
+
+    def start_node(self, i: int, wait: bool = True, timeout: float = 60.0) -> None:
+        m = self.members[i]
+        assert not m.running, f"{m.name} already running"
+        log = open(m.log, "ab")  # noqa: SIM115 - the child owns it now
+        try:
+            m.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli", "serve", "--config", str(m.config)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        if wait:
+            self.wait_serving(i, timeout)
+
+    def wait_serving(self, i: int, timeout: float = 60.0) -> None:
+        m = self.members[i]
+
+        def serving() -> bool:
+            if not m.running:
+                raise AssertionError(f"{m.name} exited; log:\n{self.log_tail(i)}")
+            return bool(self.client(i).ping())
+
+        wait_for(f"{m.name} answers PING", serving, timeout)
+
+    def kill(self, i: int) -> None:
+        """kill -9 of the node's whole process group (coordinator and workers)."""
+        m = self.members[i]
+        if m.proc is not None and m.proc.poll() is None:
+            os.killpg(m.proc.pid, signal.SIGKILL)
+            m.proc.wait(10)
+        self._reap_group(m)
+
+    def stop_node(self, i: int, timeout: float = 20.0) -> None:
+        m = self.members[i]
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.send_signal(signal.SIGTERM)
+            try:
+                m.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(m.proc.pid, signal.SIGKILL)
+                m.proc.wait(10)
+        self._reap_group(m)
+
+    def _reap_group(self, m: NodeProc) -> None:
+        if m.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(m.proc.pid, signal.SIGKILL)  # any worker left behind
+        m.proc = None
+
+    def close(self) -> None:
+        for i in range(self.nodes):
+            self.stop_node(i)
+
+    # -- clients and views ----------------------------------------------------
+    def client(self, i: int, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("socket_timeout", 10)
+        return redis.Redis(host="127.0.0.1", port=self.members[i].client_port, **kwargs)
+
+    def info(self, i: int, section: str) -> dict[str, Any]:
+        return dict(self.client(i).info(section))
+
+    def up_count(self, i: int) -> int:
+        return int(self.info(i, "cluster")["nodes_up"])
+
+    def wait_all_up(self, timeout: float = 60.0) -> None:
+        for i, m in enumerate(self.members):
+            if m.running:
+                want = sum(1 for x in self.members if x.running)
+                wait_for(f"{m.name} sees {want} nodes up",
+                         lambda i=i, w=want: self.up_count(i) == w, timeout)
+
+    def state_seen(self, i: int, other: int) -> str:
+        """'up' or 'down': node ``other`` as node ``i``'s failure detector sees it."""
+        raw = self.info(i, "cluster")[f"node_{self.members[other].name}"]
+        # redis-py parses "state=up,phi=0.1,..." into a dict
+        return str(raw["state"]) if isinstance(raw, dict) else str(raw).split(",")[0][6:]
+
+    def wait_seen(self, other: int, state: str, timeout: float = 30.0) -> None:
+        """Every running node sees node ``other`` in ``state`` ('up' or 'down')."""
+        name = self.members[other].name
+        for i, m in enumerate(self.members):
+            if m.running and i != other:
+                wait_for(f"{m.name} sees {name} {state}",
+                         lambda i=i: self.state_seen(i, other) == state, timeout)
+
+    def log_tail(self, i: int, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.members[i].log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@contextmanager
+def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
+    c = Cluster(root, **kwargs)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def local_read(c: Cluster, i: int, key: bytes, q: int = 64) -> Any:
+    """The sibling set node ``i`` itself stores for ``key``, read straight
+    from its worker's socket (no coordinator, no quorum)."""
+    import asyncio
+
+    from coordinator.ring import partition_of
+    from shardserver.protocol.client import ShardClient
+    from shardserver.supervisor import partition_ranges
+
+    p = partition_of(key, q)
+    worker = next(w for w, r in enumerate(partition_ranges(q, c.workers)) if p in r)
+    path = c.members[i].data_dir / "run" / f"worker-{worker}.sock"
+
+    async def read() -> Any:
+        async with ShardClient(str(path), timeout_s=10) as client:
+            return await client.read(p, key)
+
+    return asyncio.run(read())
