@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -42,13 +43,28 @@ def build_node(config: NodeConfig) -> Node:
         fsync=config.fsync,
         worker_args=[
             "--memtable-bytes", str(config.memtable_bytes),
+            "--fsync-interval-ms", str(config.fsync_interval_ms),
+            "--block-cache-bytes", str(config.block_cache_bytes),
             "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
         ],
     )
     return Node(config, pool)
 
 
+def _raise_fd_limit(config: NodeConfig) -> None:
+    """Room for max_clients connections plus peers, workers and files (Redis
+    raises its soft limit the same way); capped by the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = config.max_clients + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            logging.warning("open file limit %d is below max_clients + 256 = %d", new, want)
+
+
 async def run_node(config: NodeConfig) -> None:
+    _raise_fd_limit(config)
     node = build_node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

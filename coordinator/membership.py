@@ -44,6 +44,7 @@ class Endpoint:
     client_addr: str  # host:port for clients
     peer_addr: str  # host:port for coordinators
     ring_epoch: int
+    zone: str = ""  # failure zone from the node's config ("" = none)
 
     def newer_than(self, other: Endpoint) -> bool:
         return (self.generation, self.version) > (other.generation, other.version)
@@ -94,13 +95,17 @@ def encode(ep: Endpoint) -> list[Any]:
         ep.client_addr,
         ep.peer_addr,
         ep.ring_epoch,
+        ep.zone,
     ]
 
 
 def decode(raw: object) -> Endpoint:
-    if not isinstance(raw, list) or len(raw) != 7:
-        raise MembershipError(f"endpoint must be a list of 7 fields, got {raw!r:.80}")
-    node, generation, version, status, client_addr, peer_addr, epoch = raw
+    if not isinstance(raw, list) or len(raw) not in (7, 8):
+        raise MembershipError(f"endpoint must be a list of 7 or 8 fields, got {raw!r:.80}")
+    node, generation, version, status, client_addr, peer_addr, epoch = raw[:7]
+    zone = raw[7] if len(raw) == 8 else ""
+    if not isinstance(zone, str) or len(zone) > 256:
+        raise MembershipError("endpoint zone must be a string of at most 256 chars")
     if not isinstance(node, str) or not node:
         raise MembershipError("endpoint node id must be a non-empty string")
     for name, v in (("generation", generation), ("version", version), ("ring epoch", epoch)):
@@ -112,4 +117,4 @@ def decode(raw: object) -> Endpoint:
         st = Status(status)
     except ValueError:
         raise MembershipError(f"unknown endpoint status {status!r:.40}") from None
-    return Endpoint(NodeId(node), generation, version, st, client_addr, peer_addr, epoch)
+    return Endpoint(NodeId(node), generation, version, st, client_addr, peer_addr, epoch, zone)

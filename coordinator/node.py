@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -120,6 +121,7 @@ class Node:
             f"{self.config.bind}:{self.config.client_port}",
             f"{self.config.bind}:{self.peer_server.port}",
             self.ring.epoch if self.ring else 0,
+            self.config.zone,
         )
         self.gossip = Gossiper(
             me, self.config.seeds, self._gossip_send, interval_s=self._gossip_interval_s,
@@ -191,11 +193,16 @@ class Node:
                 break
             await asyncio.sleep(0.05)
         if self.ring is None:
-            members = sorted(self.gossip.members)
-            log.info("forming a new ring with %s", ", ".join(members))
-            self._adopt(ringmod.claim(
-                [(n, None) for n in members], self.config.partitions, self.config.n
-            ))
+            log.info("forming a new ring with %s", ", ".join(sorted(self.gossip.members)))
+            self._adopt(ringmod.claim(self._specs(), self.config.partitions, self.config.n))
+
+    def _specs(self) -> list[tuple[NodeId, str | None]]:
+        """Every member known (gossip and ring) with its zone, for placement."""
+        assert self.gossip is not None
+        zones: dict[NodeId, str | None] = dict(self.ring.zones()) if self.ring else {}
+        for node, ep in self.gossip.members.items():
+            zones[node] = ep.zone or None
+        return sorted(zones.items())
 
     def _ring_out(self) -> dict[str, Any]:
         return {"ring": ringmod.encode_ring(self.ring)} if self.ring else {}
@@ -208,8 +215,7 @@ class Node:
                 self._adopt(theirs)
         assert self.gossip is not None
         if self.ring is not None and not set(self.gossip.members) <= set(self.ring.node_ids):
-            nodes = [(n, None) for n in sorted(set(self.gossip.members) | set(self.ring.node_ids))]
-            self._adopt(ringmod.rebalance(self.ring, nodes))
+            self._adopt(ringmod.rebalance(self.ring, self._specs()))
 
     def _adopt(self, new: Ring) -> None:
         if new.q != self.config.partitions:
@@ -220,8 +226,7 @@ class Node:
                         {"v": 1, "ring": ringmod.encode_ring(new)})
         if self.gossip is not None:
             me = self.gossip.members[self.id]
-            self.gossip.set_me(Endpoint(me.node, me.generation, me.version, me.status,
-                                        me.client_addr, me.peer_addr, new.epoch))
+            self.gossip.set_me(dataclasses.replace(me, ring_epoch=new.epoch))
         if old is None:
             return
         log.info("ring epoch %d -> %d", old.epoch, new.epoch)

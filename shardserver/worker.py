@@ -56,6 +56,8 @@ class WorkerConfig:
     worker_id: str = "0"
     fsync: Literal["always", "interval", "never"] = "interval"
     memtable_bytes: int = 8 << 20
+    fsync_interval_ms: int = 1000
+    block_cache_bytes: int = 64 << 20
     tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN
@@ -105,7 +107,10 @@ class Worker:
         cfg = self.config
         if cfg.startup_delay_s > 0:
             await asyncio.sleep(cfg.startup_delay_s)
-        options = Options(fsync=cfg.fsync, memtable_bytes=cfg.memtable_bytes)
+        options = Options(
+            fsync=cfg.fsync, memtable_bytes=cfg.memtable_bytes,
+            fsync_interval_ms=cfg.fsync_interval_ms, block_cache_bytes=cfg.block_cache_bytes,
+        )
         try:
             store = await asyncio.to_thread(
                 ShardStore.open, cfg.data_dir, cfg.partitions, options,
@@ -225,6 +230,8 @@ def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
     p.add_argument("--worker-id", default="0", help="name used in logs")
     p.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     p.add_argument("--memtable-bytes", type=int, default=8 << 20)
+    p.add_argument("--fsync-interval-ms", type=int, default=1000)
+    p.add_argument("--block-cache-bytes", type=int, default=64 << 20)
     p.add_argument("--tombstone-grace-ms", type=int, default=DEFAULT_TOMBSTONE_GRACE_MS)
     p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT)
     p.add_argument("--max-inflight-per-conn", type=int, default=DEFAULT_MAX_INFLIGHT_PER_CONN)
@@ -242,6 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
     return WorkerConfig(
         socket_path=a.socket, data_dir=a.data, partitions=a.partitions, worker_id=a.worker_id,
         fsync=a.fsync, memtable_bytes=a.memtable_bytes, tombstone_grace_ms=a.tombstone_grace_ms,
+        fsync_interval_ms=a.fsync_interval_ms, block_cache_bytes=a.block_cache_bytes,
         max_inflight=a.max_inflight, max_inflight_per_conn=a.max_inflight_per_conn,
         max_frame_bytes=a.max_frame_bytes, threads=a.threads, startup_delay_s=a.startup_delay,
         max_connections=a.max_connections,

@@ -228,21 +228,49 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
         c.close()
 
 
-def local_read(c: Cluster, i: int, key: bytes, q: int = 64) -> Any:
-    """The sibling set node ``i`` itself stores for ``key``, read straight
-    from its worker's socket (no coordinator, no quorum)."""
+def ring_of(c: Cluster, i: int = 0) -> Any:
+    """The ring node ``i`` saved (its ``ring.msgpack``)."""
+    from coordinator import files
+    from coordinator.ring import decode_ring
+
+    doc = files.read_doc(str(c.members[i].data_dir / "ring.msgpack"))
+    assert doc is not None, f"{c.members[i].name} has no ring yet"
+    return decode_ring(doc["ring"])
+
+
+def local_read_many(c: Cluster, i: int, keys: list[bytes], q: int = 64) -> dict[bytes, Any]:
+    """The sibling sets node ``i`` itself stores for ``keys``, read straight
+    from its workers' sockets (no coordinator, no quorum)."""
     import asyncio
 
     from coordinator.ring import partition_of
     from shardserver.protocol.client import ShardClient
     from shardserver.supervisor import partition_ranges
 
-    p = partition_of(key, q)
-    worker = next(w for w, r in enumerate(partition_ranges(q, c.workers)) if p in r)
-    path = c.members[i].data_dir / "run" / f"worker-{worker}.sock"
+    ranges = partition_ranges(q, c.workers)
+    run = c.members[i].data_dir / "run"
 
-    async def read() -> Any:
-        async with ShardClient(str(path), timeout_s=10) as client:
-            return await client.read(p, key)
+    async def read() -> dict[bytes, Any]:
+        clients = [ShardClient(str(run / f"worker-{w}.sock"), timeout_s=30)
+                   for w in range(c.workers)]
+        try:
+            async def one(key: bytes) -> Any:
+                p = partition_of(key, q)
+                w = next(w for w, r in enumerate(ranges) if p in r)
+                return await clients[w].read(p, key)
+
+            out: dict[bytes, Any] = {}
+            for start in range(0, len(keys), 1000):
+                chunk = keys[start:start + 1000]
+                for key, got in zip(chunk, await asyncio.gather(*map(one, chunk)), strict=True):
+                    out[key] = got
+            return out
+        finally:
+            for cl in clients:
+                await cl.close()
 
     return asyncio.run(read())
+
+
+def local_read(c: Cluster, i: int, key: bytes, q: int = 64) -> Any:
+    return local_read_many(c, i, [key], q)[key]

@@ -57,9 +57,16 @@ def test_encode_decode_and_garbage() -> None:
         ["a", -1, 2, "up", "x", "y", 0],
         ["a", 1, 2, "sleeping", "x", "y", 0],
         ["", 1, 2, "up", "x", "y", 0],
+        ["a", 1, 2, "up", "x", "y", 0, 7],
     ):
         with pytest.raises(MembershipError):
             decode(bad)
+
+
+def test_zone_travels_and_old_seven_field_endpoints_still_decode() -> None:
+    zoned = Endpoint(NodeId("a"), 1, 2, Status.UP, "c:1", "p:1", 3, "rack-2")
+    assert decode(encode(zoned)).zone == "rack-2"
+    assert decode(encode(zoned)[:7]).zone == ""
 
 
 @pytest.mark.property
