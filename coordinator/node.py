@@ -60,6 +60,7 @@ IDENTITY_FILE = "node.msgpack"
 RING_FILE = "ring.msgpack"
 STATS_INTERVAL_S = 2.0
 PLAN_TTL_S = 0.2
+ADMIN_TIMEOUT_S = 120.0  # drops, compactions, flushes: disk work, not requests
 
 
 class Node:
@@ -343,7 +344,8 @@ class Node:
             return m.Reply(m.Status.OK, {"ready": True, "node": self.config.id})
         if isinstance(request, m.Stats):
             return m.Reply(m.Status.OK, {"workers": self.local_stats})
-        return await self.local(request, self.timeout_s)
+        slow = isinstance(request, m.DropPartition | m.Compact | m.Flush)
+        return await self.local(request, ADMIN_TIMEOUT_S if slow else self.timeout_s)
 
     # -- node-level commands --------------------------------------------------
     async def execute(self, command: Command, consistency: Consistency) -> Reply:
@@ -382,14 +384,28 @@ class Node:
         down = [n for n in self.ring.node_ids if not self.is_up(n)]
         if down:
             raise UnavailableError(f"FLUSHALL needs every node up; down: {', '.join(down)}")
-        calls = [
-            self.call(node, m.DropPartition(p), max(self.timeout_s, 60.0))
-            for node in self.ring.node_ids for p in range(self.ring.q)
-        ]
-        replies = await asyncio.gather(*calls, return_exceptions=True)
-        failed = [r for r in replies if isinstance(r, BaseException) or not r.ok]
-        if failed:
-            raise UnavailableError(f"FLUSHALL incomplete: {len(failed)} partition drops failed")
+        ring = self.ring
+
+        async def drop_range(node: NodeId, parts: range) -> str | None:
+            try:
+                reply = await self.call(
+                    node, m.DropPartition(parts.start, len(parts)), ADMIN_TIMEOUT_S
+                )
+            except ShardUnavailable as exc:
+                return f"{node}: {exc.reason}"
+            ok = reply.ok
+            return None if ok else f"{node} partitions {parts.start}-{parts[-1]}: {reply.message}"
+
+        # Workers own contiguous ranges of the same size on every node; one
+        # drop (one compaction) per worker.
+        w = self.pool.workers
+        ranges = [range(i * ring.q // w, (i + 1) * ring.q // w) for i in range(w)]
+        drops = [drop_range(node, r) for node in ring.node_ids for r in ranges]
+        failures = [f for f in await asyncio.gather(*drops) if f is not None]
+        if failures:
+            raise UnavailableError(
+                f"FLUSHALL incomplete, {len(failures)} failures, first: {failures[0]}"
+            )
         return OK
 
     # -- observability --------------------------------------------------------

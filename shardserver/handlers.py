@@ -242,7 +242,7 @@ def dispatch(store: ShardStore, req: Request) -> Call:
         return lambda: _scan(store, sc.partition, sc.after, sc.limit)
     if isinstance(req, messages.DropPartition):
         d = req
-        return lambda: store.drop_partition(d.partition)
+        return lambda: store.drop_partitions(range(d.partition, d.partition + d.count))
     if isinstance(req, messages.Flush):
         return store.flush
     if isinstance(req, messages.Compact):

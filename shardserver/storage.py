@@ -183,22 +183,32 @@ class ShardStore:
         )
 
     def drop_partition(self, partition: int) -> None:
-        """Delete every replica of ``partition`` now, through a compaction of
-        its key range with a filter that no longer holds it. Writes to it are
-        refused (PartitionDroppingError) until the drop finished."""
-        self._check(partition)
+        self.drop_partitions(range(partition, partition + 1))
+
+    def drop_partitions(self, parts: range) -> None:
+        """Delete every replica of the partitions in ``parts`` now, through one
+        compaction of their key range with a filter that no longer holds them.
+        Writes to them are refused (PartitionDroppingError) until the drop
+        finished."""
+        if not parts:
+            raise BadRequestError("no partition to drop")
+        for p in (parts.start, parts[-1]):
+            self._check(p)
         with self._meta:
-            if partition in self._dropping:
-                raise PartitionDroppingError(f"partition {partition} is being dropped")
-            self._dropping.add(partition)
+            busy = self._dropping.intersection(parts)
+            if busy:
+                raise PartitionDroppingError(f"partition {min(busy)} is being dropped")
+            self._dropping.update(parts)
             base = frozenset(self.partitions) if self._held is None else self._held
-            self._held = base - {partition}
+            self._held = base - set(parts)
         try:
-            self._compact_filtered(*partition_range(partition))
-            self._counters.add("partitions_dropped")
+            start, _ = partition_range(parts.start)
+            _, end = partition_range(parts[-1])
+            self._compact_filtered(start, end)
+            self._counters.add("partitions_dropped", len(parts))
         finally:
             with self._meta:
-                self._dropping.discard(partition)
+                self._dropping.difference_update(parts)
 
     # -- reads -------------------------------------------------------------------
     def read(self, partition: int, key: bytes) -> SiblingSet:

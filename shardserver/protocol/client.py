@@ -385,8 +385,10 @@ class ShardClient:
         result: dict[str, Any] = await self._ok(Stats(), timeout)
         return result
 
-    async def drop_partition(self, partition: int, timeout: float | None = None) -> Any:
-        return await self._ok(DropPartition(partition), timeout)
+    async def drop_partition(
+        self, partition: int, timeout: float | None = None, count: int = 1
+    ) -> Any:
+        return await self._ok(DropPartition(partition, count), timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         await self._ok(Flush(), timeout)

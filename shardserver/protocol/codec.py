@@ -244,8 +244,10 @@ def _d_compact(a: list[Any]) -> Request:
 
 
 def _d_drop(a: list[Any]) -> Request:
-    (p,) = _args(a, 1, "drop")
-    return m.DropPartition(_partition(p, "drop.partition"))
+    # count (2nd) is optional so frames of the one-field form still decode.
+    p, count = _args([*a, 1] if len(a) == 1 else a, 2, "drop")
+    first = _partition(p, "drop.partition")
+    return m.DropPartition(first, _int(count, "drop.count", 1, m.MAX_PARTITION + 1 - first))
 
 
 def _d_noargs(cls: Callable[[], Request], op: str) -> Callable[[list[Any]], Request]:

@@ -125,7 +125,11 @@ class ScanPartition:
 
 @dataclass(frozen=True, slots=True)
 class DropPartition:
+    """Delete partitions ``partition .. partition + count - 1`` (all served by
+    the worker) in one compaction of their key range."""
+
     partition: int
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

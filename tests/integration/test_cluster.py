@@ -146,3 +146,26 @@ def test_one_node_killed_w2_succeeds_and_w3_names_what_is_missing(cluster: Clust
     finally:
         cluster.start_node(2)
         cluster.wait_seen(2, "up")
+
+
+def test_consistency_defaults_per_connection_and_vdel(cluster: Cluster) -> None:
+    r = cluster.client(1, single_connection_client=True)
+    assert r.execute_command("CONSISTENCY", "W", "3", "R", "3") == b"OK"  # type: ignore[no-untyped-call]
+    levels = r.execute_command("CONSISTENCY")  # type: ignore[no-untyped-call]
+    assert levels[b"w"] == 3 and levels[b"r"] == 3, levels
+    assert r.set("lvl", "x") is True
+    ctx, value = r.execute_command("VGET", "lvl")  # type: ignore[no-untyped-call]
+    assert value == b"x"
+    assert r.execute_command("VDEL", "lvl", ctx) == b"OK"  # type: ignore[no-untyped-call]
+    assert r.get("lvl") is None
+    with pytest.raises(redis.ResponseError, match="R must be between 1 and N"):
+        r.execute_command("GET", "lvl", "R", "4")  # type: ignore[no-untyped-call]
+
+
+def test_dbsize_estimate_and_flushall(cluster: Cluster) -> None:
+    r = cluster.client(0, socket_timeout=60)  # FLUSHALL compacts on every node
+    r.mset({f"f{i}": i for i in range(200)})
+    wait_for("DBSIZE counts the keys", lambda: r.dbsize() >= 200, 15)
+    assert r.flushall() is True
+    assert r.get("f1") is None and r.mget("f2", "f3") == [None, None]
+    wait_for("DBSIZE after FLUSHALL", lambda: r.dbsize() == 0, 15)

@@ -71,7 +71,8 @@ requests_st: st.SearchStrategy[m.Request] = st.one_of(
     st.builds(m.ReplicaWriteSet, partitions, keys, sibling_sets),
     st.builds(m.ReplicaRead, partitions, keys),
     st.builds(m.ScanPartition, partitions, st.none() | keys, st.integers(1, m.MAX_SCAN_LIMIT)),
-    st.builds(m.DropPartition, partitions),
+    st.builds(m.DropPartition, partitions, st.just(1))
+    | st.builds(m.DropPartition, st.integers(0, 100), st.integers(1, 100)),
     st.just(m.Flush()),
     st.builds(m.Compact, st.none() | partitions),
     st.just(m.Stats()),
