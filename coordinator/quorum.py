@@ -58,7 +58,8 @@ def check_levels(levels: Consistency, n: int) -> None:
 class Target:
     node: NodeId
     primary: bool
-    # For a fallback: the down primary it stands in for (the hint's owner).
+    # The down primary this target keeps a hint for: the one a fallback
+    # stands in for, or, when no fallback is left, one a live primary covers.
     hint_for: NodeId | None = None
 
 
@@ -84,6 +85,15 @@ def plan(preference: Sequence[NodeId], n: int, is_up: Callable[[NodeId], bool]) 
             break
         if is_up(node):
             targets.append(Target(node, False, next(stand_ins, None)))
+    # Down primaries no fallback stands in for (a cluster of N nodes has no
+    # fallbacks): a live primary keeps the hint, so handoff still sends the
+    # partition to them when they are back (Cassandra keeps such hints on
+    # the coordinator; here the data is already on that primary).
+    for i, owner in enumerate(list(stand_ins)):
+        keepers = [j for j, t in enumerate(targets) if t.primary and t.hint_for is None]
+        if i < len(keepers):
+            j = keepers[i]
+            targets[j] = Target(targets[j].node, True, owner)
     return Plan(tuple(targets), tuple(down))
 
 

@@ -274,3 +274,27 @@ def local_read_many(c: Cluster, i: int, keys: list[bytes], q: int = 64) -> dict[
 
 def local_read(c: Cluster, i: int, key: bytes, q: int = 64) -> Any:
     return local_read_many(c, i, [key], q)[key]
+
+
+def local_write(c: Cluster, i: int, key: bytes, value: bytes, q: int = 64) -> None:
+    """Store a plain (last-writer-wins) version of ``key`` on node ``i`` only,
+    straight through its worker's socket: a replica the others lack."""
+    import asyncio
+
+    from coordinator.reconcile import plain_write
+    from coordinator.ring import partition_of
+    from shardserver.protocol.client import ShardClient
+    from shardserver.protocol.hlc import HLC
+    from shardserver.protocol.vclock import make_actor
+    from shardserver.supervisor import partition_ranges
+
+    p = partition_of(key, q)
+    worker = next(w for w, r in enumerate(partition_ranges(q, c.workers)) if p in r)
+    path = c.members[i].data_dir / "run" / f"worker-{worker}.sock"
+    version = plain_write(make_actor("test", 1), HLC().now(), value)
+
+    async def write() -> None:
+        async with ShardClient(str(path), timeout_s=10) as client:
+            await client.write(p, key, version, "lww")
+
+    asyncio.run(write())

@@ -42,6 +42,19 @@ def test_down_primaries_are_replaced_by_fallbacks_in_order() -> None:
     assert p.down_primaries == ("a", "c")
 
 
+def test_without_fallbacks_a_live_primary_keeps_the_hint() -> None:
+    p = plan(PREF[:3], 3, up_except("b"))  # type: ignore[arg-type]
+    assert [(t.node, t.primary, t.hint_for) for t in p.targets] == [
+        ("a", True, "b"),
+        ("c", True, None),
+    ]
+    p = plan(PREF[:4], 3, up_except("a", "b"))  # type: ignore[arg-type]
+    assert [(t.node, t.primary, t.hint_for) for t in p.targets] == [
+        ("c", True, "b"),
+        ("d", False, "a"),
+    ]
+
+
 def test_one_node_down_w2_succeeds_w3_fails_naming_the_replicas() -> None:
     # 3 nodes in the cluster, one killed: no fallback exists.
     p = plan(PREF[:3], 3, up_except("c"))  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.cluster import Cluster, local_read, wait_for
+from tests.cluster import Cluster, local_read, local_read_many, local_write, wait_for
 from tests.processes import raw
 
 pytestmark = pytest.mark.integration
@@ -120,15 +120,30 @@ def test_siblings_from_the_same_context(cluster: Cluster) -> None:
 
 
 def test_read_repair_fills_a_replica_that_missed_a_write(cluster: Cluster) -> None:
-    cluster.stop_node(2)
-    cluster.wait_seen(2, "down")
-    assert cluster.client(0).set("repair-me", "v") is True  # W=2 from n1, n2
-    cluster.start_node(2)
-    cluster.wait_seen(2, "up")
+    for i in (0, 1):  # n3 never saw this write
+        local_write(cluster, i, b"repair-me", b"v")
     assert local_read(cluster, 2, b"repair-me") == ()
     assert cluster.client(0).execute_command("GET", "repair-me", "R", "3") == b"v"  # type: ignore[no-untyped-call]
     got = wait_for("n3 repaired", lambda: local_read(cluster, 2, b"repair-me"), 10)
     assert [v.value for v in got] == [b"v"]
+
+
+def test_a_node_back_from_down_gets_what_it_missed_from_live_primaries(
+    cluster: Cluster,
+) -> None:
+    # With 3 nodes and N=3 there is no fallback: a live primary keeps the hint.
+    cluster.stop_node(2)
+    cluster.wait_seen(2, "down")
+    keys = [b"missed-%d" % i for i in range(300)]
+    cluster.client(0).mset({k: k for k in keys})
+    assert int(cluster.info(0, "replication")["hint_partitions"]) > 0
+    cluster.start_node(2)
+    cluster.wait_seen(2, "up")
+    wait_for("hints delivered",
+             lambda: all(int(cluster.info(i, "replication")["hint_partitions"]) == 0
+                         for i in range(3)), 30)
+    held = local_read_many(cluster, 2, keys)
+    assert all([v.value for v in got] == [k] for k, got in held.items())
 
 
 def test_one_node_killed_w2_succeeds_and_w3_names_what_is_missing(cluster: Cluster) -> None:
