@@ -162,6 +162,20 @@ enable_flush = true
 """
 
 
+def _check_free(ports: list[int]) -> None:
+    """Refuse to start over another process's ports (its PINGs would look
+    like ours)."""
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise click.ClickException(
+                    f"port {port} on 127.0.0.1 is in use ({exc.strerror}); "
+                    "pick another --port or stop what runs there"
+                ) from None
+
+
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -196,8 +210,9 @@ def _nodes_up(port: int) -> int:
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 16))
 @click.option("--data", default="./ringkv-data", show_default=True,
               type=click.Path(file_okay=False), help="Data directory of the cluster.")
-@click.option("--port", default=7379, show_default=True, type=click.IntRange(1, 65000),
-              help="Client port of the first node; node i listens on port+i.")
+@click.option("--port", default=7379, show_default=True, type=click.IntRange(1, 55000),
+              help="Client port of the first node; node i listens on port+i, "
+                   "and on port+10000+i for peers.")
 @click.option("--n", "replicas", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Replication factor N.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
@@ -216,6 +231,7 @@ def up(timeout: float, **opts: Any) -> None:
         with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(secret + "\n")
     layout = Layout(secret=secret, **opts)
+    _check_free([p for i in range(nodes) for p in (port + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
@@ -229,7 +245,7 @@ def up(timeout: float, **opts: Any) -> None:
                 [sys.executable, "-m", "cli", "serve", "--config", cfg],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             ))
-        _wait_up(procs, nodes, port, timeout)
+        _wait_up(procs, [log.name for log in logs], port, timeout)
         n = layout.n
         click.echo(f"ringkv: {nodes} nodes up on 127.0.0.1 (N={n}, R={min(2, n)}, "
                    f"W={min(2, n)}), data in {data}")
@@ -243,7 +259,19 @@ def up(timeout: float, **opts: Any) -> None:
             log.close()
 
 
-def _wait_up(procs: list[subprocess.Popen[bytes]], nodes: int, port: int, timeout: float) -> None:
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _wait_up(
+    procs: list[subprocess.Popen[bytes]], logs: list[str], port: int, timeout: float
+) -> None:
+    nodes = len(procs)
     deadline = time.monotonic() + timeout
     shown = -1
     with click.progressbar(length=nodes, label="starting nodes", file=sys.stderr) as bar:
@@ -251,7 +279,8 @@ def _wait_up(procs: list[subprocess.Popen[bytes]], nodes: int, port: int, timeou
             for i, p in enumerate(procs):
                 if p.poll() is not None:
                     raise click.ClickException(
-                        f"node{i + 1} exited with {p.returncode}; see its log")
+                        f"node{i + 1} exited with {p.returncode}: {_last_line(logs[i])} "
+                        f"(log: {logs[i]})")
             ready = sum(1 for i in range(nodes) if _ping(port + i))
             if ready == nodes and all(_nodes_up(port + i) == nodes for i in range(nodes)):
                 bar.update(nodes - max(shown, 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,6 +40,28 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def port_block(count: int, offset: int = 10000) -> int:
+    """A port P with P..P+count-1 and P+offset..P+offset+count-1 all free now
+    (the layout ``ringkv up`` uses: client ports, then peer ports)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 65535 - offset - count)
+        wanted = [*range(base, base + count), *range(base + offset, base + offset + count)]
+        socks = []
+        try:
+            for port in wanted:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block found")
 
 
 def wait_for(what: str, check: Callable[[], T], timeout: float, interval: float = 0.1) -> T:

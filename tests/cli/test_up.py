@@ -1,0 +1,61 @@
+"""`ringkv up` as a user runs it: the installed console script, a 3-node
+cluster in a fresh directory, a client round trip, then Ctrl-C (SIGINT to
+the whole process group, as a terminal sends it) stops everything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.cluster import port_block, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_ringkv_up_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    exe = shutil.which("ringkv")
+    assert exe is not None, "the ringkv console script is not installed"
+    port = port_block(3)
+    proc = subprocess.Popen(
+        [exe, "up", "--data", str(tmp_path / "data"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Connect with:"):
+                break
+        out = "".join(lines)
+        assert "3 nodes up" in out and f"redis-cli -p {port}" in out, out
+        r = redis.Redis(port=port, socket_timeout=10)
+        assert r.set("hello", "world") is True
+        assert redis.Redis(port=port + 2, socket_timeout=10).get("hello") == b"world"
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+            "cluster.secret", "node1", "node1.log", "node1.toml", "node2", "node2.log",
+            "node2.toml", "node3", "node3.log", "node3.toml",
+        ]
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0
+        wait_for("every process of the cluster is gone", lambda: not _group_alive(proc.pid), 30)
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
