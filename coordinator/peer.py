@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -146,6 +147,30 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+class Backoff:
+    """Reconnect delay after failed connects: 0.1 s doubling to 2 s, reset by
+    a success (a restarted peer is found again within about 2 s)."""
+
+    INITIAL_S = 0.1
+    MAX_S = 2.0
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.until = 0.0
+        self.last_error = ""
+
+    def remaining(self) -> float:
+        return self.until - time.monotonic()
+
+    def failed(self, error: str) -> None:
+        self.delay = min(self.MAX_S, max(self.INITIAL_S, self.delay * 2))
+        self.until = time.monotonic() + self.delay
+        self.last_error = error
+
+    def succeeded(self) -> None:
+        self.delay, self.until = 0.0, 0.0
+
+
 def peer_client(
     addr: str, node_id: str, secret: bytes, *, name: str | None = None,
     timeout_s: float = 2.0, max_inflight: int = 4096,
@@ -156,14 +181,29 @@ def peer_client(
     handshake surfaces from calls as ShardUnavailable, as a failed connect does.
     """
     host, port = _split_addr(addr)
+    backoff = Backoff()
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # A peer that just refused us is not dialled again until its backoff
+        # passed: a dead node costs one failed connect per interval, not one
+        # per request or gossip round.
+        wait = backoff.remaining()
+        if wait > 0:
+            raise ConnectionRefusedError(
+                f"not retrying for {wait:.1f}s after: {backoff.last_error}"
+            )
         try:
-            return await open_peer(host, port, node_id, secret, timeout_s)
+            streams = await open_peer(host, port, node_id, secret, timeout_s)
         except PeerAuthError as e:
+            backoff.failed(str(e))
             # ShardClient turns OSError (only) into ShardUnavailable. Raising
             # ShardUnavailable here would be wrapped again, doubling its prefix.
             raise ConnectionRefusedError(str(e)) from e
+        except (OSError, TimeoutError) as e:
+            backoff.failed(str(e) or type(e).__name__)
+            raise
+        backoff.succeeded()
+        return streams
 
     return ShardClient(
         name or f"peer {addr}", connector=connect, timeout_s=timeout_s, max_inflight=max_inflight

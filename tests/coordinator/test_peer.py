@@ -254,6 +254,29 @@ def test_client_reconnects_to_a_peer_restarted_on_the_same_port() -> None:
     run(body())
 
 
+def test_a_dead_peer_is_not_redialled_until_its_backoff_passed() -> None:
+    async def body() -> None:
+        handler = Handler()
+        async with serving(handler) as server:
+            port = server.port
+        async with peer_client(f"127.0.0.1:{port}", "n2", SECRET) as c:
+            with pytest.raises(ShardUnavailable, match="connect failed"):
+                await c.call(m.Ping())
+            with pytest.raises(ShardUnavailable, match="not retrying for"):
+                await c.call(m.Ping())  # no second connect right away
+            async with serving(handler, port=port):
+                deadline = time.monotonic() + 5
+                while True:  # found again once the backoff (at most 2 s) passed
+                    try:
+                        assert (await c.call(m.Ping())).ok
+                        break
+                    except ShardUnavailable:
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.05)
+
+    run(body())
+
+
 def test_stalled_handshakes_time_out_and_extra_connections_are_closed() -> None:
     async def body() -> None:
         async with serving(Handler(), max_connections=1, handshake_timeout_s=0.3) as server:
