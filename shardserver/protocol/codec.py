@@ -206,12 +206,17 @@ def _d_write(a: list[Any]) -> Request:
     return m.ReplicaWrite(_partition(p), _key(key), version, mode, hint_for)
 
 
-def _d_gossip(a: list[Any]) -> Request:
-    (payload,) = _args(a, 1, "gossip")
-    if not isinstance(payload, dict):
-        raise ProtocolError("gossip.payload: expected a map")
-    _check_plain(payload, "gossip.payload")
-    return m.Gossip(payload)
+def _d_map(cls: Callable[[Any], Request], op: str) -> Callable[[list[Any]], Request]:
+    """Decoder of an op whose only arg is a plain map (gossip, admin)."""
+
+    def decode(a: list[Any]) -> Request:
+        (payload,) = _args(a, 1, op)
+        if not isinstance(payload, dict):
+            raise ProtocolError(f"{op}.payload: expected a map")
+        _check_plain(payload, f"{op}.payload")
+        return cls(payload)
+
+    return decode
 
 
 def _d_write_set(a: list[Any]) -> Request:
@@ -269,7 +274,8 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "compact": _d_compact,
     "stats": _d_noargs(m.Stats, "stats"),
     "set_partitions": _d_set_partitions,
-    "gossip": _d_gossip,
+    "gossip": _d_map(m.Gossip, "gossip"),
+    "admin": _d_map(m.Admin, "admin"),
 }
 
 
@@ -406,7 +412,7 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _bytes(item[1], f"scan reply items[{j}].siblings", 1, DEFAULT_MAX_FRAME)
             if p.get("next") is not None:
                 _key(p["next"], "scan reply next")
-        case m.Ping() | m.Stats() | m.Gossip():
+        case m.Ping() | m.Stats() | m.Gossip() | m.Admin():
             if not isinstance(p, dict):
                 raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")
         case _:

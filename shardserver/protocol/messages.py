@@ -18,6 +18,7 @@ message saying what went wrong)::
     Stats           dict (str or int keys, plain msgpack values)
     SetPartitions   None
     Gossip          plain msgpack map (peer-only; workers answer BAD_REQUEST)
+    Admin           plain msgpack map (peer-only; workers answer BAD_REQUEST)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_SCAN_LIMIT",
     "Compact",
     "DropPartition",
+    "Admin",
     "Flush",
     "Gossip",
     "Ping",
@@ -159,6 +161,15 @@ class Gossip:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """Peer-only: an operator command for the receiving node (``ringkv
+    status``, ``compact``, ...), ``payload = {"cmd": name, ...args}``; the
+    reply is a plain map. Workers answer BAD_REQUEST."""
+
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class SetPartitions:
     """The partitions this worker holds now (compaction drops the others)."""
 
@@ -177,6 +188,7 @@ Request: TypeAlias = (
     | Stats
     | SetPartitions
     | Gossip
+    | Admin
 )
 
 #: Op code on the wire for each request type.
@@ -192,6 +204,7 @@ OP_OF: dict[type[Any], str] = {
     Stats: "stats",
     SetPartitions: "set_partitions",
     Gossip: "gossip",
+    Admin: "admin",
 }
 OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
 

@@ -78,6 +78,7 @@ requests_st: st.SearchStrategy[m.Request] = st.one_of(
     st.just(m.Stats()),
     st.builds(m.SetPartitions, st.lists(partitions, max_size=8).map(tuple)),
     st.builds(m.Gossip, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
+    st.builds(m.Admin, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
 )
 ids = st.integers(0, (1 << 64) - 1)
 plain = st.recursive(
@@ -110,7 +111,7 @@ def test_replies_round_trip(batch: list[tuple[int, Reply]]) -> None:
 
 
 def test_every_request_type_has_an_op() -> None:
-    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 11
+    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 12
     assert m.op_of(m.ReplicaRead(1, b"k")) == "read"
 
 
