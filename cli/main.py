@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import inspect, serve
+from cli import cluster, inspect, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +19,9 @@ cli.add_command(inspect.manifest)
 cli.add_command(inspect.db)
 cli.add_command(serve.serve)
 cli.add_command(serve.up)
+for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
+                cluster.flush, cluster.drain, cluster.compact):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -121,8 +121,9 @@ def serve(config_path: str | None, log_level: str, **flags: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """What ``ringkv up`` starts: node i has client port ``port + i`` and
-    peer port ``port + 10000 + i``; every node lists every peer as a seed."""
+    """What ``ringkv up`` starts: node i has client port ``port + i``, peer
+    port ``port + 10000 + i`` and metrics on ``port + 1000 + i``; every node
+    lists every peer as a seed."""
 
     nodes: int
     data: str
@@ -146,6 +147,7 @@ data_dir = "{os.path.join(self.data, f"node{i + 1}")}"
 bind = "127.0.0.1"
 client_port = {self.port + i}
 peer_port = {self.port + 10000 + i}
+metrics_port = {self.port + 1000 + i}
 seeds = [{seeds}]
 
 [cluster]
@@ -231,7 +233,7 @@ def up(timeout: float, **opts: Any) -> None:
         with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(secret + "\n")
     layout = Layout(secret=secret, **opts)
-    _check_free([p for i in range(nodes) for p in (port + i, port + 10000 + i)])
+    _check_free([p for i in range(nodes) for p in (port + i, port + 1000 + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
@@ -250,7 +252,9 @@ def up(timeout: float, **opts: Any) -> None:
         click.echo(f"ringkv: {nodes} nodes up on 127.0.0.1 (N={n}, R={min(2, n)}, "
                    f"W={min(2, n)}), data in {data}")
         for i in range(nodes):
-            click.echo(f"  node{i + 1}  redis-cli -p {port + i}    log {data}/node{i + 1}.log")
+            click.echo(f"  node{i + 1}  redis-cli -p {port + i}    "
+                       f"metrics http://127.0.0.1:{port + 1000 + i}/metrics    "
+                       f"log {data}/node{i + 1}.log")
         click.echo(f"Connect with: redis-cli -p {port}   Ctrl-C stops the cluster.")
         _wait_for_signal(procs)
     finally:

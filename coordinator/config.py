@@ -6,11 +6,13 @@ wrong types are errors that name the key, so a typo never silently falls
 back to a default.
 
     [node]     id, data_dir, zone
-    [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s
+    [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
+               metrics_port
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
                memtable_bytes, block_cache_bytes, tombstone_grace_s
-    [handoff]  max_hint_window_s, throttle_bytes_per_s, concurrency
+    [handoff]  enabled, max_hint_window_s, throttle_bytes_per_s, concurrency
+    [repair]   aae_interval_s
     [security] requirepass, enable_flush
 """
 
@@ -42,6 +44,7 @@ class NodeConfig:
     seeds: tuple[str, ...] = ()
     max_clients: int = 10000
     idle_timeout_s: float = 300.0
+    metrics_port: int = 0  # Prometheus endpoint; 0: off
     # [cluster]
     partitions: int = 64
     n: int = 3
@@ -60,9 +63,12 @@ class NodeConfig:
     block_cache_bytes: int = 64 << 20
     tombstone_grace_s: int = 86400
     # [handoff]
+    handoff_enabled: bool = True  # TOML: [handoff] enabled
     max_hint_window_s: int = 3 * 3600
     throttle_bytes_per_s: int = 10 << 20
     concurrency: int = 2
+    # [repair]
+    aae_interval_s: float = 60.0  # one partition every this many seconds
     # [security]
     requirepass: str = field(default="", repr=False)
     enable_flush: bool = False
@@ -73,7 +79,10 @@ class NodeConfig:
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "node": ("id", "data_dir", "zone"),
-    "network": ("bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s"),
+    "network": (
+        "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
+        "metrics_port",
+    ),
     "cluster": ("partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms"),
     "storage": (
         "workers",
@@ -84,10 +93,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_cache_bytes",
         "tombstone_grace_s",
     ),
-    "handoff": ("max_hint_window_s", "throttle_bytes_per_s", "concurrency"),
+    "handoff": ("enabled", "max_hint_window_s", "throttle_bytes_per_s", "concurrency"),
+    "repair": ("aae_interval_s",),
     "security": ("requirepass", "enable_flush"),
 }
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
+#: TOML keys whose field has another name (a bare "enabled" would be ambiguous).
+_FIELD_OF: dict[tuple[str, str], str] = {("handoff", "enabled"): "handoff_enabled"}
 
 
 def load(path: str | None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -124,7 +136,7 @@ def _flatten(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
         for key, value in body.items():
             if key not in SECTIONS[section]:
                 raise ConfigError(f"{path}: unknown key {section}.{key}")
-            out[key] = value
+            out[_FIELD_OF.get((section, str(key)), str(key))] = value
     return out
 
 
@@ -159,8 +171,9 @@ def validate(c: NodeConfig) -> None:
         bool(c.id) and all(ch.isalnum() or ch in "-_." for ch in c.id),
         f"id must be letters, digits, '-', '_' or '.', got {c.id!r}",
     )
-    for port in ("client_port", "peer_port"):
+    for port in ("client_port", "peer_port", "metrics_port"):
         need(0 <= getattr(c, port) <= 65535, f"{port} must be 0..65535")
+    need(c.aae_interval_s > 0, "aae_interval_s must be > 0")
     need(
         c.client_port != c.peer_port or c.client_port == 0, "client_port and peer_port must differ"
     )

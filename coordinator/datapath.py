@@ -49,6 +49,7 @@ class Cluster(Protocol):
 
     actor: ActorId
     sibling_cap: int
+    hinted_handoff: bool  # off: fallbacks take writes but keep no hints
 
     def plan_for(self, key: bytes) -> tuple[int, Plan]: ...
 
@@ -192,15 +193,16 @@ class DataPath:
             pairs = zip(keys, command.values, strict=True)
             await asyncio.gather(*(self.write(k, v, levels, lww=True) for k, v in pairs))
             return OK
-        if name == "MGET":
-            sets = await asyncio.gather(*(self.read(k, levels) for k in keys))
-            return [reconcile.get_reply(s) for s in sets]
-        if name == "EXISTS":
-            sets = await asyncio.gather(*(self.read(k, levels) for k in keys))
-            return sum(1 for s in sets if reconcile.get_reply(s) is not None)
+        if name in ("MGET", "EXISTS"):
+            unique = list(dict.fromkeys(keys))  # a key named twice is read once
+            found = dict(zip(unique, await asyncio.gather(
+                *(self.read(k, levels) for k in unique)), strict=True))
+            values = [reconcile.get_reply(found[k]) for k in keys]
+            if name == "MGET":
+                return values
+            return sum(1 for v in values if v is not None)
         if name == "DEL":
-            found = await asyncio.gather(*(self.delete(k, levels) for k in keys))
-            return sum(found)
+            return sum(await asyncio.gather(*(self.delete(k, levels) for k in keys)))
         raise CommandError(f"ERR unknown command '{name}'")
 
     # -- reads --------------------------------------------------------------
@@ -284,7 +286,8 @@ class DataPath:
             raise error
 
         def request(t: Target) -> Request:
-            return ReplicaWrite(partition, key, version, mode, t.hint_for)  # type: ignore[arg-type]
+            hint = t.hint_for if self.cluster.hinted_handoff else None
+            return ReplicaWrite(partition, key, version, mode, hint)  # type: ignore[arg-type]
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
         rnd = self._send(p, tally, request)

@@ -33,15 +33,17 @@ from typing import Any
 
 from coordinator import files, quorum, report
 from coordinator import ring as ringmod
+from coordinator.admin import ADMIN_TIMEOUT_S, Admin
 from coordinator.commands import Command
 from coordinator.config import NodeConfig
 from coordinator.datapath import DataPath
-from coordinator.errors import CommandError, CoordinatorError, UnavailableError
+from coordinator.errors import CommandError, CoordinatorError, NoQuorumError, UnavailableError
 from coordinator.gossip import Gossiper
 from coordinator.handoff import Handoff
 from coordinator.hints import HintStore
 from coordinator.membership import Endpoint
 from coordinator.membership import Status as MemberStatus
+from coordinator.metrics import Metrics
 from coordinator.peer import PeerServer, peer_client
 from coordinator.quorum import Consistency, Plan
 from coordinator.replies import OK, Reply
@@ -60,7 +62,7 @@ IDENTITY_FILE = "node.msgpack"
 RING_FILE = "ring.msgpack"
 STATS_INTERVAL_S = 2.0
 PLAN_TTL_S = 0.2
-ADMIN_TIMEOUT_S = 120.0  # drops, compactions, flushes: disk work, not requests
+WRITES = frozenset({"SET", "DEL", "MSET", "VSET", "VDEL", "FLUSHALL", "FLUSHDB"})
 
 
 class Node:
@@ -79,6 +81,7 @@ class Node:
         self.secret = config.secret.encode()
         self.hlc = HLC(offset_ms=clock_offset_ms)
         self.sibling_cap = DEFAULT_SIBLING_CAP
+        self.hinted_handoff = config.handoff_enabled
         self.actor = make_actor(config.id, 0)  # replaced by start() from the identity file
         self.incarnation = 0
         self.hints = HintStore(config.data_dir)
@@ -92,10 +95,13 @@ class Node:
             fast=self._peer_fast,
         )
         self.gossip: Gossiper | None = None
+        self.admin = Admin(self)
+        self.metrics = Metrics(self)
+        self.draining = False
         self.local_stats: list[dict[str, Any]] = []
         self._formation_timeout_s = formation_timeout_s
         self._gossip_interval_s = gossip_interval_s
-        self._local: list[ShardClient] = []
+        self.local_clients: list[ShardClient] = []  # one per worker
         self._peers: dict[str, ShardClient] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._plans: dict[int, Plan] = {}
@@ -112,7 +118,7 @@ class Node:
             self.ring = ringmod.decode_ring(doc.get("ring"))
         await self.pool.start()
         await self.pool.wait_ready(120)
-        self._local = [
+        self.local_clients = [
             ShardClient(self.pool.socket_for(p), timeout_s=self.timeout_s)
             for p in self._first_partitions()
         ]
@@ -133,6 +139,8 @@ class Node:
             await self._form()
         self._own(self.handoff.run(), "handoff")
         self._own(self._stats_loop(), "stats")
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.bind, self.config.metrics_port)
         await self.client_server.start()
         log.info("node %s ready: clients on %s:%d, peers on %s:%d, ring epoch %d",
                  self.id, self.config.bind, self.client_server.port, self.config.bind,
@@ -147,7 +155,7 @@ class Node:
             await asyncio.wait(self._tasks, timeout=5)
         await self.handoff.close()
         await self.peer_server.stop()
-        for client in [*self._local, *self._peers.values()]:
+        for client in [*self.local_clients, *self._peers.values()]:
             await client.close()
         await self.pool.stop()
 
@@ -257,7 +265,28 @@ class Node:
         return p, plan
 
     def is_up(self, node: NodeId) -> bool:
-        return self.gossip is not None and self.gossip.is_up(node)
+        """Routable: the failure detector trusts it and it is not draining."""
+        if self.gossip is None:
+            return False
+        ep = self.gossip.members.get(node)
+        if ep is not None and ep.status is not MemberStatus.UP:
+            return False
+        return self.gossip.is_up(node)
+
+    def start_draining(self) -> None:
+        """Refuse client writes and tell peers (through gossip) to route
+        around this node; reads are still served."""
+        self.draining = True
+        if self.gossip is not None:
+            me = self.gossip.members[self.id]
+            self.gossip.set_me(dataclasses.replace(me, status=MemberStatus.LEAVING))
+        self._plans.clear()
+
+    def last_repair_ms(self) -> int:
+        return 0
+
+    def repair_figures(self) -> dict[str, int]:
+        return {}
 
     def next_hlc(self) -> int:
         return self.hlc.now()
@@ -290,7 +319,7 @@ class Node:
             if isinstance(partition, int) and 0 <= partition < self.config.partitions and not hint:
                 index = self.pool.worker_for(partition)
                 if self.pool.ready(index):
-                    return self._local[index].submit(request)
+                    return self.local_clients[index].submit(request)
         return asyncio.ensure_future(self.call(node, request, self.timeout_s))
 
     def _peer_fast(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
@@ -301,7 +330,7 @@ class Node:
         if hinted or not 0 <= request.partition < self.config.partitions:
             return None
         index = self.pool.worker_for(request.partition)
-        return self._local[index].submit(request) if self.pool.ready(index) else None
+        return self.local_clients[index].submit(request) if self.pool.ready(index) else None
 
     def _peer(self, addr: str) -> ShardClient:
         client = self._peers.get(addr)
@@ -328,7 +357,7 @@ class Node:
                                          size)
                 except OSError as exc:
                     return m.Reply.error(m.Status.READ_ONLY, f"cannot record hint: {exc}")
-        return await self._local[index].call(request, timeout)
+        return await self.local_clients[index].call(request, timeout)
 
     async def _gossip_send(self, addr: str, payload: dict[str, Any]) -> dict[str, Any]:
         reply = await self._peer(addr).call(m.Gossip(payload), timeout=1.0)
@@ -344,11 +373,29 @@ class Node:
             return m.Reply(m.Status.OK, {"ready": True, "node": self.config.id})
         if isinstance(request, m.Stats):
             return m.Reply(m.Status.OK, {"workers": self.local_stats})
+        if isinstance(request, m.Admin):
+            return await self.admin.handle(request.payload)
         slow = isinstance(request, m.DropPartition | m.Compact | m.Flush)
         return await self.local(request, ADMIN_TIMEOUT_S if slow else self.timeout_s)
 
     # -- node-level commands --------------------------------------------------
     async def execute(self, command: Command, consistency: Consistency) -> Reply:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            reply = await self._execute(command, consistency)
+            outcome = "ok"
+            return reply
+        except NoQuorumError:
+            outcome = "noquorum"
+            raise
+        finally:
+            self.metrics.observe(command.name, consistency, outcome,
+                                 time.perf_counter() - started)
+
+    async def _execute(self, command: Command, consistency: Consistency) -> Reply:
+        if self.draining and command.name in WRITES:
+            raise UnavailableError(f"node {self.id} is draining; send writes to another node")
         if command.name == "DBSIZE":
             return await self._dbsize()
         if command.name in ("FLUSHALL", "FLUSHDB"):
@@ -412,7 +459,7 @@ class Node:
     async def _stats_loop(self) -> None:
         while True:
             stats = []
-            for i, client in enumerate(self._local):
+            for i, client in enumerate(self.local_clients):
                 if self.pool.ready(i):
                     with contextlib.suppress(ShardUnavailable, ShardError):
                         s = await client.stats(timeout=self.timeout_s)

@@ -82,6 +82,8 @@ def _storage(node: Node) -> dict[str, Any]:
     }
     levels: dict[int, int] = {}
     table_bytes = wal_bytes = debt = memtable = 0
+    bloom_checks = bloom_useful = wal_syncs = 0
+    wal_sync_s = 0.0
     read_only = []
     for s in node.local_stats:
         e = s.get("engine", {})
@@ -91,6 +93,10 @@ def _storage(node: Node) -> dict[str, Any]:
         wal_bytes += e.get("wal_bytes", 0)
         debt += e.get("compaction_debt_bytes", 0)
         memtable += e.get("memtable_bytes", 0)
+        bloom_checks += e.get("bloom_checks", 0)
+        bloom_useful += e.get("bloom_negatives", 0)
+        wal_syncs += e.get("wal_syncs", 0)
+        wal_sync_s += e.get("wal_sync_s", 0.0)
         if e.get("read_only"):
             read_only.append(str(e.get("error")))
     out.update({
@@ -98,5 +104,9 @@ def _storage(node: Node) -> dict[str, Any]:
         "compaction_debt_bytes": debt,
         "sstables_per_level": ",".join(f"L{k}={v}" for k, v in sorted(levels.items())),
         "read_only": "yes: " + "; ".join(read_only) if read_only else "no",
+        "bloom_checks": bloom_checks,
+        "bloom_useful": bloom_useful,
+        "wal_syncs": wal_syncs,
+        "wal_sync_ms_avg": round(1000 * wal_sync_s / wal_syncs, 3) if wal_syncs else 0,
     })
     return out

@@ -48,7 +48,11 @@ log = logging.getLogger("ringkv.server")
 
 VERSION = "0.1.0"
 READ_CHUNK = 64 * 1024
-MAX_PENDING = 1024  # replies queued per connection before reading pauses
+# Replies queued per connection before reading pauses: with 64 KiB values
+# at most 16 MiB held for one client that pipelines without reading.
+MAX_PENDING = 256
+WRITE_CHUNK = 256 * 1024  # replies leave in writes of about this size
+LISTEN_BACKLOG = 511  # as Redis's tcp-backlog; asyncio's default is 100
 _CONNECTION_COMMANDS = frozenset(
     {
         "PING",
@@ -94,6 +98,7 @@ class Stats:
     rejected_connections: int = 0
     commands_processed: int = 0
     protocol_errors: int = 0
+    slow_readers_dropped: int = 0
 
 
 class ClientServer:
@@ -115,7 +120,8 @@ class ClientServer:
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._accept, self.config.bind, self.config.client_port, limit=READ_CHUNK
+            self._accept, self.config.bind, self.config.client_port, limit=READ_CHUNK,
+            backlog=LISTEN_BACKLOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving clients on %s:%d", self.config.bind, self.port)
@@ -214,6 +220,7 @@ class ClientServer:
         writer: asyncio.StreamWriter,
     ) -> None:
         out: list[bytes] = []
+        size = 0
         while pending:
             item = pending.popleft()
             if isinstance(item, Awaitable):
@@ -222,9 +229,23 @@ class ClientServer:
                 except CommandError as exc:
                     item = Error(str(exc))
             out.append(encode_reply(item, conn.proto))
+            size += len(out[-1])
+            if size >= WRITE_CHUNK:
+                await self._write(writer, out)
+                out, size = [], 0
         if out:
-            writer.write(b"".join(out))
-            await writer.drain()
+            await self._write(writer, out)
+
+    async def _write(self, writer: asyncio.StreamWriter, out: list[bytes]) -> None:
+        """Write and wait for the socket to take it; a client that does not
+        read for idle_timeout_s is dropped (a write it accepts counts as
+        activity, as in Redis), so it cannot pin our memory forever."""
+        writer.write(b"".join(out))
+        try:
+            await asyncio.wait_for(writer.drain(), self.config.idle_timeout_s or None)
+        except TimeoutError:
+            self.stats.slow_readers_dropped += 1
+            raise ConnectionError("client stopped reading its replies") from None
 
     def _dispatch(self, conn: Connection, request: list[bytes]) -> Awaitable[Reply] | Reply:
         self.stats.commands_processed += 1

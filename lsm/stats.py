@@ -27,6 +27,7 @@ def collect(db: DB) -> dict[str, Any]:
     counters = dict(db.counters)
     wal_bytes = sum(w.size() for w in list(db._wals.values()))
     error = db._error
+    bloom_checks, bloom_negatives = db.tables.bloom_counts()
     return {
         "path": db.path,
         "levels": levels,
@@ -46,5 +47,9 @@ def collect(db: DB) -> dict[str, Any]:
         "stall_s": counters.get("stall_us", 0) / 1e6,
         "write_stalls": counters.get("write_stalls", 0),
         "write_slowdowns": counters.get("write_slowdowns", 0),
+        "bloom_checks": bloom_checks,
+        "bloom_negatives": bloom_negatives,
+        "wal_syncs": counters.get("wal_syncs", 0),
+        "wal_sync_s": counters.get("wal_sync_us", 0) / 1e6,
         "counters": counters,
     }

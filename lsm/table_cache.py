@@ -43,3 +43,9 @@ class TableCache:
             self._readers.clear()
         for reader in readers:
             reader.close()
+
+    def bloom_counts(self) -> tuple[int, int]:
+        """(filter checks, negatives) summed over the open readers: how often
+        a bloom filter spared a block read."""
+        readers = list(self._readers.values())
+        return sum(r.bloom_checks for r in readers), sum(r.bloom_negatives for r in readers)

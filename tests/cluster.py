@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret"
 T = TypeVar("T")
 
 
@@ -42,13 +43,13 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def port_block(count: int, offset: int = 10000) -> int:
-    """A port P with P..P+count-1 and P+offset..P+offset+count-1 all free now
-    (the layout ``ringkv up`` uses: client ports, then peer ports)."""
+def port_block(count: int, offsets: tuple[int, ...] = (0, 1000, 10000)) -> int:
+    """A port P with P+o..P+o+count-1 free now for every offset o (the layout
+    ``ringkv up`` uses: client, metrics and peer ports)."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 65535 - offset - count)
-        wanted = [*range(base, base + count), *range(base + offset, base + offset + count)]
+        base = rng.randrange(20000, 65535 - max(offsets) - count)
+        wanted = [p for o in offsets for p in range(base + o, base + o + count)]
         socks = []
         try:
             for port in wanted:
@@ -85,6 +86,7 @@ class NodeProc:
     name: str
     client_port: int
     peer_port: int
+    metrics_port: int
     data_dir: Path
     config: Path
     log: Path
@@ -105,20 +107,21 @@ class Cluster:
     members: list[NodeProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ports = free_ports(2 * self.nodes)
+        ports = free_ports(3 * self.nodes)
         for i in range(self.nodes):
             name = f"n{i + 1}"
             self.members.append(NodeProc(
-                name, ports[2 * i], ports[2 * i + 1], self.root / name,
+                name, *ports[3 * i:3 * i + 3], self.root / name,
                 self.root / f"{name}.toml", self.root / f"{name}.log",
             ))
         seeds = ", ".join(f'"127.0.0.1:{m.peer_port}"' for m in self.members)
         for m in self.members:
             sections: dict[str, dict[str, Any]] = {
                 "node": {"id": m.name, "data_dir": str(m.data_dir)},
-                "network": {"client_port": m.client_port, "peer_port": m.peer_port},
+                "network": {"client_port": m.client_port, "peer_port": m.peer_port,
+                            "metrics_port": m.metrics_port},
                 "cluster": {"n": self.n, "r": min(2, self.n), "w": min(2, self.n),
-                            "secret": "test-secret", "request_timeout_ms": 2000},
+                            "secret": SECRET, "request_timeout_ms": 2000},
                 "storage": {"workers": self.workers},
                 "security": {"enable_flush": True},
             }

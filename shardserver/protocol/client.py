@@ -23,6 +23,7 @@ nothing is in flight, and every call waiting on it has its deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
@@ -108,7 +109,10 @@ class ShardClient:
         self.max_recv_frame = max_recv_frame
         self.frames_sent = 0
         self.frames_received = 0
-        self._sem = asyncio.Semaphore(max_inflight)
+        # The in-flight window, shared by call() and submit(): a slot per
+        # request awaiting its reply; waiters get freed slots in order.
+        self._slots = max_inflight
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Request, asyncio.Future[Reply]]] = {}
         self._queue: list[tuple[int, Request]] = []
@@ -146,14 +150,9 @@ class ShardClient:
         t = self.timeout_s if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t
-        if self._sem.locked():
-            try:
-                await asyncio.wait_for(self._sem.acquire(), t)
-            except TimeoutError:
-                msg = f"{self.max_inflight} calls in flight to {self.path}"
-                return Reply(Status.OVERLOADED, msg)
-        else:
-            await self._sem.acquire()  # free slot: returns without suspending
+        if not self._take_slot() and not await self._wait_slot(t):
+            msg = f"{self.max_inflight} calls in flight to {self.path}"
+            return Reply(Status.OVERLOADED, msg)
         try:
             try:
                 await self._ensure_connected(deadline - loop.time())
@@ -167,7 +166,33 @@ class ShardClient:
             finally:
                 self._pending.pop(rid, None)  # a late reply now finds no slot
         finally:
-            self._sem.release()
+            self._give_slot()
+
+    def _take_slot(self) -> bool:
+        if self._slots > 0 and not self._slot_waiters:
+            self._slots -= 1
+            return True
+        return False
+
+    async def _wait_slot(self, timeout: float) -> bool:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._slot_waiters.remove(waiter)
+
+    def _give_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to it
+                return
+        self._slots += 1
 
     def submit(self, request: Request) -> asyncio.Future[Reply]:
         """Queue ``request`` and return the future of its reply, without a
@@ -175,10 +200,15 @@ class ShardClient:
         the future to give up (the coordinator's hot path; ``call`` costs a
         task and a timer per request). Not connected yet, or the in-flight
         window full: falls back to a task running ``call``."""
-        if self._writer is None or self._closed or len(self._pending) >= self.max_inflight:
+        if self._writer is None or self._closed or not self._take_slot():
             return asyncio.ensure_future(self.call(request))
         rid, fut = self._enqueue(request)
-        fut.add_done_callback(lambda _f: self._pending.pop(rid, None))
+
+        def done(_: asyncio.Future[Reply]) -> None:
+            self._pending.pop(rid, None)
+            self._give_slot()
+
+        fut.add_done_callback(done)
         return fut
 
     def _enqueue(self, request: Request) -> tuple[int, asyncio.Future[Reply]]:

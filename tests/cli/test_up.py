@@ -4,10 +4,12 @@ the whole process group, as a terminal sends it) stops everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,7 @@ def test_ringkv_up_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None
             "cluster.secret", "node1", "node1.log", "node1.toml", "node2", "node2.log",
             "node2.toml", "node3", "node3.log", "node3.toml",
         ]
+        _admin_commands_work(exe, tmp_path / "data", port)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
         wait_for("every process of the cluster is gone", lambda: not _group_alive(proc.pid), 30)
@@ -51,6 +54,29 @@ def test_ringkv_up_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _admin_commands_work(exe: str, data: Path, port: int) -> None:
+    """Every admin command, end to end through the console script."""
+    common = ["--addr", f"127.0.0.1:{port + 10000}", "--secret-file", str(data / "cluster.secret"),
+              "--json"]
+
+    def admin(*args: str) -> dict:  # type: ignore[type-arg]
+        done = subprocess.run([exe, *args, *common], capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        doc: dict = json.loads(done.stdout)  # type: ignore[type-arg]
+        return doc
+
+    assert [n["state"] for n in admin("status")["nodes"]] == ["up", "up", "up"]
+    assert admin("ring", "--key", "hello")["key"]["partition"] in range(64)
+    assert admin("hints", "--node", "node2")["node"] == "node2"
+    assert admin("transfers")["running"] == []
+    assert admin("flush")["flushed_workers"] == 2
+    assert admin("compact", "--node", "node3")["after"]["l0_files"] == 0
+    assert admin("drain", "--node", "node3")["state"] == "draining"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port + 1000}/metrics", timeout=5)
+    assert b"ringkv_requests_total" in metrics.read()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -4,7 +4,14 @@ import os
 
 import pytest
 
-from coordinator.config import SECTIONS, ConfigError, NodeConfig, load, with_overrides
+from coordinator.config import (
+    _FIELD_OF,
+    SECTIONS,
+    ConfigError,
+    NodeConfig,
+    load,
+    with_overrides,
+)
 
 
 def write(tmp_path: str, text: str) -> str:
@@ -18,7 +25,7 @@ def test_defaults_are_valid_and_every_field_has_a_section() -> None:
     c = load(None)
     assert c == NodeConfig()
     assert c.effective_workers() >= 2
-    listed = [k for keys in SECTIONS.values() for k in keys]
+    listed = [_FIELD_OF.get((sec, k), k) for sec, keys in SECTIONS.items() for k in keys]
     assert sorted(listed) == sorted(f for f in NodeConfig.__dataclass_fields__)
 
 

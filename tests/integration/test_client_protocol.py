@@ -136,6 +136,30 @@ def test_auth_and_limits() -> None:
         stop(proc)
 
 
+def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout() -> None:
+    proc, port = _start("--idle-timeout", "1")
+    try:
+        r = redis.Redis(port=port, socket_timeout=5)
+        deaf = socket.socket()
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect(("127.0.0.1", port))
+        deaf.sendall(b"*2\r\n$4\r\nECHO\r\n$32768\r\n" + b"x" * 32768 + b"\r\n")
+        deaf.setblocking(False)
+        for _ in range(200):  # keep it busy: replies pile up unread
+            try:
+                deaf.send(b"*2\r\n$4\r\nECHO\r\n$32768\r\n" + b"x" * 32768 + b"\r\n")
+            except BlockingIOError:
+                break
+        deadline = time.monotonic() + 10
+        while int(r.info("stats")["slow_readers_dropped"]) == 0:
+            assert time.monotonic() < deadline, "the deaf client was never dropped"
+            time.sleep(0.1)
+        assert r.ping() is True
+        deaf.close()
+    finally:
+        stop(proc)
+
+
 def test_redis_cli_one_shot_and_pipe(port: int) -> None:
     def cli(*args: str, stdin: str | None = None) -> str:
         done = subprocess.run(

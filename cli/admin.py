@@ -1,0 +1,115 @@
+"""Admin commands against a running cluster: ``ringkv status``, ``ring``,
+``compact``, ``repair``, ``hints``, ``transfers``, ``flush``, ``drain``.
+
+Each connects to one node's peer port and proves it holds the cluster
+secret (the same HMAC handshake as a peer); ``--node`` makes that node
+forward the command. Defaults fit ``ringkv up``: 127.0.0.1:17379 and the
+secret in ./ringkv-data/cluster.secret. Every command prints a table, or
+with ``--json`` one JSON document; failures are one line on stderr and exit
+code 1 (cannot reach or authenticate) or 2 (the node refused the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from coordinator.config import ConfigError, load
+from coordinator.peer import peer_client
+from shardserver.protocol import messages as m
+from shardserver.protocol.client import ShardUnavailable
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_ADDR = "127.0.0.1:17379"
+DEFAULT_SECRET_FILE = os.path.join("ringkv-data", "cluster.secret")
+ADMIN_TIMEOUT_S = 3600.0
+
+
+class Target:
+    """Where and how to reach the cluster."""
+
+    def __init__(self, addr: str, secret: bytes, node: str | None, as_json: bool) -> None:
+        self.addr, self.secret, self.node, self.as_json = addr, secret, node, as_json
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        payload = {"cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
+        if self.node is not None:
+            payload["node"] = self.node
+        return asyncio.run(self._call(payload))
+
+    async def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        async with peer_client(self.addr, "admin-cli", self.secret, timeout_s=10) as client:
+            try:
+                reply = await client.call(m.Admin(payload), timeout=ADMIN_TIMEOUT_S)
+            except ShardUnavailable as exc:
+                fail(1, f"cannot reach the node at {self.addr}: {exc.reason}")
+        if reply.status is m.Status.BAD_REQUEST:
+            fail(2, reply.message)
+        if not reply.ok:
+            fail(1, f"{self.addr}: {reply.status.name} {reply.message}")
+        result: dict[str, Any] = reply.payload
+        return result
+
+    def show(self, doc: dict[str, Any], lines: list[str]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable))
+        else:
+            click.echo("\n".join(lines))
+
+
+def _jsonable(obj: object) -> object:
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _secret(secret_file: str | None, config_path: str | None) -> tuple[bytes, str | None]:
+    if config_path is not None:
+        try:
+            config = load(config_path)
+        except ConfigError as exc:
+            fail(1, str(exc))
+        return config.secret.encode(), f"{config.bind}:{config.peer_port}"
+    path = secret_file or DEFAULT_SECRET_FILE
+    try:
+        with open(path) as f:
+            return f.read().strip().encode(), None
+    except OSError as exc:
+        fail(1, f"cannot read the cluster secret from {path}: {exc.strerror or exc} "
+                "(use --secret-file or --config)")
+
+
+def admin_options(with_node: bool = True) -> Callable[[F], F]:
+    """--addr, --secret-file, --config, --json (and --node) for every command."""
+
+    def decorate(fn: F) -> F:
+        @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+        @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                      help="Take the peer address and secret from this node config.")
+        @click.option("--secret-file", type=click.Path(dir_okay=False),
+                      help=f"Cluster secret (default {DEFAULT_SECRET_FILE}).")
+        @click.option("--addr", default=None, help=f"Peer host:port of a node ({DEFAULT_ADDR}).")
+        @functools.wraps(fn)
+        def wrapper(addr: str | None, secret_file: str | None, config_path: str | None,
+                    as_json: bool, node: str | None = None, **kwargs: Any) -> Any:
+            secret, config_addr = _secret(secret_file, config_path)
+            target = Target(addr or config_addr or DEFAULT_ADDR, secret, node, as_json)
+            return fn(target, **kwargs)
+
+        if with_node:
+            wrapper = click.option("--node", help="Run it on this node (id), not the one asked.")(
+                wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

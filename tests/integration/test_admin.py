@@ -1,0 +1,120 @@
+"""Admin commands against a live 3-node cluster, through click's CliRunner
+(in-process CLI, real nodes), and the Prometheus endpoint under load."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.cluster import SECRET, Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(Path(tmp_path_factory.mktemp("adm")), nodes=3, n=3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def secret_file(cluster: Cluster) -> str:
+    path = cluster.root / "cluster.secret"
+    path.write_text(SECRET + "\n")
+    return str(path)
+
+
+def run(cluster: Cluster, secret_file: str, *args: str, node: int = 0) -> tuple[int, str]:
+    addr = f"127.0.0.1:{cluster.members[node].peer_port}"
+    result = CliRunner().invoke(cli, [*args, "--addr", addr, "--secret-file", secret_file])
+    return result.exit_code, result.output
+
+
+def run_json(cluster: Cluster, secret_file: str, *args: str) -> dict:  # type: ignore[type-arg]
+    code, out = run(cluster, secret_file, *args, "--json")
+    assert code == 0, out
+    doc: dict = json.loads(out)  # type: ignore[type-arg]
+    return doc
+
+
+def test_status_and_ring(cluster: Cluster, secret_file: str) -> None:
+    doc = run_json(cluster, secret_file, "status")
+    assert [n["node"] for n in doc["nodes"]] == ["n1", "n2", "n3"]
+    assert all(n["state"] == "up" and n["partitions_primary"] == 64 for n in doc["nodes"])
+    code, out = run(cluster, secret_file, "status")
+    assert code == 0 and "n2" in out and "as seen by n1" in out
+    ring = run_json(cluster, secret_file, "ring", "--key", "user:42")
+    assert ring["q"] == 64 and sorted(ring["key"]["primaries"]) == ["n1", "n2", "n3"]
+    code, out = run(cluster, secret_file, "ring", "--key", "user:42")
+    assert code == 0 and "partition" in out and "primaries" in out
+
+
+def test_compact_flush_hints_transfers(cluster: Cluster, secret_file: str) -> None:
+    cluster.client(0).mset({f"c{i}": "x" * 100 for i in range(2000)})
+    code, out = run(cluster, secret_file, "flush", "--node", "n2")
+    assert code == 0 and "n2: flushed 2 workers" in out
+    doc = run_json(cluster, secret_file, "compact", "--node", "n2")
+    assert doc["node"] == "n2" and doc["after"]["l0_files"] == 0
+    assert doc["after"]["levels_over_target"] == 0 and doc["after"]["bytes"] > 0
+    code, out = run(cluster, secret_file, "compact", "--partition", "3")
+    assert code == 0 and "compacted n1 partition 3" in out
+    assert run_json(cluster, secret_file, "hints")["backlog"] == {}
+    assert run_json(cluster, secret_file, "transfers", "--node", "n3")["running"] == []
+
+
+def test_errors_are_one_line_and_non_zero(cluster: Cluster, secret_file: str,
+                                          tmp_path: Path) -> None:
+    code, out = run(cluster, secret_file, "compact", "--partition", "99")
+    assert code == 2 and out.strip() == "error: partition must be 0..63, got 99"
+    code, out = run(cluster, secret_file, "hints", "--node", "nope")
+    assert code == 2 and out.strip() == "error: no node 'nope' in the ring"
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not-it")
+    code, out = run(cluster, str(wrong), "status")
+    assert code == 1 and "does not know the cluster secret" in out and "Traceback" not in out
+    result = CliRunner().invoke(cli, ["status", "--addr", "127.0.0.1:1", "--secret-file",
+                                      secret_file])
+    assert result.exit_code == 1 and result.output.startswith("error: cannot reach the node")
+
+
+def scrape(cluster: Cluster, i: int) -> dict[str, float]:
+    url = f"http://127.0.0.1:{cluster.members[i].metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_metrics_move_with_the_load(cluster: Cluster) -> None:
+    before = scrape(cluster, 0)
+    r = cluster.client(0)
+    pipe = r.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.set(f"m{i}", "v" * 200)
+        pipe.get(f"m{i}")
+    pipe.execute()
+    after = scrape(cluster, 0)
+    sets = 'ringkv_requests_total{command="SET",consistency="W=2 PW=0",outcome="ok"}'
+    gets = 'ringkv_request_seconds_count{command="GET",consistency="R=2 PR=0"}'
+    assert after[sets] - before.get(sets, 0) == 3000
+    assert after[gets] - before.get(gets, 0) == 3000
+    assert 'ringkv_node_up{node="n2"}' in after
+    assert 'ringkv_hint_backlog_partitions' not in "".join(k for k in after if "{" not in k)
+    r.execute_command("FLUSHALL")  # type: ignore[no-untyped-call]
+    wait_for("SSTable counts per level reach the scrape",
+             lambda: any(k.startswith("ringkv_sstables{") for k in scrape(cluster, 0)), 10)
