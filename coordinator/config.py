@@ -5,7 +5,7 @@ source: docs/configuration.md), a TOML section and a type. Unknown keys and
 wrong types are errors that name the key, so a typo never silently falls
 back to a default.
 
-    [node]     id, data_dir, zone
+    [node]     id, data_dir, zone, clock_offset_ms
     [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
                metrics_port
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms
@@ -37,6 +37,7 @@ class NodeConfig:
     id: str = "node1"
     data_dir: str = "./ringkv-data/node1"
     zone: str = ""
+    clock_offset_ms: int = 0  # fault injection: skew this node's HLC (tests only)
     # [network]
     bind: str = "127.0.0.1"
     client_port: int = 7379
@@ -78,7 +79,7 @@ class NodeConfig:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "node": ("id", "data_dir", "zone"),
+    "node": ("id", "data_dir", "zone", "clock_offset_ms"),
     "network": (
         "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
         "metrics_port",

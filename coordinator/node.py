@@ -73,13 +73,12 @@ class Node:
         *,
         formation_timeout_s: float = 30.0,
         gossip_interval_s: float = 1.0,
-        clock_offset_ms: int = 0,
     ) -> None:
         self.config = config
         self.pool = pool
         self.id = NodeId(config.id)
         self.secret = config.secret.encode()
-        self.hlc = HLC(offset_ms=clock_offset_ms)
+        self.hlc = HLC(offset_ms=config.clock_offset_ms)
         self.sibling_cap = DEFAULT_SIBLING_CAP
         self.hinted_handoff = config.handoff_enabled
         self.actor = make_actor(config.id, 0)  # replaced by start() from the identity file
@@ -335,7 +334,10 @@ class Node:
     def _peer(self, addr: str) -> ShardClient:
         client = self._peers.get(addr)
         if client is None:
-            client = peer_client(addr, self.config.id, self.secret, timeout_s=self.timeout_s)
+            # Connect from our bind address: with one loopback address per
+            # node, a peer (and a fault test's firewall rule) sees who it is.
+            client = peer_client(addr, self.config.id, self.secret, timeout_s=self.timeout_s,
+                                 source=self.config.bind)
             self._peers[addr] = client
         return client
 

@@ -100,7 +100,8 @@ async def _step(reader: asyncio.StreamReader, timeout_s: float, what: str) -> li
 
 
 async def open_peer(
-    host: str, port: int, node_id: str, secret: bytes, timeout_s: float = 5.0
+    host: str, port: int, node_id: str, secret: bytes, timeout_s: float = 5.0,
+    *, source: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect and authenticate; returns the stream ready for shard frames.
 
@@ -173,7 +174,7 @@ class Backoff:
 
 def peer_client(
     addr: str, node_id: str, secret: bytes, *, name: str | None = None,
-    timeout_s: float = 2.0, max_inflight: int = 4096,
+    timeout_s: float = 2.0, max_inflight: int = 4096, source: str | None = None,
 ) -> ShardClient:
     """A ShardClient whose connector is ``open_peer`` to ``addr`` ("host:port").
 
@@ -193,7 +194,7 @@ def peer_client(
                 f"not retrying for {wait:.1f}s after: {backoff.last_error}"
             )
         try:
-            streams = await open_peer(host, port, node_id, secret, timeout_s)
+            streams = await open_peer(host, port, node_id, secret, timeout_s, source=source)
         except PeerAuthError as e:
             backoff.failed(str(e))
             # ShardClient turns OSError (only) into ShardUnavailable. Raising

@@ -90,6 +90,7 @@ class NodeProc:
     data_dir: Path
     config: Path
     log: Path
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,22 +105,26 @@ class Cluster:
     n: int = 3
     workers: int = 2
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: One loopback address per node (127.0.0.2, .3, ...): peers then connect
+    #: from distinct sources, so a fault test can cut one node off by address.
+    own_addresses: bool = False
     members: list[NodeProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ports = free_ports(3 * self.nodes)
         for i in range(self.nodes):
             name = f"n{i + 1}"
+            host = f"127.0.0.{i + 2}" if self.own_addresses else "127.0.0.1"
             self.members.append(NodeProc(
                 name, *ports[3 * i:3 * i + 3], self.root / name,
-                self.root / f"{name}.toml", self.root / f"{name}.log",
+                self.root / f"{name}.toml", self.root / f"{name}.log", host,
             ))
-        seeds = ", ".join(f'"127.0.0.1:{m.peer_port}"' for m in self.members)
+        seeds = ", ".join(f'"{m.host}:{m.peer_port}"' for m in self.members)
         for m in self.members:
             sections: dict[str, dict[str, Any]] = {
                 "node": {"id": m.name, "data_dir": str(m.data_dir)},
-                "network": {"client_port": m.client_port, "peer_port": m.peer_port,
-                            "metrics_port": m.metrics_port},
+                "network": {"bind": m.host, "client_port": m.client_port,
+                            "peer_port": m.peer_port, "metrics_port": m.metrics_port},
                 "cluster": {"n": self.n, "r": min(2, self.n), "w": min(2, self.n),
                             "secret": SECRET, "request_timeout_ms": 2000},
                 "storage": {"workers": self.workers},
@@ -200,7 +205,7 @@ class Cluster:
     # -- clients and views ----------------------------------------------------
     def client(self, i: int, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 10)
-        return redis.Redis(host="127.0.0.1", port=self.members[i].client_port, **kwargs)
+        return redis.Redis(host=self.members[i].host, port=self.members[i].client_port, **kwargs)
 
     def info(self, i: int, section: str) -> dict[str, Any]:
         return dict(self.client(i).info(section))
