@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+import uvloop
 
 from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
@@ -109,7 +110,7 @@ def serve(config_path: str | None, log_level: str, **flags: Any) -> None:
         logging.warning("no cluster secret set: any process that can reach the peer port "
                         "can join (set cluster.secret)")
     try:
-        asyncio.run(run_node(config))
+        uvloop.run(run_node(config))
     except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -43,6 +43,7 @@ class Gossiper:
         rng: random.Random | None = None,
         extra_out: Callable[[], dict[str, Any]] = dict,
         extra_in: Callable[[dict[str, Any]], None] = lambda payload: None,
+        on_restart: Callable[[NodeId], None] = lambda node: None,
     ) -> None:
         self.me = me.node
         self.members: dict[NodeId, Endpoint] = {me.node: me}
@@ -57,6 +58,7 @@ class Gossiper:
         self._rng = rng or random.Random()
         self._extra_out = extra_out
         self._extra_in = extra_in
+        self._on_restart = on_restart
         self._answered: set[str] = set()  # peer addresses that ever answered
 
     # -- liveness ---------------------------------------------------------
@@ -99,6 +101,9 @@ class Gossiper:
         for node in membership.changed(before, self.members):
             if node != self.me:
                 self._detectors.setdefault(node, PhiAccrualDetector(self._settings)).heartbeat(now)
+                old = before.get(node)
+                if old is None or old.generation != self.members[node].generation:
+                    self._on_restart(node)  # e.g. stop backing off its address
         self._extra_in(payload)
 
     def beat(self) -> None:

@@ -44,7 +44,7 @@ from coordinator.hints import HintStore
 from coordinator.membership import Endpoint
 from coordinator.membership import Status as MemberStatus
 from coordinator.metrics import Metrics
-from coordinator.peer import PeerServer, peer_client
+from coordinator.peer import Backoff, PeerServer, peer_client
 from coordinator.quorum import Consistency, Plan
 from coordinator.replies import OK, Reply
 from coordinator.ring import NodeId, Ring
@@ -102,6 +102,7 @@ class Node:
         self._gossip_interval_s = gossip_interval_s
         self.local_clients: list[ShardClient] = []  # one per worker
         self._peers: dict[str, ShardClient] = {}
+        self._backoffs: dict[str, Backoff] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._plans: dict[int, Plan] = {}
         self._plans_at = 0.0
@@ -131,7 +132,7 @@ class Node:
         )
         self.gossip = Gossiper(
             me, self.config.seeds, self._gossip_send, interval_s=self._gossip_interval_s,
-            extra_out=self._ring_out, extra_in=self._ring_in,
+            extra_out=self._ring_out, extra_in=self._ring_in, on_restart=self._peer_restarted,
         )
         self._own(self.gossip.run(), "gossip")
         if self.ring is None:
@@ -331,13 +332,22 @@ class Node:
         index = self.pool.worker_for(request.partition)
         return self.local_clients[index].submit(request) if self.pool.ready(index) else None
 
+    def _peer_restarted(self, node: NodeId) -> None:
+        """Gossip brought a new generation of ``node``: dial it again now,
+        whatever the reconnect backoff of its failed connects says."""
+        assert self.gossip is not None
+        addr = self.gossip.addr_of(node)
+        if addr is not None and addr in self._backoffs:
+            self._backoffs[addr].reset()
+
     def _peer(self, addr: str) -> ShardClient:
         client = self._peers.get(addr)
         if client is None:
+            backoff = self._backoffs.setdefault(addr, Backoff())
             # Connect from our bind address: with one loopback address per
             # node, a peer (and a fault test's firewall rule) sees who it is.
             client = peer_client(addr, self.config.id, self.secret, timeout_s=self.timeout_s,
-                                 source=self.config.bind)
+                                 source=self.config.bind, backoff=backoff)
             self._peers[addr] = client
         return client
 

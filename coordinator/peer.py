@@ -171,10 +171,13 @@ class Backoff:
     def succeeded(self) -> None:
         self.delay, self.until = 0.0, 0.0
 
+    reset = succeeded  # news that the peer is back (e.g. its new generation in gossip)
+
 
 def peer_client(
     addr: str, node_id: str, secret: bytes, *, name: str | None = None,
     timeout_s: float = 2.0, max_inflight: int = 4096, source: str | None = None,
+    backoff: Backoff | None = None,
 ) -> ShardClient:
     """A ShardClient whose connector is ``open_peer`` to ``addr`` ("host:port").
 
@@ -182,7 +185,7 @@ def peer_client(
     handshake surfaces from calls as ShardUnavailable, as a failed connect does.
     """
     host, port = _split_addr(addr)
-    backoff = Backoff()
+    backoff = backoff or Backoff()
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # A peer that just refused us is not dialled again until its backoff

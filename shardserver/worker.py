@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import uvloop
+
 from lsm.options import Options
 from shardserver import handlers
 from shardserver.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_INFLIGHT_PER_CONN, Admission
@@ -257,7 +259,7 @@ def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+    return uvloop.run(run(parse_args(argv)))
 
 
 if __name__ == "__main__":
