@@ -257,7 +257,7 @@ def up(timeout: float, **opts: Any) -> None:
                        f"metrics http://127.0.0.1:{port + 1000 + i}/metrics    "
                        f"log {data}/node{i + 1}.log")
         click.echo(f"Connect with: redis-cli -p {port}   Ctrl-C stops the cluster.")
-        _wait_for_signal(procs)
+        _wait_for_signal(procs, [os.path.join(data, f"node{i + 1}.toml") for i in range(nodes)])
     finally:
         _stop_all(procs)
         for log in logs:
@@ -299,7 +299,10 @@ def _wait_up(
             time.sleep(0.2)
 
 
-def _wait_for_signal(procs: list[subprocess.Popen[bytes]]) -> None:
+def _wait_for_signal(procs: list[subprocess.Popen[bytes]], configs: list[str]) -> None:
+    """Until Ctrl-C/SIGTERM, or until every node is gone. A node that dies
+    is reported and the others keep serving: that is what a failure looks
+    like, and the quickest way to try one is to kill a node of ``up``."""
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -308,12 +311,16 @@ def _wait_for_signal(procs: list[subprocess.Popen[bytes]]) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reported: set[int] = set()
     while not stopping:
         for i, p in enumerate(procs):
-            if p.poll() is not None:
-                click.echo(f"node{i + 1} exited with {p.returncode}; stopping the cluster",
-                           err=True)
-                return
+            if p.poll() is not None and i not in reported:
+                reported.add(i)
+                click.echo(f"node{i + 1} exited with {p.returncode}; the others keep serving. "
+                           f"Start it again with: ringkv serve --config {configs[i]}", err=True)
+        if len(reported) == len(procs):
+            click.echo("every node has exited", err=True)
+            return
         time.sleep(0.5)  # polls child exits; signals set `stopping`
     click.echo("stopping...", err=True)
 

@@ -30,7 +30,9 @@ class DetectorSettings:
     window: int = 1000
     min_std_dev_s: float = 0.1
     # Extra slack for GC pauses and scheduling hiccups, added to the mean.
-    acceptable_pause_s: float = 0.5
+    # 3 s, as Akka's cluster default: with 0.5 s a loaded 2-core machine
+    # marked healthy peers down (2 s without news of them happens).
+    acceptable_pause_s: float = 3.0
     # Assumed interval before enough heartbeats arrived to estimate one.
     first_interval_s: float = 1.0
 

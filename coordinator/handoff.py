@@ -18,6 +18,7 @@ counted (anti-entropy covers what they held).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -89,6 +90,7 @@ class Handoff:
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._retry_at: dict[tuple[int, str], tuple[float, float]] = {}  # -> (when, delay)
         self._budget_at = time.monotonic()
+        self._wake = asyncio.Event()
 
     async def close(self) -> None:
         for task in self._tasks.values():
@@ -99,7 +101,10 @@ class Handoff:
     async def run(self) -> None:
         while True:
             await self.tick()
-            await asyncio.sleep(1.0)
+            # Once a second, or as soon as a transfer ends and frees a slot.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
 
     async def tick(self) -> None:
         """Expire old hints and start the transfers that may start now."""
@@ -125,6 +130,7 @@ class Handoff:
 
     def _finished(self, key: tuple[int, str], task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("handoff task %s crashed", key, exc_info=task.exception())
 

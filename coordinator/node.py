@@ -314,23 +314,33 @@ class Node:
             if addr is not None:
                 return self._peer(addr).submit(request)
         else:
-            partition = getattr(request, "partition", None)
-            hint = isinstance(request, m.ReplicaWrite) and request.hint_for
-            if isinstance(partition, int) and 0 <= partition < self.config.partitions and not hint:
-                index = self.pool.worker_for(partition)
-                if self.pool.ready(index):
-                    return self.local_clients[index].submit(request)
+            fut = self._local_fast(request)
+            if fut is not None:
+                return fut
         return asyncio.ensure_future(self.call(node, request, self.timeout_s))
+
+    def _local_fast(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
+        """A replica read or write straight to our worker, if nothing needs
+        an await first: a hinted write whose hint is already durable only
+        bumps its counters; the first one of a (partition, owner) pair takes
+        the slow path that makes the hint durable."""
+        if not isinstance(request, m.ReplicaRead | m.ReplicaWriteSet | m.ReplicaWrite):
+            return None
+        partition = request.partition
+        if not 0 <= partition < self.config.partitions:
+            return None
+        index = self.pool.worker_for(partition)
+        if not self.pool.ready(index):
+            return None
+        if isinstance(request, m.ReplicaWrite) and request.hint_for:
+            size = len(request.key) + len(request.version.value or b"")
+            if not self.hints.touch(partition, request.hint_for, size):
+                return None
+        return self.local_clients[index].submit(request)
 
     def _peer_fast(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
         """Replica reads and writes from peers go straight to the worker."""
-        if not isinstance(request, m.ReplicaRead | m.ReplicaWriteSet | m.ReplicaWrite):
-            return None
-        hinted = isinstance(request, m.ReplicaWrite) and request.hint_for
-        if hinted or not 0 <= request.partition < self.config.partitions:
-            return None
-        index = self.pool.worker_for(request.partition)
-        return self.local_clients[index].submit(request) if self.pool.ready(index) else None
+        return self._local_fast(request)
 
     def _peer_restarted(self, node: NodeId) -> None:
         """Gossip brought a new generation of ``node``: dial it again now,

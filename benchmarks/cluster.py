@@ -1,0 +1,580 @@
+"""Cluster benchmark: redis-benchmark against a 3-node ringkv cluster (N=3
+W=2 R=2), one ringkv node (N=1) and redis-server (appendonly yes,
+appendfsync everysec), side by side in one run (DESIGN §14).
+
+All three run at once (an idle cluster takes ~0.04 cores). In each round,
+for each -P (1, 16) and test (SET, GET), every target gets one
+redis-benchmark process (``-c 50 -d 1024`` over random keys, ``-r``), back
+to back, so compared figures are taken close together in time; the best
+round is reported. The CPU the target's process tree used meanwhile (/proc,
+reaped children included) is charged to the run, as is the rest of the
+machine's. Then, under a SET load on the cluster: CPU by process and py-spy
+profiles of node1's coordinator and of one of its shard workers.
+
+redis-benchmark 7.0 has no rate limit, so p99 "at half the peak rate" cannot
+be measured with it; the table gives p99 at peak (closed loop, 50 clients).
+
+    python3 benchmarks/cluster.py --quick
+    python3 benchmarks/cluster.py --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import csv
+import io
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import harness
+
+TESTS = ("SET", "GET")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# DESIGN §14, as (target, pipeline) -> minimum requests/s ratio to redis-server.
+GOALS = {("node", 1): 0.6, ("node", 16): 0.3, ("cluster", 1): 0.3}
+P99_GOAL_MS = 10.0
+BENIGN = ("WARNING: Could not fetch server CONFIG",)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str  # "cluster", "node" or "redis"
+    label: str
+
+
+TARGETS = (
+    Target("cluster", "ringkv 3 nodes, N=3 W=2 R=2"),
+    Target("node", "ringkv 1 node, N=1"),
+    Target("redis", "redis-server (AOF everysec)"),
+)
+
+
+@dataclass(slots=True)
+class Run:
+    rps: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    wall_s: float = 0.0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
+    busiest: str = "—"  # the process of the target's tree that used the most CPU
+    busiest_cpu_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (well under a minute)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per redis-benchmark run (default 50000, quick 3000)")
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--value-bytes", type=int, default=1024)
+    p.add_argument("--keyspace", type=int, default=None,
+                   help="random keys (-r; default requests/4, so GETs mostly hit)")
+    p.add_argument("--pipelines", default="1,16", help="comma-separated -P values")
+    p.add_argument("--targets", default="cluster,node,redis",
+                   help="comma-separated subset of cluster,node,redis")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of all runs; the best is reported (default 2, quick 1)")
+    p.add_argument("--workers", type=int, default=2, help="shard workers per ringkv node")
+    p.add_argument("--profile-s", type=float, default=None,
+                   help="py-spy seconds on node1's coordinator under SET load "
+                   "(default 8, quick 3; 0: no profile)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds allowed per redis-benchmark run")
+    p.add_argument("--dir", default=None, help="parent of the scratch directory")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--write-docs", action="store_true",
+                   help="append or replace today's section in docs/benchmarks.md")
+    args = p.parse_args(argv)
+    args.requests = args.requests or (3000 if args.quick else 50000)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.keyspace = args.keyspace or max(1, args.requests // 4)
+    args.profile_s = (3.0 if args.quick else 8.0) if args.profile_s is None else args.profile_s
+    args.pipelines = [int(x) for x in args.pipelines.split(",") if x.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - {t.key for t in TARGETS}
+    if unknown:
+        p.error(f"unknown target(s) {', '.join(sorted(unknown))}")
+    if args.requests < 1 or args.clients < 1 or not args.pipelines:
+        p.error("--requests, --clients and --pipelines must be positive")
+    return args
+
+
+# -- processes ---------------------------------------------------------------------
+def free_base_port(span: int, offsets: tuple[int, ...] = (0,)) -> int:
+    """A port P with P+o..P+o+span-1 free on 127.0.0.1 right now, for each
+    offset o."""
+    for _ in range(200):
+        base = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
+        ports = [base + o + i for o in offsets for i in range(span)]
+        socks: list[socket.socket] = []
+        try:
+            for port in ports:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range found")
+
+
+def ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                out += [int(x) for x in f.read().split()]
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    todo, seen = [pid], list[int]()
+    while todo and len(seen) < 1000:
+        p = todo.pop()
+        seen.append(p)
+        todo += children(p)
+    return seen
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and of its reaped children."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.read().rpartition(")")[2].split()[11:15]]
+    except OSError:
+        return 0.0, 0.0
+    return (v[0] + v[2]) / CLK_TCK, (v[1] + v[3]) / CLK_TCK
+
+
+def cpu_s(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat; idle and
+    iowait excluded)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK_TCK
+
+
+def role(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return "gone"
+    node = m.group(0) + " " if (m := re.search(r"node\d+", cmd)) else ""
+    for needle, name in (("cli serve", "coordinator"), ("shardserver.worker", "shard worker"),
+                         ("lsm.compactor", "compactor"), ("cli up", "`ringkv up`"),
+                         ("redis-benchmark", "redis-benchmark"),
+                         ("redis-server", "redis-server")):
+        if needle in cmd:
+            return node + name
+    return cmd.split(" ")[0]
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM the leader (``ringkv up`` stops its nodes itself), then SIGKILL
+    whatever is left in its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+@contextlib.contextmanager
+def started(target: Target, args: argparse.Namespace,
+            scratch: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start ``target`` in its own session; yield (leader process, client port)."""
+    data = os.path.join(scratch, target.key)
+    os.makedirs(data)
+    if target.key == "redis":
+        port = free_base_port(1)
+        cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+               "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+               "--dir", data, "--daemonize", "no"]
+    else:
+        nodes = 3 if target.key == "cluster" else 1
+        port = free_base_port(nodes, (0, 1000, 10000))  # clients, metrics, peers
+        cmd = [sys.executable, "-m", "cli", "up", "--nodes", str(nodes), "--n", str(nodes),
+               "--data", os.path.join(data, "d"), "--port", str(port),
+               "--workers", str(args.workers)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
+    log_path = os.path.join(data, "stdout.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=harness.REPO, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (ping(port) if target.key == "redis" else _says_up(log_path)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise RuntimeError(f"{target.label} did not start:\n{tail}")
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        stop_group(proc)
+
+
+def _says_up(log_path: str) -> bool:
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        return "nodes up" in f.read()
+
+
+# -- redis-benchmark ------------------------------------------------------------------
+def bench(args: argparse.Namespace, port: int, test: str, pipeline: int,
+          server: subprocess.Popen[bytes]) -> Run:
+    """One redis-benchmark process; stopped early if the target exits (it
+    would otherwise spin reconnecting until the timeout)."""
+    leader = server.pid
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test.lower(),
+           "-c", str(args.clients), "-d", str(args.value_bytes), "-n", str(args.requests),
+           "-r", str(args.keyspace), "-P", str(pipeline), "--csv", "--precision", "3"]
+    run = Run()
+    if server.poll() is not None:
+        run.errors.append(f"target not running (exit {server.returncode})")
+        return run
+    server0 = {p: cpu_s(p) for p in process_tree(leader)}
+    client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine0 = machine_busy_s()
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                why = (f"timed out after {args.timeout:.0f} s"
+                       if time.perf_counter() - t0 > args.timeout else
+                       f"target exited (status {server.returncode}) during the run"
+                       if server.poll() is not None else None)
+                if why:
+                    proc.kill()
+                    proc.communicate()
+                    run.errors.append(why)
+                    return run
+    run.wall_s = time.perf_counter() - t0
+    run.machine_cpu_s = machine_busy_s() - machine0
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.client_cpu_s = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+    server1 = {p: cpu_s(p) for p in process_tree(leader)}
+    run.server_cpu_s = sum(server1.values()) - sum(server0.values())
+    run.busiest_cpu_s, pid = max((v - server0.get(p, 0.0), p) for p, v in server1.items())
+    run.busiest = role(pid)
+    for row in csv.DictReader(io.StringIO(stdout)):
+        if row.get("test") == test:
+            run.rps = float(row["rps"])
+            run.p50_ms = float(row["p50_latency_ms"])
+            run.p99_ms = float(row["p99_latency_ms"])
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    counts = collections.Counter(ln for ln in lines if not ln.startswith(BENIGN))
+    run.errors += [f"{n}x {ln}" if n > 1 else ln for ln, n in counts.most_common(5)]
+    if proc.returncode != 0 or run.rps is None:
+        run.errors.append(f"redis-benchmark exit {proc.returncode}, no {test} row")
+    return run
+
+
+# -- profile --------------------------------------------------------------------------
+PROFILED = ("node1 coordinator", "node1 shard worker")
+
+
+def profile(args: argparse.Namespace, port: int, leader: int, scratch: str) -> str:
+    """Under a -P 1 SET load on the cluster: CPU per process, then py-spy on
+    node1's coordinator and on one of its shard workers at the same time.
+    Returns a Markdown summary."""
+    tree = process_tree(leader)
+    pids = {name: next((p for p in tree if role(p) == name), None) for name in PROFILED}
+    if shutil.which("py-spy") is None or None in pids.values():
+        return f"No profile: py-spy or a process missing ({pids})."
+    load = subprocess.Popen(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set",
+         "-c", str(args.clients), "-d", str(args.value_bytes), "-n", str(10**9),
+         "-r", str(args.keyspace), "-P", "1", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seconds = max(1, round(args.profile_s))
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        time.sleep(1.0)
+        tree = [*process_tree(leader), load.pid]
+        before = {p: cpu_times(p) for p in tree}
+        machine0, t0 = machine_busy_s(), time.perf_counter()
+        time.sleep(max(2.0, seconds / 2))
+        window = time.perf_counter() - t0
+        by_role: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
+        for p in tree:
+            (user, sys_), (user0, sys0) = cpu_times(p), before[p]
+            by_role[role(p)][0] += user - user0
+            by_role[role(p)][1] += sys_ - sys0
+            by_role[role(p)][2] += 1
+        ours = sum(u + k for u, k, _ in by_role.values())
+        rest = max(0.0, machine_busy_s() - machine0 - ours)
+        # --gil: only samples holding the GIL, i.e. the process running Python
+        # (without it py-spy counts threads blocked in waitpid as busy).
+        for name, pid in pids.items():
+            spies[name] = subprocess.Popen(
+                ["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "--gil",
+                 "--nolineno", "-o", os.path.join(scratch, f"{name.replace(' ', '-')}.raw")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        failed = {name: spy.communicate(timeout=seconds + 60)[1] for name, spy in spies.items()}
+    finally:
+        for spy in spies.values():
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(load.pid, signal.SIGKILL)
+        load.wait(10)
+    parts = [harness.table(
+        [f"process (-P 1 SET load, {window:.1f} s)", "CPU cores", "user", "system"],
+        [[name + (f" (x{n:.0f})" if n > 1 else ""), f"{(u + k) / window:.2f}",
+          f"{u / window:.2f}", f"{k / window:.2f}"] for name, (u, k, n) in sorted(by_role.items())]
+        + [["rest of the machine", f"{rest / window:.2f}", "", ""],
+           ["machine total", f"{(ours + rest) / window:.2f}", "", ""]])]
+    for name, spy in spies.items():
+        raw = os.path.join(scratch, f"{name.replace(' ', '-')}.raw")
+        if spy.returncode != 0 or not os.path.exists(raw):
+            parts.append(f"py-spy on {name} failed: {failed[name].decode()[-500:]}")
+        else:
+            parts.append(summarize_raw(raw, name, seconds))
+    return "\n\n".join(parts)
+
+
+OURS = ("coordinator/", "shardserver/", "lsm/")
+
+
+def summarize_raw(path: str, name: str, seconds: float, top: int = 10) -> str:
+    """Tables of a py-spy raw file (``frame;frame;... count`` per line, root
+    first): self samples by file and by function, and inclusive samples of
+    our own functions."""
+    by_file: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            frames = [fr for fr in stack.split(";") if fr and not fr.startswith("process ")]
+            if not frames or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            by_file[frames[-1].rpartition("(")[2].rstrip(")")] += n
+            for fr in set(frames):
+                if fr.rpartition("(")[2].startswith(OURS):
+                    incl[fr] += n
+    if not total:
+        return "py-spy recorded no samples."
+
+    def rows(c: collections.Counter[str]) -> list[list[str]]:
+        return [[f"`{k}`", f"{n / total:.0%}"] for k, n in c.most_common(top)]
+
+    head = (f"**{name}**: py-spy for {seconds:.0f} s at 100 Hz, samples holding the GIL "
+            f"only: {total} (it ran Python {total / (seconds * 100):.0%} of the time).")
+    return "\n\n".join([
+        head, harness.table(["self, by file", "share"], rows(by_file)),
+        harness.table(["self, by function", "share"], rows(own)),
+        harness.table(["inclusive, our functions", "share"], rows(incl))])
+
+
+# -- report ---------------------------------------------------------------------------
+Runs = dict[tuple[str, str, int], list[Run]]
+
+
+def best(runs: list[Run]) -> Run:
+    return max(runs, key=lambda r: r.rps or 0.0)
+
+
+def ratio(results: dict[tuple[str, str, int], Run], key: str, test: str, p: int) -> float | None:
+    a, b = results.get((key, test, p)), results.get(("redis", test, p))
+    return a.rps / b.rps if a and b and a.rps and b.rps else None
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def how_far(results: dict[tuple[str, str, int], Run], requests: int) -> str:
+    """The gap in words, from this run's figures."""
+    def us(key: str, test: str, p: int = 1) -> str:
+        r = results.get((key, test, p))
+        return "?" if r is None else f"{r.server_cpu_s / requests * 1e6:,.0f}"
+
+    def x(key: str, test: str, p: int = 1) -> str:
+        return harness.fmt_ratio(ratio(results, key, test, p))
+
+    def gain(key: str, test: str) -> str:
+        a, b = results.get((key, test, 1)), results.get((key, test, 16))
+        return f"{b.rps / a.rps:.1f}x" if a and b and a.rps and b.rps else "?"
+
+    return (
+        f"**How far off.** At -P 1 one ringkv node reached {x('node', 'SET')} (SET) and "
+        f"{x('node', 'GET')} (GET) of redis-server's rate (target 0.6x), the 3-node cluster "
+        f"{x('cluster', 'SET')} and {x('cluster', 'GET')} (target 0.3x). Per request, "
+        f"ringkv's processes spent {us('node', 'SET')} / {us('node', 'GET')} µs of CPU "
+        f"(SET / GET, one node) and {us('cluster', 'SET')} / {us('cluster', 'GET')} µs "
+        f"(3 nodes, all of them) against redis-server's {us('redis', 'SET')} / "
+        f"{us('redis', 'GET')} µs. On {os.cpu_count()} cores shared by every server process "
+        "and redis-benchmark, that CPU per request is the bound: requests/s ≈ cores "
+        "available ÷ CPU per request. Pipelining 16 deep gave ringkv "
+        f"{gain('node', 'SET')} (SET) and {gain('node', 'GET')} (GET) on one node and "
+        f"redis-server {gain('redis', 'SET')} and {gain('redis', 'GET')}: ringkv's cost is "
+        "per command, not per round trip.")
+
+
+def render(args: argparse.Namespace, runs: Runs, prof: str, elapsed: float) -> str:
+    results = {k: best(v) for k, v in runs.items()}
+    rows = []
+    for t in TARGETS:
+        for p in args.pipelines:
+            for test in TESTS:
+                r = results.get((t.key, test, p))
+                if r is None:
+                    continue
+                wall = r.wall_s or float("nan")
+                other = r.machine_cpu_s - r.server_cpu_s - r.client_cpu_s
+                worst = min((x.rps or 0.0) for x in runs[(t.key, test, p)])
+                rows.append([t.label, test, str(p), harness.fmt_rate(r.rps),
+                             harness.fmt_rate(worst),
+                             harness.fmt_ratio(ratio(results, t.key, test, p)),
+                             _ms(r.p50_ms), _ms(r.p99_ms),
+                             f"{r.server_cpu_s / args.requests * 1e6:,.0f}",
+                             f"{r.server_cpu_s / wall:.2f}",
+                             f"{r.busiest} {r.busiest_cpu_s / wall:.2f}",
+                             f"{r.client_cpu_s / wall:.2f}",
+                             f"{max(0.0, other) / wall:.2f}"])
+    main = harness.table(["target", "test", "-P", "requests/s", "worst round", "vs redis",
+                          "p50 ms", "p99 ms", "server CPU µs/req", "server cores",
+                          "busiest process, cores", "client cores", "other cores"], rows)
+    goals = []
+    for (key, p), goal in GOALS.items():
+        for test in TESTS:
+            x = ratio(results, key, test, p)
+            if x is not None:
+                goals.append([f"{key} {test} -P {p} ≥ {goal}x redis", harness.fmt_ratio(x),
+                              harness.verdict(x >= goal),
+                              f"{goal / x:.1f}x short" if x < goal else ""])
+    for test in TESTS:
+        r = results.get(("cluster", test, 1))
+        if r and r.p99_ms is not None:
+            goals.append([f"cluster {test} p99 ≤ {P99_GOAL_MS:.0f} ms at half peak rate",
+                          f"{r.p99_ms:.2f} ms at peak", harness.verdict(None),
+                          "no rate limit in redis-benchmark 7.0"])
+    errors = [f"- {t.label} {test} -P {p}: " + "; ".join(e for r in rs for e in r.errors)
+              for t in TARGETS for p in args.pipelines for test in TESTS
+              if (rs := runs.get((t.key, test, p))) and any(r.errors for r in rs)]
+    note = (
+        f"redis-benchmark -c {args.clients} -d {args.value_bytes} -n {args.requests} "
+        f"-r {args.keyspace} --csv per row (one process per test), against node1 for the "
+        f"cluster. Best of {args.rounds} round(s) (worst in its own column; the other columns "
+        "are from the best round); in each round every target runs SET then GET at each -P "
+        "back to back, all three targets up meanwhile (an idle 3-node cluster takes ~0.04 "
+        f"cores). ringkv via `ringkv up`, {args.workers} shard workers per node, fsync "
+        "interval; redis-server --appendonly yes --appendfsync everysec --save ''. server "
+        "cores = CPU seconds of the target's whole process tree "
+        "(coordinators, shard workers, compactors) ÷ wall time; busiest process = the one "
+        "process of that tree that used the most CPU (one event loop tops out at 1.00); "
+        "client cores = "
+        "redis-benchmark's; other cores = the rest of the machine's busy CPU (/proc/stat) "
+        f"in the same interval (other work on a shared machine). Whole run {elapsed:.0f} s.")
+    errors_text = "\n".join(["Errors from redis-benchmark:", *errors] if errors else
+                            ["Errors from redis-benchmark: none."])
+    parts = [main, harness.table(["target (DESIGN §14)", "figure", "verdict", "gap"], goals),
+             note, how_far(results, args.requests), errors_text]
+    if prof:
+        parts.append("### Where the time goes (3 nodes, -P 1 SET)\n\n" + prof)
+    return "\n\n".join(parts)
+
+
+Servers = dict[str, tuple[int, subprocess.Popen[bytes]]]
+
+
+def measure(args: argparse.Namespace, servers: Servers) -> Runs:
+    """``args.rounds`` rounds; in each, every target runs each test and
+    pipeline depth back to back, so the figures compared were taken close
+    together in time (on a shared machine, other load drifts)."""
+    runs: Runs = collections.defaultdict(list)
+    for rnd in range(args.rounds):
+        for p in args.pipelines:
+            for test in TESTS:
+                for t in TARGETS:
+                    if t.key not in servers:
+                        continue
+                    port, server = servers[t.key]
+                    r = bench(args, port, test, p, server)
+                    runs[(t.key, test, p)].append(r)
+                    print(f"  round {rnd + 1} {t.key} {test} -P {p}: {harness.fmt_rate(r.rps)} "
+                          f"req/s, p50 {_ms(r.p50_ms)} ms, p99 {_ms(r.p99_ms)} ms"
+                          + (f"; {'; '.join(r.errors)}" if r.errors else ""), flush=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("redis-benchmark", "redis-server"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found (apt-get install redis-tools redis-server)", file=sys.stderr)
+            return 2
+    prof = ""
+    started_at = time.perf_counter()
+    with harness.work_dir(args.dir, keep=args.keep) as scratch, contextlib.ExitStack() as stack:
+        print(f"scratch directory {scratch}", flush=True)
+        servers: Servers = {}
+        for t in (t for t in TARGETS if t.key in args.targets):
+            proc, port = stack.enter_context(started(t, args, scratch))
+            servers[t.key] = (port, proc)
+            print(f"{t.label}: up on port {port}", flush=True)
+        runs = measure(args, servers)
+        if "cluster" in servers and args.profile_s > 0:
+            print("profiling node1 under SET load ...", flush=True)
+            port, proc = servers["cluster"]
+            prof = profile(args, port, proc.pid, scratch)
+        stack.close()
+        info = harness.machine_info(scratch, ["msgpack", "hiredis"])
+    for tool in ("redis-server", "redis-benchmark", "py-spy"):
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout if shutil.which(tool) else "not installed"
+        info[tool] = out.strip().splitlines()[0] if out.strip() else "?"
+    text = render(args, runs, prof, time.perf_counter() - started_at)
+    print()
+    print(text)
+    if args.write_docs:
+        harness.publish("Cluster (redis-benchmark)", args.quick, info, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
