@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -39,7 +40,7 @@ def status(target: Target) -> None:
             f"{n['node']:<10} {n['state']:<12} {n['partitions_primary']:>7} "
             f"{n['partitions_fallback']:>8} {hints:>6} {_size(n['disk_bytes']):>10} "
             f"{_size(n['compaction_debt_bytes']):>10}  {_levels(n['sstables'])} / "
-            f"{'never' if not repair else f'{repair // 1000}s ago'}"
+            f"{'never' if not repair else f'{max(0, int(time.time() - repair / 1000))}s ago'}"
         )
     asked = next(n for n in doc["nodes"] if n["node"] == doc["asked"])
     lines.append("")
@@ -147,13 +148,49 @@ def compact(target: Target, partition: int | None) -> None:
     target.show(doc, lines)
 
 
+SUMMED = ("partitions", "pairs", "pairs_skipped", "keys_compared", "keys_differing",
+          "keys_repaired", "corrupt_fixed", "bytes_sent", "bytes_exchanged", "error_count")
+
+
+@click.command()
+@click.option("--partition", type=click.IntRange(0, 65535), help="Only this partition.")
+@admin_options()
+def repair(target: Target, partition: int | None) -> None:
+    """Run anti-entropy now: compare a node's partitions with their other
+    replicas and exchange only what differs."""
+    if partition is not None:
+        parts = [partition]
+    else:
+        parts = target.call("repair_plan")["partitions"]
+    reports = []
+    show_bar = not target.as_json and sys.stderr.isatty()
+    with click.progressbar(parts, label="repairing partitions", file=sys.stderr,
+                           show_pos=True) if show_bar else _plain(parts) as bar:
+        for p in bar:
+            reports.append(target.call("repair", partitions=[p]))
+    node = reports[0]["node"] if reports else (target.node or "?")
+    doc: dict[str, Any] = {"node": node, **{k: sum(r[k] for r in reports) for k in SUMMED},
+                           "seconds": round(sum(r["seconds"] for r in reports), 2),
+                           "errors": [e for r in reports for e in r["errors"]][-10:]}
+    lines = [f"repaired {node}: {doc['partitions']} partitions, {doc['pairs']} replica pairs "
+             f"({doc['pairs_skipped']} skipped: peer down) in {doc['seconds']}s",
+             f"  keys compared {doc['keys_compared']}, differing {doc['keys_differing']}, "
+             f"repaired {doc['keys_repaired']} (corrupt copies fixed {doc['corrupt_fixed']})",
+             f"  sent {_size(doc['bytes_sent'])}, received {_size(doc['bytes_exchanged'])} "
+             f"of tree nodes and digests"]
+    lines += [f"  error: {e}" for e in doc["errors"]]
+    target.show(doc, lines)
+    if doc["error_count"]:
+        raise SystemExit(1)
+
+
 class _plain:
     """A context manager standing in for the progress bar off a terminal."""
 
-    def __init__(self, items: list[dict[str, Any]]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self.items = items
 
-    def __enter__(self) -> list[dict[str, Any]]:
+    def __enter__(self) -> list[Any]:
         return self.items
 
     def __exit__(self, *exc: object) -> None:

@@ -217,6 +217,25 @@ class Admin:
         flushed = await self.cmd_flush(payload)
         return {**flushed, "state": "draining"}
 
+    async def cmd_repair(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Anti-entropy now, for ``partitions`` (a list) or ``partition``, or
+        every partition this node replicates."""
+        node = self.node
+        parts = payload.get("partitions")
+        if parts is None and payload.get("partition") is not None:
+            parts = [self._partition(payload)]
+        if parts is not None:
+            if not isinstance(parts, list):
+                raise AdminError("partitions must be a list")
+            parts = [self._partition({"partition": p}) for p in parts]
+        report = await node.anti_entropy.repair(parts)
+        return {"node": node.id, **report.as_dict()}
+
+    async def cmd_repair_plan(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The partitions ``repair`` would cover (the CLI repairs them one by
+        one to show progress)."""
+        return {"node": self.node.id, "partitions": self.node.anti_entropy.primary_partitions()}
+
     async def cmd_hints(self, payload: dict[str, Any]) -> dict[str, Any]:
         node = self.node
         now_ms = int(time.time() * 1000)

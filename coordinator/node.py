@@ -34,6 +34,7 @@ from typing import Any
 from coordinator import files, quorum, report
 from coordinator import ring as ringmod
 from coordinator.admin import ADMIN_TIMEOUT_S, Admin
+from coordinator.anti_entropy import AntiEntropy
 from coordinator.commands import Command
 from coordinator.config import NodeConfig
 from coordinator.datapath import DataPath
@@ -88,6 +89,9 @@ class Node:
         self.timeout_s = config.request_timeout_ms / 1000
         self.data = DataPath(self, self.timeout_s)
         self.handoff = Handoff(self, config)
+        self.anti_entropy = AntiEntropy(
+            self, interval_s=config.aae_interval_s, sibling_cap=self.sibling_cap
+        )
         self.client_server = ClientServer(config, self)
         self.peer_server = PeerServer(
             config.id, self.secret, self._on_peer, bind=config.bind, port=config.peer_port,
@@ -138,6 +142,7 @@ class Node:
         if self.ring is None:
             await self._form()
         self._own(self.handoff.run(), "handoff")
+        self._own(self.anti_entropy.run(), "anti-entropy")
         self._own(self._stats_loop(), "stats")
         if self.config.metrics_port:
             self.metrics.serve(self.config.bind, self.config.metrics_port)
@@ -283,10 +288,14 @@ class Node:
         self._plans.clear()
 
     def last_repair_ms(self) -> int:
-        return 0
+        return self.anti_entropy.last_repair_ms
 
     def repair_figures(self) -> dict[str, int]:
-        return {}
+        """Counters of every repair since start (background and on demand)."""
+        t = self.anti_entropy.total
+        return {"partitions": t.partitions, "keys_compared": t.keys_compared,
+                "keys_repaired": t.keys_repaired, "bytes_sent": t.bytes_sent,
+                "corrupt_fixed": t.corrupt_fixed, "errors": t.error_count}
 
     def next_hlc(self) -> int:
         return self.hlc.now()
@@ -397,7 +406,11 @@ class Node:
             return m.Reply(m.Status.OK, {"workers": self.local_stats})
         if isinstance(request, m.Admin):
             return await self.admin.handle(request.payload)
-        slow = isinstance(request, m.DropPartition | m.Compact | m.Flush)
+        # Disk work, not requests: drops, compactions, and anti-entropy tree
+        # requests that may scan a whole partition.
+        slow = isinstance(
+            request, m.DropPartition | m.Compact | m.Flush | m.TreeLevel | m.BucketDigests
+        )
         return await self.local(request, ADMIN_TIMEOUT_S if slow else self.timeout_s)
 
     # -- node-level commands --------------------------------------------------

@@ -18,8 +18,9 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
+from shardserver.aae import ScanAborted
 from shardserver.admission import ConnSlots
-from shardserver.protocol import codec, messages
+from shardserver.protocol import codec, merkle, messages
 from shardserver.protocol import versions as vs
 from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.versions import VersionFormatError
@@ -47,7 +48,7 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
         return Status.READ_ONLY, str(exc)
     if isinstance(exc, PartitionNotServedError):
         return Status.NOT_SERVED, str(exc)
-    if isinstance(exc, PartitionDroppingError):
+    if isinstance(exc, PartitionDroppingError | ScanAborted):
         return Status.UNAVAILABLE, str(exc)
     if isinstance(exc, BadRequestError | InvalidArgumentError):
         return Status.BAD_REQUEST, str(exc)
@@ -253,6 +254,17 @@ def dispatch(store: ShardStore, req: Request) -> Call:
     if isinstance(req, messages.SetPartitions):
         sp = req
         return lambda: store.set_partitions(sp.partitions)
+    if isinstance(req, messages.TreeLevel):
+        tl = req
+        return lambda: merkle.pack_nodes(store.tree_level(tl.partition, tl.depth, tl.indices))
+    if isinstance(req, messages.BucketDigests):
+        bd = req
+        return lambda: [[k, d] for k, d in store.bucket_digests(bd.partition, bd.buckets)]
+    if isinstance(req, messages.ReplicaRepairSet):
+        rs = req
+        return lambda: vs.encode_siblings(
+            store.repair_set(rs.partition, rs.key, rs.siblings).siblings
+        )
     raise BadRequestError(f"unexpected request {type(req).__name__}")
 
 

@@ -6,7 +6,8 @@ Writes are read-merge-write: the stored set is read, the incoming version is
 merged (``merge`` for context writes, ``apply_lww`` for plain ones) and the
 result written back. Striped locks serialize writers of one key while
 writers of different keys proceed together, so that with ``fsync="always"``
-their syncs can share one group commit.
+their syncs can share one group commit. Every write also keeps the
+partition's Merkle tree current (``shardserver.aae``, anti-entropy).
 
 Deletion is compaction's job (``ShardCompactionFilter``): sibling sets that
 are only tombstones older than ``tombstone_grace`` vanish, and so do entries
@@ -28,6 +29,7 @@ from typing import Any, Literal
 from lsm.batch import WriteBatch
 from lsm.db import DB
 from lsm.options import Options
+from shardserver.aae import PartitionTrees, stored_digest, without_conflicts
 from shardserver.layout import (
     DEFAULT_TOMBSTONE_GRACE_MS,
     MAX_KEY_BYTES,
@@ -116,6 +118,8 @@ class ShardStore:
         self._held: frozenset[int] | None = None
         self._dropping: set[int] = set()
         self._counters = _Counters()
+        #: Merkle trees for anti-entropy, kept current by ``_apply``.
+        self.trees = PartitionTrees(self.scan_raw)
         self.refresh_filter()
 
     @classmethod
@@ -155,6 +159,8 @@ class ShardStore:
                 self._check(p)
         with self._meta:
             self._held = new
+        if new is not None:
+            self.trees.retain(new)
         self.refresh_filter()
 
     def _claim_for_write(self, partition: int) -> None:
@@ -207,6 +213,7 @@ class ShardStore:
             self._compact_filtered(start, end)
             self._counters.add("partitions_dropped", len(parts))
         finally:
+            self.trees.drop(parts)
             with self._meta:
                 self._dropping.difference_update(parts)
 
@@ -255,9 +262,31 @@ class ShardStore:
         return self.write_many([WriteOp(partition, key, version, mode)])[0]
 
     def write_set(self, partition: int, key: bytes, siblings: SiblingSet) -> WriteResult:
-        """Merge a whole sibling set (handoff, read repair, anti-entropy)."""
-        return self._apply([(partition, key, lambda cur: versions.merge_sets(cur, siblings,
-                                                                             self.sibling_cap))])[0]
+        """Merge a whole sibling set (handoff, read repair, anti-entropy). A
+        version with the identity ``(hlc, actor)`` of a stored one but another
+        value is refused: one copy is corrupt, and keeping both as siblings
+        would spread it (docs/anti-entropy.md)."""
+        return self._merge_set(partition, key, siblings, stored_wins=True)
+
+    def repair_set(self, partition: int, key: bytes, siblings: SiblingSet) -> WriteResult:
+        """Like ``write_set``, but on such a conflict the incoming copy wins:
+        anti-entropy found the stored one corrupt by a vote of the replicas."""
+        return self._merge_set(partition, key, siblings, stored_wins=False)
+
+    def _merge_set(
+        self, partition: int, key: bytes, siblings: SiblingSet, stored_wins: bool
+    ) -> WriteResult:
+        def merge(cur: SiblingSet) -> versions.MergeResult:
+            if stored_wins:
+                kept, incoming = cur, without_conflicts(cur, siblings)
+            else:
+                kept, incoming = without_conflicts(siblings, cur), siblings
+            dropped = len(cur) + len(siblings) - len(kept) - len(incoming)
+            if dropped:
+                self._counters.add("identity_conflicts", dropped)
+            return versions.merge_sets(kept, incoming, self.sibling_cap)
+
+        return self._apply([(partition, key, merge)])[0]
 
     def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Apply several versions as one engine batch (one WAL record, one
@@ -285,18 +314,23 @@ class ShardStore:
             self._check(partition, key)
         for partition in {p for p, _, _ in steps}:
             self._claim_for_write(partition)
-        skeys = [storage_key(p, k) for p, k, _ in steps]
-        stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in skeys})  # fixed order: no deadlock
+        keys = {storage_key(p, k): (p, k) for p, k, _ in steps}
+        stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in keys})  # fixed order: no deadlock
         results: list[WriteResult] = []
         with ExitStack() as stack:
             for i in stripes:
                 stack.enter_context(self._stripes[i])
+            # Still under the key locks: the trees learn which keys are in
+            # flight before the engine write and their (old, new) after it.
+            seen = stack.enter_context(self.trees.writing(keys))
             current: dict[bytes, SiblingSet] = {}
             batch = WriteBatch()
             dirty: dict[bytes, SiblingSet] = {}
-            for skey, (_, _, fn) in zip(skeys, steps, strict=True):
+            for p, key, fn in steps:
+                skey = storage_key(p, key)
                 if skey not in current:
                     raw = self.db.get(skey)
+                    seen[skey] = (raw, raw)
                     current[skey] = () if raw is None else versions.decode_siblings(raw)
                 before = current[skey]
                 merged = fn(before)
@@ -306,7 +340,9 @@ class ShardStore:
                     dirty[skey] = merged.siblings
                 results.append(WriteResult(merged.siblings, changed, merged.dropped_by_cap))
             for skey, siblings in dirty.items():
-                batch.put(skey, versions.encode_siblings(siblings))
+                new = versions.encode_siblings(siblings)
+                seen[skey] = (seen[skey][0], new)
+                batch.put(skey, new)
             if len(batch):
                 self.db.write(batch)
             elif self.db.options.fsync == "always":
@@ -318,6 +354,24 @@ class ShardStore:
         self._counters.add("writes_unchanged", sum(1 for r in results if not r.changed))
         self._counters.add("siblings_dropped_by_cap", sum(r.dropped_by_cap for r in results))
         return results
+
+    # -- anti-entropy ------------------------------------------------------------
+    def tree_level(self, partition: int, depth: int, indices: Sequence[int]) -> list[int]:
+        """Merkle node values of ``partition`` (built by a scan if missing)."""
+        self._check(partition)
+        return self.trees.levels(partition, depth, indices)
+
+    def bucket_digests(self, partition: int, buckets: Sequence[int]) -> list[tuple[bytes, bytes]]:
+        """``(key, digest)`` of the keys in those leaf buckets, except sets of
+        tombstones past their grace: compaction is about to drop them, and
+        pushing them to a replica that already did would bring them back."""
+        self._check(partition)
+        now = self._clock_ms()
+        return [
+            (key, stored_digest(raw))
+            for key, raw in self.trees.bucket_values(partition, buckets)
+            if versions.gc_tombstones(versions.decode_siblings(raw), now, self.grace_ms)
+        ]
 
     # -- maintenance -------------------------------------------------------------
     def flush(self) -> None:
@@ -344,5 +398,6 @@ class ShardStore:
             "held": None if held is None else sorted(held),
             "tombstone_grace_ms": self.grace_ms,
             "store": dict(self._counters.values),
+            "aae": self.trees.stats(),
             "engine": self.db.stats(),
         }

@@ -29,13 +29,15 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shardserver.protocol import codec
+from shardserver.protocol import codec, merkle
 from shardserver.protocol.messages import (
+    BucketDigests,
     Compact,
     DropPartition,
     Flush,
     Ping,
     ReplicaRead,
+    ReplicaRepairSet,
     ReplicaWrite,
     ReplicaWriteSet,
     Reply,
@@ -44,6 +46,7 @@ from shardserver.protocol.messages import (
     SetPartitions,
     Stats,
     Status,
+    TreeLevel,
     WriteMode,
 )
 from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
@@ -430,3 +433,25 @@ class ShardClient:
         self, partitions: tuple[int, ...], timeout: float | None = None
     ) -> None:
         await self._ok(SetPartitions(tuple(partitions)), timeout)
+
+    # -- anti-entropy ---------------------------------------------------------------
+
+    async def tree_level(
+        self, partition: int, depth: int, indices: tuple[int, ...], timeout: float | None = None
+    ) -> list[int]:
+        """Merkle node values at ``depth`` (the worker builds the tree if needed)."""
+        payload = await self._ok(TreeLevel(partition, depth, tuple(indices)), timeout)
+        return merkle.unpack_nodes(payload)
+
+    async def bucket_digests(
+        self, partition: int, buckets: tuple[int, ...], timeout: float | None = None
+    ) -> dict[bytes, bytes]:
+        """``{key: digest}`` of the keys in those leaf buckets."""
+        payload = await self._ok(BucketDigests(partition, tuple(buckets)), timeout)
+        return {k: d for k, d in payload}
+
+    async def repair_set(
+        self, partition: int, key: bytes, siblings: SiblingSet, timeout: float | None = None
+    ) -> SiblingSet:
+        payload = await self._ok(ReplicaRepairSet(partition, key, siblings), timeout)
+        return decode_siblings(payload)

@@ -29,8 +29,8 @@ from typing import Any
 
 import msgpack
 
+from shardserver.protocol import merkle, vclock, versions
 from shardserver.protocol import messages as m
-from shardserver.protocol import vclock, versions
 from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.vclock import MAX_ACTOR_BYTES, ActorId, VersionFormatError
 
@@ -186,6 +186,8 @@ _FIELD_ENCODERS: dict[str, Callable[[Any], Any]] = {
     "version": encode_version,
     "siblings": versions.encode_siblings,
     "partitions": list,
+    "indices": list,
+    "buckets": list,
 }
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in m.OP_OF}
 
@@ -236,6 +238,36 @@ def _d_scan(a: list[Any]) -> Request:
     return m.ScanPartition(_partition(p), after, _int(limit, "scan.limit", 1, m.MAX_SCAN_LIMIT))
 
 
+def _d_repair_set(a: list[Any]) -> Request:
+    p, key, sibs = _args(a, 3, "repair_set")
+    siblings = decode_siblings(sibs, "repair_set.siblings")
+    return m.ReplicaRepairSet(_partition(p), _key(key), siblings)
+
+
+def _int_list(v: object, field: str, hi: int) -> tuple[int, ...]:
+    """1..hi+1 distinct ints in 0..hi (node indices, leaf buckets)."""
+    if not isinstance(v, list) or not 1 <= len(v) <= hi + 1:
+        raise ProtocolError(f"{field}: expected an array of 1..{hi + 1} ints")
+    out = tuple(_int(x, f"{field}[]", 0, hi) for x in v)
+    if len(set(out)) != len(out):
+        raise ProtocolError(f"{field}: duplicate entries")
+    return out
+
+
+def _d_tree_level(a: list[Any]) -> Request:
+    p, depth, indices = _args(a, 3, "tree_level")
+    d = _int(depth, "tree_level.depth", 0, merkle.DEPTH)
+    nodes = _int_list(indices, "tree_level.indices", merkle.FANOUT**d - 1)
+    return m.TreeLevel(_partition(p), d, nodes)
+
+
+def _d_bucket_digests(a: list[Any]) -> Request:
+    p, buckets = _args(a, 2, "bucket_digests")
+    return m.BucketDigests(
+        _partition(p), _int_list(buckets, "bucket_digests.buckets", merkle.LEAVES - 1)
+    )
+
+
 def _d_set_partitions(a: list[Any]) -> Request:
     (parts,) = _args(a, 1, "set_partitions")
     if not isinstance(parts, list) or len(parts) > m.MAX_PARTITION + 1:
@@ -276,6 +308,9 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "set_partitions": _d_set_partitions,
     "gossip": _d_map(m.Gossip, "gossip"),
     "admin": _d_map(m.Admin, "admin"),
+    "tree_level": _d_tree_level,
+    "bucket_digests": _d_bucket_digests,
+    "repair_set": _d_repair_set,
 }
 
 
@@ -396,7 +431,7 @@ def check_payload(request: Request, reply: Reply) -> Reply:
     p = reply.payload
     op = m.OP_OF[type(request)]
     match request:
-        case m.ReplicaWrite() | m.ReplicaWriteSet():
+        case m.ReplicaWrite() | m.ReplicaWriteSet() | m.ReplicaRepairSet():
             if not isinstance(p, bytes):
                 raise ProtocolError(f"{op} reply: expected siblings bytes, got {type(p).__name__}")
         case m.ReplicaRead():
@@ -412,6 +447,19 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _bytes(item[1], f"scan reply items[{j}].siblings", 1, DEFAULT_MAX_FRAME)
             if p.get("next") is not None:
                 _key(p["next"], "scan reply next")
+        case m.TreeLevel():
+            want = merkle.NODE_BYTES * len(request.indices)
+            if not isinstance(p, bytes) or len(p) != want:
+                raise ProtocolError(f"tree_level reply: expected {want} bytes of node values")
+        case m.BucketDigests():
+            if not isinstance(p, list):
+                raise ProtocolError("bucket_digests reply: expected [[key, digest], ...]")
+            for j, item in enumerate(p):
+                if not (isinstance(item, list) and len(item) == 2):
+                    raise ProtocolError(f"bucket_digests reply [{j}]: expected [key, digest]")
+                _key(item[0], f"bucket_digests reply [{j}].key")
+                size = versions.DIGEST_BYTES
+                _bytes(item[1], f"bucket_digests reply [{j}].digest", size, size)
         case m.Ping() | m.Stats() | m.Gossip() | m.Admin():
             if not isinstance(p, dict):
                 raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")

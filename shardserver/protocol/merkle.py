@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 FANOUT = 32
 DEPTH = 2
 LEAVES = FANOUT**DEPTH  # 1024
+#: Node values are 128-bit; on the wire each is 16 bytes, big-endian.
+NODE_BYTES = 16
 _H = struct.Struct("<QQ")
 _PERSON = b"ringkv-aae-v1"
 
@@ -83,6 +85,16 @@ class MerkleTree:
             self.levels[d][index] ^= delta
             index //= FANOUT
 
+    def patch_leaf(self, index: int, value: int) -> None:
+        """Set leaf ``index`` to ``value`` and its ancestors to match (a leaf
+        found wrong by a rescan of its bucket)."""
+        delta = self.levels[DEPTH][index] ^ value
+        if not delta:
+            return
+        for d in range(DEPTH, -1, -1):
+            self.levels[d][index] ^= delta
+            index //= FANOUT
+
     @property
     def root(self) -> int:
         return self.levels[0][0]
@@ -103,6 +115,19 @@ class MerkleTree:
         tree.levels[DEPTH] = [(hi << 64) | lo for hi, lo in _H.iter_unpack(data)]
         tree._recompute()
         return tree
+
+
+def pack_nodes(values: Iterable[int]) -> bytes:
+    """Node values as the wire carries them (msgpack ints stop at 64 bits)."""
+    return b"".join(v.to_bytes(NODE_BYTES, "big") for v in values)
+
+
+def unpack_nodes(data: bytes) -> list[int]:
+    if len(data) % NODE_BYTES:
+        raise ValueError(f"merkle nodes need a multiple of {NODE_BYTES} bytes, got {len(data)}")
+    return [
+        int.from_bytes(data[i : i + NODE_BYTES], "big") for i in range(0, len(data), NODE_BYTES)
+    ]
 
 
 def _xor(values: Iterable[int]) -> int:

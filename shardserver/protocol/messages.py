@@ -19,6 +19,9 @@ message saying what went wrong)::
     SetPartitions   None
     Gossip          plain msgpack map (peer-only; workers answer BAD_REQUEST)
     Admin           plain msgpack map (peer-only; workers answer BAD_REQUEST)
+    TreeLevel       bytes: 16 bytes (big-endian) per node asked for, in order
+    BucketDigests   [[key, digest (8 bytes)], ...] in key order
+    ReplicaRepairSet bytes: encode_siblings of the key's resulting sibling set
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ __all__ = [
     "Compact",
     "DropPartition",
     "Admin",
+    "BucketDigests",
     "Flush",
     "Gossip",
     "Ping",
     "ReplicaRead",
+    "ReplicaRepairSet",
     "ReplicaWrite",
     "ReplicaWriteSet",
     "Reply",
@@ -50,6 +55,7 @@ __all__ = [
     "SetPartitions",
     "Stats",
     "Status",
+    "TreeLevel",
     "WriteMode",
     "op_of",
 ]
@@ -170,6 +176,37 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeLevel:
+    """Anti-entropy: values of the Merkle nodes ``indices`` at ``depth`` of
+    the partition's tree (``merkle``: 0 is the root, ``DEPTH`` the leaves);
+    the worker builds the tree by a scan first if it has none."""
+
+    partition: int
+    depth: int
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketDigests:
+    """Anti-entropy: ``(key, digest)`` of every key of the partition in the
+    given leaf buckets (tombstone-only sets past their grace left out)."""
+
+    partition: int
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRepairSet:
+    """Anti-entropy's fix of a corrupt copy: merge like ``ReplicaWriteSet``,
+    except that a stored version with the identity ``(hlc, actor)`` of an
+    incoming one but another value is replaced by the incoming one."""
+
+    partition: int
+    key: bytes
+    siblings: SiblingSet
+
+
+@dataclass(frozen=True, slots=True)
 class SetPartitions:
     """The partitions this worker holds now (compaction drops the others)."""
 
@@ -189,6 +226,9 @@ Request: TypeAlias = (
     | SetPartitions
     | Gossip
     | Admin
+    | TreeLevel
+    | BucketDigests
+    | ReplicaRepairSet
 )
 
 #: Op code on the wire for each request type.
@@ -205,6 +245,9 @@ OP_OF: dict[type[Any], str] = {
     SetPartitions: "set_partitions",
     Gossip: "gossip",
     Admin: "admin",
+    TreeLevel: "tree_level",
+    BucketDigests: "bucket_digests",
+    ReplicaRepairSet: "repair_set",
 }
 OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardserver.protocol import codec
+from shardserver.protocol import codec, merkle
 from shardserver.protocol import messages as m
 from shardserver.protocol.codec import FrameDecoder, ProtocolError
 from shardserver.protocol.messages import Reply, Status
@@ -79,6 +79,17 @@ requests_st: st.SearchStrategy[m.Request] = st.one_of(
     st.builds(m.SetPartitions, st.lists(partitions, max_size=8).map(tuple)),
     st.builds(m.Gossip, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
     st.builds(m.Admin, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
+    st.integers(0, merkle.DEPTH).flatmap(lambda d: st.builds(
+        m.TreeLevel, partitions, st.just(d),
+        st.lists(st.integers(0, merkle.FANOUT**d - 1), min_size=1, max_size=40, unique=True)
+        .map(tuple),
+    )),
+    st.builds(
+        m.BucketDigests, partitions,
+        st.lists(st.integers(0, merkle.LEAVES - 1), min_size=1, max_size=40, unique=True)
+        .map(tuple),
+    ),
+    st.builds(m.ReplicaRepairSet, partitions, keys, sibling_sets),
 )
 ids = st.integers(0, (1 << 64) - 1)
 plain = st.recursive(
@@ -111,7 +122,7 @@ def test_replies_round_trip(batch: list[tuple[int, Reply]]) -> None:
 
 
 def test_every_request_type_has_an_op() -> None:
-    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 12
+    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 15
     assert m.op_of(m.ReplicaRead(1, b"k")) == "read"
 
 
@@ -207,6 +218,17 @@ GOOD_VERSION = codec.encode_version(ver())
         ([[1, "set_partitions", [[1, "2"]]]], "set_partitions.partitions"),
         ([[1, "compact", [b"x"]]], "compact.partition"),
         ([[1, "ping", [1]]], "ping: expected 0 args"),
+        ([[1, "tree_level", [1, 3, [0]]]], "tree_level.depth"),
+        ([[1, "tree_level", [1, 0, [1]]]], "tree_level.indices"),
+        ([[1, "tree_level", [1, 1, []]]], "tree_level.indices"),
+        ([[1, "tree_level", [1, 1, [3, 3]]]], "tree_level.indices: duplicate"),
+        ([[1, "tree_level", [1, 2, list(range(1025))]]], "tree_level.indices"),
+        ([[1, "tree_level", [1, 1, [True]]]], "tree_level.indices"),
+        ([[1, "bucket_digests", [1, [1024]]]], "bucket_digests.buckets"),
+        ([[1, "bucket_digests", [1, 5]]], "bucket_digests.buckets"),
+        ([[1, "bucket_digests", [1]]], "bucket_digests: expected 2 args"),
+        ([[1, "repair_set", [1, b"k", b"\x02"]]], "repair_set.siblings"),
+        ([[1, "repair_set", [1, b"", b"\x01\x90"]]], "key"),
     ],
 )
 def test_malformed_request_names_the_field(envelopes: Any, field: str) -> None:
@@ -260,6 +282,16 @@ def test_deeply_nested_payload_is_refused() -> None:
         (m.Stats(), {"keys": 1}, True),
         (m.Ping(), [], False),
         (m.Flush(), None, True),
+        (m.TreeLevel(1, 1, (0, 5)), bytes(32), True),
+        (m.TreeLevel(1, 1, (0, 5)), bytes(16), False),
+        (m.TreeLevel(1, 0, (0,)), [0], False),
+        (m.BucketDigests(1, (3,)), [[b"k", bytes(8)]], True),
+        (m.BucketDigests(1, (3,)), [], True),
+        (m.BucketDigests(1, (3,)), [[b"k", bytes(7)]], False),
+        (m.BucketDigests(1, (3,)), [[b"", bytes(8)]], False),
+        (m.BucketDigests(1, (3,)), {"k": 1}, False),
+        (m.ReplicaRepairSet(1, b"k", ()), b"\x01\x90", True),
+        (m.ReplicaRepairSet(1, b"k", ()), None, False),
     ],
 )
 def test_check_payload(request_: m.Request, payload: Any, ok: bool) -> None:

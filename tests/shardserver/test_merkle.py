@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardserver.protocol.merkle import LEAVES, MerkleTree, bucket_of, diff_leaves
+from shardserver.protocol.merkle import (
+    LEAVES,
+    MerkleTree,
+    bucket_of,
+    diff_leaves,
+    pack_nodes,
+    unpack_nodes,
+)
 
 items_st = st.dictionaries(
     st.binary(min_size=1, max_size=12), st.binary(min_size=8, max_size=8), max_size=60
@@ -50,3 +57,24 @@ def test_incremental_updates_equal_a_rebuild_and_diff_is_exact(
     # A changed bucket is missed only if its changes cancel exactly (same
     # set of (key, digest) pairs), which cannot happen for distinct pairs.
     assert set(found) == changed
+
+
+def test_patch_leaf_equals_a_build_with_that_leaf() -> None:
+    data = {b"k%d" % i: b"%08d" % i for i in range(200)}
+    tree = MerkleTree.build(data.items())
+    data[b"k3"] = b"changed!"
+    want = MerkleTree.build(data.items())
+    leaf = bucket_of(b"k3")
+    tree.patch_leaf(leaf, want.levels[-1][leaf])
+    assert tree.levels == want.levels
+    tree.patch_leaf(leaf, want.levels[-1][leaf])  # idempotent
+    assert tree.levels == want.levels
+
+
+def test_nodes_pack_to_16_bytes_each() -> None:
+    values = [0, 1, (1 << 128) - 1, 12345 << 70]
+    packed = pack_nodes(values)
+    assert len(packed) == 16 * len(values)
+    assert unpack_nodes(packed) == values
+    with pytest.raises(ValueError, match="multiple of 16"):
+        unpack_nodes(packed[:-1])

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from shardserver.protocol import merkle
 from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
-from shardserver.protocol.messages import ReplicaRead, ReplicaWrite, Status
+from shardserver.protocol.messages import BucketDigests, ReplicaRead, ReplicaWrite, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
 from shardserver.supervisor import Supervisor
@@ -165,6 +166,47 @@ def test_hung_worker_is_killed_and_restarted_and_stop_is_bounded(tmp_path: Path)
             await sup.stop(timeout_s=1.0)
             assert time.monotonic() - started < 8.0
             assert sup.pid(0) is None and sup.pid(1) is None
+
+    run(body())
+
+
+def test_two_workers_find_their_differences_through_the_tree_ops(tmp_path: Path) -> None:
+    """Two replicas of the same partitions (two supervisors): the Merkle ops
+    find exactly the keys that differ, and repair_set fixes a rotten copy."""
+
+    async def body() -> None:
+        async with supervised(tmp_path / "a") as sa, supervised(tmp_path / "b") as sb, \
+                clients(sa, timeout_s=10.0) as ca, clients(sb, timeout_s=10.0) as cb:
+            p = 3
+            wa, wb = ca[sa.worker_for(p)], cb[sb.worker_for(p)]
+            await asyncio.gather(*(
+                c.write(p, b"key%03d" % i, ver(i, b"v%d" % i), "lww")
+                for i in range(300) for c in (wa, wb)
+            ))
+            assert await wa.tree_level(p, 0, (0,)) == await wb.tree_level(p, 0, (0,))
+            good = ver(7, b"v7")
+            rotten = Version(good.clock, good.hlc, good.actor, b"rotten")
+            await wa.write(p, b"only-a", ver(1000, b"x"), "lww")
+            await wb.write(p, b"key010", ver(1001, b"newer"), "lww")
+            await wb.repair_set(p, b"key007", (rotten,))
+            assert (await wb.read(p, b"key007")) == (rotten,)
+            frontier = [0]
+            for depth in range(merkle.DEPTH + 1):
+                na = await wa.tree_level(p, depth, tuple(frontier))
+                nb = await wb.tree_level(p, depth, tuple(frontier))
+                frontier = merkle.differing(na, nb, frontier)
+                if depth < merkle.DEPTH:
+                    frontier = merkle.children(frontier)
+            changed = {b"only-a", b"key010", b"key007"}
+            assert sorted(frontier) == sorted({merkle.bucket_of(k) for k in changed})
+            da = await wa.bucket_digests(p, tuple(frontier))
+            db = await wb.bucket_digests(p, tuple(frontier))
+            assert {k for k in da.keys() | db.keys() if da.get(k) != db.get(k)} == changed
+            assert (await wb.repair_set(p, b"key007", (good,))) == (good,)
+            reply = await wa.call(BucketDigests(p, (0, 0)))
+            assert reply.status is Status.BAD_REQUEST and "duplicate" in reply.message
+            stats = await wa.stats()
+            assert stats["aae"]["trees"] >= 1 and stats["aae"]["tree_builds"] >= 1
 
     run(body())
 
