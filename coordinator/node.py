@@ -63,6 +63,7 @@ IDENTITY_FILE = "node.msgpack"
 RING_FILE = "ring.msgpack"
 STATS_INTERVAL_S = 2.0
 PLAN_TTL_S = 0.2
+WORKER_FRAME_BYTES = 16 << 20  # shardserver.worker's DEFAULT_MAX_FRAME_BYTES
 WRITES = frozenset({"SET", "DEL", "MSET", "VSET", "VDEL", "FLUSHALL", "FLUSHDB"})
 
 
@@ -122,8 +123,11 @@ class Node:
             self.ring = ringmod.decode_ring(doc.get("ring"))
         await self.pool.start()
         await self.pool.wait_ready(120)
+        # Frames from workers are held to the workers' own 16 MiB frame limit
+        # (they split bigger replies), not the 64 MiB default.
         self.local_clients = [
-            ShardClient(self.pool.socket_for(p), timeout_s=self.timeout_s)
+            ShardClient(self.pool.socket_for(p), timeout_s=self.timeout_s,
+                        max_recv_frame=WORKER_FRAME_BYTES)
             for p in self._first_partitions()
         ]
         await self.peer_server.start()

@@ -306,19 +306,8 @@ class _Connection:
         self._flush_handle = None
         replies, self._replies = self._replies, []
         if replies and not self.writer.is_closing():
-            for frame in self._encode(replies):
+            for frame in codec.encode_reply_frames(replies, self.server.max_frame):
                 self.writer.write(frame)
-
-    def _encode(self, replies: list[tuple[int, Reply]]) -> list[bytes]:
-        # The client drops the connection on a frame over its cap, so split.
-        frame = codec.encode_replies(replies)
-        if len(frame) - codec.HEADER.size <= self.server.max_frame:
-            return [frame]
-        if len(replies) == 1:
-            msg = f"reply of {len(frame)} bytes exceeds the frame limit {self.server.max_frame}"
-            return [codec.encode_replies([(replies[0][0], Reply(Status.INTERNAL, msg))])]
-        half = len(replies) // 2
-        return self._encode(replies[:half]) + self._encode(replies[half:])
 
     async def close(self) -> None:
         if self._flush_handle is not None:

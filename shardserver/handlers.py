@@ -204,7 +204,10 @@ class Connection:
         self._flush_scheduled = False
         replies, self._pending = self._pending, []
         if replies and not self.writer.is_closing():
-            self.writer.write(codec.encode_replies(replies))
+            # Split so no frame passes the limit the coordinator reads with:
+            # one client's big MGET must not cost everyone the connection.
+            for frame in codec.encode_reply_frames(replies, self.worker.config.max_frame_bytes):
+                self.writer.write(frame)
 
     async def close(self) -> None:
         for task in list(self._tasks):

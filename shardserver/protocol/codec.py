@@ -380,6 +380,25 @@ def encode_replies(replies: Iterable[tuple[int, Reply]]) -> bytes:
     return _pack_envelopes(envs)
 
 
+def encode_reply_frames(
+    replies: list[tuple[int, Reply]], max_frame: int = DEFAULT_MAX_FRAME
+) -> list[bytes]:
+    """``encode_replies`` split into frames whose payload stays within
+    ``max_frame`` (a client drops the connection on a bigger frame, failing
+    everything in flight on it); a single reply too big on its own becomes
+    INTERNAL for its id."""
+    frame = encode_replies(replies)
+    if len(frame) - HEADER.size <= max_frame:
+        return [frame]
+    if len(replies) == 1:
+        msg = f"reply of {len(frame)} bytes exceeds the frame limit {max_frame}"
+        return [encode_replies([(replies[0][0], Reply(Status.INTERNAL, msg))])]
+    half = len(replies) // 2
+    return encode_reply_frames(replies[:half], max_frame) + encode_reply_frames(
+        replies[half:], max_frame
+    )
+
+
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 

@@ -184,3 +184,17 @@ def test_dbsize_estimate_and_flushall(cluster: Cluster) -> None:
     assert r.flushall() is True
     assert r.get("f1") is None and r.mget("f2", "f3") == [None, None]
     wait_for("DBSIZE after FLUSHALL", lambda: r.dbsize() == 0, 15)
+
+
+def test_an_mget_bigger_than_a_worker_frame_is_answered(cluster: Cluster) -> None:
+    """600 values of 64 KiB: each worker's reply (~19 MiB) passes its 16 MiB
+    frame limit, so it leaves in several frames instead of breaking the
+    connection every other request shares."""
+    r = cluster.client(0, socket_timeout=120)
+    keys = [f"big-{i}" for i in range(600)]
+    for start in range(0, len(keys), 40):  # an MSET request stays under 4 MiB
+        r.mset({k: k.encode() * (65536 // len(k)) for k in keys[start:start + 40]})
+    values = r.mget(keys)
+    assert [v[:len(k)] if v else None for k, v in zip(keys, values, strict=True)] == [
+        k.encode() for k in keys
+    ]

@@ -353,3 +353,17 @@ def test_random_msgpack_structures_raise_protocol_error_or_decode(obj: Any) -> N
     _decode_anything(envelope_frame(obj))
     _decode_anything(envelope_frame([obj]))
     _decode_anything(envelope_frame([[1, "write", obj]]))
+
+
+def test_reply_frames_are_split_under_the_limit_and_decode_to_the_same_replies() -> None:
+    replies = [(i, Reply(Status.OK, bytes([i % 256]) * 3000)) for i in range(40)]
+    frames = codec.encode_reply_frames(replies, max_frame=10_000)
+    assert len(frames) > 1
+    out = []
+    for frame in frames:
+        assert len(frame) - 4 <= 10_000
+        out += codec.decode_replies(one_frame(frame))
+    assert out == replies
+    (single,) = codec.encode_reply_frames([(7, Reply(Status.OK, b"x" * 20_000))], 10_000)
+    ((rid, reply),) = codec.decode_replies(one_frame(single))
+    assert rid == 7 and reply.status is Status.INTERNAL and "frame limit" in reply.message
