@@ -74,6 +74,7 @@ def _admin_commands_work(exe: str, data: Path, port: int) -> None:
     assert admin("transfers")["running"] == []
     assert admin("flush")["flushed_workers"] == 2
     assert admin("compact", "--node", "node3")["after"]["l0_files"] == 0
+    assert admin("repair", "--node", "node2")["partitions"] == 64
     assert admin("drain", "--node", "node3")["state"] == "draining"
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port + 1000}/metrics", timeout=5)
     assert b"ringkv_requests_total" in metrics.read()
