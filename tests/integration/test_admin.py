@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -137,3 +138,17 @@ def test_metrics_move_with_the_load(cluster: Cluster, secret_file: str) -> None:
         cluster.start_node(2)
         cluster.wait_seen(2, "up")
     wait_for("hint backlog drained", lambda: scrape(cluster, 0).get(backlog, 0) == 0, 30)
+
+
+def test_repair_and_drain(cluster: Cluster, secret_file: str) -> None:
+    doc = run_json(cluster, secret_file, "repair", "--node", "n2", "--partition", "5")
+    assert doc["node"] == "n2" and doc["partitions"] == 1 and doc["error_count"] == 0
+    code, out = run(cluster, secret_file, "repair")
+    assert code == 0 and out.startswith("repaired n1: 64 partitions"), out
+    code, out = run(cluster, secret_file, "drain", "--node", "n3")
+    assert code == 0 and "n3: draining" in out
+    with pytest.raises(redis.ResponseError, match="node n3 is draining"):
+        cluster.client(2).set("d", "x")
+    # The others route around it: W=2 from n1 and n2.
+    wait_for("n1 routes around n3", lambda: cluster.client(0).set("d", "x"), 10)
+    assert cluster.client(2).get("d") == b"x"  # reads still served by n3
