@@ -28,12 +28,12 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from coordinator import ring as ringmod
+from coordinator import votes
 from coordinator.ring import NodeId, Ring
 from shardserver.protocol import merkle
 from shardserver.protocol import messages as m
@@ -59,7 +59,6 @@ MAX_ERRORS = 20
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (partitions done, partitions total)
-Identity = tuple[int, bytes]  # (hlc, actor) of a version
 
 
 class AAEHost(Protocol):
@@ -274,16 +273,16 @@ class AntiEntropy:
         """Make both sides hold the merge of their sets; True if ours changed."""
         me = self.host.id
         ours, theirs = await _both(self._read(me, p, key), self._read(peer, p, key))
-        winners: dict[Identity, bytes | None] = {}
-        conflicts = _conflicts([ours, theirs])
+        winners: dict[votes.Identity, bytes | None] = {}
+        conflicts = votes.conflicts([ours, theirs])
         if conflicts:
             copies = [ours, theirs, *await self._witnesses(p, key, (me, peer))]
-            winners, undecided = _vote(conflicts, copies)
+            winners, undecided = votes.vote(conflicts, copies)
             if undecided:
                 report.error(f"partition {p} key {key!r}: copies of one version differ and "
                              f"no majority of {len(copies)} replicas decides ({me} vs {peer})")
                 return False
-        clean = [_without_losers(s, winners) for s in (ours, theirs)]
+        clean = [votes.without_losers(s, winners) for s in (ours, theirs)]
         merged = merge_sets(clean[0], clean[1], self.sibling_cap).siblings
         size = len(key) + len(encode_siblings(merged))
         wrote = changed_me = False
@@ -343,40 +342,6 @@ class AntiEntropy:
 
 
 # -- pure helpers ------------------------------------------------------------------------
-
-
-def _conflicts(sets: Iterable[SiblingSet]) -> set[Identity]:
-    """Identities held with more than one value across ``sets``."""
-    values: dict[Identity, set[bytes | None]] = {}
-    for s in sets:
-        for v in s:
-            values.setdefault((v.hlc, v.actor), set()).add(v.value)
-    return {ident for ident, vals in values.items() if len(vals) > 1}
-
-
-def _vote(
-    conflicts: Iterable[Identity], copies: Sequence[SiblingSet]
-) -> tuple[dict[Identity, bytes | None], list[Identity]]:
-    """Per conflicting identity, the value most replicas hold (each replica
-    votes once for each value it holds); ties are undecided."""
-    winners: dict[Identity, bytes | None] = {}
-    undecided: list[Identity] = []
-    for ident in conflicts:
-        votes: Counter[bytes | None] = Counter()
-        for s in copies:
-            votes.update({v.value for v in s if (v.hlc, v.actor) == ident})
-        ranked = votes.most_common(2)
-        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-            undecided.append(ident)
-        else:
-            winners[ident] = ranked[0][0]
-    return winners, undecided
-
-
-def _without_losers(s: SiblingSet, winners: dict[Identity, bytes | None]) -> SiblingSet:
-    return tuple(
-        v for v in s if (v.hlc, v.actor) not in winners or winners[(v.hlc, v.actor)] == v.value
-    )
 
 
 def _batches(items: Sequence[T], size: int) -> list[list[T]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from coordinator import votes
 from coordinator.errors import CommandError
 from shardserver.protocol import vclock, versions
 from shardserver.protocol.vclock import ActorId, VClock
@@ -47,10 +48,20 @@ class ReadResult:
 
 
 def reconcile(answers: Mapping[str, SiblingSet | None], cap: int) -> ReadResult:
-    """Merge replica answers (``None``: the replica has no version)."""
+    """Merge replica answers (``None``: the replica has no version).
+
+    Copies of one version (same HLC and actor) with different values mean a
+    replica's copy rotted: the value most answering replicas hold wins, so a
+    GET does not hand out a rotten value the others contradict (a tie keeps
+    both, as siblings, until anti-entropy decides)."""
+    sets = [s for s in answers.values() if s]
+    bad = votes.conflicts(sets)
+    if bad:
+        winners, _ = votes.vote(bad, sets)
+        sets = [votes.without_losers(s, winners) for s in sets]
     merged: SiblingSet = ()
     dropped = 0
-    for siblings in answers.values():
+    for siblings in sets:
         if siblings:
             result = versions.merge_sets(merged, siblings, cap)
             merged, dropped = result.siblings, dropped + result.dropped_by_cap

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from coordinator import ring as ringmod
-from coordinator.anti_entropy import AntiEntropy, RepairReport, _conflicts, _vote
+from coordinator.anti_entropy import AntiEntropy, RepairReport
 from coordinator.ring import NodeId, Ring
+from coordinator.votes import conflicts, vote
 from lsm.options import Options
 from shardserver.handlers import dispatch, error_status
 from shardserver.protocol import codec
@@ -264,16 +265,16 @@ def test_background_task_repairs_round_robin_and_survives_errors(
     assert_identical(r)
 
 
-def test_vote_and_conflicts() -> None:
+def test_vote_andconflicts() -> None:
     good = ver(1, b"good")
     bad = Version(good.clock, good.hlc, good.actor, b"bad")
     dead = Version(good.clock, good.hlc, good.actor, None)
     ident = (good.hlc, good.actor)
-    assert _conflicts([(good,), (good,)]) == set()
-    assert _conflicts([(good,), (bad,)]) == {ident}
-    assert _vote({ident}, [(good,), (bad,), (good,)]) == ({ident: b"good"}, [])
-    assert _vote({ident}, [(good,), (bad,)]) == ({}, [ident])
-    assert _vote({ident}, [(good,), (dead,), (dead,), ()]) == ({ident: None}, [])
+    assert conflicts([(good,), (good,)]) == set()
+    assert conflicts([(good,), (bad,)]) == {ident}
+    assert vote({ident}, [(good,), (bad,), (good,)]) == ({ident: b"good"}, [])
+    assert vote({ident}, [(good,), (bad,)]) == ({}, [ident])
+    assert vote({ident}, [(good,), (dead,), (dead,), ()]) == ({ident: None}, [])
     report = RepairReport(keys_compared=2)
     for i in range(30):
         report.error(f"e{i}")

@@ -55,3 +55,13 @@ def test_reconcile_merges_and_names_stale_replicas() -> None:
 def test_bad_context_is_a_client_error() -> None:
     with pytest.raises(CommandError, match="ERR invalid context"):
         context_write(b"\xff garbage", A, 1, b"v")
+
+
+def test_a_rotten_copy_is_outvoted_on_read_and_a_tie_stays_visible() -> None:
+    good = plain_write(A, 1000 << 16, b"good")
+    rotten = versions.Version(good.clock, good.hlc, good.actor, b"r0tten")
+    result = reconcile({"n1": (good,), "n2": (rotten,), "n3": (good,)}, 16)
+    assert result.merged == (good,)
+    assert result.stale == ("n2",)
+    tie = reconcile({"n1": (good,), "n2": (rotten,)}, 16)
+    assert sorted(v.value for v in tie.merged if v.value) == [b"good", b"r0tten"]
