@@ -57,7 +57,7 @@ def test_strict_and_sloppy_quorums_with_nodes_killed(cluster: Cluster) -> None:
         # ... PW=3 counts primaries only, fallback or not.
         with pytest.raises(redis.ResponseError) as info:
             set_cmd(client, key, "W", "3", "PW", "3")
-        assert str(info.value).startswith("NOQUORUM needed 3 primary acks, only 2 up"), info.value
+        assert str(info.value).startswith("NOQUORUM needed 3 primary acks"), info.value
         assert f"{cluster.members[3].name} primary down" in str(info.value)
 
         cluster.kill(2)
@@ -67,7 +67,9 @@ def test_strict_and_sloppy_quorums_with_nodes_killed(cluster: Cluster) -> None:
         assert client.get(key) == b"v"
         with pytest.raises(redis.ResponseError) as info:
             set_cmd(client, key, "W", "2", "PW", "2")
-        assert str(info.value).startswith("NOQUORUM needed 2 primary acks, only 1 up"), info.value
+        # "only 1 up, nothing sent", or, if the coordinator's plan (cached for
+        # 0.2 s) still counted the second node, the same verdict after trying.
+        assert str(info.value).startswith("NOQUORUM needed 2 primary acks"), info.value
     finally:
         for i in (2, 3):
             if not cluster.members[i].running:
