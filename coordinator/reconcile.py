@@ -24,7 +24,7 @@ from shardserver.protocol.versions import SiblingSet, Version
 
 def plain_write(actor: ActorId, hlc: int, value: bytes | None) -> Version:
     """SET (value) or DEL (None) without a context."""
-    return versions.new_version_for_context(vclock.EMPTY, actor, hlc, value)
+    return versions.plain_version(actor, hlc, value)
 
 
 def context_write(context: bytes, actor: ActorId, hlc: int, value: bytes | None) -> Version:

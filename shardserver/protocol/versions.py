@@ -1,33 +1,41 @@
 """Versions and sibling sets: the pure merge rules of DESIGN §4.
 
 A stored key holds a *sibling set*: the versions no other version supersedes.
-Each version carries a vector clock (causality), an HLC timestamp and the
-writing actor (last-writer-wins order), and a value or ``None`` (tombstone).
+Each version carries a vector clock, an HLC timestamp and the writing actor,
+and a value or ``None`` (tombstone). As in dotted version vectors (Riak
+2.0), the clock is the *context* the writer saw, and ``(actor, hlc)`` is the
+version's own *dot*: ``x`` supersedes ``y`` when ``x``'s context covers
+``y``'s context and dot (:func:`supersedes`). Counting the writer's own
+entry in the clock instead would let a second VSET through the same
+coordinator with the same context replace the first, an acknowledged write
+lost; with dots both stay as siblings.
 Shard workers and the coordinator share these functions, so a replica write,
 read reconciliation, read repair, hinted handoff and anti-entropy all agree.
 
 Two kinds of write
 ------------------
-*Context writes* (VSET/VDEL) go through ``merge``: a version whose clock is
-dominated by another version's clock is dropped; concurrent versions are all
-kept as siblings (past ``cap`` the oldest by ``(hlc, actor)`` are dropped and
-counted). ``merge`` is a join: folding the same versions in any order, any
-grouping and with repeats gives the same set, as long as the cap does not
-bind (the cap forgets versions, so it cannot be order-free).
+*Context writes* (VSET/VDEL) go through ``merge``: a version another one
+supersedes is dropped; concurrent versions are all kept as siblings (past
+``cap`` the oldest by ``(hlc, actor)`` are dropped and counted). ``merge``
+is a join: folding the same versions in any order, any grouping and with
+repeats gives the same set, as long as the cap does not bind (the cap
+forgets versions, so it cannot be order-free).
 
 *Plain writes* (SET/DEL) go through ``apply_lww``. The coordinator builds
-their clock without a read, as ``new_version_for_context(EMPTY, actor, hlc,
-value)``, i.e. ``{actor: hlc}``. The replica rule is:
+them without a read (:func:`plain_version`): context ``{actor: hlc - 1}``,
+so a coordinator's later plain write supersedes its earlier ones. The
+replica rule is:
 
-1. If an existing version's clock descends the incoming clock, the write is
-   already reflected or causally obsolete: no change. This makes redelivery
+1. If an existing version supersedes the incoming one (or is it), the write
+   is already reflected or causally obsolete: no change. This makes redelivery
    (retries, handoff) idempotent, and a VSET whose context saw the write wins
    over it even if skewed clocks gave the VSET a smaller HLC.
 2. Else, if an existing version has a greater ``(hlc, actor)`` and the
-   incoming clock does not dominate it, the write lost the LWW race here:
+   incoming write does not supersede it, the write lost the LWW race here:
    no change. (GET would never have shown it.)
 3. Else the incoming write supersedes everything: the set becomes that one
-   version, with its clock merged with every clock it replaced. Absorbing the
+   version, its context merged with the history (context and dot) of every
+   version it replaced. Absorbing the
    clocks is what makes the supersession stick: when anti-entropy or read
    repair later ``merge``s in a copy from a replica that still holds a
    replaced version, the stored version dominates it and it stays gone.
@@ -69,7 +77,6 @@ from shardserver.protocol.vclock import (
     EMPTY,
     MAX_ACTOR_BYTES,
     ActorId,
-    Order,
     VClock,
     VersionFormatError,
 )
@@ -83,6 +90,8 @@ __all__ = [
     "VersionFormatError",
     "apply_lww",
     "context_of",
+    "plain_version",
+    "supersedes",
     "decode_siblings",
     "digest",
     "encode_siblings",
@@ -156,21 +165,36 @@ def _apply_cap(versions: list[Version] | SiblingSet, cap: int) -> MergeResult:
     return MergeResult(ordered, 0)
 
 
-def merge(siblings: SiblingSet, incoming: Version, cap: int = DEFAULT_SIBLING_CAP) -> MergeResult:
-    """Merge ``incoming`` into a sibling set by vector clock.
+def _full(v: Version) -> VClock:
+    """``v``'s causal history including its own write (its dot)."""
+    return vclock.merge(v.clock, VClock.of({v.actor: v.hlc}))
 
-    ``siblings`` must be a sibling set (no member dominates another), as every
-    function here returns; that lets one pass over it suffice.
+
+def supersedes(x: Version, y: Version) -> bool:
+    """``x`` replaces ``y``: the context ``x`` was written with covers all of
+    ``y``, ``y``'s own write included (dotted version vectors, as Riak 2.0).
+
+    A version's clock is the context its writer saw, not counting its own
+    write; its dot is ``(actor, hlc)``. So two VSETs through one coordinator
+    with the same context do not supersede each other: neither context saw
+    the other's dot, and both stay as siblings (with clocks that include the
+    writer's own entry, the later one would have replaced the earlier).
+    The second condition keeps the relation strict on malformed input.
+    """
+    return vclock.descends(x.clock, _full(y)) and not vclock.descends(y.clock, _full(x))
+
+
+def merge(siblings: SiblingSet, incoming: Version, cap: int = DEFAULT_SIBLING_CAP) -> MergeResult:
+    """Merge ``incoming`` into a sibling set (:func:`supersedes`).
+
+    ``siblings`` must be a sibling set (no member supersedes another), as
+    every function here returns; that lets one pass over it suffice.
     """
     kept: list[Version] = []
     for s in siblings:
-        if s == incoming:
+        if s == incoming or supersedes(s, incoming):
             return _apply_cap(siblings, cap)
-        order = vclock.compare(s.clock, incoming.clock)
-        if order is Order.AFTER:
-            # In an antichain nothing else can be dominated by incoming here.
-            return _apply_cap(siblings, cap)
-        if order is not Order.BEFORE:
+        if not supersedes(incoming, s):
             kept.append(s)
     kept.append(incoming)
     return _apply_cap(kept, cap)
@@ -199,12 +223,11 @@ def apply_lww(
     """
     key = incoming.lww_key()
     for s in siblings:
-        order = vclock.compare(s.clock, incoming.clock)
-        if order is Order.AFTER or order is Order.EQUAL:
+        if s == incoming or supersedes(s, incoming):
             return _apply_cap(siblings, cap)  # rule 1: already reflected
-        if order is Order.CONCURRENT and s.lww_key() > key:
+        if not supersedes(incoming, s) and s.lww_key() > key:
             return _apply_cap(siblings, cap)  # rule 2: lost the LWW race
-    clock = vclock.merge_all([incoming.clock, *(s.clock for s in siblings)])
+    clock = vclock.merge_all([incoming.clock, *(_full(s) for s in siblings)])
     return MergeResult((replace(incoming, clock=clock),), 0)
 
 
@@ -222,15 +245,32 @@ def visible_value(siblings: SiblingSet) -> bytes | None:
 
 
 def context_of(siblings: SiblingSet) -> VClock:
-    """Context a VGET hands out: the merge of every sibling's clock."""
-    return vclock.merge_all(s.clock for s in siblings)
+    """Context a VGET hands out: every sibling's history, its dot included."""
+    return vclock.merge_all(_full(s) for s in siblings)
 
 
 def new_version_for_context(
     context: VClock, actor: ActorId, hlc: int, value: bytes | None
 ) -> Version:
-    """A write by ``actor`` at ``hlc`` that supersedes exactly ``context``."""
-    return Version(clock=vclock.increment(context, actor, hlc), hlc=hlc, actor=actor, value=value)
+    """A write by ``actor`` at ``hlc`` that supersedes exactly ``context``.
+
+    Its clock is the context itself; its dot ``(actor, hlc)`` must lie
+    beyond what the context saw of ``actor`` (an actor whose HLC went
+    backwards across a restart is moved past it).
+    """
+    hlc = max(hlc, context.get(actor) + 1)
+    return Version(clock=context, hlc=hlc, actor=actor, value=value)
+
+
+def plain_version(actor: ActorId, hlc: int, value: bytes | None) -> Version:
+    """A plain SET/DEL (no read, no context). Its context claims only the
+    writer's own earlier writes (``{actor: hlc - 1}``): last-writer-wins
+    means a later plain write of one coordinator replaces its earlier ones
+    wherever they meet (read repair, anti-entropy), while a VSET, whose
+    context is what its client saw, never claims the writer's other writes.
+    """
+    context = VClock.of({actor: hlc - 1}) if hlc > 1 else vclock.EMPTY
+    return new_version_for_context(context, actor, hlc, value)
 
 
 def gc_tombstones(siblings: SiblingSet, now_ms: int, grace_ms: int) -> SiblingSet:

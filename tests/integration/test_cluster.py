@@ -198,3 +198,12 @@ def test_an_mget_bigger_than_a_worker_frame_is_answered(cluster: Cluster) -> Non
     assert [v[:len(k)] if v else None for k, v in zip(keys, values, strict=True)] == [
         k.encode() for k in keys
     ]
+
+
+def test_two_vsets_through_one_node_with_one_context_are_both_kept(cluster: Cluster) -> None:
+    r = cluster.client(1)
+    ctx, *_ = r.execute_command("VGET", "one-node-sib")  # type: ignore[no-untyped-call]
+    assert r.execute_command("VSET", "one-node-sib", ctx, "first") == b"OK"  # type: ignore[no-untyped-call]
+    assert r.execute_command("VSET", "one-node-sib", ctx, "second") == b"OK"  # type: ignore[no-untyped-call]
+    _, *values = cluster.client(0).execute_command("VGET", "one-node-sib")  # type: ignore[no-untyped-call]
+    assert sorted(values) == [b"first", b"second"]

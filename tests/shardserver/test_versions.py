@@ -26,6 +26,7 @@ from shardserver.protocol.versions import (
     merge,
     merge_sets,
     new_version_for_context,
+    supersedes,
     visible_value,
 )
 from tests.shardserver.strategies import A, B, C, D, actors_st, clocks
@@ -47,8 +48,8 @@ def fold(versions: list[Version] | SiblingSet, cap: int = BIG_CAP) -> SiblingSet
 
 
 def maximal(versions: list[Version]) -> set[Version]:
-    """Reference model: the distinct versions no other version dominates."""
-    return {v for v in versions if not any(vclock.dominates(w.clock, v.clock) for w in versions)}
+    """Reference model: the distinct versions no other version supersedes."""
+    return {v for v in versions if not any(supersedes(w, v) for w in versions)}
 
 
 def v(clock: dict[ActorId, int], hlc: int, actor: ActorId, value: bytes | None) -> Version:
@@ -72,7 +73,22 @@ def test_concurrent_versions_become_siblings() -> None:
     assert result.siblings == (y, x)  # canonical order: by (hlc, actor)
     assert lww_winner(result.siblings) == x
     assert visible_value(result.siblings) == b"x"
-    assert context_of(result.siblings) == VClock.of({A: 1, B: 1})
+    # The context covers each sibling's history and its own write (dot).
+    assert context_of(result.siblings) == VClock.of({A: 5, B: 3})
+
+
+def test_two_writes_through_one_coordinator_with_one_context_stay_siblings() -> None:
+    """The lost update that clocks with the writer's own entry caused: the
+    second VSET's clock {A: 9} covered the first's {A: 7}, so the first
+    (acknowledged) write vanished. With dots, neither context saw the
+    other's write."""
+    seen = context_of((v({}, 3, B, b"base"),))
+    first = new_version_for_context(seen, A, 7, b"left")
+    second = new_version_for_context(seen, A, 9, b"right")
+    both = merge(merge((), first).siblings, second).siblings
+    assert sorted(x.value for x in both if x.value) == [b"left", b"right"]
+    merged = new_version_for_context(context_of(both), A, 11, b"both")
+    assert merge(both, merged).siblings == (merged,)
 
 
 def test_identical_version_is_deduplicated() -> None:
@@ -205,7 +221,8 @@ def test_plain_set_supersedes_older_siblings_and_absorbs_their_clocks() -> None:
     y = v({B: 11}, 11, B, b"y")
     s = plain(C, 20, b"s")
     result = apply_lww((x, y), s)
-    assert result == MergeResult((Version(VClock.of({A: 10, B: 11, C: 20}), 20, C, b"s"),), 0)
+    # Its clock absorbs what it replaced (their writes included), not its own dot.
+    assert result == MergeResult((Version(VClock.of({A: 10, B: 11}), 20, C, b"s"),), 0)
     # Anti-entropy from a replica that still holds x: x stays superseded.
     assert merge_sets(result.siblings, (x,)).siblings == result.siblings
 
