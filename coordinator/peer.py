@@ -108,11 +108,14 @@ async def open_peer(
     Raises OSError when it cannot connect (ConnectionError when the server
     closes or does not speak the handshake), PeerAuthError when refused (the
     message includes the server's reason), TimeoutError on a stalled handshake.
+    ``source`` is the local address to connect from (a node's bind address,
+    so peers and firewall rules see which node connects).
     """
     where = f"{host}:{port}"
+    local = None if source is None else (source, 0)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=_READ_CHUNK), timeout_s
+            asyncio.open_connection(host, port, limit=_READ_CHUNK, local_addr=local), timeout_s
         )
     except TimeoutError:
         raise TimeoutError(f"connecting to peer {where} took over {timeout_s}s") from None

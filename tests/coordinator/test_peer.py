@@ -309,3 +309,25 @@ def test_stalled_handshakes_time_out_and_extra_connections_are_closed() -> None:
 def test_peer_client_rejects_a_malformed_address(bad: str) -> None:
     with pytest.raises(ValueError, match="host:port"):
         peer_client(bad, "n2", SECRET)
+
+
+def test_a_peer_connects_from_the_source_address_it_is_given() -> None:
+    async def body() -> None:
+        seen: list[str] = []
+
+        async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            seen.append(w.get_extra_info("peername")[0])
+            w.close()
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with contextlib.suppress(OSError, PeerAuthError, TimeoutError):
+                await open_peer("127.0.0.1", port, "n2", SECRET, 2.0, source="127.0.0.7")
+            await eventually(lambda: bool(seen))
+            assert seen == ["127.0.0.7"]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(body())
