@@ -30,7 +30,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import harness
+
+from cli.serve import ping_port
+from tests.cluster import port_block
 
 TESTS = ("SET", "GET")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -114,36 +116,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- processes ---------------------------------------------------------------------
-def free_base_port(span: int, offsets: tuple[int, ...] = (0,)) -> int:
-    """A port P with P+o..P+o+span-1 free on 127.0.0.1 right now, for each
-    offset o."""
-    for _ in range(200):
-        base = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
-        ports = [base + o + i for o in offsets for i in range(span)]
-        socks: list[socket.socket] = []
-        try:
-            for port in ports:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range found")
-
-
-def ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def children(pid: int) -> list[int]:
     out: list[int] = []
     with contextlib.suppress(OSError):
@@ -219,13 +191,13 @@ def started(target: Target, args: argparse.Namespace,
     data = os.path.join(scratch, target.key)
     os.makedirs(data)
     if target.key == "redis":
-        port = free_base_port(1)
+        port = port_block(1, (0,))
         cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                "--dir", data, "--daemonize", "no"]
     else:
         nodes = 3 if target.key == "cluster" else 1
-        port = free_base_port(nodes, (0, 1000, 10000))  # clients, metrics, peers
+        port = port_block(nodes, (0, 1000, 10000))  # clients, metrics, peers
         cmd = [sys.executable, "-m", "cli", "up", "--nodes", str(nodes), "--n", str(nodes),
                "--data", os.path.join(data, "d"), "--port", str(port),
                "--workers", str(args.workers)]
@@ -237,7 +209,7 @@ def started(target: Target, args: argparse.Namespace,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while not (ping(port) if target.key == "redis" else _says_up(log_path)):
+        while not (ping_port(port) if target.key == "redis" else _says_up(log_path)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 with open(log_path, encoding="utf-8", errors="replace") as f:
                     tail = f.read()[-2000:]

@@ -179,7 +179,8 @@ def _check_free(ports: list[int]) -> None:
                 ) from None
 
 
-def _ping(port: int) -> bool:
+def ping_port(port: int) -> bool:
+    """True if a Redis-protocol server on 127.0.0.1:``port`` answers PING."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
@@ -286,7 +287,7 @@ def _wait_up(
                     raise click.ClickException(
                         f"node{i + 1} exited with {p.returncode}: {_last_line(logs[i])} "
                         f"(log: {logs[i]})")
-            ready = sum(1 for i in range(nodes) if _ping(port + i))
+            ready = sum(1 for i in range(nodes) if ping_port(port + i))
             if ready == nodes and all(_nodes_up(port + i) == nodes for i in range(nodes)):
                 bar.update(nodes - max(shown, 0))
                 return
