@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
@@ -129,9 +131,7 @@ def compact(target: Target, partition: int | None) -> None:
         workers = target.call("status")["workers"]
         steps = [{"worker": i} for i in range(workers)]
     reports = []
-    show_bar = not target.as_json and sys.stderr.isatty()
-    with click.progressbar(steps, label="compacting", file=sys.stderr,
-                           show_pos=True) if show_bar else _plain(steps) as bar:
+    with _progress(target, steps, "compacting") as bar:
         for step in bar:
             reports.append(target.call("compact", **step))
     doc = {"node": reports[0]["node"], "partition": partition, "steps": len(reports),
@@ -163,9 +163,7 @@ def repair(target: Target, partition: int | None) -> None:
     else:
         parts = target.call("repair_plan")["partitions"]
     reports = []
-    show_bar = not target.as_json and sys.stderr.isatty()
-    with click.progressbar(parts, label="repairing partitions", file=sys.stderr,
-                           show_pos=True) if show_bar else _plain(parts) as bar:
+    with _progress(target, parts, "repairing partitions") as bar:
         for p in bar:
             reports.append(target.call("repair", partitions=[p]))
     node = reports[0]["node"] if reports else (target.node or "?")
@@ -184,14 +182,11 @@ def repair(target: Target, partition: int | None) -> None:
         raise SystemExit(1)
 
 
-class _plain:
-    """A context manager standing in for the progress bar off a terminal."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __enter__(self) -> list[Any]:
-        return self.items
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+@contextlib.contextmanager
+def _progress(target: Target, items: list[Any], label: str) -> Iterator[Iterable[Any]]:
+    """A progress bar on stderr when it is a terminal (and not --json)."""
+    if target.as_json or not sys.stderr.isatty():
+        yield items
+        return
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar
