@@ -11,12 +11,23 @@ primaries) with the merge of what came back. Every reply, also those that
 arrive after the client's answer, is kept until the request timeout; then
 replicas whose answer lacked something get the merged set (read repair,
 rate-limited by a token bucket).
+
+Context writes (VSET, VDEL) of one key through this coordinator reach each
+replica in the order of their dots: a call to a replica waits until the
+previous context write's call of that key to the same replica has ended
+(answered, failed, or given up). In a context, a dot ``(actor, hlc)`` stands
+for every earlier dot of that actor, so a replica must never hold a later
+dot of ours without the earlier ones: it could hand the later one alone to
+a reader, whose next write would then cover, and drop, an acknowledged
+write nobody saw (found by the fault harness). The client is not held
+back: the quorum is counted as the calls end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -148,6 +159,37 @@ class Round:
             fut.cancel()
 
 
+def send_after(
+    before: asyncio.Future[Any], send: Callable[[], asyncio.Future[ShardReply]]
+) -> asyncio.Future[ShardReply]:
+    """``send()`` once ``before`` has ended (at once if it has), as one
+    future: its outcome is the call's; cancelling it before the call went
+    out means the call never goes out, after that it cancels the call."""
+    if before.done():
+        return send()
+    out: asyncio.Future[ShardReply] = asyncio.get_running_loop().create_future()
+
+    def copy(call: asyncio.Future[ShardReply]) -> None:
+        if out.done():
+            return
+        if call.cancelled():
+            out.cancel()
+        elif (exc := call.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(call.result())
+
+    def go(_: object) -> None:
+        if out.done():  # given up while waiting: never sent
+            return
+        call = send()
+        call.add_done_callback(copy)
+        out.add_done_callback(lambda _: call.cancel())
+
+    before.add_done_callback(go)
+    return out
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -160,6 +202,8 @@ class DataPath:
         self.stats = DataStats()
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
+        # key -> the calls, by replica, of the last context write of that key
+        self._context_calls: dict[bytes, dict[NodeId, asyncio.Future[ShardReply]]] = {}
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -258,9 +302,19 @@ class DataPath:
         actor, hlc = self.cluster.actor, self.cluster.next_hlc()
         if lww:
             version = reconcile.plain_write(actor, hlc, value)
-        else:
-            version = reconcile.context_write(context or b"", actor, hlc, value)
-        await self._replicate(key, version, "lww" if lww else "merge", levels)
+            await self._finish_write(self._start_write(key, version, "lww", levels))
+            return version
+        version = reconcile.context_write(context or b"", actor, hlc, value)
+        rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
+        calls = {t.node: fut for fut, t in rnd.calls.items()}
+        self._context_calls[key] = calls
+
+        def forget(_: object) -> None:
+            if self._context_calls.get(key) is calls:
+                del self._context_calls[key]
+
+        rnd.finished.add_done_callback(forget)
+        await self._finish_write(rnd)
         return version
 
     async def delete(self, key: bytes, levels: Consistency) -> int:
@@ -275,9 +329,13 @@ class DataPath:
         await self.write(key, None, levels, lww=True)
         return 0 if before is not None and reconcile.get_reply(before) is None else 1
 
-    async def _replicate(
-        self, key: bytes, version: Version, mode: str, levels: Consistency
-    ) -> None:
+    def _start_write(
+        self, key: bytes, version: Version, mode: str, levels: Consistency,
+        after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
+    ) -> Round:
+        """Send ``version`` to the plan's targets (to a node in ``after``
+        once that call has ended), or raise NOQUORUM with nothing sent when
+        too few are up."""
         self.stats.writes += 1
         partition, p = self.cluster.plan_for(key)
         tally = write_tally(p, levels.w or 1, levels.pw or 0)
@@ -290,19 +348,33 @@ class DataPath:
             return ReplicaWrite(partition, key, version, mode, hint)  # type: ignore[arg-type]
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
-        rnd = self._send(p, tally, request)
+        return self._send(p, tally, request, after)
+
+    async def _finish_write(self, rnd: Round) -> None:
+        """Until W acks (PW primaries) or the answer that they will not come."""
+        tally = rnd.tally
         await self._wait(rnd)
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1
             self._spawn(self._drain(rnd))
-            if rnd.read_only and len(rnd.read_only) >= len(p.targets) - len(tally.ok):
+            # Read-only refusals alone made the quorum impossible (whether or
+            # not the others had answered yet): READONLY, as Redis names it.
+            if rnd.read_only and len(rnd.read_only) == len(tally.failed):
                 raise ReadOnlyError("disk full or I/O error on " + "; ".join(rnd.read_only))
             raise tally.error()
         self._spawn(self._drain(rnd, count_late=True))
 
     # -- rounds -------------------------------------------------------------
-    def _send(self, p: Plan, tally: Tally, request: Callable[[Target], Request]) -> Round:
-        return Round(tally, {self.cluster.submit(t.node, request(t)): t for t in p.targets})
+    def _send(
+        self, p: Plan, tally: Tally, request: Callable[[Target], Request],
+        after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
+    ) -> Round:
+        calls = {}
+        for t in p.targets:
+            send = functools.partial(self.cluster.submit, t.node, request(t))
+            before = after.get(t.node) if after else None
+            calls[send() if before is None else send_after(before, send)] = t
+        return Round(tally, calls)
 
     async def _wait(self, rnd: Round) -> None:
         """Until the tally decides or the request timeout passes."""
