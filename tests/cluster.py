@@ -109,9 +109,6 @@ class Cluster:
     #: from distinct sources, so a fault test can cut one node off by address.
     own_addresses: bool = False
     members: list[NodeProc] = field(default_factory=list)
-    #: Words put before ``python -m cli serve ...`` when node i starts (a
-    #: fault test uses it to start a node inside a cgroup of its own).
-    launcher: Callable[[int], list[str]] | None = None
 
     def __post_init__(self) -> None:
         ports = free_ports(3 * self.nodes)
@@ -156,8 +153,7 @@ class Cluster:
         log = open(m.log, "ab")  # noqa: SIM115 - the child owns it now
         try:
             m.proc = subprocess.Popen(
-                [*(self.launcher(i) if self.launcher else []),
-                 sys.executable, "-m", "cli", "serve", "--config", str(m.config)],
+                [sys.executable, "-m", "cli", "serve", "--config", str(m.config)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

@@ -1,0 +1,23 @@
+"""One 3-node cluster (N=3, W=2, R=2) shared by the fault tests of this
+package that heal it after themselves; tests that need their own node
+settings (disk full, clock skew) start their own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.nemesis import Nemesis, fault_cluster
+
+#: Handoff of more partitions at once than the default 2, so hints drain in
+#: a second or two between schedules instead of ~10 s.
+SETTINGS: dict[str, dict[str, Any]] = {"handoff": {"concurrency": 8}}
+
+
+@pytest.fixture(scope="package")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nemesis]:
+    with fault_cluster(Path(tmp_path_factory.mktemp("faults")), settings=SETTINGS) as nemesis:
+        yield nemesis
