@@ -3,10 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-# redis-cli and redis-benchmark (Debian's redis-tools) for the client-protocol tests.
-if ! command -v redis-cli >/dev/null 2>&1; then
+# redis-cli and redis-benchmark (Debian's redis-tools) for the client-protocol
+# tests; iptables for the fault tests' cut-offs (tests/faults, docs/testing.md).
+missing=()
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-tools >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "== ruff"; python3 -m ruff check .
 echo "== mypy"; python3 -m mypy
