@@ -3,8 +3,8 @@ every key read at R=all from every node, replicas compared one by one.
 
 ``settle`` brings every node back and waits (bounded) until each sees all
 the others up and no node holds hints any more; ``repair`` asks every node
-for an anti-entropy pass when the node knows the admin command; ``verify``
-does the reads and runs the set-full checker.
+for an anti-entropy pass; ``verify`` does the reads and runs the set-full
+checker.
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ async def _admin(addr: str, payload: dict[str, Any]) -> m.Reply:
 
 
 def repair(cluster: Cluster) -> str:
-    """Run anti-entropy on every node now, if the nodes have it. Returns what
-    happened, for the report ("ran ..." or "not available ..."); nodes that
-    do not know the command leave convergence to hints and read repair."""
+    """Run anti-entropy on every node now (what ``ringkv repair`` sends);
+    returns the summary for the report."""
     compared = repaired = 0
     for node in cluster.members:
         addr = f"{node.host}:{node.peer_port}"
@@ -67,8 +66,6 @@ def repair(cluster: Cluster) -> str:
             reply = asyncio.run(_admin(addr, {"cmd": "repair"}))
         except ShardUnavailable as exc:
             raise AssertionError(f"repair on {node.name}: {exc.reason}") from None
-        if reply.status is m.Status.BAD_REQUEST and "unknown admin command" in reply.message:
-            return f"not available ({reply.message})"
         if not reply.ok:
             raise AssertionError(f"repair on {node.name}: {reply.status.name} {reply.message}")
         report = reply.payload if isinstance(reply.payload, dict) else {}
@@ -126,8 +123,8 @@ class Verdict:
 
     @property
     def unrepaired(self) -> int:
-        """Replicas still differing although a repair ran (with the load off)."""
-        return self.divergent_before_reads if self.repair.startswith("ran") else 0
+        """Replicas still differing after the repair (with the load off)."""
+        return self.divergent_before_reads
 
     def summary(self) -> str:
         return (f"{self.checked.summary()}; replicas differing after hints+repair: "
@@ -148,10 +145,10 @@ class Verdict:
 
 def verify(cluster: Cluster, history: History, set_keys: Sequence[str],
            register_keys: Sequence[str] = (), timeout: float = 30.0) -> Verdict:
-    """After :func:`settle`: repair, compare replicas (identical, when the
-    repair ran), read everything at R=3 from every node (every node must
-    answer the same), run set-full on node 0's answers, and wait (bounded)
-    until every replica is identical."""
+    """After :func:`settle`: repair, compare replicas (identical now), read
+    everything at R=3 from every node (every node must answer the same), run
+    set-full on node 0's answers, and wait (bounded) until every replica is
+    identical."""
     how = repair(cluster)
     keys = [*set_keys, *register_keys]
     before = len(replica_differences(cluster, keys))
