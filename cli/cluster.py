@@ -47,7 +47,8 @@ def status(target: Target) -> None:
     asked = next(n for n in doc["nodes"] if n["node"] == doc["asked"])
     lines.append("")
     lines.append(f"as seen by {doc['asked']}: " + ", ".join(
-        f"{k} {v['state']} (phi {v['phi']})" for k, v in asked["peers"].items()))
+        f"{k} {v['state']} (phi {v['phi']})" + (" removed" if v.get("status") == "removed" else "")
+        for k, v in asked["peers"].items()))
     target.show(doc, lines)
 
 
@@ -100,6 +101,28 @@ def transfers(target: Target) -> None:
     for t in doc["running"]:
         lines.append(f"{t['partition']:>9} {t['owner']:<10} {t['keys_sent']:>8} "
                      f"{_size(t['bytes_sent']):>10} {t['passes']:>6} {t['running_s']:>5}s")
+    target.show(doc, lines)
+
+
+@click.command()
+@click.argument("node_id")
+@admin_options(with_node=False)
+def remove(target: Target, node_id: str) -> None:
+    """Take NODE_ID out of the cluster for good, dead or alive.
+
+    Its partitions move to the other nodes (the replicas that stay stream
+    them; a live NODE_ID hands its copies off too, `ringkv transfers` shows
+    the progress). The id can never join again; a replacement needs a new id.
+    """
+    doc = target.call("remove", remove=node_id)
+    if doc["already_removed"]:
+        lines = [f"{node_id} was already removed (ring epoch {doc['epoch']})"]
+    else:
+        lines = [f"removed {node_id} ({'up' if doc['was_up'] else 'down'}): ring epoch "
+                 f"{doc['epoch_before']} -> {doc['epoch']}, {doc['partitions_changed']} "
+                 f"partitions change replicas; members now {', '.join(doc['members'])}",
+                 "data moves by handoff: `ringkv hints` / `ringkv transfers` on each node "
+                 "show what is left"]
     target.show(doc, lines)
 
 

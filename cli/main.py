@@ -20,7 +20,8 @@ cli.add_command(inspect.db)
 cli.add_command(serve.serve)
 cli.add_command(serve.up)
 for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
-                cluster.flush, cluster.drain, cluster.compact, cluster.repair):
+                cluster.flush, cluster.drain, cluster.compact, cluster.repair,
+                cluster.remove):
     cli.add_command(command)
 
 

@@ -1,7 +1,7 @@
 """Operator commands a node answers over the authenticated peer channel.
 
 The admin CLI (``ringkv status``, ``ring``, ``compact``, ``repair``,
-``hints``, ``transfers``, ``flush``, ``drain``) connects like a peer, proving
+``hints``, ``transfers``, ``flush``, ``drain``, ``remove``) connects like a peer, proving
 it holds the cluster secret, and sends ``Admin({"cmd": ..., ...})``. A
 command with ``"node": id`` for another node is forwarded to that node, so
 one address reaches the whole cluster. Replies are plain maps; a bad
@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from coordinator import ring as ringmod
+from coordinator.errors import RingError, UnavailableError
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
 
@@ -122,11 +123,13 @@ class Admin:
         members = node.gossip.members if node.gossip else {}
         return {
             "node": node.id,
-            "state": "draining" if node.draining else "up",
+            "state": ("removed" if ring and node.id in ring.removed
+                      else "draining" if node.draining else "up"),
             "uptime_s": int(time.time() - self.started),
             "ring_epoch": ring.epoch if ring else 0,
             "peers": {
                 str(n): {"state": "up" if node.is_up(n) else "down",
+                         "status": ep.status.value,
                          "phi": round(node.gossip.phi(n), 2) if node.gossip else 0.0,
                          "client_addr": ep.client_addr}
                 for n, ep in sorted(members.items())
@@ -250,6 +253,24 @@ class Admin:
             "delivered": node.hints.delivered,
             "expired": node.hints.expired,
         }
+
+    async def cmd_remove(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Take the node ``remove`` out of the cluster for good; the ring
+        change spreads by gossip and handoff moves the data."""
+        gone = payload.get("remove")
+        if not isinstance(gone, str) or not gone:
+            raise AdminError("remove needs the id of the node to take out")
+        node = self.node
+        was_up = node.is_up(ringmod.NodeId(gone))
+        try:
+            old, new = node.remove(ringmod.NodeId(gone))
+        except (RingError, UnavailableError) as exc:
+            raise AdminError(str(exc)) from None
+        moving = sum(1 for p in range(new.q)
+                     if ringmod.primaries(old, p) != ringmod.primaries(new, p))
+        return {"node": node.id, "removed": gone, "already_removed": old is new,
+                "was_up": was_up, "epoch_before": old.epoch, "epoch": new.epoch,
+                "partitions_changed": moving, "members": list(new.node_ids)}
 
     async def cmd_transfers(self, payload: dict[str, Any]) -> dict[str, Any]:
         h = self.node.handoff

@@ -49,6 +49,8 @@ class HandoffHost(Protocol):
 
     def is_up(self, node: NodeId) -> bool: ...
 
+    async def retarget(self, hint: Hint) -> None: ...
+
     async def call(self, node: NodeId, request: m.Request, timeout: float) -> m.Reply: ...
 
     async def local(self, request: m.Request, timeout: float) -> m.Reply: ...
@@ -112,6 +114,10 @@ class Handoff:
         for hint in self.host.hints.all():
             key = (hint.partition, hint.owner)
             if key in self._tasks:
+                continue
+            ring = self.host.ring
+            if ring is not None and hint.owner in ring.removed:
+                await self.host.retarget(hint)  # e.g. a write hinted on an older ring
                 continue
             if now_ms - hint.since_ms > self.window_ms:
                 log.warning("hint for partition %d of %s expired after %d s; repair covers it",

@@ -18,6 +18,14 @@ ones are broken by the owner list, so all nodes settle on one ring. A
 member seen in gossip but missing from the ring joins by ``rebalance``; the
 partitions a node stops replicating become hints for their new primaries,
 so handoff moves the data (Riak's ownership handoff, through the same code).
+
+``ringkv remove`` takes a node out for good (:meth:`Node.remove`): the next
+ring lists it as removed, so it never joins again. Its partitions go to new
+primaries; the replicas that stay hint them too (a dead node cannot hand
+anything over), hints held for it go to its replacements, and a removed
+node that still runs hands its copies off and says ``removed`` in gossip.
+A removal lost to a concurrent ring change is applied again: removed ids
+only grow.
 """
 
 from __future__ import annotations
@@ -38,10 +46,16 @@ from coordinator.anti_entropy import AntiEntropy
 from coordinator.commands import Command
 from coordinator.config import NodeConfig
 from coordinator.datapath import DataPath
-from coordinator.errors import CommandError, CoordinatorError, NoQuorumError, UnavailableError
+from coordinator.errors import (
+    CommandError,
+    CoordinatorError,
+    NoQuorumError,
+    RingError,
+    UnavailableError,
+)
 from coordinator.gossip import Gossiper
 from coordinator.handoff import Handoff
-from coordinator.hints import HintStore
+from coordinator.hints import Hint, HintStore
 from coordinator.membership import Endpoint
 from coordinator.membership import Status as MemberStatus
 from coordinator.metrics import Metrics
@@ -215,11 +229,14 @@ class Node:
             self._adopt(ringmod.claim(self._specs(), self.config.partitions, self.config.n))
 
     def _specs(self) -> list[tuple[NodeId, str | None]]:
-        """Every member known (gossip and ring) with its zone, for placement."""
+        """Every member known (gossip and ring) with its zone, for placement;
+        never a removed one."""
         assert self.gossip is not None
         zones: dict[NodeId, str | None] = dict(self.ring.zones()) if self.ring else {}
+        removed = self.ring.removed if self.ring else frozenset()
         for node, ep in self.gossip.members.items():
-            zones[node] = ep.zone or None
+            if node not in removed:
+                zones[node] = ep.zone or None
         return sorted(zones.items())
 
     def _ring_out(self) -> dict[str, Any]:
@@ -227,13 +244,39 @@ class Node:
 
     def _ring_in(self, payload: dict[str, Any]) -> None:
         raw = payload.get("ring")
+        gone = self.ring.removed if self.ring else frozenset()
         if raw is not None:
             theirs = ringmod.decode_ring(raw)
+            gone |= theirs.removed
             if self.ring is None or _better(theirs, self.ring):
                 self._adopt(theirs)
         assert self.gossip is not None
-        if self.ring is not None and not set(self.gossip.members) <= set(self.ring.node_ids):
+        if self.ring is None:
+            return
+        if lost := gone - self.ring.removed:
+            # A concurrent ring change won over a removal: apply it again.
+            try:
+                self._adopt(ringmod.remove_nodes(self.ring, lost, self._specs()))
+            except RingError as exc:
+                log.error("cannot apply the removal of %s again: %s", sorted(lost), exc)
+        if not set(self.gossip.members) - self.ring.removed <= set(self.ring.node_ids):
             self._adopt(ringmod.rebalance(self.ring, self._specs()))
+
+    def remove(self, node: NodeId) -> tuple[Ring, Ring]:
+        """Take ``node`` out of the cluster for good (``ringkv remove``):
+        the next ring without it; (old ring, new ring). Raises RingError when
+        it is not a member or fewer than N nodes would be left."""
+        old = self.ring
+        if old is None:
+            raise UnavailableError("the ring is not formed yet")
+        if node in old.removed:
+            return old, old
+        if node not in old.node_ids:
+            raise RingError(f"{node} is not a member of the ring "
+                            f"(members: {', '.join(old.node_ids)})")
+        self._adopt(ringmod.remove_nodes(old, {node}, self._specs()))
+        assert self.ring is not None
+        return old, self.ring
 
     def _adopt(self, new: Ring) -> None:
         if new.q != self.config.partitions:
@@ -244,17 +287,34 @@ class Node:
                         {"v": 1, "ring": ringmod.encode_ring(new)})
         if self.gossip is not None:
             me = self.gossip.members[self.id]
-            self.gossip.set_me(dataclasses.replace(me, ring_epoch=new.epoch))
+            status = MemberStatus.REMOVED if self.id in new.removed else me.status
+            self.gossip.set_me(dataclasses.replace(me, ring_epoch=new.epoch, status=status))
         if old is None:
             return
         log.info("ring epoch %d -> %d", old.epoch, new.epoch)
         now = int(time.time() * 1000)
+        departed = set(old.node_ids) - set(new.node_ids)
         for p in range(new.q):
             before, after = ringmod.primaries(old, p), ringmod.primaries(new, p)
-            if self.id in before and self.id not in after:
-                for owner in after:
-                    if owner not in before:
-                        self._own(self.hints.add(p, owner, now), f"hint {p}")
+            gained = [owner for owner in after if owner not in before]
+            # We stop replicating p, or a replica of p left (a dead node hands
+            # nothing over): our copy goes to the new primaries.
+            if gained and self.id in before and (self.id not in after or departed & set(before)):
+                for owner in gained:
+                    self._own(self.hints.add(p, owner, now), f"hint {p}")
+        for hint in self.hints.all():
+            if hint.owner in new.removed:
+                self._own(self.retarget(hint), f"retarget hint {hint.partition}")
+
+    async def retarget(self, hint: Hint) -> None:
+        """Writes we hold for a removed node go to the partition's primaries
+        instead (versions merge: those that have them lose nothing)."""
+        assert self.ring is not None
+        now = int(time.time() * 1000)
+        for owner in ringmod.primaries(self.ring, hint.partition):
+            if owner != self.id:
+                await self.hints.add(hint.partition, owner, now)
+        await self.hints.remove(hint.partition, hint.owner, delivered=False)
 
     def plan_for(self, key: bytes) -> tuple[int, Plan]:
         ring = self.ring

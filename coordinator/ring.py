@@ -87,7 +87,9 @@ class Ring:
 
     ``owners[p]`` is the node that claimed partition p; ``nodes`` are all
     members sorted by id (a member may own nothing when Q < #nodes); ``n`` is
-    the replication factor the placement was made for.
+    the replication factor the placement was made for; ``removed`` are the
+    ids taken out of the cluster for good (``ringkv remove``): they never
+    join again, whatever gossip says about them.
     """
 
     epoch: int
@@ -95,6 +97,7 @@ class Ring:
     n: int
     owners: tuple[NodeId, ...]
     nodes: tuple[NodeInfo, ...]
+    removed: frozenset[NodeId] = frozenset()
     # Derived once: the request path asks for preference lists on every
     # request, and the walk is O(Q) in the worst case.
     _prefs: tuple[tuple[NodeId, ...], ...] = field(
@@ -112,6 +115,8 @@ class Ring:
         members = {info.node_id for info in self.nodes}
         if len(members) != len(self.nodes):
             raise RingError("duplicate node ids in ring")
+        if back := members & self.removed:
+            raise RingError(f"removed node(s) {sorted(back)} cannot be members again")
         for p, owner in enumerate(self.owners):
             if owner not in members:
                 raise RingError(f"partition {p} owned by {owner!r}, which is not a member")
@@ -193,8 +198,12 @@ def rebalance(
     n: int | None = None,
     *,
     reshuffle_for_zones: bool = False,
+    removed: Iterable[NodeId] = (),
 ) -> Ring:
     """The next epoch for a new member list (join, leave, replace, zone change).
+
+    ``removed`` adds to the ring's removed ids (which are carried forward);
+    none of them may be in ``new_nodes``.
 
     Best effort, in priority order: node-distinct windows, zone-distinct
     windows, fewest moved partitions. The incremental result (see
@@ -228,7 +237,20 @@ def rebalance(
         n=n,
         owners=tuple(infos[s].node_id for s in best),
         nodes=infos,
+        removed=ring.removed | frozenset(removed),
     )
+
+
+def remove_nodes(ring: Ring, gone: Iterable[NodeId], new_nodes: Iterable[NodeSpec]) -> Ring:
+    """The next epoch without ``gone`` (taken out for good): ``new_nodes``
+    are the members that stay. Refused when fewer than N would be left."""
+    gone = frozenset(gone)
+    stay = [i for i in normalize_nodes(new_nodes) if i.node_id not in gone]
+    if len(stay) < ring.n:
+        names = ", ".join(sorted(gone))
+        raise RingError(f"removing {names} would leave {len(stay)} node(s) for N={ring.n}; "
+                        "add a node first")
+    return rebalance(ring, stay, removed=gone)
 
 
 def conflicts(ring: Ring) -> tuple[int, int]:
@@ -301,6 +323,7 @@ def encode_ring(ring: Ring) -> dict[str, Any]:
         "n": ring.n,
         "nodes": [[info.node_id, info.zone] for info in ring.nodes],
         "owners": [index[owner] for owner in ring.owners],
+        "removed": sorted(ring.removed),
     }
 
 
@@ -334,12 +357,17 @@ def decode_ring(data: object) -> Ring:
         if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(nodes):
             raise RingError(f"bad owner index {idx!r}")
         owners.append(nodes[idx].node_id)
+    raw_removed = data.get("removed", [])  # absent in rings written before removal existed
+    if not isinstance(raw_removed, list | tuple) or not all(
+            isinstance(r, str) and r for r in raw_removed):
+        raise RingError(f"encoded ring's removed must be a list of node ids, got {raw_removed!r}")
     return Ring(
         epoch=_int_field(data, "epoch"),
         q=_int_field(data, "q"),
         n=_int_field(data, "n"),
         owners=tuple(owners),
         nodes=nodes,
+        removed=frozenset(NodeId(r) for r in raw_removed),
     )
 
 

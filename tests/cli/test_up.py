@@ -76,6 +76,11 @@ def _admin_commands_work(exe: str, data: Path, port: int) -> None:
     assert admin("compact", "--node", "node3")["after"]["l0_files"] == 0
     assert admin("repair", "--node", "node2")["partitions"] == 64
     assert admin("drain", "--node", "node3")["state"] == "draining"
+    # 3 nodes at N=3: a removal is refused, with the cause, exit 2.
+    done = subprocess.run([exe, "remove", "node3", *common], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "would leave 2 node(s) for N=3" in done.stderr
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port + 1000}/metrics", timeout=5)
     assert b"ringkv_requests_total" in metrics.read()
 

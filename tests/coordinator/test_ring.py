@@ -28,6 +28,7 @@ from coordinator.ring import (
     preference_list,
     primaries,
     rebalance,
+    remove_nodes,
     replicated_partitions,
 )
 
@@ -324,6 +325,37 @@ def test_zones_configured_later_need_an_explicit_reshuffle() -> None:
     assert_balanced(reshuffled)
 
 
+def test_remove_takes_a_node_out_for_good() -> None:
+    ring = claim(names(5), q=64, n=3)
+    gone = NodeId("node02")
+    after = remove_nodes(ring, {gone}, [(i.node_id, i.zone) for i in ring.nodes])
+    assert after.epoch == ring.epoch + 1
+    assert gone not in after.node_ids and after.removed == {gone}
+    assert window_distinct(after.owners, 3)
+    assert_balanced(after)
+    # Every partition the removed node replicated gets a new replica (more may
+    # move: see coordinator.reassign on leaves).
+    changed = {p for p in range(64) if primaries(ring, p) != primaries(after, p)}
+    assert changed >= set(replicated_partitions(ring, gone))
+    # Removed ids are carried forward by later changes, and never come back.
+    joined = rebalance(after, [*((i.node_id, i.zone) for i in after.nodes), ("node05", None)])
+    assert joined.removed == {gone}
+    with pytest.raises(RingError, match="cannot be members again"):
+        rebalance(after, names(5))
+
+
+def test_remove_refused_below_n_nodes() -> None:
+    ring = claim(names(3), q=16, n=3)
+    with pytest.raises(RingError, match="would leave 2 node"):
+        remove_nodes(ring, {NodeId("node00")}, names(3))
+
+
+def test_rings_without_removed_decode_as_before() -> None:
+    data = encode_ring(claim(names(3), q=8, n=2))
+    data.pop("removed")
+    assert decode_ring(data).removed == frozenset()
+
+
 def test_rebalance_to_nobody_rejected() -> None:
     with pytest.raises(RingError):
         rebalance(claim(names(3), q=8, n=2), [])
@@ -340,7 +372,8 @@ def test_replicated_partitions_cover_n_times() -> None:
 
 def test_encode_decode_round_trip_through_msgpack() -> None:
     first = claim([("a", "z1"), ("b", "z2"), ("c", None)], q=16, n=2)
-    for ring in (first, rebalance(first, [("a", "z1"), ("c", None), ("d", "z2")])):
+    second = rebalance(first, [("a", "z1"), ("c", None), ("d", "z2")], removed=["b"])
+    for ring in (first, second):
         blob = msgpack.packb(encode_ring(ring))
         back = decode_ring(msgpack.unpackb(blob))
         assert back == ring
@@ -365,6 +398,9 @@ def test_encode_decode_round_trip_through_msgpack() -> None:
         lambda d: d.update(nodes=[["a", 5], ["b", None]]),
         lambda d: d.update(nodes=[["a"], ["b", None]]),
         lambda d: d.pop("owners"),
+        lambda d: d.update(removed="c"),
+        lambda d: d.update(removed=[""]),
+        lambda d: d.update(removed=["a"]),  # a member cannot be removed too
     ],
 )
 def test_decode_rejects_malformed(mutate: object) -> None:
