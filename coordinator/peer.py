@@ -3,20 +3,25 @@
 After a handshake, a peer connection carries exactly the frames of the shard
 worker protocol (docs/formats/shard-protocol.md): the client side is a
 ``ShardClient`` whose connector is :func:`open_peer`, the server side is
-:class:`PeerServer`. The handshake proves the connecting node holds the
-cluster secret (``peer_auth``); each of its frames is a 4-byte big-endian
-length and a msgpack array of at most 4 KiB::
+:class:`PeerServer`. The handshake proves to each side that the other holds
+the cluster secret (``peer_auth``); each of its frames is a 4-byte
+big-endian length and a msgpack array of at most 4 KiB::
 
     connecting node (client)                      accepting node (server)
-        |  <-- ["ringkv-peer", 1, nonce: 32 bytes]  ----------------------|
-        |  --- [node_id: str, proof: bytes] ------------------------------>|
+        |  <-- ["ringkv-peer", 2, nonce: 32 bytes]  ----------------------|
+        |  --- [node_id, proof, client_nonce: 32 bytes] ----------------->|
         |        proof = HMAC(secret, "ringkv-peer-v1" | nonce | node_id)   |
-        |  <-- ["ok", server_node_id]    or    ["refused", reason] + close |
+        |  <-- ["ok", server_node_id, server_proof]                        |
+        |        server_proof = HMAC(secret, "ringkv-peer-v2-server" |     |
+        |                            client_nonce | server_node_id)       |
+        |      or ["refused", reason] + close                              |
         |  === shard request frames ===>   <=== shard reply frames ====== |
 
 Every handshake step has a timeout. A refusal is logged by the server with
-the peer's address and claimed node id, and counted in ``refused``. Only the
-connecting side is authenticated: it is the side that sends data to apply.
+the peer's address and claimed node id, and counted in ``refused``; a server
+that cannot prove the secret is refused by the client (PeerAuthError), so a
+process squatting on a peer's port can neither feed it writes nor answer
+its reads.
 
 Server loop (startup -> accept -> shutdown, as ``coordinator.server``): each
 request of a frame runs ``handler(peer_id, request)`` as its own task, owned
@@ -49,7 +54,7 @@ __all__ = ["Handler", "PeerAuthError", "PeerServer", "open_peer", "peer_client"]
 log = logging.getLogger("ringkv.peer")
 
 HELLO = "ringkv-peer"
-VERSION = 1
+VERSION = 2  # 2: the server proves the secret too
 HANDSHAKE_MAX_FRAME = 4 << 10
 MAX_NODE_ID = 256
 _READ_CHUNK = 256 << 10
@@ -125,13 +130,19 @@ async def open_peer(
             raise ConnectionError(f"{where} is not a ringkv peer port")
         if hello[1] != VERSION:
             raise PeerAuthError(f"{where} speaks peer protocol {hello[1]!r}, we speak {VERSION}")
-        _write_frame(writer, [node_id, peer_auth.answer(secret, hello[2], node_id)])
+        mine = peer_auth.new_nonce()
+        _write_frame(writer, [node_id, peer_auth.answer(secret, hello[2], node_id), mine])
         await asyncio.wait_for(writer.drain(), timeout_s)
         verdict = await _step(reader, timeout_s, f"verdict from {where}")
         if len(verdict) == 2 and verdict[0] == "refused":
             raise PeerAuthError(f"{where} refused us: {verdict[1]}")
-        if len(verdict) != 2 or verdict[0] != "ok":
+        if len(verdict) != 3 or verdict[0] != "ok" or not isinstance(verdict[1], str):
             raise ConnectionError(f"{where} sent an unexpected handshake verdict")
+        try:
+            peer_auth.verify(secret, mine, verdict[1], verdict[2], peer_auth.SERVER)
+        except PeerAuthError:
+            raise PeerAuthError(f"{where} (claims node id {verdict[1]!r}) does not know "
+                                "the cluster secret") from None
     except asyncio.IncompleteReadError:
         writer.close()
         raise ConnectionError(f"{where} closed the connection during the handshake") from None
@@ -220,12 +231,14 @@ def peer_client(
 # --- server side ------------------------------------------------------------------
 
 
-def _check_answer(msg: list[Any]) -> tuple[str, bytes]:
-    if len(msg) != 2 or not isinstance(msg[0], str) or not isinstance(msg[1], bytes):
-        raise PeerAuthError("malformed handshake answer: expected [node_id, proof]")
+def _check_answer(msg: list[Any]) -> tuple[str, bytes, bytes]:
+    if (len(msg) != 3 or not isinstance(msg[0], str) or not isinstance(msg[1], bytes)
+            or not isinstance(msg[2], bytes) or len(msg[2]) != peer_auth.NONCE_BYTES):
+        raise PeerAuthError("malformed handshake answer: expected "
+                            "[node_id, proof, nonce] (peer protocol 2)")
     if not 0 < len(msg[0]) <= MAX_NODE_ID:
         raise PeerAuthError(f"node id must be 1..{MAX_NODE_ID} characters")
-    return msg[0], msg[1]
+    return msg[0], msg[1], msg[2]
 
 
 class _Connection:
@@ -407,14 +420,15 @@ class PeerServer:
         try:
             _write_frame(writer, [HELLO, VERSION, nonce])
             await asyncio.wait_for(writer.drain(), t)
-            claimed, proof = _check_answer(await _step(reader, t, "answer"))
+            claimed, proof, theirs = _check_answer(await _step(reader, t, "answer"))
             peer_auth.verify(self.secret, nonce, claimed, proof)
         except (PeerAuthError, codec.ProtocolError, TimeoutError) as e:
             reason = str(e)
         except (ConnectionError, asyncio.IncompleteReadError):
             reason = "closed the connection during the handshake"
         else:
-            _write_frame(writer, ["ok", self.node_id])
+            _write_frame(writer, ["ok", self.node_id, peer_auth.answer(
+                self.secret, theirs, self.node_id, peer_auth.SERVER)])
             await asyncio.wait_for(writer.drain(), t)
             return claimed
         self.refused += 1

@@ -1,11 +1,14 @@
-"""Peer authentication by the cluster secret: an HMAC challenge (DESIGN §13).
+"""Peer authentication by the cluster secret: a mutual HMAC challenge (DESIGN §13).
 
 Sans-IO. The accepting side sends a random nonce; the connecting side
-answers with its node id and ``HMAC-SHA256(secret, "ringkv-peer-v1" | nonce |
-node id)``; the acceptor recomputes and compares in constant time. The
-secret never crosses the wire, and a recorded answer is useless for another
-connection because the nonce differs. Both sides then know the peer holds
-the secret; a peer without it is refused and logged by the caller.
+answers with its node id, ``HMAC-SHA256(secret, "ringkv-peer-v1" | nonce |
+node id)`` and a nonce of its own; the acceptor checks the proof in constant
+time and answers the connector's nonce the same way under another label
+(``"ringkv-peer-v2-server"``, so one side's proof is never valid as the
+other's). The secret never crosses the wire, and a recorded proof is
+useless for another connection because the nonces differ. Each side then
+knows the other holds the secret: a node never applies data from, nor
+believes replies of, a peer without it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import hmac
 import secrets
 
 NONCE_BYTES = 32
-_LABEL = b"ringkv-peer-v1"
+CLIENT = b"ringkv-peer-v1"
+SERVER = b"ringkv-peer-v2-server"
 
 
 class PeerAuthError(Exception):
@@ -26,16 +30,18 @@ def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
 
-def answer(secret: bytes, nonce: bytes, node_id: str) -> bytes:
-    if len(nonce) != NONCE_BYTES:
-        raise PeerAuthError(f"challenge nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
-    msg = b"|".join((_LABEL, nonce, node_id.encode()))
+def answer(secret: bytes, nonce: bytes, node_id: str, label: bytes = CLIENT) -> bytes:
+    """The proof that ``node_id`` holds ``secret``, for the other side's ``nonce``."""
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise PeerAuthError(f"challenge nonce must be {NONCE_BYTES} bytes")
+    msg = b"|".join((label, nonce, node_id.encode()))
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
 
-def verify(secret: bytes, nonce: bytes, node_id: str, proof: bytes) -> None:
+def verify(secret: bytes, nonce: bytes, node_id: str, proof: bytes,
+           label: bytes = CLIENT) -> None:
     """Raise PeerAuthError unless ``proof`` answers ``nonce`` for ``node_id``."""
     if not isinstance(proof, bytes) or len(proof) != hashlib.sha256().digest_size:
         raise PeerAuthError(f"peer {node_id!r} sent a malformed proof")
-    if not hmac.compare_digest(answer(secret, nonce, node_id), proof):
+    if not hmac.compare_digest(answer(secret, nonce, node_id, label), proof):
         raise PeerAuthError(f"peer {node_id!r} does not know the cluster secret")

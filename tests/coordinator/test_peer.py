@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from coordinator.peer import PeerAuthError, PeerServer, open_peer, peer_client
+from coordinator import peer_auth
+from coordinator.peer import HELLO, VERSION, PeerAuthError, PeerServer, open_peer, peer_client
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient, ShardUnavailable
@@ -132,6 +133,55 @@ def test_wrong_secret_is_refused_and_surfaces_as_unavailable(
     run(body())
     refusals = [r.getMessage() for r in caplog.records if r.name == "ringkv.peer"]
     assert any("127.0.0.1" in msg and "'n2'" in msg for msg in refusals), refusals
+
+
+def test_a_server_without_the_secret_is_refused_by_the_client() -> None:
+    """A process on a peer's port that does not know the secret (a stale
+    node of another cluster, a squatter) must not be believed: it could
+    answer reads with anything. It accepts every answer and says "ok"."""
+    answers: list[list[Any]] = []
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(frame([HELLO, VERSION, peer_auth.new_nonce()]))
+        header = await reader.readexactly(codec.HEADER.size)
+        answers.append(msgpack.unpackb(await reader.readexactly(codec.HEADER.unpack(header)[0])))
+        their_nonce = answers[-1][2]
+        writer.write(frame(["ok", "n1", peer_auth.answer(b"guess", their_nonce, "n1",
+                                                         peer_auth.SERVER)]))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def body() -> None:
+        server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(PeerAuthError, match="does not know the cluster secret"):
+                await open_peer("127.0.0.1", port, "n2", SECRET)
+            # The client sent its own nonce for the server to answer.
+            assert len(answers) == 1 and len(answers[0][2]) == peer_auth.NONCE_BYTES
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(body())
+
+
+def test_a_protocol_1_answer_is_refused_with_the_reason() -> None:
+    async def body() -> None:
+        async with serving(Handler()) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                header = await reader.readexactly(codec.HEADER.size)
+                hello = msgpack.unpackb(await reader.readexactly(codec.HEADER.unpack(header)[0]))
+                writer.write(frame(["n2", peer_auth.answer(SECRET, hello[2], "n2")]))
+                rest = await reader.read()
+                assert b"refused" in rest and b"peer protocol 2" in rest
+            finally:
+                writer.close()
+            assert server.refused == 1
+
+    run(body())
 
 
 JUNK = random.Random(7).randbytes(64)
