@@ -7,7 +7,7 @@ back to a default.
 
     [node]     id, data_dir, zone, clock_offset_ms
     [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
-               metrics_port
+               metrics_port, max_reply_bytes
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
                memtable_bytes, block_cache_bytes, tombstone_grace_s
@@ -46,6 +46,7 @@ class NodeConfig:
     max_clients: int = 10000
     idle_timeout_s: float = 300.0
     metrics_port: int = 0  # Prometheus endpoint; 0: off
+    max_reply_bytes: int = 64 << 20  # one MGET's values together
     # [cluster]
     partitions: int = 64
     n: int = 3
@@ -82,7 +83,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "node": ("id", "data_dir", "zone", "clock_offset_ms"),
     "network": (
         "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
-        "metrics_port",
+        "metrics_port", "max_reply_bytes",
     ),
     "cluster": ("partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms"),
     "storage": (
@@ -196,6 +197,8 @@ def validate(c: NodeConfig) -> None:
     )
     need(c.workers >= 0, "workers must be >= 0 (0: one per CPU, at least 2)")
     need(1 <= c.max_value_bytes <= 1 << 26, "max_value_bytes must be 1..64 MiB")
+    need(c.max_reply_bytes >= c.max_value_bytes,
+         f"max_reply_bytes must be >= max_value_bytes ({c.max_value_bytes})")
     for name in (
         "fsync_interval_ms",
         "request_timeout_ms",

@@ -26,11 +26,12 @@ back: the quorum is counted as the calls end.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +54,9 @@ from shardserver.protocol.vclock import ActorId
 from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
 
 log = logging.getLogger("ringkv.datapath")
+
+#: MGET and EXISTS read this many distinct keys at once.
+READ_MANY_CHUNK = 1000
 
 
 class Cluster(Protocol):
@@ -196,9 +200,11 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 class DataPath:
-    def __init__(self, cluster: Cluster, timeout_s: float, read_repair_per_s: float = 1000.0):
+    def __init__(self, cluster: Cluster, timeout_s: float, read_repair_per_s: float = 1000.0,
+                 max_reply_bytes: int = 64 << 20):
         self.cluster = cluster
         self.timeout_s = timeout_s
+        self.max_reply_bytes = max_reply_bytes
         self.stats = DataStats()
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
@@ -238,10 +244,8 @@ class DataPath:
             await asyncio.gather(*(self.write(k, v, levels, lww=True) for k, v in pairs))
             return OK
         if name in ("MGET", "EXISTS"):
-            unique = list(dict.fromkeys(keys))  # a key named twice is read once
-            found = dict(zip(unique, await asyncio.gather(
-                *(self.read(k, levels) for k in unique)), strict=True))
-            values = [reconcile.get_reply(found[k]) for k in keys]
+            found = await self._read_many(keys, levels, name == "MGET")
+            values = [found[k] for k in keys]
             if name == "MGET":
                 return values
             return sum(1 for v in values if v is not None)
@@ -270,6 +274,30 @@ class DataPath:
             self.cluster.saw_hlc(max(v.hlc for v in merged))
         self._spawn(self._repair_after(partition, key, rnd))
         return merged
+
+    async def _read_many(
+        self, keys: Sequence[bytes], levels: Consistency, sized: bool
+    ) -> dict[bytes, bytes | None]:
+        """The visible value of each key, read once however often it is
+        named, ``READ_MANY_CHUNK`` keys at a time. ``sized``: refuse once the
+        reply (repeats counted) would pass ``max_reply_bytes``, before the
+        rest is read, so one command cannot fill the coordinator's memory."""
+        counts = collections.Counter(keys)
+        unique = list(counts)
+        found: dict[bytes, bytes | None] = {}
+        size = 0
+        for start in range(0, len(unique), READ_MANY_CHUNK):
+            chunk = unique[start:start + READ_MANY_CHUNK]
+            sets = await asyncio.gather(*(self.read(k, levels) for k in chunk))
+            for key, siblings in zip(chunk, sets, strict=True):
+                value = reconcile.get_reply(siblings)
+                found[key] = value
+                size += counts[key] * len(value or b"")
+            if sized and size > self.max_reply_bytes:
+                raise CommandError(
+                    f"ERR reply of {len(keys)} keys is over {self.max_reply_bytes} bytes "
+                    "(max_reply_bytes); ask for fewer keys")
+        return found
 
     def _answers(self, rnd: Round) -> dict[str, SiblingSet | None]:
         out: dict[str, SiblingSet | None] = {}

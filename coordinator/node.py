@@ -102,7 +102,7 @@ class Node:
         self.hints = HintStore(config.data_dir)
         self.ring: Ring | None = None
         self.timeout_s = config.request_timeout_ms / 1000
-        self.data = DataPath(self, self.timeout_s)
+        self.data = DataPath(self, self.timeout_s, max_reply_bytes=config.max_reply_bytes)
         self.handoff = Handoff(self, config)
         self.anti_entropy = AntiEntropy(
             self, interval_s=config.aae_interval_s, sibling_cap=self.sibling_cap

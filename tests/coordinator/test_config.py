@@ -60,6 +60,8 @@ pw = 1
         ("[storage]\nfsync = 'sometimes'\n", "fsync must be always, interval or never"),
         ("[network]\nseeds = ['nohost']\n", "seed 'nohost' must be host:port"),
         ("[security]\nenable_flush = 1\n", "enable_flush must be bool"),
+        ("[network]\nmax_reply_bytes = 1000\n",
+         "max_reply_bytes must be >= max_value_bytes (65536)"),
         ("[node\n", "not valid TOML"),
     ],
 )

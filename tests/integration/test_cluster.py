@@ -200,6 +200,19 @@ def test_an_mget_bigger_than_a_worker_frame_is_answered(cluster: Cluster) -> Non
     ]
 
 
+def test_an_mget_reply_over_max_reply_bytes_is_refused(cluster: Cluster) -> None:
+    """One stored 64 KiB value named 1,100 times would make a 70 MiB reply
+    (the request is only 11 KiB): refused with the cause before it is
+    built, and the connection goes on."""
+    r = cluster.client(0, socket_timeout=60)
+    r.set("wide", b"w" * 65536)
+    with pytest.raises(redis.ResponseError, match=r"reply of 1100 keys is over 67108864 bytes "
+                                                  r"\(max_reply_bytes\)"):
+        r.mget(["wide"] * 1100)
+    assert r.mget(["wide"] * 100) == [b"w" * 65536] * 100
+    assert r.ping()
+
+
 def test_two_vsets_through_one_node_with_one_context_are_both_kept(cluster: Cluster) -> None:
     r = cluster.client(1)
     ctx, *_ = r.execute_command("VGET", "one-node-sib")  # type: ignore[no-untyped-call]
