@@ -31,7 +31,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,6 +119,7 @@ class Round:
         self.tally = tally
         self.calls = calls
         self.replies: dict[NodeId, ShardReply] = {}
+        self.decoded: dict[str, SiblingSet | None] = {}  # replies' payloads, decoded once
         self.read_only: list[str] = []
         self.late = 0  # successful replies after the decision
         self.decided: asyncio.Future[None] = loop.create_future()
@@ -194,6 +195,10 @@ def send_after(
     return out
 
 
+def _nothing() -> None:
+    pass
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -266,13 +271,13 @@ class DataPath:
         await self._wait(rnd)
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_reads += 1
-            self._spawn(self._drain(rnd))
+            self._when_finished(rnd, _nothing)
             raise tally.error()
         answers = self._answers(rnd)
         merged = reconcile.reconcile(answers, self.cluster.sibling_cap).merged
         if merged:
             self.cluster.saw_hlc(max(v.hlc for v in merged))
-        self._spawn(self._repair_after(partition, key, rnd))
+        self._when_finished(rnd, functools.partial(self._check_replicas, partition, key, rnd))
         return merged
 
     async def _read_many(
@@ -300,25 +305,31 @@ class DataPath:
         return found
 
     def _answers(self, rnd: Round) -> dict[str, SiblingSet | None]:
-        out: dict[str, SiblingSet | None] = {}
         for node, reply in rnd.replies.items():
-            out[node] = None if reply.payload is None else decode_siblings(reply.payload)
-        return out
+            if node not in rnd.decoded:
+                rnd.decoded[node] = (None if reply.payload is None
+                                     else decode_siblings(reply.payload))
+        return dict(rnd.decoded)
 
-    async def _repair_after(self, partition: int, key: bytes, rnd: Round) -> None:
-        """Wait for the remaining replies (bounded by the request timeout),
-        then send the merged set to every replica that lacked part of it."""
-        await self._drain(rnd)
+    def _check_replicas(self, partition: int, key: bytes, rnd: Round) -> None:
+        """Once every replica answered (or the time is up): send the merged
+        set to the replicas whose answer lacked part of it (read repair)."""
         answers = self._answers(rnd)
         if len(answers) < 2:
             return
         result = reconcile.reconcile(answers, self.cluster.sibling_cap)
-        for node in result.stale:
+        if result.stale:
+            self._spawn(self._repair(partition, key, result.merged, result.stale))
+
+    async def _repair(
+        self, partition: int, key: bytes, merged: SiblingSet, stale: Iterable[str]
+    ) -> None:
+        for node in stale:
             if not self._repair_bucket.take():
                 self.stats.read_repairs_skipped += 1
                 continue
             self.stats.read_repairs += 1
-            req = ReplicaWriteSet(partition, key, result.merged)
+            req = ReplicaWriteSet(partition, key, merged)
             with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
                 await self.cluster.call(NodeId(node), req, self.timeout_s)
 
@@ -384,13 +395,16 @@ class DataPath:
         await self._wait(rnd)
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1
-            self._spawn(self._drain(rnd))
+            self._when_finished(rnd, _nothing)
             # Read-only refusals alone made the quorum impossible (whether or
             # not the others had answered yet): READONLY, as Redis names it.
             if rnd.read_only and len(rnd.read_only) == len(tally.failed):
                 raise ReadOnlyError("disk full or I/O error on " + "; ".join(rnd.read_only))
             raise tally.error()
-        self._spawn(self._drain(rnd, count_late=True))
+        self._when_finished(rnd, functools.partial(self._count_late, rnd))
+
+    def _count_late(self, rnd: Round) -> None:
+        self.stats.late_acks += rnd.late
 
     # -- rounds -------------------------------------------------------------
     def _send(
@@ -412,12 +426,20 @@ class DataPath:
                 if not fut.done():
                     rnd.tally.fail(target.node, "timeout")
 
-    async def _drain(self, rnd: Round, count_late: bool = False) -> None:
-        """Let the calls still in flight end (bounded), then give up on them."""
-        await self._until(rnd.finished, self.timeout_s + 1, rnd)
-        rnd.cancel()
-        if count_late:
-            self.stats.late_acks += rnd.late
+    def _when_finished(self, rnd: Round, then: Callable[[], None]) -> None:
+        """Run ``then`` once every call of ``rnd`` has ended; calls still
+        open a second after the request timeout are given up. A timer and a
+        callback, not a task per request."""
+        if rnd.finished.done():
+            then()
+            return
+        timer = asyncio.get_running_loop().call_later(self.timeout_s + 1, rnd.cancel)
+
+        def finished(_: object) -> None:
+            timer.cancel()
+            then()
+
+        rnd.finished.add_done_callback(finished)
 
     @staticmethod
     async def _until(event: asyncio.Future[None], timeout: float, rnd: Round) -> None:
