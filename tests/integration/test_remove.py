@@ -111,3 +111,41 @@ def remove_state(c: Cluster, i: int) -> str:
     doc = json.loads(out)
     me = next(n for n in doc["nodes"] if n["node"] == c.members[i].name)
     return str(me["state"])
+
+
+def test_a_removal_and_a_join_at_once_both_take_effect(tmp_path: Path) -> None:
+    """n4 is removed through n1 while n5 joins (its first gossip reaches the
+    others at about the same time). Both changes make the next epoch; gossip
+    keeps one ring, and whoever knew of the removal applies it again, so
+    every node ends on one ring with n5 and without n4."""
+    c = Cluster(tmp_path, nodes=5, n=3, workers=1)
+    # n1..n4 form the ring without waiting for n5, which joins later.
+    seeds = ", ".join(f'"{m.host}:{m.peer_port}"' for m in c.members[:4])
+    for m in c.members[:4]:
+        lines = m.config.read_text().splitlines()
+        m.config.write_text("\n".join(f"seeds = [{seeds}]" if line.startswith("seeds = ")
+                                      else line for line in lines) + "\n")
+    try:
+        for i in range(4):
+            c.start_node(i, wait=False)
+        for i in range(4):
+            c.wait_serving(i)
+        c.wait_all_up()
+        wait_for("a ring of n1..n4 everywhere", lambda: all(
+            ring_of(c, i).node_ids == ("n1", "n2", "n3", "n4") for i in range(4)), 30)
+        c.start_node(4, wait=False)
+        doc = remove(c, "n4")
+        assert doc["removed"] == "n4"
+
+        def settled() -> bool:
+            if not (c.members[4].data_dir / "ring.msgpack").exists():
+                return False  # n5 has not heard of a ring yet
+            rings = [ring_of(c, i) for i in range(5)]
+            return all(r.node_ids == ("n1", "n2", "n3", "n5") and r.removed == {"n4"}
+                       and r == rings[0] for r in rings)
+
+        wait_for("every node on one ring with n5 and without n4", settled, 60)
+        r = c.client(4)
+        assert r.set("after-both", "yes") and c.client(0).get("after-both") == b"yes"
+    finally:
+        c.close()
