@@ -29,6 +29,7 @@ import bisect
 import struct
 import threading
 from array import array
+from collections.abc import Sequence
 from itertools import accumulate
 
 import zstandard
@@ -114,14 +115,20 @@ class BlockBuilder:
 
 
 class Block:
-    """A decoded block: sorted keys plus lazily sliced values."""
+    """A decoded block: sorted keys and lazily sliced values. The key list
+    is built on first use (a scan, a seek); a point lookup bisects the key
+    column in place, so a get that misses the block cache does not slice
+    every key of a 16 KiB block (~140 of them) to find one."""
 
-    __slots__ = ("_val_ends", "_values", "keys", "trailers")
+    __slots__ = ("_key_area", "_key_ends", "_keys", "_val_ends", "_values", "trailers")
 
     def __init__(
-        self, keys: list[bytes], values: bytes, val_ends: array[int], trailers: array[int]
+        self, key_area: bytes, key_ends: array[int], values: bytes, val_ends: array[int],
+        trailers: array[int],
     ) -> None:
-        self.keys = keys
+        self._key_area = key_area
+        self._key_ends = key_ends
+        self._keys: list[bytes] | None = None
         self._values = values
         self._val_ends = val_ends
         self.trailers = trailers
@@ -146,13 +153,19 @@ class Block:
                 f"block columns disagree: keys end at {key_ends[-1]} (expected {klen}), "
                 f"values at {val_ends[-1]} (expected {vlen})"
             )
-        keys_area = data[:klen]
-        starts = [0, *key_ends[:-1]] if n else []
-        keys = [keys_area[a:b] for a, b in zip(starts, key_ends, strict=True)]
-        return cls(keys, data[klen:columns], val_ends, trailers)
+        return cls(data[:klen], key_ends, data[klen:columns], val_ends, trailers)
+
+    @property
+    def keys(self) -> list[bytes]:
+        keys = self._keys
+        if keys is None:
+            area, ends = self._key_area, self._key_ends
+            starts = [0, *ends[:-1]] if ends else []
+            keys = self._keys = [area[a:b] for a, b in zip(starts, ends, strict=True)]
+        return keys
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._key_ends)
 
     def value(self, i: int) -> bytes:
         ends = self._val_ends
@@ -160,7 +173,7 @@ class Block:
 
     def find(self, key: bytes) -> int:
         """Index of ``key``, or -1."""
-        keys = self.keys
+        keys: Sequence[bytes] = self._keys if self._keys is not None else _KeyColumn(self)
         i = bisect.bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
             return i
@@ -171,8 +184,26 @@ class Block:
         return bisect.bisect_left(self.keys, key)
 
     def charge(self) -> int:
-        """Approximate memory held, for the cache budget."""
-        return len(self._values) + sum(map(len, self.keys)) + 70 * len(self.keys)
+        """Approximate memory held, for the cache budget (the key list counted
+        as if built)."""
+        return len(self._values) + len(self._key_area) * 2 + 70 * len(self._key_ends)
+
+
+class _KeyColumn(Sequence[bytes]):
+    """A block's keys as a sequence, each sliced only when bisect asks."""
+
+    __slots__ = ("_area", "_ends")
+
+    def __init__(self, block: Block) -> None:
+        self._area = block._key_area
+        self._ends = block._key_ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> bytes:  # type: ignore[override]
+        ends = self._ends
+        return self._area[(ends[i - 1] if i else 0) : ends[i]]
 
 
 class Codec:

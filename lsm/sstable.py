@@ -337,9 +337,8 @@ class TableReader:
         block = None if cache is None else cache.get((self.number, self._handles[i][0]))
         if block is None:
             block = self.read_block(i, lookup=False)
-        keys = block.keys
-        j = bisect.bisect_left(keys, key)
-        if j == len(keys) or keys[j] != key:
+        j = block.find(key)
+        if j < 0:
             return None
         seq, kind = unpack_trailer(block.trailers[j])
         if kind not in (KIND_VALUE, KIND_DELETE):
