@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.cluster import Cluster
-from tests.faults.history import History, classify
+from tests.faults.history import History, Op, Outcome, classify
 
 #: Pause after an error before a thread's next op, so a thread bound to a
 #: dead node does not spin on refused connections (client pacing, not a wait).
@@ -122,6 +122,11 @@ class Workload:
     def run_thread(self, t: Thread, rng: random.Random) -> None:
         raise NotImplementedError
 
+    def _failed(self, op: Op, outcome: Outcome, error: str) -> None:
+        """End ``op`` as ``fail`` or ``info``, then back off a little."""
+        self.history.complete(op, outcome, error=error)
+        self._stop.wait(ERROR_PAUSE_S)
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -155,15 +160,13 @@ class SetAdds(Workload):
                     context, *siblings = cmd(r, "VGET", key, *read_opts)
                 except redis.RedisError as exc:
                     # Nothing was written: the add ends before its VSET.
-                    self.history.complete(op, "fail", error=f"VGET: {exc}")
-                    self._stop.wait(ERROR_PAUSE_S)
+                    self._failed(op, "fail", f"VGET: {exc}")
                     continue
                 value = encode_set(union_of(siblings) | {element})
                 try:
                     cmd(r, "VSET", key, context, value, *write_opts)
                 except redis.RedisError as exc:
-                    self.history.complete(op, classify(exc), error=str(exc))
-                    self._stop.wait(ERROR_PAUSE_S)
+                    self._failed(op, classify(exc), str(exc))
                     continue
                 self.history.complete(op, "ok")
         finally:
@@ -206,8 +209,7 @@ class Registers(Workload):
                 try:
                     cmd(clients[writer], "SET", key, value, *write_opts)
                 except redis.RedisError as exc:
-                    self.history.complete(op, classify(exc), error=str(exc))
-                    self._stop.wait(ERROR_PAUSE_S)
+                    self._failed(op, classify(exc), str(exc))
                     continue
                 self.history.complete(op, "ok")
                 reader = rng.choice([i for i in nodes if i != writer])
@@ -216,8 +218,7 @@ class Registers(Workload):
                 try:
                     got = cmd(clients[reader], "GET", key, *read_opts)
                 except redis.RedisError as exc:
-                    self.history.complete(op, "fail", error=str(exc))
-                    self._stop.wait(ERROR_PAUSE_S)
+                    self._failed(op, "fail", str(exc))
                     continue
                 seen = None if got is None else got.decode()
                 self.history.complete(op, "ok", value=seen or "")
