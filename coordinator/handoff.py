@@ -122,7 +122,7 @@ class Handoff:
             if now_ms - hint.since_ms > self.window_ms:
                 log.warning("hint for partition %d of %s expired after %d s; repair covers it",
                             hint.partition, hint.owner, (now_ms - hint.since_ms) // 1000)
-                await self.host.hints.remove(hint.partition, hint.owner, delivered=False)
+                await self.host.hints.remove(hint.partition, hint.owner, outcome="expired")
                 await self._maybe_drop(hint.partition)
                 continue
             if len(self._tasks) >= self.concurrency or not self.host.is_up(NodeId(hint.owner)):
@@ -150,7 +150,7 @@ class Handoff:
                 t.passes += 1
                 await self._stream(t)
                 if await self.host.hints.remove(
-                    hint.partition, hint.owner, delivered=True, if_writes=writes_before
+                    hint.partition, hint.owner, outcome="delivered", if_writes=writes_before
                 ):
                     break
                 if t.passes >= MAX_PASSES:

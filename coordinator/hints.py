@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from coordinator import files
 from coordinator.files import StateFileError
@@ -99,19 +100,21 @@ class HintStore:
         hint.bytes += size
 
     async def remove(
-        self, partition: int, owner: str, *, delivered: bool, if_writes: int | None = None
+        self, partition: int, owner: str, *, outcome: Literal["delivered", "expired", "moved"],
+        if_writes: int | None = None,
     ) -> bool:
-        """Delete a hint; with ``if_writes``, only if no hinted write arrived
-        since the caller read that count (so a handoff never drops the record
-        of a write it did not send)."""
+        """Delete a hint that was delivered, expired (counted: repair must
+        cover it) or moved to other owners; with ``if_writes``, only if no
+        hinted write arrived since the caller read that count (so a handoff
+        never drops the record of a write it did not send)."""
         async with self._lock:
             hint = self._hints.get((partition, owner))
             if hint is None or (if_writes is not None and hint.writes != if_writes):
                 return False
             del self._hints[(partition, owner)]
-            if delivered:
+            if outcome == "delivered":
                 self.delivered += 1
-            else:
+            elif outcome == "expired":
                 self.expired += 1
             await self._save()
             return True

@@ -314,7 +314,7 @@ class Node:
         for owner in ringmod.primaries(self.ring, hint.partition):
             if owner != self.id:
                 await self.hints.add(hint.partition, owner, now)
-        await self.hints.remove(hint.partition, hint.owner, delivered=False)
+        await self.hints.remove(hint.partition, hint.owner, outcome="moved")
 
     def plan_for(self, key: bytes) -> tuple[int, Plan]:
         ring = self.ring

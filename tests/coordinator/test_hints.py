@@ -32,9 +32,9 @@ def test_remove_if_writes_keeps_a_hint_that_got_new_writes(tmp_path: Path) -> No
         await store.add(1, "n3", 1)
         seen = store.all()[0].writes
         store.touch(1, "n3", 5)  # a hinted write arrives during the transfer
-        assert not await store.remove(1, "n3", delivered=True, if_writes=seen)
+        assert not await store.remove(1, "n3", outcome="delivered", if_writes=seen)
         assert store.has(1, "n3")
-        assert await store.remove(1, "n3", delivered=True, if_writes=seen + 1)
+        assert await store.remove(1, "n3", outcome="delivered", if_writes=seen + 1)
         assert not store.has(1, "n3") and store.delivered == 1
         fresh = HintStore(str(tmp_path))
         fresh.load()
