@@ -4,7 +4,9 @@
 - Request ids: a per-client counter; replies are matched by id, in any order.
 - Batching: every call made in the same event-loop turn is queued and written
   as ONE frame by a flush scheduled with ``loop.call_soon`` (DESIGN §2).
-  ``frames_sent`` counts frames, so tests can see the batching.
+  ``frames_sent`` counts frames, so tests can see the batching. A request
+  msgpack cannot encode (an int past 64 bits) or too big for a frame fails
+  alone with BAD_REQUEST; the rest of its batch still goes out.
 - Timeouts: each call has one deadline covering the wait for an in-flight
   slot, connecting and the reply. Past it the call returns
   ``Reply(Status.TIMEOUT)``; its slot is dropped and a late reply ignored.
@@ -236,23 +238,38 @@ class ShardClient:
         if writer is None or writer.is_closing():
             self._fail_all("connection closed before the request was sent")
             return
-        for frame in self._encode(batch):
+        for frame in self._frames(batch):
             writer.write(frame)
             self.frames_sent += 1
 
-    def _encode(self, batch: list[tuple[int, Request]]) -> list[bytes]:
-        frame = codec.encode_requests(batch)
-        if len(frame) - codec.HEADER.size <= self.max_send_frame:
-            return [frame]
-        if len(batch) == 1:
-            rid = batch[0][0]
-            _, fut = self._pending[rid]
-            if not fut.done():
-                fut.set_result(Reply(Status.BAD_REQUEST, f"request of {len(frame)} bytes "
-                                     f"exceeds the frame limit {self.max_send_frame}"))
-            return []
-        half = len(batch) // 2
-        return self._encode(batch[:half]) + self._encode(batch[half:])
+    def _frames(self, batch: list[tuple[int, Request]]) -> list[bytes]:
+        """The batch as frames of at most ``max_send_frame`` payload bytes.
+        A request that cannot be encoded, or is too big for a frame on its
+        own, fails alone with BAD_REQUEST; the others still go out."""
+        frames: list[bytes] = []
+        group: list[bytes] = []
+        size = codec.FRAME_OVERHEAD
+        for rid, env in codec.encode_envelopes(batch):
+            if isinstance(env, codec.ProtocolError):
+                self._refuse(rid, str(env))
+                continue
+            if codec.FRAME_OVERHEAD + len(env) > self.max_send_frame:
+                self._refuse(rid, f"request of {len(env)} bytes exceeds the frame limit "
+                                  f"{self.max_send_frame}")
+                continue
+            if size + len(env) > self.max_send_frame:
+                frames.append(codec.frame_of(group))
+                group, size = [], codec.FRAME_OVERHEAD
+            group.append(env)
+            size += len(env)
+        if group:
+            frames.append(codec.frame_of(group))
+        return frames
+
+    def _refuse(self, rid: int, message: str) -> None:
+        _, fut = self._pending[rid]
+        if not fut.done():
+            fut.set_result(Reply(Status.BAD_REQUEST, message))
 
     # -- connection ---------------------------------------------------------------
 

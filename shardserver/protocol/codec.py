@@ -37,7 +37,7 @@ from shardserver.protocol.vclock import MAX_ACTOR_BYTES, ActorId, VersionFormatE
 __all__ = [
     "DEFAULT_MAX_FRAME", "FrameDecoder", "ProtocolError", "Reply", "Request", "Status",
     "check_payload", "decode_replies", "decode_requests", "decode_requests_lenient",
-    "encode_replies", "encode_requests",
+    "encode_envelopes", "encode_replies", "encode_requests", "frame_of",
 ]
 
 HEADER = struct.Struct(">I")
@@ -100,7 +100,12 @@ class FrameDecoder:
         return out
 
 
-def _pack_envelopes(envelopes: list[bytes]) -> bytes:
+#: Bytes a frame payload adds to its envelopes (the array header, at most).
+FRAME_OVERHEAD = 5
+
+
+def frame_of(envelopes: list[bytes]) -> bytes:
+    """A frame (length prefix included) of already packed envelopes."""
     payload = msgpack.Packer().pack_array_header(len(envelopes)) + b"".join(envelopes)
     if len(payload) > 0xFFFFFFFF:
         raise ProtocolError(f"frame payload too large: {len(payload)} bytes")
@@ -315,10 +320,33 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
 
 
 def encode_requests(requests: Iterable[tuple[int, Request]]) -> bytes:
-    """One frame carrying every ``(request_id, request)``."""
+    """One frame carrying every ``(request_id, request)``; raises
+    ProtocolError if one of them cannot be encoded."""
+    envs = []
+    for _, env in encode_envelopes(requests):
+        if isinstance(env, ProtocolError):
+            raise env
+        envs.append(env)
+    return frame_of(envs)
+
+
+def encode_envelopes(
+    requests: Iterable[tuple[int, Request]],
+) -> list[tuple[int, bytes | ProtocolError]]:
+    """Each request's envelope, or the ProtocolError saying why msgpack
+    cannot encode it (an int past 64 bits, a wrong type): a caller batching
+    many requests into one frame fails only that one (``frame_of`` joins
+    the rest)."""
     packer = msgpack.Packer(use_bin_type=True)
-    envs = [packer.pack([rid, m.OP_OF[type(req)], _request_args(req)]) for rid, req in requests]
-    return _pack_envelopes(envs)
+    out: list[tuple[int, bytes | ProtocolError]] = []
+    for rid, req in requests:
+        op = m.OP_OF[type(req)]
+        try:
+            out.append((rid, packer.pack([rid, op, _request_args(req)])))
+        except (TypeError, ValueError, OverflowError) as e:
+            packer.reset()
+            out.append((rid, ProtocolError(f"{op}: unencodable request ({type(e).__name__}: {e})")))
+    return out
 
 
 def _request_id(env: object, i: int) -> int:
@@ -377,7 +405,7 @@ def encode_replies(replies: Iterable[tuple[int, Reply]]) -> bytes:
             packer.reset()
             msg = f"unencodable reply payload: {type(e).__name__}: {e}"
             envs.append(packer.pack([rid, int(Status.INTERNAL), msg]))
-    return _pack_envelopes(envs)
+    return frame_of(envs)
 
 
 def encode_reply_frames(

@@ -337,3 +337,38 @@ def test_oversized_request_is_refused_locally_and_batches_are_split(sock_dir: Pa
             assert c.frames_sent - before > 1
 
     run(body())
+
+
+def test_an_unencodable_request_fails_alone_and_its_batch_goes_out(sock_dir: Path) -> None:
+    """A dot past uint64 cannot be packed: before, the encoder's error
+    dropped the whole batch and every request in it waited for its timeout
+    (issue 13, done point 5)."""
+    path = str(sock_dir / "s.sock")
+    got: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dec = codec.FrameDecoder()
+        while data := await asyncio.wait_for(reader.read(65536), 5.0):
+            dec.feed(data)
+            for f in dec.frames():
+                reqs = codec.decode_requests(f)
+                got.append(len(reqs))
+                writer.write(codec.encode_replies(
+                    [(rid, Reply(Status.OK, b"\x01\x90")) for rid, _ in reqs]))
+
+    async def body() -> None:
+        server = await fake_worker(path, handler)
+        async with server, await ShardClient.connect(path, 1.0) as c:
+            bad = Version(VClock.of({ACTOR: 1}), 1 << 64, ACTOR, b"overflow")
+            calls = [m.ReplicaWrite(0, b"k%d" % i, ver(i, b"v"), "lww") for i in range(10)]
+            calls.insert(5, m.ReplicaWrite(0, b"bad", bad, "merge"))
+            before = c.frames_sent
+            started = time.monotonic()
+            replies = await asyncio.gather(*(c.call(r, timeout=5.0) for r in calls))
+            assert time.monotonic() - started < 1.0
+            assert replies[5].status is Status.BAD_REQUEST
+            assert "unencodable request (OverflowError" in replies[5].message
+            assert [r.status for r in replies[:5] + replies[6:]] == [Status.OK] * 10
+            assert c.frames_sent - before == 1 and got == [10]
+
+    run(body())
