@@ -8,7 +8,8 @@ back to a default.
     [node]     id, data_dir, zone, clock_offset_ms
     [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
                metrics_port, max_reply_bytes
-    [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms
+    [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms,
+               max_clock_drift_ms
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
                memtable_bytes, block_cache_bytes, tombstone_grace_s
     [handoff]  enabled, max_hint_window_s, throttle_bytes_per_s, concurrency
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coordinator.errors import CoordinatorError
+
+#: A bound past a day would let a timestamp win for that long.
+MAX_CLOCK_DRIFT_MS = 86_400_000
 
 
 class ConfigError(CoordinatorError):
@@ -56,6 +60,7 @@ class NodeConfig:
     pw: int = 0
     secret: str = field(default="", repr=False)
     request_timeout_ms: int = 2000
+    max_clock_drift_ms: int = 60_000  # timestamps further ahead are refused
     # [storage]
     workers: int = 0  # 0: max(2, CPU count)
     fsync: str = "interval"
@@ -85,7 +90,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
         "metrics_port", "max_reply_bytes",
     ),
-    "cluster": ("partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms"),
+    "cluster": (
+        "partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms",
+        "max_clock_drift_ms",
+    ),
     "storage": (
         "workers",
         "fsync",
@@ -208,6 +216,9 @@ def validate(c: NodeConfig) -> None:
         "throttle_bytes_per_s",
     ):
         need(getattr(c, name) > 0, f"{name} must be > 0")
+    need(1 <= c.max_clock_drift_ms <= MAX_CLOCK_DRIFT_MS,
+         f"max_clock_drift_ms must be 1..{MAX_CLOCK_DRIFT_MS} (one day), "
+         f"got {c.max_clock_drift_ms}")
     need(c.idle_timeout_s >= 0, "idle_timeout_s must be >= 0 (0: never)")
     for seed in c.seeds:
         host, _, port = seed.rpartition(":")

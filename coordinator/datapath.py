@@ -50,7 +50,7 @@ from shardserver.protocol.messages import (
     Status,
 )
 from shardserver.protocol.messages import Reply as ShardReply
-from shardserver.protocol.vclock import ActorId
+from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
 
 log = logging.getLogger("ringkv.datapath")
@@ -75,6 +75,8 @@ class Cluster(Protocol):
     def next_hlc(self) -> int: ...
 
     def saw_hlc(self, hlc: int) -> None: ...
+
+    def context_clock(self, context: bytes) -> VClock: ...  # CommandError if refused
 
 
 @dataclass(slots=True)
@@ -343,7 +345,8 @@ class DataPath:
             version = reconcile.plain_write(actor, hlc, value)
             await self._finish_write(self._start_write(key, version, "lww", levels))
             return version
-        version = reconcile.context_write(context or b"", actor, hlc, value)
+        clock = self.cluster.context_clock(context or b"")
+        version = reconcile.context_write(clock, actor, hlc, value)
         rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
         calls = {t.node: fut for fut, t in rnd.calls.items()}
         self._context_calls[key] = calls

@@ -44,6 +44,7 @@ class Gossiper:
         extra_out: Callable[[], dict[str, Any]] = dict,
         extra_in: Callable[[dict[str, Any]], None] = lambda payload: None,
         on_restart: Callable[[NodeId], None] = lambda node: None,
+        accept: Callable[[Endpoint], bool] = lambda ep: True,
     ) -> None:
         self.me = me.node
         self.members: dict[NodeId, Endpoint] = {me.node: me}
@@ -59,6 +60,7 @@ class Gossiper:
         self._extra_out = extra_out
         self._extra_in = extra_in
         self._on_restart = on_restart
+        self._accept = accept  # False: a peer's entry is ignored (e.g. from the future)
         self._answered: set[str] = set()  # peer addresses that ever answered
 
     # -- liveness ---------------------------------------------------------
@@ -94,7 +96,8 @@ class Gossiper:
         raw = payload.get("members")
         if not isinstance(raw, list):
             raise membership.MembershipError("gossip without a members list")
-        theirs = {ep.node: ep for ep in map(membership.decode, raw) if ep.node != self.me}
+        theirs = {ep.node: ep for ep in map(membership.decode, raw)
+                  if ep.node != self.me and self._accept(ep)}
         before = self.members
         self.members = membership.merge(before, theirs)
         now = self._clock()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +45,9 @@ class HintStore:
         self.expired = 0  # dropped past max_hint_window (anti-entropy covers them)
         self.delivered = 0
 
-    def load(self) -> None:
+    def load(self, since: Callable[[int], int] = lambda ms: ms) -> None:
+        """Read the records back; ``since`` checks each ``since_ms`` (a
+        record from the future would never age: the node resets those)."""
         doc = files.read_doc(self.path)
         if doc is None:
             return
@@ -53,8 +56,8 @@ class HintStore:
         for rec in doc["hints"]:
             if not (isinstance(rec, list) and len(rec) == 3):
                 raise StateFileError(f"hints file {self.path}: bad record {rec!r:.60}")
-            p, owner, since = rec
-            self._hints[(int(p), str(owner))] = Hint(int(p), str(owner), int(since))
+            p, owner, started = rec
+            self._hints[(int(p), str(owner))] = Hint(int(p), str(owner), since(int(started)))
 
     # -- queries ----------------------------------------------------------
     def all(self) -> list[Hint]:

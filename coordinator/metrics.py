@@ -93,6 +93,22 @@ class NodeCollector(Collector):
         yield _counter("ringkv_late_acks", "Replica acks after the client's reply", d.late_acks)
         yield _gauge("ringkv_connected_clients", "Client connections",
                      node.client_server.clients)
+        yield from self._clock(node)
+
+    def _clock(self, node: Node) -> Iterator[Metric]:
+        c = node.clock.stats
+        yield _gauge("ringkv_hlc_ahead_ms", "How far the node's HLC runs ahead of its wall clock",
+                     node.clock.lead_ms())
+        refused = CounterMetricFamily(
+            "ringkv_clock_drift_refusals",
+            "Timestamps past max_clock_drift_ms, refused or not adopted, by where they entered",
+            labels=["source"])
+        for source, value in (("client_context", c.contexts_refused),
+                              ("replica_answer", c.peer_timestamps_ignored),
+                              ("peer_write", c.peer_writes_refused),
+                              ("gossip", c.gossip_refused), ("hint", c.hints_reset)):
+            refused.add_metric([source], value)
+        yield refused
 
     def _cluster(self, node: Node) -> Iterator[Metric]:
         ring = node.ring

@@ -43,6 +43,7 @@ from coordinator import files, quorum, report
 from coordinator import ring as ringmod
 from coordinator.admin import ADMIN_TIMEOUT_S, Admin
 from coordinator.anti_entropy import AntiEntropy
+from coordinator.clock import Clock
 from coordinator.commands import Command
 from coordinator.config import NodeConfig
 from coordinator.datapath import DataPath
@@ -66,9 +67,8 @@ from coordinator.ring import NodeId, Ring
 from coordinator.server import ClientServer
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
-from shardserver.protocol.hlc import HLC
 from shardserver.protocol.pool import WorkerPool
-from shardserver.protocol.vclock import make_actor
+from shardserver.protocol.vclock import VClock, make_actor
 from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
 
 log = logging.getLogger("ringkv.node")
@@ -94,7 +94,7 @@ class Node:
         self.pool = pool
         self.id = NodeId(config.id)
         self.secret = config.secret.encode()
-        self.hlc = HLC(offset_ms=config.clock_offset_ms)
+        self.clock = Clock(config.max_clock_drift_ms, offset_ms=config.clock_offset_ms)
         self.sibling_cap = DEFAULT_SIBLING_CAP
         self.hinted_handoff = config.handoff_enabled
         self.actor = make_actor(config.id, 0)  # replaced by start() from the identity file
@@ -131,7 +131,7 @@ class Node:
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
         self._load_identity()
-        self.hints.load()
+        self.hints.load(self.clock.hint_since)
         doc = files.read_doc(os.path.join(self.config.data_dir, RING_FILE))
         if doc is not None:
             self.ring = ringmod.decode_ring(doc.get("ring"))
@@ -155,6 +155,7 @@ class Node:
         self.gossip = Gossiper(
             me, self.config.seeds, self._gossip_send, interval_s=self._gossip_interval_s,
             extra_out=self._ring_out, extra_in=self._ring_in, on_restart=self._peer_restarted,
+            accept=self.clock.endpoint_ok,
         )
         self._own(self.gossip.run(), "gossip")
         if self.ring is None:
@@ -362,11 +363,13 @@ class Node:
                 "corrupt_fixed": t.corrupt_fixed, "errors": t.error_count}
 
     def next_hlc(self) -> int:
-        return self.hlc.now()
+        return self.clock.now()
 
     def saw_hlc(self, hlc: int) -> None:
-        with contextlib.suppress(ValueError):
-            self.hlc.update(hlc)
+        self.clock.saw(hlc)
+
+    def context_clock(self, context: bytes) -> VClock:
+        return self.clock.context(context)
 
     # -- routing ------------------------------------------------------------
     async def call(self, node: NodeId, request: m.Request, timeout: float) -> m.Reply:
@@ -412,7 +415,14 @@ class Node:
         return self.local_clients[index].submit(request)
 
     def _peer_fast(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
-        """Replica reads and writes from peers go straight to the worker."""
+        """Replica reads and writes from peers go straight to the worker;
+        a write stamped past our clock's bound is refused (coordinator/clock.py)."""
+        if isinstance(request, m.ReplicaWrite) and (
+            why := self.clock.refuse_write(request.version)
+        ) is not None:
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_result(m.Reply.error(m.Status.BAD_REQUEST, why))
+            return refused
         return self._local_fast(request)
 
     def _peer_restarted(self, node: NodeId) -> None:

@@ -3,7 +3,9 @@
 * A plain ``SET``/``DEL`` becomes a version whose clock is ``{actor: hlc}``
   (no read first); replicas apply it last-writer-wins (DESIGN §4).
 * ``VSET``/``VDEL`` with a context become a version whose clock descends
-  from that context, so it supersedes exactly what the client saw.
+  from that context, so it supersedes exactly what the client saw. The
+  context comes from the client, so it is checked in full first, its
+  counters against this node's clock too (``decode_context``).
 * Reads: the sibling sets from R replicas are merged; ``GET`` shows the
   last-writer-wins value, ``VGET`` every live sibling plus the context.
 * Read repair: a replica whose answer differs from the merged set (or that
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from coordinator import votes
 from coordinator.errors import CommandError
 from shardserver.protocol import vclock, versions
+from shardserver.protocol.hlc import hlc_wall_ms
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import SiblingSet, Version
 
@@ -27,16 +30,43 @@ def plain_write(actor: ActorId, hlc: int, value: bytes | None) -> Version:
     return versions.plain_version(actor, hlc, value)
 
 
-def context_write(context: bytes, actor: ActorId, hlc: int, value: bytes | None) -> Version:
-    """VSET (value) or VDEL (None) superseding what ``context`` describes."""
-    return versions.new_version_for_context(decode_context(context), actor, hlc, value)
-
-
-def decode_context(context: bytes) -> VClock:
+def context_write(context: VClock, actor: ActorId, hlc: int, value: bytes | None) -> Version:
+    """VSET (value) or VDEL (None) superseding what ``context`` describes
+    (a client's context, checked by ``decode_context``)."""
     try:
-        return vclock.decode_context(context)
+        return versions.new_version_for_context(context, actor, hlc, value)
     except vclock.VersionFormatError as exc:
         raise CommandError(f"ERR invalid context: {exc}") from None
+
+
+def decode_context(context: bytes, physical_ms: int, max_drift_ms: int) -> VClock:
+    """A client's context, checked in full: it is bytes the client controls.
+
+    Its form (types, sizes, entry count, counter range) is checked by
+    ``vclock.decode_context``; every actor must read ``<node>#<incarnation>``
+    (the only ids ringkv makes); and no counter may lie more than
+    ``max_drift_ms`` ahead of ``physical_ms``, this node's clock: counters
+    are HLC timestamps, and one from the future would make the version win
+    over every later plain write, and drag the clocks of nodes that read it.
+    """
+    try:
+        clock = vclock.decode_context(context)
+        for actor, _ in clock.entries:
+            vclock.parse_actor(actor)
+    except vclock.VersionFormatError as exc:
+        raise CommandError(f"ERR invalid context: {exc}") from None
+    for actor, counter in clock.entries:
+        ahead = hlc_wall_ms(counter) - physical_ms
+        if ahead > max_drift_ms:
+            raise CommandError(
+                f"ERR invalid context: counter for {_show(actor)} is {ahead} ms ahead of "
+                f"this node's clock (max_clock_drift_ms = {max_drift_ms})")
+    return clock
+
+
+def _show(actor: bytes) -> str:
+    text = actor.decode("utf-8", "replace")
+    return text if text.isprintable() else repr(actor)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """INFO sections of a node: stats, replication (hints and handoff), cluster,
-storage (DESIGN §12). Plain ``name: value`` maps; the server renders them
+clock, storage (DESIGN §12). Plain ``name: value`` maps; the server renders them
 Redis-style (``# Section`` then ``name:value`` lines)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def info_sections(node: Node) -> dict[str, dict[str, Any]]:
         "stats": _stats(node),
         "replication": _replication(node),
         "cluster": _cluster(node),
+        "clock": _clock(node),
         "storage": _storage(node),
     }
 
@@ -70,6 +71,17 @@ def _cluster(node: Node) -> dict[str, Any]:
         state = "up" if n in up else "down"
         addr = ep.client_addr if ep else "?"
         out[f"node_{n}"] = f"state={state},phi={phi:.1f},addr={addr}"
+    return out
+
+
+def _clock(node: Node) -> dict[str, Any]:
+    """The drift bound, how far our HLC runs ahead of our wall clock, and
+    the timestamps refused or ignored for lying past the bound."""
+    out: dict[str, Any] = {
+        "max_clock_drift_ms": node.clock.max_drift_ms,
+        "hlc_ahead_ms": node.clock.lead_ms(),
+    }
+    out.update(asdict(node.clock.stats))
     return out
 
 

@@ -32,6 +32,13 @@ MAX_HLC = (1 << 64) - 1
 class ClockDriftError(ValueError):
     """A remote timestamp is further ahead of our wall clock than allowed."""
 
+    def __init__(self, ahead_ms: int, max_drift_ms: int) -> None:
+        super().__init__(
+            f"remote timestamp is {ahead_ms} ms ahead of the local clock "
+            f"(max drift {max_drift_ms} ms)"
+        )
+        self.ahead_ms = ahead_ms
+
 
 def hlc_wall_ms(ts: int) -> int:
     """Wall-clock milliseconds part of an HLC timestamp."""
@@ -57,8 +64,12 @@ class HLC:
     ``clock`` returns seconds like ``time.time``; ``offset_ms`` shifts it, so
     tests can simulate skewed nodes without touching the system clock.
     ``max_drift_ms``, when set, makes ``update`` refuse a remote timestamp
-    that far ahead of our physical time: one peer with a clock in the far
-    future would otherwise drag every later timestamp of the cluster with it.
+    more than that far ahead of our physical time (as CockroachDB's max
+    offset): one peer with a clock in the far future, or one forged
+    timestamp, would otherwise drag every later timestamp of the cluster
+    with it. Since only ``update`` can move the clock past physical time,
+    ``now()`` then never runs more than ``max_drift_ms`` ahead of it (plus
+    the logical carry of a very busy millisecond).
     """
 
     __slots__ = ("_clock", "_last", "_lock", "_max_drift_ms", "_offset_ms")
@@ -80,6 +91,20 @@ class HLC:
     def physical_ms(self) -> int:
         return max(0, int(self._clock() * 1000) + self._offset_ms)
 
+    @property
+    def max_drift_ms(self) -> int | None:
+        return self._max_drift_ms
+
+    def ahead_ms(self, ts: int) -> int:
+        """How far the wall part of ``ts`` lies ahead of our physical time
+        (negative: behind)."""
+        return hlc_wall_ms(ts) - self.physical_ms()
+
+    def lead_ms(self) -> int:
+        """How far our own latest timestamp runs ahead of our physical time
+        (0 when it does not): what remote timestamps dragged us by."""
+        return max(0, self.ahead_ms(self.last()))
+
     def now(self) -> int:
         """A timestamp greater than every one this clock returned or saw before."""
         physical = self.physical_ms() << LOGICAL_BITS
@@ -93,14 +118,9 @@ class HLC:
         if isinstance(remote, bool) or not isinstance(remote, int) or not 0 <= remote < MAX_HLC:
             raise ValueError(f"remote HLC timestamp out of range: {remote!r}")
         physical_ms = self.physical_ms()
-        if (
-            self._max_drift_ms is not None
-            and hlc_wall_ms(remote) - physical_ms > self._max_drift_ms
-        ):
-            raise ClockDriftError(
-                f"remote timestamp is {hlc_wall_ms(remote) - physical_ms} ms ahead "
-                f"of the local clock (max drift {self._max_drift_ms} ms)"
-            )
+        ahead = hlc_wall_ms(remote) - physical_ms
+        if self._max_drift_ms is not None and ahead > self._max_drift_ms:
+            raise ClockDriftError(ahead, self._max_drift_ms)
         physical = physical_ms << LOGICAL_BITS
         with self._lock:
             ts = max(physical, self._last + 1, remote + 1)

@@ -259,6 +259,10 @@ def new_version_for_context(
     backwards across a restart is moved past it).
     """
     hlc = max(hlc, context.get(actor) + 1)
+    if hlc > MAX_HLC:
+        # Only a context at the very end of the counter space gets here; a
+        # dot past uint64 could never be encoded (or stored).
+        raise VersionFormatError(f"no dot of {actor!r} fits after the context's counter")
     return Version(clock=context, hlc=hlc, actor=actor, value=value)
 
 

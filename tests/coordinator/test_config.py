@@ -62,6 +62,8 @@ pw = 1
         ("[security]\nenable_flush = 1\n", "enable_flush must be bool"),
         ("[network]\nmax_reply_bytes = 1000\n",
          "max_reply_bytes must be >= max_value_bytes (65536)"),
+        ("[cluster]\nmax_clock_drift_ms = 0\n", "max_clock_drift_ms must be 1..86400000"),
+        ("[cluster]\nmax_clock_drift_ms = 86400001\n", "max_clock_drift_ms must be 1..86400000"),
         ("[node\n", "not valid TOML"),
     ],
 )

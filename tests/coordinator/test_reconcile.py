@@ -5,16 +5,25 @@ import pytest
 from coordinator.errors import CommandError
 from coordinator.reconcile import (
     context_write,
+    decode_context,
     get_reply,
     plain_write,
     reconcile,
     vget_reply,
 )
 from shardserver.protocol import versions
-from shardserver.protocol.vclock import make_actor
+from shardserver.protocol.vclock import ActorId, make_actor
 
 A = make_actor("n1", 1)
 B = make_actor("n2", 1)
+
+
+NOW_MS = 1_700_000_000_000
+DRIFT_MS = 60_000
+
+
+def ctx_write(context: bytes, actor: ActorId, hlc: int, value: bytes | None) -> versions.Version:
+    return context_write(decode_context(context, NOW_MS, DRIFT_MS), actor, hlc, value)
 
 
 def apply(siblings: versions.SiblingSet, v: versions.Version, lww: bool) -> versions.SiblingSet:
@@ -25,12 +34,12 @@ def apply(siblings: versions.SiblingSet, v: versions.Version, lww: bool) -> vers
 def test_two_vsets_with_the_same_context_make_siblings_and_the_merged_context_one() -> None:
     base = apply((), plain_write(A, 100, b"v0"), lww=True)
     ctx = vget_reply(base)[0]
-    s = apply(base, context_write(ctx, A, 200, b"x"), lww=False)
-    s = apply(s, context_write(ctx, B, 201, b"y"), lww=False)
+    s = apply(base, ctx_write(ctx, A, 200, b"x"), lww=False)
+    s = apply(s, ctx_write(ctx, B, 201, b"y"), lww=False)
     reply = vget_reply(s)
     assert sorted(reply[1:]) == [b"x", b"y"]
     assert get_reply(s) == b"y"  # last writer wins for plain GET meanwhile
-    s = apply(s, context_write(reply[0], A, 300, b"merged"), lww=False)
+    s = apply(s, ctx_write(reply[0], A, 300, b"merged"), lww=False)
     assert vget_reply(s)[1:] == [b"merged"]
 
 
@@ -54,7 +63,7 @@ def test_reconcile_merges_and_names_stale_replicas() -> None:
 
 def test_bad_context_is_a_client_error() -> None:
     with pytest.raises(CommandError, match="ERR invalid context"):
-        context_write(b"\xff garbage", A, 1, b"v")
+        ctx_write(b"\xff garbage", A, 1, b"v")
 
 
 def test_a_rotten_copy_is_outvoted_on_read_and_a_tie_stays_visible() -> None:

@@ -15,6 +15,10 @@ the blind writes go first, while every clock is still where it started):
    B's HLC moves past A's write, so nothing is lost.
 3. VSET adds from every node: no acknowledged add is lost (contexts order
    them, not clocks).
+
+The skew stays within ``max_clock_drift_ms`` (raised to 20 min here), so
+this measures what skew the bound lets in does; past the bound, timestamps
+are refused (tests/integration/test_clock_drift.py).
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ def test_clock_skew_on_one_node(tmp_path: Path, offset_ms: int) -> None:
         SKEWED: {"node": {"clock_offset_ms": offset_ms}}}
     rng = random.Random(offset_ms)
     with fault_cluster(tmp_path, node_settings=skew,
-                       settings={"handoff": {"concurrency": 8}}) as nemesis:
+                       settings={"handoff": {"concurrency": 8},
+                                 "cluster": {"max_clock_drift_ms": 1_200_000}}) as nemesis:
         cluster = nemesis.cluster
         blind = pairs(cluster, "blind", rng, read_between=False)
         expected = {k for k, (a, b) in blind.writers.items()

@@ -264,6 +264,20 @@ def test_hlc_update_rejects_bad_and_drifting_remote() -> None:
     assert hlc.update(make_hlc(1_000_500)) == make_hlc(1_000_500) + 1
 
 
+def test_hlc_never_runs_further_ahead_than_max_drift() -> None:
+    clock = FakeClock(1000.0)
+    hlc = HLC(clock, max_drift_ms=500)
+    assert hlc.max_drift_ms == 500 and hlc.lead_ms() == 0
+    with pytest.raises(ClockDriftError) as refused:
+        hlc.update(make_hlc(1_000_000 + 10 * 365 * 86_400_000))
+    assert refused.value.ahead_ms == 10 * 365 * 86_400_000
+    assert hlc.lead_ms() == 0  # the refused timestamp moved nothing
+    hlc.update(make_hlc(1_000_400))
+    assert hlc.lead_ms() == 400 and hlc.ahead_ms(make_hlc(1_000_100)) == 100
+    clock.t += 1.0  # the wall clock catches up
+    assert hlc.lead_ms() == 0 and hlc_wall_ms(hlc.now()) == 1_001_000
+
+
 @given(
     st.lists(
         st.one_of(
