@@ -28,6 +28,7 @@ from shardserver.protocol.versions import plain_version
 from shardserver.supervisor import partition_ranges
 from tests.cluster import Cluster, wait_for
 from tests.faults.nemesis import set_option
+from tests.integration.test_admin import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,9 @@ def test_a_context_ten_years_ahead_is_refused_and_a_later_set_wins(cluster: Clus
     assert n2.set("drift:k", "after") is True
     assert n1.get("drift:k") == b"after"
     assert_not_dragged(cluster, 0, "drift:probe1")
+    metrics = scrape(cluster, 0)
+    assert metrics['ringkv_clock_drift_refusals_total{source="client_context"}'] >= 1
+    assert metrics["ringkv_hlc_ahead_ms"] < HONEST_LEAD_MS
 
 
 def test_a_far_future_version_from_a_replica_does_not_drag_the_clock(cluster: Cluster) -> None:
