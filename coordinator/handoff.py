@@ -132,7 +132,10 @@ class Handoff:
             await self.tick()
             if time.monotonic() >= self._sweep_at:
                 self._sweep_at = time.monotonic() + self.sweep_interval_s
-                await self.sweep()
+                try:
+                    await self.sweep()
+                except Exception:  # the next sweep tries again; handoff goes on
+                    log.exception("handoff: the sweep for unhinted copies failed")
             # Once a second, or as soon as a transfer ends and frees a slot.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
