@@ -81,9 +81,10 @@ def hints(target: Target) -> None:
     doc = target.call("hints")
     lines = [f"hints held by {doc['node']} (delivered {doc['delivered']}, "
              f"expired {doc['expired']})",
-             f"{'target':<10} {'partitions':>10} {'writes':>8} {'bytes':>10} {'oldest':>8}"]
+             f"{'target':<10} {'partitions':>10} {'expired':>7} {'writes':>8} {'bytes':>10} "
+             f"{'oldest':>8}"]
     for owner, b in sorted(doc["backlog"].items()):
-        lines.append(f"{owner:<10} {b['partitions']:>10} {b['writes']:>8} "
+        lines.append(f"{owner:<10} {b['partitions']:>10} {b['expired']:>7} {b['writes']:>8} "
                      f"{_size(b['bytes']):>10} {b['oldest_s']:>7}s")
     if not doc["backlog"]:
         lines.append("(none)")

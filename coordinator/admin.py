@@ -247,6 +247,7 @@ class Admin:
             "backlog": node.handoff.backlog(),
             "hints": [
                 {"partition": h.partition, "owner": h.owner, "age_s": (now_ms - h.since_ms) // 1000,
+                 "idle_s": (now_ms - h.last_ms) // 1000, "expired": h.expired,
                  "writes": h.writes, "bytes": h.bytes}
                 for h in node.hints.all()
             ],

@@ -2,21 +2,31 @@
 
 A fallback that accepts a write for a partition it does not own keeps the
 data in that partition's storage (a worker writes any partition of its
-range) and a hint ``(partition, owner, since)`` saying whom the copy is for
-(DESIGN §7). The data is already durable in the worker's WAL; the record
-must be too, or a restarted fallback would forget it holds someone's writes.
-So :meth:`HintStore.add` persists before the write it announces is sent to
-the worker. New records are rare (one per partition and owner while that
-owner is down), later writes for the same pair only bump in-memory counters.
+range) and a hint ``(partition, owner, since, last)`` saying whom the copy
+is for (DESIGN §7). The data is already durable in the worker's WAL; the
+record must be too, or a restarted fallback would forget it holds someone's
+writes. So :meth:`HintStore.add` persists before the write it announces is
+sent to the worker. New records are rare (one per partition and owner while
+that owner is down); later writes for the same pair only bump in-memory
+counters and the time of the latest hinted write, which is saved lazily
+(:meth:`HintStore.save_touches`, at most every ``TOUCH_SAVE_INTERVAL_MS``).
+
+A hint is deleted only when its copy was delivered (or moved to other
+owners): never because it is old. Past ``max_hint_window_s`` after the
+latest hinted write it is *expired* (:meth:`HintStore.expire`): counted and
+reported, retried slowly, data kept (docs/architecture.md, Hinted handoff).
 
 File ``<data_dir>/hints.msgpack`` (see :mod:`coordinator.files`): msgpack
-``{"v": 1, "hints": [[partition, owner, since_ms], ...]}``.
+``{"v": 2, "hints": [[partition, owner, since_ms, last_ms], ...]}``; a
+version 1 file (``[partition, owner, since_ms]``) still loads, with
+``last_ms = since_ms``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,24 +35,36 @@ from coordinator import files
 from coordinator.files import StateFileError
 
 FILE_NAME = "hints.msgpack"
-_FORMAT = 1
+_FORMAT = 2
+#: The latest hinted write's time reaches the file at most this late (it
+#: only decides when a hint counts as expired, never what is deleted).
+TOUCH_SAVE_INTERVAL_MS = 5000
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
 class Hint:
     partition: int
     owner: str
-    since_ms: int
+    since_ms: int  # first hinted write: how long we have held data for the owner
+    last_ms: int  # latest hinted write: max_hint_window counts from here
+    expired: bool = False  # past the window: parked (coordinator/handoff.py)
     writes: int = 0  # hinted writes accepted since this process started
     bytes: int = 0
 
 
 class HintStore:
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, clock_ms: Callable[[], int] = _wall_ms) -> None:
         self.path = os.path.join(data_dir, FILE_NAME)
+        self._clock_ms = clock_ms
         self._hints: dict[tuple[int, str], Hint] = {}
         self._lock = asyncio.Lock()
-        self.expired = 0  # dropped past max_hint_window (anti-entropy covers them)
+        self._touched = False  # a last_ms changed since the file was written
+        self._saved_ms = 0
+        self.expired = 0  # hints that passed max_hint_window (their data is kept)
         self.delivered = 0
 
     def load(self, since: Callable[[int], int] = lambda ms: ms) -> None:
@@ -51,13 +73,16 @@ class HintStore:
         doc = files.read_doc(self.path)
         if doc is None:
             return
-        if doc.get("v") != _FORMAT or not isinstance(doc.get("hints"), list):
+        if doc.get("v") not in (1, _FORMAT) or not isinstance(doc.get("hints"), list):
             raise StateFileError(f"hints file {self.path} has an unknown format")
+        size = 3 if doc["v"] == 1 else 4
         for rec in doc["hints"]:
-            if not (isinstance(rec, list) and len(rec) == 3):
+            if not (isinstance(rec, list) and len(rec) == size):
                 raise StateFileError(f"hints file {self.path}: bad record {rec!r:.60}")
-            p, owner, started = rec
-            self._hints[(int(p), str(owner))] = Hint(int(p), str(owner), since(int(started)))
+            p, owner, started = rec[:3]
+            first = since(int(started))
+            last = since(int(rec[3])) if size == 4 and rec[3] != started else first
+            self._hints[(int(p), str(owner))] = Hint(int(p), str(owner), first, last)
 
     # -- queries ----------------------------------------------------------
     def all(self) -> list[Hint]:
@@ -79,9 +104,15 @@ class HintStore:
         hint = self._hints.get((partition, owner))
         if hint is None:
             return False
+        self._count(hint, self._clock_ms(), size)
+        return True
+
+    def _count(self, hint: Hint, now_ms: int, size: int) -> None:
         hint.writes += 1
         hint.bytes += size
-        return True
+        if now_ms > hint.last_ms:
+            hint.last_ms = now_ms
+            self._touched = True
 
     async def add(self, partition: int, owner: str, now_ms: int, size: int = 0) -> None:
         """Record that this node holds writes of ``partition`` for ``owner``;
@@ -92,24 +123,36 @@ class HintStore:
             async with self._lock:
                 hint = self._hints.get(key)
                 if hint is None:
-                    hint = Hint(partition, owner, now_ms)
+                    hint = Hint(partition, owner, now_ms, now_ms)
                     self._hints[key] = hint
                     try:
                         await self._save()
                     except OSError:
                         del self._hints[key]
                         raise
-        hint.writes += 1
-        hint.bytes += size
+        self._count(hint, now_ms, size)
+
+    def expire(self, now_ms: int, window_ms: int) -> list[Hint]:
+        """Mark the hints whose latest hinted write is older than
+        ``window_ms`` as expired (a newer write clears the mark); returns
+        those newly expired, which are counted. Nothing is deleted."""
+        newly = []
+        for hint in self._hints.values():
+            old = now_ms - hint.last_ms > window_ms
+            if old and not hint.expired:
+                newly.append(hint)
+                self.expired += 1
+            hint.expired = old
+        return newly
 
     async def remove(
-        self, partition: int, owner: str, *, outcome: Literal["delivered", "expired", "moved"],
+        self, partition: int, owner: str, *, outcome: Literal["delivered", "moved"],
         if_writes: int | None = None,
     ) -> bool:
-        """Delete a hint that was delivered, expired (counted: repair must
-        cover it) or moved to other owners; with ``if_writes``, only if no
-        hinted write arrived since the caller read that count (so a handoff
-        never drops the record of a write it did not send)."""
+        """Delete a hint whose copy was delivered or moved to other owners;
+        with ``if_writes``, only if no hinted write arrived since the caller
+        read that count (so a handoff never drops the record of a write it
+        did not send)."""
         async with self._lock:
             hint = self._hints.get((partition, owner))
             if hint is None or (if_writes is not None and hint.writes != if_writes):
@@ -117,11 +160,23 @@ class HintStore:
             del self._hints[(partition, owner)]
             if outcome == "delivered":
                 self.delivered += 1
-            elif outcome == "expired":
-                self.expired += 1
             await self._save()
             return True
 
+    async def save_touches(self) -> None:
+        """Write the times of the latest hinted writes, if they moved and the
+        file is older than ``TOUCH_SAVE_INTERVAL_MS``."""
+        if not self._touched or self._clock_ms() - self._saved_ms < TOUCH_SAVE_INTERVAL_MS:
+            return
+        async with self._lock:
+            await self._save()
+
     async def _save(self) -> None:
-        records = [[h.partition, h.owner, h.since_ms] for h in self.all()]
-        await asyncio.to_thread(files.write_doc, self.path, {"v": _FORMAT, "hints": records})
+        self._touched = False
+        self._saved_ms = self._clock_ms()
+        records = [[h.partition, h.owner, h.since_ms, h.last_ms] for h in self.all()]
+        try:
+            await asyncio.to_thread(files.write_doc, self.path, {"v": _FORMAT, "hints": records})
+        except OSError:
+            self._touched = True
+            raise

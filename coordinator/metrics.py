@@ -124,6 +124,9 @@ class NodeCollector(Collector):
         fams = {
             "partitions": GaugeMetricFamily("ringkv_hint_backlog_partitions",
                                             "Hinted partitions held per target", labels=["target"]),
+            "expired": GaugeMetricFamily(
+                "ringkv_hint_backlog_expired_partitions",
+                "Hinted partitions past max_hint_window per target (data kept)", labels=["target"]),
             "writes": GaugeMetricFamily("ringkv_hint_backlog_writes",
                                         "Hinted writes held per target", labels=["target"]),
             "bytes": GaugeMetricFamily("ringkv_hint_backlog_bytes",
@@ -140,8 +143,13 @@ class NodeCollector(Collector):
         yield _counter("ringkv_handoffs_completed", "Handoffs finished", h.completed)
         yield _counter("ringkv_handoff_keys_sent", "Keys streamed by handoff", h.keys_sent)
         yield _counter("ringkv_handoff_bytes_sent", "Bytes streamed by handoff", h.bytes_sent)
-        yield _counter("ringkv_hints_expired", "Hints dropped past max_hint_window",
-                       node.hints.expired)
+        yield _counter("ringkv_hints_expired",
+                       "Hints that passed max_hint_window (their data is kept)", node.hints.expired)
+        yield _counter("ringkv_handoff_drops_refused",
+                       "Drops of handed-off copies refused: writes arrived after the last pass",
+                       h.drops_refused)
+        yield _counter("ringkv_handoff_strays_found",
+                       "Copies without a hint found by the sweep and hinted", h.strays_found)
         for name, value in node.repair_figures().items():
             yield _counter(f"ringkv_repair_{name}", f"Anti-entropy: {name.replace('_', ' ')}",
                            value)

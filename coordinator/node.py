@@ -427,11 +427,13 @@ class Node:
 
     def _peer_restarted(self, node: NodeId) -> None:
         """Gossip brought a new generation of ``node``: dial it again now,
-        whatever the reconnect backoff of its failed connects says."""
+        whatever the reconnect backoff of its failed connects says, and hand
+        it its hints now."""
         assert self.gossip is not None
         addr = self.gossip.addr_of(node)
         if addr is not None and addr in self._backoffs:
             self._backoffs[addr].reset()
+        self.handoff.owner_back(node)
 
     def _peer(self, addr: str) -> ShardClient:
         client = self._peers.get(addr)

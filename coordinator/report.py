@@ -35,6 +35,7 @@ def _replication(node: Node) -> dict[str, Any]:
         "hint_writes": sum(b["writes"] for b in backlog.values()),
         "hint_bytes": sum(b["bytes"] for b in backlog.values()),
         "hint_oldest_s": max((b["oldest_s"] for b in backlog.values()), default=0),
+        "hint_partitions_expired": sum(b["expired"] for b in backlog.values()),
         "hints_delivered": node.hints.delivered,
         "hints_expired": node.hints.expired,
         "handoffs_running": len(h.running),
@@ -43,11 +44,13 @@ def _replication(node: Node) -> dict[str, Any]:
         "handoff_keys_sent": h.keys_sent,
         "handoff_bytes_sent": h.bytes_sent,
         "handoff_partitions_dropped": h.dropped_partitions,
+        "handoff_drops_refused": h.drops_refused,
+        "handoff_strays_found": h.strays_found,
     }
     for owner, b in sorted(backlog.items()):
         out[f"hints_for_{owner}"] = (
-            f"partitions={b['partitions']},writes={b['writes']},bytes={b['bytes']},"
-            f"oldest_s={b['oldest_s']}"
+            f"partitions={b['partitions']},expired={b['expired']},writes={b['writes']},"
+            f"bytes={b['bytes']},oldest_s={b['oldest_s']}"
         )
     return out
 

@@ -20,18 +20,17 @@ from typing import TYPE_CHECKING, Any
 from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
 from shardserver.aae import ScanAborted
 from shardserver.admission import ConnSlots
+from shardserver.errors import (
+    BadRequestError,
+    PartitionChangedError,
+    PartitionDroppingError,
+    PartitionNotServedError,
+)
 from shardserver.protocol import codec, merkle, messages
 from shardserver.protocol import versions as vs
 from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.versions import VersionFormatError
-from shardserver.storage import (
-    BadRequestError,
-    PartitionDroppingError,
-    PartitionNotServedError,
-    ShardStore,
-    WriteOp,
-    WriteResult,
-)
+from shardserver.storage import ShardStore, WriteOp, WriteResult
 
 if TYPE_CHECKING:
     from shardserver.worker import Worker
@@ -50,6 +49,8 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
         return Status.NOT_SERVED, str(exc)
     if isinstance(exc, PartitionDroppingError | ScanAborted):
         return Status.UNAVAILABLE, str(exc)
+    if isinstance(exc, PartitionChangedError):
+        return Status.CONFLICT, str(exc)
     if isinstance(exc, BadRequestError | InvalidArgumentError):
         return Status.BAD_REQUEST, str(exc)
     if isinstance(exc, ClosedError):
@@ -246,7 +247,7 @@ def dispatch(store: ShardStore, req: Request) -> Call:
         return lambda: _scan(store, sc.partition, sc.after, sc.limit)
     if isinstance(req, messages.DropPartition):
         d = req
-        return lambda: store.drop_partitions(range(d.partition, d.partition + d.count))
+        return lambda: store.drop_partitions(range(d.partition, d.partition + d.count), d.if_mark)
     if isinstance(req, messages.Flush):
         return store.flush
     if isinstance(req, messages.Compact):
@@ -272,5 +273,8 @@ def dispatch(store: ShardStore, req: Request) -> Call:
 
 
 def _scan(store: ShardStore, partition: int, after: bytes | None, limit: int) -> dict[str, Any]:
+    # The mark is read before the scan starts: every write it counts is in
+    # the pages from here on (a conditional drop relies on that).
+    mark = store.write_mark(partition)
     items, next_after = store.scan_raw(partition, after, limit)
-    return {"items": [[k, v] for k, v in items], "next": next_after}
+    return {"items": [[k, v] for k, v in items], "next": next_after, "mark": mark}

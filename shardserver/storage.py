@@ -13,7 +13,11 @@ Deletion is compaction's job (``ShardCompactionFilter``): sibling sets that
 are only tombstones older than ``tombstone_grace`` vanish, and so do entries
 of partitions this worker no longer holds. The filter is pickled into the
 compaction child process, so it carries plain data (held set, grace, now)
-and is rebuilt (``refresh_filter``) to move its clock forward.
+and is rebuilt (``refresh_filter``) to move its clock forward. A drop of a
+partition is fenced against its writes (``shardserver.fence``): a write
+never lands in a partition while it is being dropped, and a conditional
+drop (the handoff's) refuses if a write reached the partition since its
+caller's last scan.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from lsm.batch import WriteBatch
 from lsm.db import DB
 from lsm.options import Options
 from shardserver.aae import PartitionTrees, stored_digest, without_conflicts
+from shardserver.errors import BadRequestError, PartitionNotServedError
+from shardserver.fence import DropFence
 from shardserver.layout import (
     DEFAULT_TOMBSTONE_GRACE_MS,
     MAX_KEY_BYTES,
@@ -46,22 +52,6 @@ from shardserver.protocol.versions import SiblingSet, Version
 WriteMode = Literal["merge", "lww"]
 
 _LOCK_STRIPES = 256
-
-
-class ShardStoreError(Exception):
-    """Base of the errors the store raises on purpose (not engine errors)."""
-
-
-class BadRequestError(ShardStoreError, ValueError):
-    """Key, partition or argument out of range."""
-
-
-class PartitionNotServedError(ShardStoreError):
-    """The partition is outside this worker's range."""
-
-
-class PartitionDroppingError(ShardStoreError):
-    """The partition is being dropped; retry after the drop finished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +104,10 @@ class ShardStore:
         self.sibling_cap = sibling_cap
         self._clock_ms = clock_ms
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._meta = threading.Lock()  # guards _held, _dropping
+        self._meta = threading.Lock()  # guards _held
         self._held: frozenset[int] | None = None
-        self._dropping: set[int] = set()
+        #: Writes against drops (shardserver.fence); never held with _meta.
+        self._fence = DropFence()
         self._counters = _Counters()
         #: Merkle trees for anti-entropy, kept current by ``_apply``.
         self.trees = PartitionTrees(self.scan_raw)
@@ -167,8 +158,6 @@ class ShardStore:
         # A write re-claims a partition that was given up: data is only ever
         # deleted by an explicit decision, never by a late write's race.
         with self._meta:
-            if partition in self._dropping:
-                raise PartitionDroppingError(f"partition {partition} is being dropped")
             if self._held is not None and partition not in self._held:
                 self._held = self._held | {partition}
                 changed = True
@@ -180,42 +169,48 @@ class ShardStore:
     def refresh_filter(self) -> None:
         """Install a filter with the current held set and clock; the engine
         reads ``options.compaction_filter`` at the start of each compaction."""
+        dropping = self._fence.dropping_now()
         with self._meta:
             held = self._held
-            if held is not None and self._dropping:
-                held = held - self._dropping
+            if held is not None and dropping:
+                held = held - dropping
         self.db.options.compaction_filter = ShardCompactionFilter(
             held, self.grace_ms, self._clock_ms()
         )
 
-    def drop_partition(self, partition: int) -> None:
-        self.drop_partitions(range(partition, partition + 1))
+    def drop_partition(self, partition: int, if_mark: int | None = None) -> None:
+        self.drop_partitions(range(partition, partition + 1), if_mark)
 
-    def drop_partitions(self, parts: range) -> None:
+    def write_mark(self, partition: int) -> int:
+        """A number that changes whenever a write to ``partition`` completes
+        (``shardserver.fence``); read it before a scan, pass it to a drop."""
+        self._check(partition)
+        return self._fence.mark(partition)
+
+    def drop_partitions(self, parts: range, if_mark: int | None = None) -> None:
         """Delete every replica of the partitions in ``parts`` now, through one
         compaction of their key range with a filter that no longer holds them.
         Writes to them are refused (PartitionDroppingError) until the drop
-        finished."""
+        finished. With ``if_mark`` (one partition), nothing is dropped if a
+        write to it completed since that mark was read or is in flight
+        (PartitionChangedError): compare-and-drop."""
         if not parts:
             raise BadRequestError("no partition to drop")
+        if if_mark is not None and len(parts) != 1:
+            raise BadRequestError("a conditional drop names one partition")
         for p in (parts.start, parts[-1]):
             self._check(p)
-        with self._meta:
-            busy = self._dropping.intersection(parts)
-            if busy:
-                raise PartitionDroppingError(f"partition {min(busy)} is being dropped")
-            self._dropping.update(parts)
-            base = frozenset(self.partitions) if self._held is None else self._held
-            self._held = base - set(parts)
-        try:
-            start, _ = partition_range(parts.start)
-            _, end = partition_range(parts[-1])
-            self._compact_filtered(start, end)
-            self._counters.add("partitions_dropped", len(parts))
-        finally:
-            self.trees.drop(parts)
+        with self._fence.dropping(parts, if_mark):
             with self._meta:
-                self._dropping.difference_update(parts)
+                base = frozenset(self.partitions) if self._held is None else self._held
+                self._held = base - set(parts)
+            try:
+                start, _ = partition_range(parts.start)
+                _, end = partition_range(parts[-1])
+                self._compact_filtered(start, end)
+                self._counters.add("partitions_dropped", len(parts))
+            finally:
+                self.trees.drop(parts)
 
     # -- reads -------------------------------------------------------------------
     def read(self, partition: int, key: bytes) -> SiblingSet:
@@ -312,8 +307,15 @@ class ShardStore:
     ) -> list[WriteResult]:
         for partition, key, _ in steps:
             self._check(partition, key)
-        for partition in {p for p, _, _ in steps}:
-            self._claim_for_write(partition)
+        partitions = {p for p, _, _ in steps}
+        with self._fence.writing(partitions):
+            for partition in partitions:
+                self._claim_for_write(partition)
+            return self._apply_fenced(steps)
+
+    def _apply_fenced(
+        self, steps: Sequence[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]]
+    ) -> list[WriteResult]:
         keys = {storage_key(p, k): (p, k) for p, k, _ in steps}
         stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in keys})  # fixed order: no deadlock
         results: list[WriteResult] = []

@@ -436,9 +436,10 @@ class ShardClient:
         return result
 
     async def drop_partition(
-        self, partition: int, timeout: float | None = None, count: int = 1
+        self, partition: int, timeout: float | None = None, count: int = 1,
+        if_mark: int | None = None,
     ) -> Any:
-        return await self._ok(DropPartition(partition, count), timeout)
+        return await self._ok(DropPartition(partition, count, if_mark), timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         await self._ok(Flush(), timeout)

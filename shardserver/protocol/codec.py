@@ -46,6 +46,8 @@ MAX_REQUEST_ID = (1 << 64) - 1
 MAX_HLC = (1 << 64) - 1
 #: Nesting deeper than this in a free-form payload (stats) is garbage.
 MAX_PAYLOAD_DEPTH = 32
+#: Write marks (shardserver.fence) are 62-bit counters; leave them room.
+MAX_MARK = (1 << 63) - 1
 
 
 class ProtocolError(ValueError):
@@ -286,10 +288,16 @@ def _d_compact(a: list[Any]) -> Request:
 
 
 def _d_drop(a: list[Any]) -> Request:
-    # count (2nd) is optional so frames of the one-field form still decode.
-    p, count = _args([*a, 1] if len(a) == 1 else a, 2, "drop")
+    # count and if_mark are optional so frames of the shorter forms still decode.
+    defaults = (1, None)  # count, if_mark
+    p, count, if_mark = _args([*a, *defaults[len(a) - 1:]] if 1 <= len(a) < 3 else a, 3, "drop")
     first = _partition(p, "drop.partition")
-    return m.DropPartition(first, _int(count, "drop.count", 1, m.MAX_PARTITION + 1 - first))
+    n = _int(count, "drop.count", 1, m.MAX_PARTITION + 1 - first)
+    if if_mark is None:
+        return m.DropPartition(first, n)
+    if n != 1:
+        raise ProtocolError("drop.if_mark: a conditional drop names one partition (count 1)")
+    return m.DropPartition(first, n, _int(if_mark, "drop.if_mark", 0, MAX_MARK))
 
 
 def _d_noargs(cls: Callable[[], Request], op: str) -> Callable[[list[Any]], Request]:
@@ -494,6 +502,8 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _bytes(item[1], f"scan reply items[{j}].siblings", 1, DEFAULT_MAX_FRAME)
             if p.get("next") is not None:
                 _key(p["next"], "scan reply next")
+            if p.get("mark") is not None:
+                _int(p["mark"], "scan reply mark", 0, MAX_MARK)
         case m.TreeLevel():
             want = merkle.NODE_BYTES * len(request.indices)
             if not isinstance(p, bytes) or len(p) != want:

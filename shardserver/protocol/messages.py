@@ -11,7 +11,8 @@ message saying what went wrong)::
     ReplicaWrite    bytes: encode_siblings of the key's resulting sibling set
     ReplicaWriteSet bytes: encode_siblings of the key's resulting sibling set
     ReplicaRead     bytes: encode_siblings of the stored set, or None if absent
-    ScanPartition   {"items": [[key, siblings bytes], ...], "next": bytes | None}
+    ScanPartition   {"items": [[key, siblings bytes], ...], "next": bytes | None,
+                     "mark": int (the partition's write mark before this page)}
     DropPartition   None
     Flush           None
     Compact         None
@@ -83,6 +84,7 @@ class Status(enum.IntEnum):
     INTERNAL = 7  # bug or corruption; the message says which
     NOT_SERVED = 8  # this worker does not hold the partition
     UNAVAILABLE = 9  # partition temporarily unavailable (being dropped, ...)
+    CONFLICT = 10  # a conditional request's condition failed (DropPartition.if_mark)
 
 
 # --- requests ----------------------------------------------------------------
@@ -134,10 +136,13 @@ class ScanPartition:
 @dataclass(frozen=True, slots=True)
 class DropPartition:
     """Delete partitions ``partition .. partition + count - 1`` (all served by
-    the worker) in one compaction of their key range."""
+    the worker) in one compaction of their key range. With ``if_mark`` (one
+    partition only), only if the partition's write mark (ScanPartition's
+    reply) is still that and no write to it is in flight; else CONFLICT."""
 
     partition: int
     count: int = 1
+    if_mark: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ from coordinator.anti_entropy import AntiEntropy, RepairReport
 from coordinator.ring import NodeId, Ring
 from coordinator.votes import conflicts, vote
 from lsm.options import Options
-from shardserver.handlers import dispatch, error_status
-from shardserver.protocol import codec
 from shardserver.protocol.client import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
-from shardserver.protocol.messages import Reply, Request, Status
+from shardserver.protocol.messages import Reply, Request
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import SiblingSet, Version
 from shardserver.storage import ShardStore
+from tests.coordinator.stores import call_store, run
 
 Q = 8
 NOW_MS = 1_700_000_000_000
@@ -88,13 +87,7 @@ class Host:
             raise ShardUnavailable(node, "down")
         if node in r.failing:
             raise ConnectionResetError(f"{node} hung up")
-        ((_, req),) = codec.decode_requests(codec.encode_requests([(1, request)])[4:])
-        try:
-            reply = Reply(Status.OK, await asyncio.to_thread(dispatch(r.stores[node], req)))
-        except Exception as exc:
-            reply = Reply.error(*error_status(exc))
-        ((_, back),) = codec.decode_replies(codec.encode_replies([(1, reply)])[4:])
-        return codec.check_payload(request, back)
+        return await call_store(r.stores[node], request)
 
 
 @pytest.fixture
@@ -104,10 +97,6 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
         yield r
     finally:
         r.close()
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def all_keys(r: Replicas) -> set[bytes]:

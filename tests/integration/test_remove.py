@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -76,18 +79,24 @@ def test_remove_a_dead_node_then_a_live_one(tmp_path: Path) -> None:
         assert code == 0 and "already removed" in out
 
         # A live node: it hands its own copies off, and the cluster no longer needs it.
-        code, out = run(c, "remove", "n4", node=1)
-        assert code == 0 and "removed n4 (up): ring epoch" in out, out
-        wait_for("every node on the ring without n4", lambda: rings_agree(c, epoch + 2), 30)
-        wait_for("n4 says it is removed", lambda: remove_state(c, 3) == "removed", 30)
-        wait_for("hints drained, n4's too", lambda: hint_backlog(c) == 0, 60)
+        # Writes go on meanwhile, through every node, n4 included (on a stale
+        # ring until gossip brings the new one): n4's drops must not eat them.
+        with Writer(c, (0, 1, 2, 3)) as writer:
+            code, out = run(c, "remove", "n4", node=1)
+            assert code == 0 and "removed n4 (up): ring epoch" in out, out
+            wait_for("every node on the ring without n4", lambda: rings_agree(c, epoch + 2), 30)
+            wait_for("n4 says it is removed", lambda: remove_state(c, 3) == "removed", 30)
+            wait_for("hints drained, n4's too", lambda: hint_backlog(c) == 0, 120)
+        assert len(writer.acked) > 50, writer.errors[:3]
+        wait_for("hints of the last writes drained", lambda: hint_backlog(c) == 0, 60)
         c.stop_node(3)
         assert_new_primaries_hold(c, keys)
         r = c.client(0, socket_timeout=60)
         pipe = r.pipeline(transaction=False)
-        for k in keys:
+        for k in keys + writer.acked:
             pipe.execute_command("GET", k, "R", 3)
-        assert pipe.execute() == [k[::-1] for k in keys]  # R=3 without n4 and n5
+        got = pipe.execute()  # R=3 without n4 and n5
+        assert got == [k[::-1] for k in keys + writer.acked]
 
         # Refusals name the cause.
         code, out = run(c, "remove", "n3")
@@ -102,6 +111,39 @@ def test_remove_a_dead_node_then_a_live_one(tmp_path: Path) -> None:
         assert all(ring_of(c, i).node_ids == ("n1", "n2", "n3") for i in range(3))
         assert c.client(4).get(keys[0]) == keys[0][::-1]  # still a coordinator for clients
         assert remove_state(c, 4) == "removed"
+
+
+class Writer:
+    """SETs of fresh keys (value: the key reversed) in a thread, through the
+    given nodes in turn, until the block ends; ``acked`` are those that
+    succeeded."""
+
+    def __init__(self, c: Cluster, through: tuple[int, ...]) -> None:
+        self.clients = [c.client(i, socket_timeout=10) for i in through]
+        self.acked: list[bytes] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        for i in range(100_000):
+            if self._stop.is_set():
+                return
+            key = b"during-rm-%d" % i
+            try:
+                if self.clients[i % len(self.clients)].set(key, key[::-1]):
+                    self.acked.append(key)
+            except (redis.RedisError, OSError) as exc:
+                self.errors.append(str(exc))
+            time.sleep(0.005)
 
 
 def remove_state(c: Cluster, i: int) -> str:

@@ -71,7 +71,7 @@ requests_st: st.SearchStrategy[m.Request] = st.one_of(
     st.builds(m.ReplicaWriteSet, partitions, keys, sibling_sets),
     st.builds(m.ReplicaRead, partitions, keys),
     st.builds(m.ScanPartition, partitions, st.none() | keys, st.integers(1, m.MAX_SCAN_LIMIT)),
-    st.builds(m.DropPartition, partitions, st.just(1))
+    st.builds(m.DropPartition, partitions, st.just(1), st.none() | st.integers(0, codec.MAX_MARK))
     | st.builds(m.DropPartition, st.integers(0, 100), st.integers(1, 100)),
     st.just(m.Flush()),
     st.builds(m.Compact, st.none() | partitions),
@@ -133,6 +133,15 @@ def test_write_of_the_four_field_form_still_decodes() -> None:
     short = msgpack.packb(body)
     ((_, req),) = codec.decode_requests(short)
     assert isinstance(req, m.ReplicaWrite) and req.hint_for is None and req.key == b"k"
+
+
+def test_drop_of_the_shorter_forms_still_decodes_and_a_marked_one_names_one_partition() -> None:
+    for args, want in (([5], m.DropPartition(5)), ([5, 3], m.DropPartition(5, 3)),
+                       ([5, 1, 42], m.DropPartition(5, 1, 42))):
+        frame = msgpack.packb([[1, "drop", args]])
+        assert codec.decode_requests(frame) == [(1, want)]
+    with pytest.raises(codec.ProtocolError, match=r"drop\.if_mark: a conditional drop names one"):
+        codec.decode_requests(msgpack.packb([[1, "drop", [5, 2, 42]]]))
 
 
 def test_frame_layout_is_length_prefixed_msgpack_array() -> None:
