@@ -35,7 +35,7 @@ def _socket_dir(data_dir: str) -> str:
     return tempfile.mkdtemp(prefix="ringkv-")
 
 
-def build_node(config: NodeConfig) -> Node:
+def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
         _socket_dir(config.data_dir),
@@ -49,7 +49,7 @@ def build_node(config: NodeConfig) -> Node:
             "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
         ],
     )
-    return Node(config, pool)
+    return Node(config, pool, insecure_no_secret=insecure_no_secret)
 
 
 def _raise_fd_limit(config: NodeConfig) -> None:
@@ -64,9 +64,9 @@ def _raise_fd_limit(config: NodeConfig) -> None:
             logging.warning("open file limit %d is below max_clients + 256 = %d", new, want)
 
 
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> None:
     _raise_fd_limit(config)
-    node = build_node(config)
+    node = build_node(config, insecure_no_secret=insecure_no_secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,24 +93,43 @@ async def run_node(config: NodeConfig) -> None:
 @click.option("--peer-port", type=int, help="Port for other nodes.")
 @click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")
 @click.option("--workers", type=int, help="Shard worker processes (0: one per CPU).")
+@click.option("--insecure-no-secret", is_flag=True,
+              help="Run without a cluster secret: anyone who reaches the peer port can "
+                   "read, write, drop data and run admin commands. For throwaway tests only.")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: str | None, log_level: str, **flags: Any) -> None:
-    """Run one node: coordinator plus its shard workers, until SIGTERM or Ctrl-C."""
+def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
+          **flags: Any) -> None:
+    """Run one node: coordinator plus its shard workers, until SIGTERM or Ctrl-C.
+
+    The config must set [cluster] secret (the same on every node): the
+    peer port obeys whoever proves it.
+    """
     flags["id"] = flags.pop("node_id")
     flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
     try:
         config = load(config_path, flags)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if not config.secret and not insecure_no_secret:
+        raise click.ClickException(
+            f"node {config.id} has no cluster secret: without one, anyone who reaches peer "
+            f"port {config.peer_port} can read, write and drop data and run admin commands. "
+            "Set [cluster] secret in the config, the same on every node (for example the "
+            "output of: python3 -c 'import secrets; print(secrets.token_hex(32))'), "
+            "or pass --insecure-no-secret for a throwaway test node"
+        )
+    os.umask(0o077)  # files the node and its workers create: owner only
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s {config.id} %(name)s: %(message)s",
     )
-    if config.seeds and not config.secret:
-        logging.warning("no cluster secret set: any process that can reach the peer port "
-                        "can join (set cluster.secret)")
+    if not config.secret:
+        logging.warning(
+            "INSECURE: running without a cluster secret (--insecure-no-secret): anyone who "
+            "reaches %s:%d can read, write and drop data and run admin commands",
+            config.bind, config.peer_port)
     try:
-        uvloop.run(run_node(config))
+        uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
     except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
