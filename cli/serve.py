@@ -19,6 +19,7 @@ from typing import Any
 import click
 import uvloop
 
+from coordinator import files
 from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
@@ -186,9 +187,12 @@ enable_flush = true
 
 def _check_free(ports: list[int]) -> None:
     """Refuse to start over another process's ports (its PINGs would look
-    like ours)."""
+    like ours). Binds as the servers will (SO_REUSEADDR, as asyncio and
+    http.server set it), so the TIME-WAIT connections a cluster stopped a
+    moment ago leaves behind do not count as in use; a listener does."""
     for port in ports:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as exc:
@@ -244,31 +248,25 @@ def _nodes_up(port: int) -> int:
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
     data, nodes, port = opts["data"], opts["nodes"], opts["port"]
-    os.makedirs(data, exist_ok=True)
-    secret_file = os.path.join(data, "cluster.secret")
-    if os.path.exists(secret_file):
-        with open(secret_file) as f:
-            secret = f.read().strip()
-    else:
-        secret = secrets.token_hex(16)
-        with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(secret + "\n")
-    layout = Layout(secret=secret, **opts)
+    os.umask(0o077)  # configs, logs and data: owner only
+    files.private_dir(data)
+    layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
     _check_free([p for i in range(nodes) for p in (port + i, port + 1000 + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
+    log_paths = [os.path.join(data, f"node{i + 1}.log") for i in range(nodes)]
     try:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
-            with open(cfg, "w") as f:
-                f.write(layout.toml(i))
-            log = open(os.path.join(data, f"node{i + 1}.log"), "ab")  # noqa: SIM115
+            files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
+            fd = files.open_private_log(log_paths[i])
+            log = open(fd, "ab")  # noqa: SIM115 - closed in the finally below
             logs.append(log)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cli", "serve", "--config", cfg],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             ))
-        _wait_up(procs, [log.name for log in logs], port, timeout)
+        _wait_up(procs, log_paths, port, timeout)
         n = layout.n
         click.echo(f"ringkv: {nodes} nodes up on 127.0.0.1 (N={n}, R={min(2, n)}, "
                    f"W={min(2, n)}), data in {data}")
@@ -282,6 +280,22 @@ def up(timeout: float, **opts: Any) -> None:
         _stop_all(procs)
         for log in logs:
             log.close()
+
+
+def _cluster_secret(path: str) -> str:
+    """The secret of the cluster in ``path`` (mode 0600), made on first use."""
+    try:
+        files.tighten_file(path)
+        with open(path) as f:
+            secret = f.read().strip()
+    except FileNotFoundError:
+        secret = ""
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        secret = secrets.token_hex(32)
+        files.write_private(path, (secret + "\n").encode())
+    return secret
 
 
 def _last_line(path: str) -> str:

@@ -131,7 +131,7 @@ class Node:
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
-        os.makedirs(self.config.data_dir, exist_ok=True)
+        files.private_dir(self.config.data_dir)
         self._load_identity()
         self.hints.load()
         doc = files.read_doc(os.path.join(self.config.data_dir, RING_FILE))
