@@ -74,7 +74,8 @@ class HandshakeGate:
         self.dropped += 1
         victim.dropped = (f"{self.limit} peer handshakes pending, most from {busiest}: "
                           "dropped the oldest")
-        victim.deadline.reschedule(asyncio.get_running_loop().time())
+        if not victim.deadline.expired():  # else it is on its way out already
+            victim.deadline.reschedule(asyncio.get_running_loop().time())
 
 
 class LogBudget:

@@ -15,7 +15,7 @@ import pytest
 
 from coordinator import peer_auth
 from coordinator.peer import open_peer, peer_client
-from coordinator.peer_gate import LogBudget
+from coordinator.peer_gate import HandshakeGate, LogBudget
 from coordinator.peer_server import PeerServer
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
@@ -179,6 +179,38 @@ def test_operator_requests_are_logged_with_source_and_outcome(
     assert all("peer admin-cli at 127.0.0.9:" in line for line in lines)
     assert "'remove': 'n3'" in lines[0] and "OK" in lines[1]
     assert "DropPartition(partition=0, count=4)" in lines[2]
+
+
+def test_the_gate_drops_the_oldest_of_the_busiest_address_then_the_oldest() -> None:
+    async def body() -> None:
+        gate = HandshakeGate(3)
+        dropped: list[tuple[str, str | None]] = []
+
+        async def handshake(host: str) -> None:
+            ticket = None
+            try:
+                async with asyncio.timeout(60) as deadline:
+                    ticket = gate.admit(host, deadline)
+                    await asyncio.Event().wait()
+            except TimeoutError:
+                assert ticket is not None
+                dropped.append((host, ticket.dropped))
+                gate.release(ticket)
+
+        tasks = []
+        for host in ("a", "b1", "b2", "c", "d"):
+            tasks.append(asyncio.create_task(handshake(host[0])))
+            await asyncio.sleep(0)  # admitted, in this order
+            while len(dropped) < gate.dropped:
+                await asyncio.sleep(0)
+        # c came in: b (two pending) paid; d: all even, so the oldest (a) did.
+        assert [h for h, _ in dropped] == ["b", "a"] and gate.pending == 3
+        assert dropped[0][1] == "3 peer handshakes pending, most from b: dropped the oldest"
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(body())
 
 
 def test_log_budget_keeps_a_few_lines_per_window_and_counts_the_rest() -> None:
