@@ -19,6 +19,7 @@ from typing import Any
 import click
 import uvloop
 
+from coordinator import files
 from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
@@ -35,7 +36,7 @@ def _socket_dir(data_dir: str) -> str:
     return tempfile.mkdtemp(prefix="ringkv-")
 
 
-def build_node(config: NodeConfig) -> Node:
+def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
         _socket_dir(config.data_dir),
@@ -49,7 +50,7 @@ def build_node(config: NodeConfig) -> Node:
             "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
         ],
     )
-    return Node(config, pool)
+    return Node(config, pool, insecure_no_secret=insecure_no_secret)
 
 
 def _raise_fd_limit(config: NodeConfig) -> None:
@@ -64,9 +65,9 @@ def _raise_fd_limit(config: NodeConfig) -> None:
             logging.warning("open file limit %d is below max_clients + 256 = %d", new, want)
 
 
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> None:
     _raise_fd_limit(config)
-    node = build_node(config)
+    node = build_node(config, insecure_no_secret=insecure_no_secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,24 +94,43 @@ async def run_node(config: NodeConfig) -> None:
 @click.option("--peer-port", type=int, help="Port for other nodes.")
 @click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")
 @click.option("--workers", type=int, help="Shard worker processes (0: one per CPU).")
+@click.option("--insecure-no-secret", is_flag=True,
+              help="Run without a cluster secret: anyone who reaches the peer port can "
+                   "read, write, drop data and run admin commands. For throwaway tests only.")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: str | None, log_level: str, **flags: Any) -> None:
-    """Run one node: coordinator plus its shard workers, until SIGTERM or Ctrl-C."""
+def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
+          **flags: Any) -> None:
+    """Run one node: coordinator plus its shard workers, until SIGTERM or Ctrl-C.
+
+    The config must set [cluster] secret (the same on every node): the
+    peer port obeys whoever proves it.
+    """
     flags["id"] = flags.pop("node_id")
     flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
     try:
         config = load(config_path, flags)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if not config.secret and not insecure_no_secret:
+        raise click.ClickException(
+            f"node {config.id} has no cluster secret: without one, anyone who reaches peer "
+            f"port {config.peer_port} can read, write and drop data and run admin commands. "
+            "Set [cluster] secret in the config, the same on every node (for example the "
+            "output of: python3 -c 'import secrets; print(secrets.token_hex(32))'), "
+            "or pass --insecure-no-secret for a throwaway test node"
+        )
+    os.umask(0o077)  # files the node and its workers create: owner only
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s {config.id} %(name)s: %(message)s",
     )
-    if config.seeds and not config.secret:
-        logging.warning("no cluster secret set: any process that can reach the peer port "
-                        "can join (set cluster.secret)")
+    if not config.secret:
+        logging.warning(
+            "INSECURE: running without a cluster secret (--insecure-no-secret): anyone who "
+            "reaches %s:%d can read, write and drop data and run admin commands",
+            config.bind, config.peer_port)
     try:
-        uvloop.run(run_node(config))
+        uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
     except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -167,9 +187,12 @@ enable_flush = true
 
 def _check_free(ports: list[int]) -> None:
     """Refuse to start over another process's ports (its PINGs would look
-    like ours)."""
+    like ours). Binds as the servers will (SO_REUSEADDR, as asyncio and
+    http.server set it), so the TIME-WAIT connections a cluster stopped a
+    moment ago leaves behind do not count as in use; a listener does."""
     for port in ports:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as exc:
@@ -225,31 +248,25 @@ def _nodes_up(port: int) -> int:
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
     data, nodes, port = opts["data"], opts["nodes"], opts["port"]
-    os.makedirs(data, exist_ok=True)
-    secret_file = os.path.join(data, "cluster.secret")
-    if os.path.exists(secret_file):
-        with open(secret_file) as f:
-            secret = f.read().strip()
-    else:
-        secret = secrets.token_hex(16)
-        with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(secret + "\n")
-    layout = Layout(secret=secret, **opts)
+    os.umask(0o077)  # configs, logs and data: owner only
+    files.private_dir(data)
+    layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
     _check_free([p for i in range(nodes) for p in (port + i, port + 1000 + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
+    log_paths = [os.path.join(data, f"node{i + 1}.log") for i in range(nodes)]
     try:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
-            with open(cfg, "w") as f:
-                f.write(layout.toml(i))
-            log = open(os.path.join(data, f"node{i + 1}.log"), "ab")  # noqa: SIM115
+            files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
+            fd = files.open_private_log(log_paths[i])
+            log = open(fd, "ab")  # noqa: SIM115 - closed in the finally below
             logs.append(log)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cli", "serve", "--config", cfg],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             ))
-        _wait_up(procs, [log.name for log in logs], port, timeout)
+        _wait_up(procs, log_paths, port, timeout)
         n = layout.n
         click.echo(f"ringkv: {nodes} nodes up on 127.0.0.1 (N={n}, R={min(2, n)}, "
                    f"W={min(2, n)}), data in {data}")
@@ -263,6 +280,22 @@ def up(timeout: float, **opts: Any) -> None:
         _stop_all(procs)
         for log in logs:
             log.close()
+
+
+def _cluster_secret(path: str) -> str:
+    """The secret of the cluster in ``path`` (mode 0600), made on first use."""
+    try:
+        files.tighten_file(path)
+        with open(path) as f:
+            secret = f.read().strip()
+    except FileNotFoundError:
+        secret = ""
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        secret = secrets.token_hex(32)
+        files.write_private(path, (secret + "\n").encode())
+    return secret
 
 
 def _last_line(path: str) -> str:

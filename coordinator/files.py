@@ -1,18 +1,33 @@
-"""The coordinator's few small state files (node identity, ring, hints).
+"""The coordinator's few small files: state (node identity, ring, hints) and
+the private files and directories of a node (data directory, configs that
+hold the cluster secret).
 
-Each is one msgpack document replaced whole by write-temp + fsync + rename +
-fsync of the directory, so a crash leaves the old or the new content, never
-half of either. Disk work runs in a thread when called from the event loop.
+Each state file is one msgpack document replaced whole by write-temp + fsync
++ rename + fsync of the directory, so a crash leaves the old or the new
+content, never half of either. Disk work runs in a thread when called from
+the event loop.
+
+Everything here is readable by its owner only: files 0600, directories 0700
+(the engine's files get the same modes from ``lsm.fs``), as Redis and
+PostgreSQL keep theirs. One of our files found open to others is tightened;
+a directory is only warned about (it may be shared).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from typing import Any
 
 import msgpack
 
 from coordinator.errors import CoordinatorError
+
+log = logging.getLogger("ringkv.files")
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class StateFileError(CoordinatorError):
@@ -35,15 +50,48 @@ def read_doc(path: str) -> dict[str, Any] | None:
 
 def write_doc(path: str, doc: dict[str, Any]) -> None:
     """Replace ``path`` with ``doc`` durably."""
-    data = msgpack.packb(doc, use_bin_type=True)
+    write_private(path, msgpack.packb(doc, use_bin_type=True))
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``, mode 0600, durably (write-temp, fsync,
+    rename, fsync of the directory)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    with open(fd, "wb") as f:
+        os.fchmod(fd, FILE_MODE)  # a stale temp file keeps its old mode
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        os.fsync(fd)
     os.replace(tmp, path)
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def private_dir(path: str) -> None:
+    """Create directory ``path`` (with its parents) for its owner only. One
+    that exists open to others is left as it is, with a warning: it may be
+    shared (``/tmp``), and only its owner knows."""
+    os.makedirs(path, DIR_MODE, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        log.warning("directory %s is open to other users (mode %03o): if it is ringkv's "
+                    "alone, run: chmod -R go-rwx %s", path, mode, path)
+
+
+def open_private_log(path: str) -> int:
+    """A file descriptor appending to ``path``, created 0600 (or tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+    tighten_file(path)
+    return fd
+
+
+def tighten_file(path: str) -> None:
+    """chmod ``path`` (one of our files) to 0600 if others had any access."""
+    old = stat.S_IMODE(os.stat(path).st_mode)
+    if old & 0o077:
+        os.chmod(path, FILE_MODE)
+        log.warning("%s was open to other users (mode %03o); now %03o", path, old, FILE_MODE)

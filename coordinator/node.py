@@ -60,7 +60,8 @@ from coordinator.hints import Hint, HintStore
 from coordinator.membership import Endpoint
 from coordinator.membership import Status as MemberStatus
 from coordinator.metrics import Metrics
-from coordinator.peer import Backoff, PeerServer, peer_client
+from coordinator.peer import Backoff, peer_client
+from coordinator.peer_server import PeerServer
 from coordinator.quorum import Consistency, Plan
 from coordinator.replies import OK, Reply
 from coordinator.ring import NodeId, Ring
@@ -89,6 +90,7 @@ class Node:
         *,
         formation_timeout_s: float = 30.0,
         gossip_interval_s: float = 1.0,
+        insecure_no_secret: bool = False,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -110,7 +112,7 @@ class Node:
         self.client_server = ClientServer(config, self)
         self.peer_server = PeerServer(
             config.id, self.secret, self._on_peer, bind=config.bind, port=config.peer_port,
-            fast=self._peer_fast,
+            fast=self._peer_fast, allow_empty_secret=insecure_no_secret,
         )
         self.gossip: Gossiper | None = None
         self.admin = Admin(self)
@@ -129,7 +131,7 @@ class Node:
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
-        os.makedirs(self.config.data_dir, exist_ok=True)
+        files.private_dir(self.config.data_dir)
         self._load_identity()
         self.hints.load(self.clock.hint_since)
         doc = files.read_doc(os.path.join(self.config.data_dir, RING_FILE))
@@ -482,6 +484,11 @@ class Node:
             return m.Reply(m.Status.OK, {"workers": self.local_stats})
         if isinstance(request, m.Admin):
             return await self.admin.handle(request.payload)
+        if isinstance(request, m.DropPartition) and not self.config.enable_flush:
+            # Only FLUSHALL drops partitions over the wire (handoff and
+            # removal drop ours through local()): each node decides for itself.
+            return m.Reply.error(m.Status.BAD_REQUEST, f"{self.id} refuses to drop partitions "
+                                 "for a peer: FLUSHALL is disabled here (enable_flush = false)")
         # Disk work, not requests: drops, compactions, and anti-entropy tree
         # requests that may scan a whole partition.
         slow = isinstance(

@@ -5,6 +5,9 @@ Every open, write, fsync, rename and delete of the engine goes through a
 uses :class:`OsFileSystem`; tests use :class:`lsm.faultfs.FaultFileSystem`,
 which can drop unsynced data, tear the last write, and inject ENOSPC or EIO.
 
+Files are created readable by their owner only (0600) and directories 0700,
+as Redis and PostgreSQL keep their data: an engine's files hold the data.
+
 This is also the boundary where ``OSError`` becomes an engine error:
 ENOSPC/EDQUOT become :class:`DiskFullError`, anything else
 :class:`StorageIOError`, both naming the operation and the path.
@@ -22,6 +25,8 @@ from contextlib import contextmanager
 from lsm.errors import DiskFullError, LockedError, StorageIOError
 
 _FULL_ERRNOS = frozenset({errno_mod.ENOSPC, errno_mod.EDQUOT})
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def translate_os_error(exc: OSError, op: str, path: str) -> StorageIOError:
@@ -251,7 +256,8 @@ class OsFileSystem(FileSystem):
 
     def create(self, path: str) -> WritableFile:
         with os_errors("create", path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         FILE_MODE)
         return _OsWritableFile(path, fd, 0)
 
     def open_append(self, path: str) -> WritableFile:
@@ -281,7 +287,7 @@ class OsFileSystem(FileSystem):
 
     def mkdirs(self, path: str) -> None:
         with os_errors("mkdir", path):
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, DIR_MODE, exist_ok=True)
 
     def remove(self, path: str) -> None:
         with os_errors("remove", path):
@@ -305,7 +311,7 @@ class OsFileSystem(FileSystem):
 
     def lock(self, path: str) -> FileLock:
         with os_errors("lock", path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -157,8 +157,9 @@ class Supervisor:
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
         """Spawn every worker (returns at once; see ``wait_ready``)."""
-        os.makedirs(self._socket_dir, exist_ok=True)
-        os.makedirs(self._data_dir, exist_ok=True)
+        # Owner only (0700): the engines' files and the workers' sockets.
+        os.makedirs(self._socket_dir, 0o700, exist_ok=True)
+        os.makedirs(self._data_dir, 0o700, exist_ok=True)
         for st in self._states:
             if st.task is None:
                 st.task = asyncio.create_task(

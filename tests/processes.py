@@ -25,6 +25,15 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
             pipe.close()
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any process of process group ``pgid`` exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def raw(port: int, data: bytes, expect_close: bool = False, quiet_s: float = 0.5) -> bytes:
     """Send ``data`` to 127.0.0.1:``port`` over a plain socket and return what
     comes back until the server closes (``expect_close``: wait up to 5 s for

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tests.cluster import port_block, wait_for
+from tests.processes import group_alive
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +48,9 @@ def test_ringkv_up_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None
         _admin_commands_work(exe, tmp_path / "data", port)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
-        wait_for("every process of the cluster is gone", lambda: not _group_alive(proc.pid), 30)
+        wait_for("every process of the cluster is gone", lambda: not group_alive(proc.pid), 30)
     finally:
-        if proc.poll() is None or _group_alive(proc.pid):
+        if proc.poll() is None or group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         if proc.stdout is not None:
@@ -83,11 +84,3 @@ def _admin_commands_work(exe: str, data: Path, port: int) -> None:
     assert "would leave 2 node(s) for N=3" in done.stderr
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port + 1000}/metrics", timeout=5)
     assert b"ringkv_requests_total" in metrics.read()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

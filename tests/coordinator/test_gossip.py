@@ -11,7 +11,8 @@ from typing import Any
 from coordinator.failure_detector import DetectorSettings
 from coordinator.gossip import Gossiper
 from coordinator.membership import Endpoint, Status
-from coordinator.peer import PeerServer, peer_client
+from coordinator.peer import peer_client
+from coordinator.peer_server import PeerServer
 from coordinator.ring import NodeId
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient

@@ -15,7 +15,8 @@ import msgpack
 import pytest
 
 from coordinator import peer_auth
-from coordinator.peer import HELLO, VERSION, PeerAuthError, PeerServer, open_peer, peer_client
+from coordinator.peer import HELLO, VERSION, PeerAuthError, open_peer, peer_client
+from coordinator.peer_server import PeerServer
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient, ShardUnavailable
@@ -327,17 +328,23 @@ def test_a_dead_peer_is_not_redialled_until_its_backoff_passed() -> None:
     run(body())
 
 
-def test_stalled_handshakes_time_out_and_extra_connections_are_closed() -> None:
+def test_stalled_handshakes_time_out_and_peers_past_the_limit_are_refused() -> None:
     async def body() -> None:
         async with serving(Handler(), max_connections=1, handshake_timeout_s=0.3) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             try:
-                with pytest.raises(ConnectionError, match="closed the connection"):
-                    await open_peer("127.0.0.1", server.port, "n2", SECRET)
                 rest = await reader.read()  # hello, then a refusal once 0.3 s passed
             finally:
                 writer.close()
             assert b"refused" in rest and b"within 0.3s" in rest and server.refused == 1
+            # One authenticated connection allowed: the second is refused, saying why.
+            async with peer_client(addr(server), "n2", SECRET) as first:
+                assert (await first.call(m.Ping())).ok
+                with pytest.raises(PeerAuthError, match="1 peer connections open"):
+                    await open_peer("127.0.0.1", server.port, "n3", SECRET)
+            await eventually(lambda: server.connections == 0)
+            async with peer_client(addr(server), "n3", SECRET) as again:
+                assert (await again.call(m.Ping())).ok
 
         # A server that never sends its challenge: the client gives up too.
         writers: list[asyncio.StreamWriter] = []
