@@ -6,6 +6,13 @@ answer after W acks of which PW from primaries, or NOQUORUM as soon as that
 is out of reach or at the request timeout. Acks after the answer are still
 counted.
 
+Multi-key commands (MGET, EXISTS, MSET, DEL) run their keys
+``MANY_CHUNK`` at a time: one command of 30,000 keys must neither hold
+30,000 quorum rounds in memory at once nor queue 90,000 replica calls ahead
+of every other client's requests (issue 13). A chunk runs to its end before
+the next starts; the first failure, in key order, fails the command and no
+later chunk is started.
+
 Read (GET, VGET, EXISTS, MGET): ask the N targets, answer after R replies (PR
 primaries) with the merge of what came back. Every reply, also those that
 arrive after the client's answer, is kept until the request timeout; then
@@ -31,9 +38,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from coordinator import reconcile
 from coordinator.commands import Command
@@ -55,8 +62,11 @@ from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
 
 log = logging.getLogger("ringkv.datapath")
 
-#: MGET and EXISTS read this many distinct keys at once.
-READ_MANY_CHUNK = 1000
+#: MGET and EXISTS read, MSET and DEL write, this many distinct keys at once.
+MANY_CHUNK = 1000
+
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 class Cluster(Protocol):
@@ -195,6 +205,21 @@ def send_after(
     return out
 
 
+async def in_chunks(
+    items: Sequence[K], run: Callable[[K], Awaitable[T]], size: int = MANY_CHUNK
+) -> AsyncIterator[tuple[Sequence[K], list[T]]]:
+    """``run`` every item, ``size`` at a time, yielding each chunk with its
+    results. A chunk is awaited to its end (every call answered or failed),
+    then its first failure in item order is raised and no later chunk starts."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        results = await asyncio.gather(*(run(x) for x in chunk), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        yield chunk, cast(list[T], results)  # no exceptions left
+
+
 def _nothing() -> None:
     pass
 
@@ -245,8 +270,9 @@ class DataPath:
             await self.write(keys[0], None, levels, lww=False, context=command.context)
             return OK
         if name == "MSET":
-            pairs = zip(keys, command.values, strict=True)
-            await asyncio.gather(*(self.write(k, v, levels, lww=True) for k, v in pairs))
+            pairs = list(zip(keys, command.values, strict=True))
+            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True)):
+                pass
             return OK
         if name in ("MGET", "EXISTS"):
             found = await self._read_many(keys, levels, name == "MGET")
@@ -255,7 +281,10 @@ class DataPath:
                 return values
             return sum(1 for v in values if v is not None)
         if name == "DEL":
-            return sum(await asyncio.gather(*(self.delete(k, levels) for k in keys)))
+            deleted = 0
+            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels)):
+                deleted += sum(counts)
+            return deleted
         raise CommandError(f"ERR unknown command '{name}'")
 
     # -- reads --------------------------------------------------------------
@@ -284,16 +313,14 @@ class DataPath:
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]:
         """The visible value of each key, read once however often it is
-        named, ``READ_MANY_CHUNK`` keys at a time. ``sized``: refuse once the
+        named, ``MANY_CHUNK`` keys at a time. ``sized``: refuse once the
         reply (repeats counted) would pass ``max_reply_bytes``, before the
         rest is read, so one command cannot fill the coordinator's memory."""
         counts = collections.Counter(keys)
         unique = list(counts)
         found: dict[bytes, bytes | None] = {}
         size = 0
-        for start in range(0, len(unique), READ_MANY_CHUNK):
-            chunk = unique[start:start + READ_MANY_CHUNK]
-            sets = await asyncio.gather(*(self.read(k, levels) for k in chunk))
+        async for chunk, sets in in_chunks(unique, lambda k: self.read(k, levels)):
             for key, siblings in zip(chunk, sets, strict=True):
                 value = reconcile.get_reply(siblings)
                 found[key] = value
