@@ -6,12 +6,12 @@ answer after W acks of which PW from primaries, or NOQUORUM as soon as that
 is out of reach or at the request timeout. Acks after the answer are still
 counted.
 
-Multi-key commands (MGET, EXISTS, MSET, DEL) run their keys
-``MANY_CHUNK`` at a time: one command of 30,000 keys must neither hold
-30,000 quorum rounds in memory at once nor queue 90,000 replica calls ahead
-of every other client's requests (issue 13). A chunk runs to its end before
-the next starts; the first failure, in key order, fails the command and no
-later chunk is started.
+Multi-key commands run their keys a chunk at a time (``READ_MANY_CHUNK``
+for MGET and EXISTS, ``WRITE_MANY_CHUNK`` for MSET and DEL): one command of
+30,000 keys must neither hold 30,000 quorum rounds in memory at once nor
+queue 90,000 replica calls ahead of every other client's requests (issue
+13). A chunk runs to its end before the next starts; the first failure, in
+key order, fails the command and no later chunk is started.
 
 Read (GET, VGET, EXISTS, MGET): ask the N targets, answer after R replies (PR
 primaries) with the merge of what came back. Every reply, also those that
@@ -37,7 +37,6 @@ import collections
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -46,6 +45,7 @@ from coordinator import reconcile
 from coordinator.commands import Command
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.quorum import Consistency, Outcome, Plan, Tally, Target, read_tally, write_tally
+from coordinator.ratelimit import TokenBucket
 from coordinator.replies import OK, Reply
 from coordinator.ring import NodeId
 from shardserver.protocol.client import ShardUnavailable
@@ -62,8 +62,14 @@ from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
 
 log = logging.getLogger("ringkv.datapath")
 
-#: MGET and EXISTS read, MSET and DEL write, this many distinct keys at once.
-MANY_CHUNK = 1000
+#: MGET and EXISTS read this many distinct keys at once.
+READ_MANY_CHUNK = 1000
+#: MSET and DEL write this many keys at once: as many as one connection may
+#: pipeline (server.MAX_PENDING), so an MSET weighs on the replicas no more
+#: than a client pipelining SETs. With 1,000, a 10,000-pair MSET on a loaded
+#: machine still timed out (each chunk must be written within the request
+#: timeout) and other clients waited longer behind each chunk.
+WRITE_MANY_CHUNK = 256
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -97,21 +103,6 @@ class DataStats:
     read_repairs: int = 0
     read_repairs_skipped: int = 0
     fallback_writes: int = 0
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens, self._at = burst, clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
 
 
 def _reason(reply: ShardReply) -> str:
@@ -206,7 +197,7 @@ def send_after(
 
 
 async def in_chunks(
-    items: Sequence[K], run: Callable[[K], Awaitable[T]], size: int = MANY_CHUNK
+    items: Sequence[K], run: Callable[[K], Awaitable[T]], size: int
 ) -> AsyncIterator[tuple[Sequence[K], list[T]]]:
     """``run`` every item, ``size`` at a time, yielding each chunk with its
     results. A chunk is awaited to its end (every call answered or failed),
@@ -271,7 +262,8 @@ class DataPath:
             return OK
         if name == "MSET":
             pairs = list(zip(keys, command.values, strict=True))
-            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True)):
+            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True),
+                                     WRITE_MANY_CHUNK):
                 pass
             return OK
         if name in ("MGET", "EXISTS"):
@@ -282,7 +274,8 @@ class DataPath:
             return sum(1 for v in values if v is not None)
         if name == "DEL":
             deleted = 0
-            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels)):
+            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels),
+                                             WRITE_MANY_CHUNK):
                 deleted += sum(counts)
             return deleted
         raise CommandError(f"ERR unknown command '{name}'")
@@ -313,14 +306,15 @@ class DataPath:
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]:
         """The visible value of each key, read once however often it is
-        named, ``MANY_CHUNK`` keys at a time. ``sized``: refuse once the
+        named, ``READ_MANY_CHUNK`` keys at a time. ``sized``: refuse once the
         reply (repeats counted) would pass ``max_reply_bytes``, before the
         rest is read, so one command cannot fill the coordinator's memory."""
         counts = collections.Counter(keys)
         unique = list(counts)
         found: dict[bytes, bytes | None] = {}
         size = 0
-        async for chunk, sets in in_chunks(unique, lambda k: self.read(k, levels)):
+        async for chunk, sets in in_chunks(unique, lambda k: self.read(k, levels),
+                                           READ_MANY_CHUNK):
             for key, siblings in zip(chunk, sets, strict=True):
                 value = reconcile.get_reply(siblings)
                 found[key] = value

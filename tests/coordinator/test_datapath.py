@@ -139,7 +139,7 @@ def test_in_chunks_runs_one_chunk_at_a_time_in_order() -> None:
             running -= 1
             return x * 10
 
-        out = [(list(c), r) async for c, r in in_chunks(list(range(7)), run, size=3)]
+        out = [(list(c), r) async for c, r in in_chunks(list(range(7)), run, 3)]
         assert peak == 3
         return out
 
@@ -164,7 +164,7 @@ def test_in_chunks_raises_the_first_failure_in_order_after_its_chunk_and_stops()
         return x
 
     async def main() -> None:
-        async for _ in in_chunks(list(range(9)), run, size=3):
+        async for _ in in_chunks(list(range(9)), run, 3):
             pass
 
     with pytest.raises(CommandError, match="NOQUORUM key 4"):  # ... but comes first
