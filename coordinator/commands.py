@@ -22,6 +22,7 @@ from coordinator.errors import (
     WrongArityError,
 )
 from coordinator.quorum import Consistency
+from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
 
 MAX_KEY_BYTES = 1024
 
@@ -42,9 +43,15 @@ UNSUPPORTED_SET_OPTIONS = {
 }
 
 
+#: Room for a reply's framing and for replies that are not values (errors,
+#: integers, a VGET's context), in :func:`reply_bound`.
+REPLY_SLACK = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_value_bytes: int = 65536
+    max_reply_bytes: int = 64 << 20  # one MGET's values together
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,21 @@ def parse(request: Sequence[bytes], limits: Limits) -> Command:
     if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
         raise WrongArityError(name)
     return parser(name, args, limits)
+
+
+def reply_bound(request: Sequence[bytes], limits: Limits) -> int:
+    """The most bytes the reply to ``request`` can take: values for the
+    reads, :data:`REPLY_SLACK` for everything else. The server counts it
+    against a connection's budget before the command runs (server.py)."""
+    name = request[0].upper() if request else b""
+    value = limits.max_value_bytes + REPLY_SLACK
+    if name == b"GET":
+        return value
+    if name == b"VGET":
+        return DEFAULT_SIBLING_CAP * value
+    if name == b"MGET":
+        return min(limits.max_reply_bytes + value, (len(request) - 1) * value)
+    return REPLY_SLACK
 
 
 def _key(raw: bytes) -> bytes:

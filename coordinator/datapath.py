@@ -6,6 +6,13 @@ answer after W acks of which PW from primaries, or NOQUORUM as soon as that
 is out of reach or at the request timeout. Acks after the answer are still
 counted.
 
+Multi-key commands run their keys a chunk at a time (``READ_MANY_CHUNK``
+for MGET and EXISTS, ``WRITE_MANY_CHUNK`` for MSET and DEL): one command of
+30,000 keys must neither hold 30,000 quorum rounds in memory at once nor
+queue 90,000 replica calls ahead of every other client's requests (issue
+13). A chunk runs to its end before the next starts; the first failure, in
+key order, fails the command and no later chunk is started.
+
 Read (GET, VGET, EXISTS, MGET): ask the N targets, answer after R replies (PR
 primaries) with the merge of what came back. Every reply, also those that
 arrive after the client's answer, is kept until the request timeout; then
@@ -30,15 +37,15 @@ import collections
 import contextlib
 import functools
 import logging
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from coordinator import reconcile
 from coordinator.commands import Command
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.quorum import Consistency, Outcome, Plan, Tally, Target, read_tally, write_tally
+from coordinator.ratelimit import TokenBucket
 from coordinator.replies import OK, Reply
 from coordinator.ring import NodeId
 from shardserver.protocol.client import ShardUnavailable
@@ -57,6 +64,15 @@ log = logging.getLogger("ringkv.datapath")
 
 #: MGET and EXISTS read this many distinct keys at once.
 READ_MANY_CHUNK = 1000
+#: MSET and DEL write this many keys at once: as many as one connection may
+#: pipeline (server.MAX_PENDING), so an MSET weighs on the replicas no more
+#: than a client pipelining SETs. With 1,000, a 10,000-pair MSET on a loaded
+#: machine still timed out (each chunk must be written within the request
+#: timeout) and other clients waited longer behind each chunk.
+WRITE_MANY_CHUNK = 256
+
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 class Cluster(Protocol):
@@ -89,21 +105,6 @@ class DataStats:
     read_repairs: int = 0
     read_repairs_skipped: int = 0
     fallback_writes: int = 0
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens, self._at = burst, clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
 
 
 def _reason(reply: ShardReply) -> str:
@@ -197,6 +198,21 @@ def send_after(
     return out
 
 
+async def in_chunks(
+    items: Sequence[K], run: Callable[[K], Awaitable[T]], size: int
+) -> AsyncIterator[tuple[Sequence[K], list[T]]]:
+    """``run`` every item, ``size`` at a time, yielding each chunk with its
+    results. A chunk is awaited to its end (every call answered or failed),
+    then its first failure in item order is raised and no later chunk starts."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        results = await asyncio.gather(*(run(x) for x in chunk), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        yield chunk, cast(list[T], results)  # no exceptions left
+
+
 def _nothing() -> None:
     pass
 
@@ -247,8 +263,10 @@ class DataPath:
             await self.write(keys[0], None, levels, lww=False, context=command.context)
             return OK
         if name == "MSET":
-            pairs = zip(keys, command.values, strict=True)
-            await asyncio.gather(*(self.write(k, v, levels, lww=True) for k, v in pairs))
+            pairs = list(zip(keys, command.values, strict=True))
+            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True),
+                                     WRITE_MANY_CHUNK):
+                pass
             return OK
         if name in ("MGET", "EXISTS"):
             found = await self._read_many(keys, levels, name == "MGET")
@@ -257,7 +275,11 @@ class DataPath:
                 return values
             return sum(1 for v in values if v is not None)
         if name == "DEL":
-            return sum(await asyncio.gather(*(self.delete(k, levels) for k in keys)))
+            deleted = 0
+            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels),
+                                             WRITE_MANY_CHUNK):
+                deleted += sum(counts)
+            return deleted
         raise CommandError(f"ERR unknown command '{name}'")
 
     # -- reads --------------------------------------------------------------
@@ -293,9 +315,8 @@ class DataPath:
         unique = list(counts)
         found: dict[bytes, bytes | None] = {}
         size = 0
-        for start in range(0, len(unique), READ_MANY_CHUNK):
-            chunk = unique[start:start + READ_MANY_CHUNK]
-            sets = await asyncio.gather(*(self.read(k, levels) for k in chunk))
+        async for chunk, sets in in_chunks(unique, lambda k: self.read(k, levels),
+                                           READ_MANY_CHUNK):
             for key, siblings in zip(chunk, sets, strict=True):
                 value = reconcile.get_reply(siblings)
                 found[key] = value

@@ -93,6 +93,8 @@ class NodeCollector(Collector):
         yield _counter("ringkv_late_acks", "Replica acks after the client's reply", d.late_acks)
         yield _gauge("ringkv_connected_clients", "Client connections",
                      node.client_server.clients)
+        yield _counter("ringkv_auth_failures", "Client AUTHs with a wrong password",
+                       node.client_server.stats.auth_failures)
         yield from self._clock(node)
 
     def _clock(self, node: Node) -> Iterator[Metric]:

@@ -14,6 +14,15 @@ would refuse anyway. hiredis then cuts the checked bytes into arguments in C.
 hiredis alone would not do: it accepts any reply type inside the array
 (``*1\\r\\n+PING\\r\\n``) and has no bulk-length limit of ours.
 
+Redis takes any byte after a header's CR as its LF; hiredis does not, and
+raised on ``*1\\rX`` out of the parser (issue 13), so a header whose CR is
+not followed by LF is refused here.
+
+Before AUTH the parser applies Redis's limits for unauthenticated clients
+(:meth:`RequestParser.restrict`): at most 10 arguments and 16 KiB per bulk.
+While restricted it scans one request at a time, so a request that follows
+AUTH in the same read is held to the limits that apply once AUTH has run.
+
 Errors use Redis's wording (networking.c), prefixed ``ERR Protocol error:``.
 After one, the parser is dead: every later :meth:`RequestParser.gets` returns
 the same error, and the server replies with it once and closes the
@@ -52,6 +61,9 @@ DEFAULT_MAX_BULK = 1024 * 1024
 #: each, one request could otherwise pin terabytes (Redis's analogue is
 #: client-query-buffer-limit).
 DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
+#: Redis's limits for a client that has not authenticated yet (networking.c).
+UNAUTHENTICATED_MAX_MULTIBULK = 10
+UNAUTHENTICATED_MAX_BULK = 16 * 1024
 
 # string2ll's grammar: an optional minus, no plus, no leading zeros, no spaces.
 _INTEGER = re.compile(rb"-?[1-9][0-9]{0,18}|0")
@@ -156,6 +168,19 @@ class RequestParser:
         self._argc_left = -1
         self._argc = 0
         self._reader = hiredis.Reader()
+        self._restricted = False
+
+    def restrict(self) -> None:
+        """Apply the limits for unauthenticated clients until :meth:`lift`."""
+        self._restricted = True
+
+    def lift(self) -> None:
+        """Back to the full limits (the client has authenticated)."""
+        self._restricted = False
+
+    @property
+    def restricted(self) -> bool:
+        return self._restricted
 
     @property
     def dead(self) -> bool:
@@ -165,7 +190,7 @@ class RequestParser:
     @property
     def buffered(self) -> int:
         """Bytes held for requests not yet complete (for memory accounting)."""
-        return len(self._buf)
+        return len(self._buf) - self._start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Bytes fed after a protocol error are dropped."""
@@ -188,17 +213,31 @@ class RequestParser:
         self._start = self._pos = 0
 
     def _scan(self) -> None:
-        """Move every complete request in the buffer to _ready."""
+        """Move every complete request in the buffer to _ready (only the
+        next one while restricted)."""
         while self._start < len(self._buf) and self._error is None:
+            if self._restricted and self._ready:
+                break
             if self._argc_left < 0 and self._buf[self._start] != 0x2A:  # not '*'
                 if not self._scan_inline():
                     break
             elif not self._scan_multibulk():
                 break
-        if self._start:
+        # Drop consumed bytes once they are at least as many as those kept,
+        # so each byte is moved at most once however requests are scanned.
+        if self._start and 2 * self._start >= len(self._buf):
             del self._buf[: self._start]
             self._pos -= self._start
             self._start = 0
+
+    def _too_big(self, kind: str, length: int) -> str | None:
+        """Why a ``*`` (multibulk) or ``$`` (bulk) length is refused, if it is."""
+        if length > (self.max_multibulk if kind == "multibulk" else self.max_bulk):
+            return f"invalid {kind} length"
+        limit = UNAUTHENTICATED_MAX_MULTIBULK if kind == "multibulk" else UNAUTHENTICATED_MAX_BULK
+        if self._restricted and length > limit:
+            return f"unauthenticated {kind} length"
+        return None
 
     def _scan_inline(self) -> bool:
         # Resume the search where the last feed stopped: a line trickling in
@@ -235,15 +274,21 @@ class RequestParser:
         cr = buf.find(b"\r", pos, pos + MAX_HEADER + 1)
         if cr < 0:
             head = bytes(buf[pos + 1 : pos + 21])
-            limit = self.max_multibulk if kind == "multibulk" else self.max_bulk
-            if _DIGITS.fullmatch(head) and (len(head) > 19 or int(head) > limit):
-                # More digits can only make it bigger: refuse before the CR.
-                self._fail(f"invalid {kind} length")
+            # More digits can only make it bigger: refuse before the CR.
+            reason = None
+            if _DIGITS.fullmatch(head):
+                reason = (f"invalid {kind} length" if len(head) > 19
+                          else self._too_big(kind, int(head)))
+            if reason is not None:
+                self._fail(reason)
             elif len(buf) - pos > MAX_HEADER:
                 self._fail(f"too big {'mbulk' if kind == 'multibulk' else 'bulk'} count string")
             return None
         if cr + 1 >= len(buf):
             return None  # Redis waits for the byte after CR as well
+        if buf[cr + 1] != 0x0A:  # LF
+            self._fail(f"{kind} length must end with CRLF")
+            return None
         text = bytes(buf[pos + 1 : cr])
         self._pos = cr + 2
         if not _INTEGER.fullmatch(text) or int(text) >= 1 << 63:
@@ -257,8 +302,8 @@ class RequestParser:
             argc = self._header("multibulk")
             if argc is None:
                 return False
-            if argc > self.max_multibulk:
-                self._fail("invalid multibulk length")
+            if (reason := self._too_big("multibulk", argc)) is not None:
+                self._fail(reason)
                 return False
             if argc <= 0:
                 self._start = self._pos
@@ -276,8 +321,11 @@ class RequestParser:
                 if self._error is None:
                     self._pos = pos  # re-read the whole header when more arrives
                 return False
-            if length < 0 or length > self.max_bulk:
+            if length < 0:
                 self._fail("invalid bulk length")
+                return False
+            if (reason := self._too_big("bulk", length)) is not None:
+                self._fail(reason)
                 return False
             if self._pos - self._start + length > self.max_request:
                 self._fail("request too large")
@@ -291,13 +339,18 @@ class RequestParser:
         # hiredis takes any buffer; its stub only admits bytes, and a copy
         # just to please the stub would double the work for large values.
         self._reader.feed(cast(bytes, self._buf), self._start, self._pos - self._start)
-        request = self._reader.gets()
+        try:
+            request = self._reader.gets()
+        except hiredis.HiredisError as exc:
+            request = exc
         self._start = self._pos
         self._argc_left = -1
         if not isinstance(request, list) or len(request) != self._argc:
             # Unreachable with checked framing; kept as a guard, not an assert,
-            # because the bytes come from the network.
-            self._fail("invalid multibulk length")
+            # because the bytes come from the network: an error reply and a
+            # closed connection, never an exception out of the parser.
+            self._fail(f"malformed request ({request})"
+                       if isinstance(request, Exception) else "invalid multibulk length")
             return False
         self._ready.append(request)
         return True

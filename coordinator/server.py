@@ -5,9 +5,21 @@ registered and cancelled on shutdown. Per connection, requests are parsed
 sans-IO (coordinator.resp), turned into commands (coordinator.commands), and
 each gets a slot in a FIFO of pending replies; a writer drains the FIFO in
 request order, so a pipeline of quorum requests can finish out of order
-while its replies still come back in order (DESIGN §5). The FIFO is bounded:
-when it is full the connection stops reading, so a client that pipelines
-without reading cannot grow our memory.
+while its replies still come back in order (DESIGN §5). The FIFO is bounded
+by count (MAX_PENDING) and by bytes (MAX_PENDING_BYTES: each request counts
+its own size plus the largest reply it can have, commands.reply_bound):
+when either is reached the connection stops reading until its replies have
+been written, so a client that pipelines without reading, or asks for huge
+replies, cannot grow our memory. A reply over WRITE_CHUNK leaves in slices
+of that size, so the socket's buffer never holds a whole 64 MiB MGET.
+
+Before AUTH the parser applies Redis's limits for unauthenticated clients
+(coordinator.resp). A failed AUTH is counted, logged with the client's
+address, and from the second on a connection it holds that connection:
+its reply, and everything it sent after, wait AUTH_DELAY_BASE_S doubling
+with each failure up to AUTH_DELAY_MAX_S (the event loop goes on serving
+everyone else). Log lines that a client can trigger at will are
+rate-limited (coordinator.ratelimit).
 
 Connection-level commands (PING, ECHO, HELLO, AUTH, SELECT, CLIENT,
 CONSISTENCY, COMMAND, CONFIG GET, QUIT) are answered here. Data commands go
@@ -21,7 +33,9 @@ import argparse
 import asyncio
 import contextlib
 import fnmatch
+import hmac
 import logging
+import re
 import signal
 import time
 from collections import deque
@@ -30,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from coordinator import commands
-from coordinator.commands import Command, Limits
+from coordinator.commands import Command, Limits, reply_bound
 from coordinator.config import NodeConfig
 from coordinator.errors import (
     CommandError,
@@ -40,6 +54,7 @@ from coordinator.errors import (
     WrongPassError,
 )
 from coordinator.quorum import Consistency, check_levels
+from coordinator.ratelimit import LimitedLog
 from coordinator.replies import OK, PONG, Error, Reply, SimpleString, encode_reply
 from coordinator.resp import RequestParser
 from coordinator.streams import handler_scope
@@ -51,7 +66,16 @@ READ_CHUNK = 64 * 1024
 # Replies queued per connection before reading pauses: with 64 KiB values
 # at most 16 MiB held for one client that pipelines without reading.
 MAX_PENDING = 256
+# Bytes queued per connection before reading pauses: requests' sizes plus
+# the largest replies they can have. One command bigger than this (an MGET
+# of up to max_reply_bytes) runs alone.
+MAX_PENDING_BYTES = 16 << 20
 WRITE_CHUNK = 256 * 1024  # replies leave in writes of about this size
+# Failed AUTHs on one connection: the first is answered at once, the n-th
+# after AUTH_DELAY_BASE_S * 2**(n-2), at most AUTH_DELAY_MAX_S.
+AUTH_DELAY_BASE_S = 0.02
+AUTH_DELAY_MAX_S = 1.0
+MAX_CONFIG_PATTERN = 256  # CONFIG GET pattern bytes; our names are < 32
 LISTEN_BACKLOG = 511  # as Redis's tcp-backlog; asyncio's default is 100
 _CONNECTION_COMMANDS = frozenset(
     {
@@ -88,6 +112,8 @@ class Connection:
     name: str = ""
     consistency: Consistency = field(default_factory=Consistency)
     last_active: float = field(default_factory=time.monotonic)
+    auth_failures: int = 0
+    hold_s: float = 0.0  # read and answer nothing more for this long (failed AUTH)
     # key -> the connection's latest unfinished command on it (see _submit)
     key_tails: dict[bytes, asyncio.Future[Reply]] = field(default_factory=dict)
 
@@ -99,13 +125,18 @@ class Stats:
     commands_processed: int = 0
     protocol_errors: int = 0
     slow_readers_dropped: int = 0
+    auth_failures: int = 0
 
 
 class ClientServer:
     def __init__(self, config: NodeConfig, data: DataPath | None = None) -> None:
         self.config = config
         self.data = data
-        self.limits = Limits(max_value_bytes=config.max_value_bytes)
+        self.limits = Limits(max_value_bytes=config.max_value_bytes,
+                             max_reply_bytes=config.max_reply_bytes)
+        self._password = config.requirepass.encode()
+        self._auth_log = LimitedLog(log)
+        self._client_log = LimitedLog(log)
         # A bulk a little over the value limit still parses, so an oversized
         # value gets "value too large" and the connection stays; a bulk far
         # over it is a protocol error that closes the connection.
@@ -168,6 +199,8 @@ class ClientServer:
         self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         parser = RequestParser(max_bulk=self.max_bulk, max_request=4 * self.max_bulk)
+        if not conn.authenticated:
+            parser.restrict()
         pending: deque[Awaitable[Reply] | Reply] = deque()
         try:
             await self._loop(conn, parser, pending, reader, writer)
@@ -195,23 +228,47 @@ class ClientServer:
                 return
             conn.last_active = time.monotonic()
             parser.feed(data)
+            queued = 0  # bytes the pending requests may take (module doc)
             while True:
                 item = parser.gets()
                 if item is None:
                     break
                 if isinstance(item, ProtocolError):
                     self.stats.protocol_errors += 1
+                    self._client_log.log(logging.INFO, "client %s: %s; closing the connection",
+                                         conn.peer, item)
                     pending.append(Error(str(item)))
                     closing = True
                     break
                 request = list(item)
+                cost = sum(map(len, request)) + reply_bound(request, self.limits)
+                if pending and (len(pending) >= MAX_PENDING
+                                or queued + cost > MAX_PENDING_BYTES):
+                    await self._flush(conn, pending, writer)
+                    queued = 0
                 pending.append(self._dispatch(conn, request))
+                queued += cost
+                if conn.hold_s:
+                    await self._hold(conn, pending, writer)
+                    queued = 0
+                if conn.authenticated and parser.restricted:
+                    parser.lift()
                 if request and request[0].upper() == b"QUIT":
                     closing = True
                     break
-                if len(pending) >= MAX_PENDING:
-                    await self._flush(conn, pending, writer)
             await self._flush(conn, pending, writer)
+
+    async def _hold(
+        self,
+        conn: Connection,
+        pending: deque[Awaitable[Reply] | Reply],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """After a failed AUTH: answer it, and go on with the connection,
+        only once ``conn.hold_s`` has passed."""
+        delay, conn.hold_s = conn.hold_s, 0.0
+        await asyncio.sleep(delay)
+        await self._flush(conn, pending, writer)
 
     async def _flush(
         self,
@@ -228,24 +285,38 @@ class ClientServer:
                     item = await item
                 except CommandError as exc:
                     item = Error(str(exc))
-            out.append(encode_reply(item, conn.proto))
-            size += len(out[-1])
+            data = encode_reply(item, conn.proto)
+            if len(data) >= WRITE_CHUNK:  # a big reply: no copy into one buffer
+                if out:
+                    await self._write(conn, writer, b"".join(out))
+                    out, size = [], 0
+                await self._write(conn, writer, data)
+                continue
+            out.append(data)
+            size += len(data)
             if size >= WRITE_CHUNK:
-                await self._write(writer, out)
+                await self._write(conn, writer, b"".join(out))
                 out, size = [], 0
         if out:
-            await self._write(writer, out)
+            await self._write(conn, writer, b"".join(out))
 
-    async def _write(self, writer: asyncio.StreamWriter, out: list[bytes]) -> None:
-        """Write and wait for the socket to take it; a client that does not
-        read for idle_timeout_s is dropped (a write it accepts counts as
-        activity, as in Redis), so it cannot pin our memory forever."""
-        writer.write(b"".join(out))
-        try:
-            await asyncio.wait_for(writer.drain(), self.config.idle_timeout_s or None)
-        except TimeoutError:
-            self.stats.slow_readers_dropped += 1
-            raise ConnectionError("client stopped reading its replies") from None
+    async def _write(self, conn: Connection, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write in slices of WRITE_CHUNK, each once the socket has taken
+        the one before; a client that does not read for idle_timeout_s is
+        dropped (a write it accepts counts as activity, as in Redis), so it
+        cannot pin our memory forever."""
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_CHUNK):
+            writer.write(view[start:start + WRITE_CHUNK])
+            try:
+                await asyncio.wait_for(writer.drain(), self.config.idle_timeout_s or None)
+            except TimeoutError:
+                self.stats.slow_readers_dropped += 1
+                self._client_log.log(
+                    logging.WARNING, "client %s dropped: took none of its replies for %.0f s "
+                    "(%d bytes unsent)", conn.peer, self.config.idle_timeout_s,
+                    len(view) - start + writer.transport.get_write_buffer_size())
+                raise ConnectionError("client stopped reading its replies") from None
 
     def _dispatch(self, conn: Connection, request: list[bytes]) -> Awaitable[Reply] | Reply:
         self.stats.commands_processed += 1
@@ -333,9 +404,17 @@ class ClientServer:
                 "ERR AUTH <password> called without any password configured for the "
                 "default user. Are you sure your configuration is correct?"
             )
-        if password.decode("utf-8", "replace") != self.config.requirepass:
+        if not hmac.compare_digest(password, self._password):
+            conn.auth_failures += 1
+            self.stats.auth_failures += 1
+            if conn.auth_failures > 1:
+                conn.hold_s = min(AUTH_DELAY_MAX_S,
+                                  AUTH_DELAY_BASE_S * 2 ** (conn.auth_failures - 2))
+            self._auth_log.log(logging.WARNING, "AUTH failed from %s (%d on this connection)",
+                               conn.peer, conn.auth_failures)
             raise WrongPassError()
         conn.authenticated = True
+        conn.auth_failures = 0
         return OK
 
     def _hello(self, conn: Connection, args: list[bytes]) -> Reply:
@@ -389,7 +468,11 @@ class ClientServer:
     def _config(self, args: list[bytes]) -> Reply:
         if args[0].upper() != b"GET" or len(args) != 2:
             raise CommandError("ERR CONFIG is read-only here: only CONFIG GET <pattern>")
-        pattern = args[1].decode("utf-8", "replace").lower()
+        if len(args[1]) > MAX_CONFIG_PATTERN:
+            raise CommandError(
+                f"ERR CONFIG GET pattern too long ({len(args[1])} > {MAX_CONFIG_PATTERN} bytes)")
+        # Compiled here, not through fnmatch's cache of 32,768 patterns.
+        match = re.compile(fnmatch.translate(args[1].decode("utf-8", "replace").lower())).match
         shown = {
             k: str(v) for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")
         }
@@ -400,7 +483,7 @@ class ClientServer:
             appendonly="yes",
             appendfsync={"always": "always", "interval": "everysec"}.get(self.config.fsync, "no"),
         )
-        return {k: v for k, v in shown.items() if fnmatch.fnmatchcase(k, pattern)}
+        return {k: v for k, v in shown.items() if match(k)}
 
     def info_text(self, section: str) -> bytes:
         sections: dict[str, dict[str, Any]] = {

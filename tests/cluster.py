@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -205,6 +207,8 @@ class Cluster:
     # -- clients and views ----------------------------------------------------
     def client(self, i: int, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 10)
+        if password := self.settings.get("security", {}).get("requirepass"):
+            kwargs.setdefault("password", password)
         return redis.Redis(host=self.members[i].host, port=self.members[i].client_port, **kwargs)
 
     def info(self, i: int, section: str) -> dict[str, Any]:
@@ -257,6 +261,19 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+def scrape(c: Cluster, i: int) -> dict[str, float]:
+    """Node ``i``'s Prometheus metrics: ``name{labels}`` -> value."""
+    url = f"http://127.0.0.1:{c.members[i].metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
 
 
 def ring_of(c: Cluster, i: int = 0) -> Any:

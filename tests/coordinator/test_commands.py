@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.commands import Limits, parse
+from coordinator.commands import REPLY_SLACK, Limits, parse, reply_bound
 from coordinator.errors import CommandError
 from coordinator.quorum import Consistency
+from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
 
 LIMITS = Limits(max_value_bytes=100)
 
@@ -69,3 +70,17 @@ def test_vset_vdel_and_consistency() -> None:
     assert parse([b"CONSISTENCY"], LIMITS).consistency == Consistency()
     assert err(b"SELECT", b"1") == "ERR DB index is out of range"
     assert parse([b"SELECT", b"0"], LIMITS).name == "SELECT"
+
+
+def test_reply_bound_covers_the_largest_reply_a_read_can_have() -> None:
+    """What the server counts against a connection's byte budget before a
+    command runs (issue 13): a value per GET, sibling_cap values per VGET,
+    a value per MGET key up to max_reply_bytes, a little for the rest."""
+    limits = Limits(max_value_bytes=100, max_reply_bytes=10_000)
+    value = 100 + REPLY_SLACK
+    assert reply_bound([b"get", b"k"], limits) == value
+    assert reply_bound([b"VGET", b"k"], limits) == DEFAULT_SIBLING_CAP * value
+    assert reply_bound([b"MGET", b"a", b"b"], limits) == 2 * value
+    assert reply_bound([b"MGET", *[b"k"] * 1000], limits) == 10_000 + value
+    assert reply_bound([b"SET", b"k", b"v"], limits) == REPLY_SLACK
+    assert reply_bound([b"PING"], limits) == REPLY_SLACK

@@ -1,5 +1,6 @@
 """``send_after``: how a context write's call to a replica waits for the
-previous one of the same key (coordinator/datapath.py)."""
+previous one of the same key; ``in_chunks``: how multi-key commands run
+their keys a chunk at a time (coordinator/datapath.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from coordinator.datapath import send_after
+from coordinator.datapath import in_chunks, send_after
+from coordinator.errors import CommandError
 from shardserver.protocol.messages import Reply, Status
 
 
@@ -123,3 +125,48 @@ def test_a_chain_goes_out_in_order() -> None:
         assert len(sent) == 3
 
     asyncio.run(main())
+
+
+def test_in_chunks_runs_one_chunk_at_a_time_in_order() -> None:
+    async def main() -> list[tuple[list[int], list[int]]]:
+        running, peak = 0, 0
+
+        async def run(x: int) -> int:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0)
+            running -= 1
+            return x * 10
+
+        out = [(list(c), r) async for c, r in in_chunks(list(range(7)), run, 3)]
+        assert peak == 3
+        return out
+
+    assert asyncio.run(main()) == [
+        ([0, 1, 2], [0, 10, 20]), ([3, 4, 5], [30, 40, 50]), ([6], [60])
+    ]
+
+
+def test_in_chunks_raises_the_first_failure_in_order_after_its_chunk_and_stops() -> None:
+    """Issue 13 point 6: MSET answers OK only if every key was written, else
+    the first failure by key order; a chunk is awaited to its end (nothing
+    left running), and no later chunk is started."""
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def run(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.01 if x == 4 else 0)  # 4 fails last in time ...
+        finished.append(x)
+        if x in (4, 5):
+            raise CommandError(f"NOQUORUM key {x}")
+        return x
+
+    async def main() -> None:
+        async for _ in in_chunks(list(range(9)), run, 3):
+            pass
+
+    with pytest.raises(CommandError, match="NOQUORUM key 4"):  # ... but comes first
+        asyncio.run(main())
+    assert sorted(started) == sorted(finished) == [0, 1, 2, 3, 4, 5]

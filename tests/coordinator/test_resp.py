@@ -262,6 +262,10 @@ def test_inline_line_at_the_limit_is_accepted() -> None:
         (b"*1\r\n$" + b"1" * 30, "ERR Protocol error: invalid bulk length"),
         (b"*1" + b" " * (64 * 1024), "ERR Protocol error: too big mbulk count string"),
         (b"*1\r\n$" + b" " * (64 * 1024), "ERR Protocol error: too big bulk count string"),
+        # hiredis raised out of the parser on these (issue 13).
+        (b"*1\rX", "ERR Protocol error: multibulk length must end with CRLF"),
+        (b"*1\rX$4\r\nPING\r\n", "ERR Protocol error: multibulk length must end with CRLF"),
+        (b"*1\r\n$4\rXPING\r\n", "ERR Protocol error: bulk length must end with CRLF"),
     ],
     ids=lambda v: repr(v[:24]) if isinstance(v, bytes) else "",
 )
@@ -304,6 +308,51 @@ def test_error_is_sticky_and_earlier_requests_come_first() -> None:
     parser.feed(pack(b"PING"))
     assert parser.gets() is first
     assert parser.dead
+    assert parser.buffered == 0
+
+
+def restricted(data: bytes) -> list[object]:
+    parser = RequestParser()
+    parser.restrict()
+    parser.feed(data)
+    return drain(parser)
+
+
+def test_before_auth_redis_limits_apply() -> None:
+    """Redis's limits for unauthenticated clients: 10 arguments, 16 KiB per
+    bulk, with Redis's texts (issue 13)."""
+    assert restricted(pack(*[b"a"] * 10)) == [[b"a"] * 10]
+    assert str(restricted(pack(*[b"a"] * 11))[-1]) == (
+        "ERR Protocol error: unauthenticated multibulk length")
+    assert restricted(pack(b"AUTH", b"x" * 16384)) == [[b"AUTH", b"x" * 16384]]
+    assert str(restricted(pack(b"AUTH", b"x" * 16385))[-1]) == (
+        "ERR Protocol error: unauthenticated bulk length")
+    # Refused as soon as the digits pass the limit, before the CR.
+    assert str(restricted(b"*2\r\n$4\r\nAUTH\r\n$999999")[-1]) == (
+        "ERR Protocol error: unauthenticated bulk length")
+    assert str(restricted(b"*2\r\n$4\r\nAUTH\r\n$9999999999")[-1]) == (
+        "ERR Protocol error: invalid bulk length")
+
+
+def test_a_request_after_auth_in_the_same_feed_gets_the_full_limits() -> None:
+    parser = RequestParser()
+    parser.restrict()
+    big = pack(b"SET", b"k", b"v" * 20000, *[b"W", b"1"] * 5)
+    parser.feed(pack(b"AUTH", b"pw") + big + pack(b"PING"))
+    assert parser.gets() == [b"AUTH", b"pw"]
+    parser.lift()  # the server lifts the limits once AUTH succeeded
+    assert parser.gets() == [b"SET", b"k", b"v" * 20000, *[b"W", b"1"] * 5]
+    assert parser.gets() == [b"PING"]
+    assert parser.gets() is None and parser.buffered == 0
+
+
+def test_a_deep_pipeline_while_restricted_is_scanned_one_request_at_a_time() -> None:
+    parser = RequestParser()
+    parser.restrict()
+    parser.feed(pack(b"PING") * 20000 + b"PING\r\n" * 20000)
+    assert parser.buffered == 20000 * (14 + 6)
+    out = drain(parser)
+    assert out == [[b"PING"]] * 40000
     assert parser.buffered == 0
 
 

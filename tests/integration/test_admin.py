@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.cluster import SECRET, Cluster, wait_for
+from tests.cluster import SECRET, Cluster, scrape, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,18 +87,6 @@ def test_errors_are_one_line_and_non_zero(cluster: Cluster, secret_file: str,
     result = CliRunner().invoke(cli, ["status", "--addr", "127.0.0.1:1", "--secret-file",
                                       secret_file])
     assert result.exit_code == 1 and result.output.startswith("error: cannot reach the node")
-
-
-def scrape(cluster: Cluster, i: int) -> dict[str, float]:
-    url = f"http://127.0.0.1:{cluster.members[i].metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def test_metrics_move_with_the_load(cluster: Cluster, secret_file: str) -> None:
