@@ -27,6 +27,7 @@ SUB = 128
 #: bucket); above it a bucket spans 1/SUB of a power of two.
 LINEAR = 2 * SUB
 HIGHEST_US = 60_000_000
+_EMPTY_MIN = 1 << 62
 
 
 def bucket_of(us: int) -> int:
@@ -54,26 +55,31 @@ BUCKETS = bucket_of(HIGHEST_US) + 1
 class Histogram:
     """Counts of latencies in µs; ``record`` is the hot call."""
 
-    __slots__ = ("counts", "max_us", "min_us", "sum_us", "total")
+    __slots__ = ("_min", "counts", "max_us", "sum_us", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * BUCKETS
         self.total = 0
         self.sum_us = 0
-        self.min_us = 0
         self.max_us = 0
+        self._min = _EMPTY_MIN
+
+    @property
+    def min_us(self) -> int:
+        return 0 if self.total == 0 else self._min
 
     def record(self, us: int) -> None:
-        us = max(us, 0)
+        # Called two or three times per request: one index, no lookups
+        # of the bucket layout below 256 µs.
         if us < LINEAR:
+            us = max(us, 0)
             self.counts[us] += 1
         else:
             self.counts[bucket_of(us)] += 1
-        if self.total == 0 or us < self.min_us:
-            self.min_us = us
-        self.max_us = max(self.max_us, us)
         self.total += 1
         self.sum_us += us
+        self.max_us = max(self.max_us, us)
+        self._min = min(self._min, us)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts to this one."""
@@ -82,7 +88,7 @@ class Histogram:
         for i, n in enumerate(other.counts):
             if n:
                 self.counts[i] += n
-        self.min_us = other.min_us if self.total == 0 else min(self.min_us, other.min_us)
+        self._min = min(self._min, other._min)
         self.max_us = max(self.max_us, other.max_us)
         self.total += other.total
         self.sum_us += other.sum_us
@@ -133,7 +139,8 @@ class Histogram:
         ints = [v for v in fields if isinstance(v, int)]
         if len(ints) != len(fields):
             raise ValueError("histogram total, sum, min or max missing")
-        h.total, h.sum_us, h.min_us, h.max_us = ints
+        h.total, h.sum_us, min_us, h.max_us = ints
+        h._min = min_us if h.total else _EMPTY_MIN
         if h.total != sum(h.counts):
             raise ValueError(f"histogram total {h.total} != sum of its counts {sum(h.counts)}")
         return h

@@ -99,7 +99,7 @@ class Stats:
         self._tick_sent += n
         if measured:
             self.sent += n
-            self.lag.record(max(lag_ns, 0) // 1000)
+            self.lag.record(lag_ns // 1000)  # early (negative) counts as 0
 
     def on_ok(self, us: int, measured: bool, miss: bool) -> None:
         self._tick_ok += 1
