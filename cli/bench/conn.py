@@ -136,11 +136,11 @@ class Lane:
         try:
             replies = await self.call(b"".join(hello), len(hello), self._connect_timeout_s)
         except BenchError:
-            self.close()
+            self._drop()
             raise
         bad = [r for r in replies if isinstance(r, hiredis.ReplyError)]
         if bad:
-            self.close()
+            self._drop()
             raise BenchError(f"{self.target} refused the connection: {bad[0]}")
         self._ready = True
 
@@ -160,9 +160,14 @@ class Lane:
             self._call = None
 
     def close(self) -> None:
+        """The end: no more reconnects, the connection closed."""
         self._running = False
         if self._reconnect is not None:
             self._reconnect.cancel()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close this connection (a reconnect, if running, carries on)."""
         self._ready = False
         if self._transport is not None:
             self._transport.abort()

@@ -30,18 +30,27 @@ KEYS = ("version", "config", "scheduled", "sent", "answered", "ok", "misses", "e
         "generator_cpu_s", "histogram")
 
 
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
+def start_redis(port: int, data: Path) -> subprocess.Popen[bytes]:
     exe = shutil.which("redis-server")
     assert exe is not None, "redis-server is not installed (scripts/test.sh installs it)"
-    port = free_ports(1)[0]
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--daemonize", "no"],
+         "--dir", str(data), "--daemonize", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for("redis-server answers PING",
                  lambda: redis.Redis(port=port, socket_timeout=2).ping(), 30)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    port = free_ports(1)[0]
+    proc = start_redis(port, tmp_path)
+    try:
         yield port
     finally:
         stop(proc)
@@ -152,6 +161,34 @@ def test_a_stalled_server_shows_in_the_latency_not_in_fewer_requests(
     # `stalled` each: at least 1 % of them waited over half of it.
     assert doc["latency_ms"]["max"] >= 1000 * stalled * 0.9
     assert doc["latency_ms"]["p99"] >= 1000 * stalled * 0.5
+
+
+def test_connections_lost_mid_run_reconnect_and_count_what_they_dropped(
+        tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    server = start_redis(port, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "bench", "--port", str(port), "--rate", "200",
+         "--duration", "4", "--warmup", "0", "-c", "4", "--json"], cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("[   1s]"), first
+        server.kill()
+        server.wait(10)
+        server = start_redis(port, tmp_path)  # the same port, a second or so later
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        assert proc.returncode == 0, err
+    finally:
+        stop(proc)
+        stop(server)
+    doc = json.loads(out)
+    assert doc["disconnects"] and sum(doc["disconnects"].values()) == 4
+    # what was in flight at the kill is dropped; what fell due while the
+    # server was away went out on reconnect and was answered
+    assert doc["ok"] + doc["dropped"] == doc["scheduled"] == 800
 
 
 def _pid_on(port: int) -> int:
