@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli import cluster, inspect, serve
+from cli.bench.command import bench
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +20,7 @@ cli.add_command(inspect.manifest)
 cli.add_command(inspect.db)
 cli.add_command(serve.serve)
 cli.add_command(serve.up)
+cli.add_command(bench)
 for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
                 cluster.flush, cluster.drain, cluster.compact, cluster.repair,
                 cluster.remove):

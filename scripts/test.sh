@@ -4,9 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # redis-cli and redis-benchmark (Debian's redis-tools) for the client-protocol
-# tests; iptables for the fault tests' cut-offs (tests/faults, docs/testing.md).
+# tests; redis-server as the reference target of `ringkv bench`'s tests
+# (tests/integration/test_bench.py); iptables for the fault tests' cut-offs
+# (tests/faults, docs/testing.md).
 missing=()
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
