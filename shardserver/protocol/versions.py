@@ -60,6 +60,8 @@ does not beat: supersedes would not be transitive and merge order would
 matter. With it, a plain write ``L`` goes only for a version whose writer
 saw ``L`` or a newer plain write (floors only ever come from plain writes:
 their own id, or the greatest one a client saw), which is last writer wins.
+(A client that forges a floor into a context, within the coordinator's
+drift bound, gets its VSET no more than a plain SET at that time would.)
 
 Old data
 --------
