@@ -10,7 +10,7 @@ from typing import Any
 from lsm.inspect.common import render_bytes, render_value
 from shardserver.layout import PARTITION_BYTES, split_storage_key
 from shardserver.protocol.hlc import hlc_logical, hlc_wall_ms
-from shardserver.protocol.versions import VersionFormatError, decode_siblings
+from shardserver.protocol.versions import Version, VersionFormatError, decode_siblings
 
 DECODERS = ("raw", "ringkv")
 
@@ -29,13 +29,29 @@ def value_text(raw: bytes, hex_: bool) -> str:
         return f"{render_value(raw, hex_)} (not a sibling set: {exc})"
     parts = []
     for v in siblings:
-        clock = ", ".join(f"{a.decode('utf-8', 'replace')}:{c}" for a, c in v.clock.entries)
+        clock = ", ".join(f"{_actor(a)}:{c}" for a, c in v.clock.entries)
         what = "tombstone" if v.value is None else render_value(v.value, hex_)
         parts.append(
-            f"[{v.actor.decode('utf-8', 'replace')} hlc={hlc_wall_ms(v.hlc)}.{hlc_logical(v.hlc)}"
-            f" clock={{{clock}}} {what}]"
+            f"[{_actor(v.actor)} hlc={_hlc(v.hlc)} clock={{{clock}}}{_floor(v)} {what}]"
         )
     return f"{len(siblings)} sibling{'s' if len(siblings) != 1 else ''} " + " ".join(parts)
+
+
+def _actor(actor: bytes) -> str:
+    return actor.decode("utf-8", "replace")
+
+
+def _hlc(hlc: int) -> str:
+    return f"{hlc_wall_ms(hlc)}.{hlc_logical(hlc)}"
+
+
+def _floor(v: Version) -> str:
+    """`` plain`` for a plain write (floor = own id), else the floor if any."""
+    if v.floor is None:
+        return ""
+    if v.floor == v.lww_key():
+        return " plain"
+    return f" floor={_actor(v.floor[1])}@{_hlc(v.floor[0])}"
 
 
 def entry_json(skey: bytes, raw: bytes | None) -> dict[str, Any]:
@@ -48,6 +64,7 @@ def entry_json(skey: bytes, raw: bytes | None) -> dict[str, Any]:
             out["siblings"] = [
                 {"actor": v.actor, "hlc": v.hlc, "wall_ms": hlc_wall_ms(v.hlc),
                  "clock": [[a, c] for a, c in v.clock.entries],
+                 "floor": None if v.floor is None else list(v.floor),
                  "tombstone": v.value is None, "value": v.value}
                 for v in decode_siblings(raw)
             ]

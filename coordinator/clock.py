@@ -9,10 +9,10 @@ future arrives, and drag every clock that adopts it):
 ==================  ==========================================  ==============
 where it enters     what                                        past the bound
 ==================  ==========================================  ==============
-client (VSET/VDEL)  every counter of the context                refused: ``ERR
+client (VSET/VDEL)  every counter of the context, its floor     refused: ``ERR
                                                                 invalid context``
 replica answers     the newest HLC of what a read merged        not adopted
-peer writes         a ``ReplicaWrite``'s dot and context        refused
+peer writes         a ``ReplicaWrite``'s dot, context, floor    refused
                                                                 (BAD_REQUEST)
 gossip              a node's generation (its start time, ms)    entry ignored
 hint records        ``since_ms`` read back from disk            reset to now
@@ -36,8 +36,7 @@ from coordinator import reconcile
 from coordinator.errors import CommandError
 from coordinator.membership import Endpoint
 from shardserver.protocol.hlc import HLC, ClockDriftError
-from shardserver.protocol.vclock import VClock
-from shardserver.protocol.versions import Version
+from shardserver.protocol.versions import Context, Version
 
 log = logging.getLogger("ringkv.clock")
 
@@ -86,25 +85,29 @@ class Clock:
         except ValueError:  # outside uint64: the codec lets none through
             self.stats.peer_timestamps_ignored += 1
 
-    def context(self, raw: bytes) -> VClock:
+    def context(self, raw: bytes) -> Context:
         """A client's VSET/VDEL context, checked (``reconcile.decode_context``);
         refusals are counted and raise ``CommandError``. An accepted one is
-        adopted: our next writes come after everything its client saw."""
+        adopted: our next timestamp comes after every counter and the floor
+        of what its client saw, so a write minted from it outranks all of it
+        (``versions.new_version_for_context``, which also mints past them
+        should the adoption not happen: a wall clock stepped back meanwhile)."""
         try:
-            clock = reconcile.decode_context(raw, self.hlc.physical_ms(), self.max_drift_ms)
+            ctx = reconcile.decode_context(raw, self.hlc.physical_ms(), self.max_drift_ms)
         except CommandError:
             self.stats.contexts_refused += 1
             raise
-        if clock:
-            self.saw(max(counter for _, counter in clock.entries), "a client context")
-        return clock
+        newest = ctx.newest()
+        if newest:
+            self.saw(newest, "a client context")
+        return ctx
 
     def refuse_write(self, version: Version) -> str | None:
         """Why a replica write from a peer coordinator is refused, or None:
-        its dot or a context counter lies past the bound (the peer's clock
-        runs ahead, or was dragged). Only new writes are refused this way;
+        its dot, a context counter or its floor lies past the bound (the
+        peer's clock runs ahead, or was dragged). Only new writes are refused this way;
         nothing was acknowledged for them yet."""
-        newest = max([version.hlc, *(counter for _, counter in version.clock.entries)])
+        newest = max(version.hlc, Context(version.clock, version.floor).newest())
         ahead = self.hlc.ahead_ms(newest)
         if ahead <= self.max_drift_ms:
             return None

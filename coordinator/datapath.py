@@ -57,8 +57,8 @@ from shardserver.protocol.messages import (
     Status,
 )
 from shardserver.protocol.messages import Reply as ShardReply
-from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
+from shardserver.protocol.vclock import ActorId
+from shardserver.protocol.versions import Context, SiblingSet, Version, decode_siblings
 
 log = logging.getLogger("ringkv.datapath")
 
@@ -92,7 +92,7 @@ class Cluster(Protocol):
 
     def saw_hlc(self, hlc: int) -> None: ...
 
-    def context_clock(self, context: bytes) -> VClock: ...  # CommandError if refused
+    def context_clock(self, context: bytes) -> Context: ...  # CommandError if refused
 
 
 @dataclass(slots=True)
@@ -361,13 +361,14 @@ class DataPath:
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
         context: bytes | None = None,
     ) -> Version:
-        actor, hlc = self.cluster.actor, self.cluster.next_hlc()
+        actor = self.cluster.actor
         if lww:
-            version = reconcile.plain_write(actor, hlc, value)
+            version = reconcile.plain_write(actor, self.cluster.next_hlc(), value)
             await self._finish_write(self._start_write(key, version, "lww", levels))
             return version
-        clock = self.cluster.context_clock(context or b"")
-        version = reconcile.context_write(clock, actor, hlc, value)
+        # The clock adopts the context first: the dot then lies past it.
+        ctx = self.cluster.context_clock(context or b"")
+        version = reconcile.context_write(ctx, actor, self.cluster.next_hlc(), value)
         rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
         calls = {t.node: fut for fut, t in rnd.calls.items()}
         self._context_calls[key] = calls

@@ -69,8 +69,8 @@ from coordinator.server import ClientServer
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
 from shardserver.protocol.pool import WorkerPool
-from shardserver.protocol.vclock import VClock, make_actor
-from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
+from shardserver.protocol.vclock import make_actor
+from shardserver.protocol.versions import DEFAULT_SIBLING_CAP, Context
 
 log = logging.getLogger("ringkv.node")
 
@@ -370,7 +370,7 @@ class Node:
     def saw_hlc(self, hlc: int) -> None:
         self.clock.saw(hlc)
 
-    def context_clock(self, context: bytes) -> VClock:
+    def context_clock(self, context: bytes) -> Context:
         return self.clock.context(context)
 
     # -- routing ------------------------------------------------------------

@@ -1,11 +1,13 @@
 """From client commands to versions and back (pure).
 
-* A plain ``SET``/``DEL`` becomes a version whose clock is ``{actor: hlc}``
-  (no read first); replicas apply it last-writer-wins (DESIGN §4).
-* ``VSET``/``VDEL`` with a context become a version whose clock descends
-  from that context, so it supersedes exactly what the client saw. The
-  context comes from the client, so it is checked in full first, its
-  counters against this node's clock too (``decode_context``).
+* A plain ``SET``/``DEL`` becomes a version with no context whose floor is
+  its own ``(hlc, actor)`` (no read first): it supersedes every version
+  with a smaller ``(hlc, actor)`` at every replica (DESIGN §4).
+* ``VSET``/``VDEL`` with a context become a version carrying that context
+  (clock and floor), so it supersedes what the client saw. The context
+  comes from the client, so it is checked in full first, its counters and
+  floor against this node's clock too (``decode_context``), and the dot is
+  minted after it.
 * Reads: the sibling sets from R replicas are merged; ``GET`` shows the
   last-writer-wins value, ``VGET`` every live sibling plus the context.
 * Read repair: a replica whose answer differs from the merged set (or that
@@ -21,8 +23,8 @@ from coordinator import votes
 from coordinator.errors import CommandError
 from shardserver.protocol import vclock, versions
 from shardserver.protocol.hlc import hlc_wall_ms
-from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import SiblingSet, Version
+from shardserver.protocol.vclock import ActorId
+from shardserver.protocol.versions import Context, SiblingSet, Version
 
 
 def plain_write(actor: ActorId, hlc: int, value: bytes | None) -> Version:
@@ -30,38 +32,45 @@ def plain_write(actor: ActorId, hlc: int, value: bytes | None) -> Version:
     return versions.plain_version(actor, hlc, value)
 
 
-def context_write(context: VClock, actor: ActorId, hlc: int, value: bytes | None) -> Version:
+def context_write(context: Context, actor: ActorId, hlc: int, value: bytes | None) -> Version:
     """VSET (value) or VDEL (None) superseding what ``context`` describes
-    (a client's context, checked by ``decode_context``)."""
+    (a client's context, checked by ``decode_context``; ``hlc`` taken after
+    the node's clock adopted it, ``Clock.context``)."""
     try:
         return versions.new_version_for_context(context, actor, hlc, value)
     except vclock.VersionFormatError as exc:
         raise CommandError(f"ERR invalid context: {exc}") from None
 
 
-def decode_context(context: bytes, physical_ms: int, max_drift_ms: int) -> VClock:
+def decode_context(context: bytes, physical_ms: int, max_drift_ms: int) -> Context:
     """A client's context, checked in full: it is bytes the client controls.
 
     Its form (types, sizes, entry count, counter range) is checked by
-    ``vclock.decode_context``; every actor must read ``<node>#<incarnation>``
-    (the only ids ringkv makes); and no counter may lie more than
-    ``max_drift_ms`` ahead of ``physical_ms``, this node's clock: counters
-    are HLC timestamps, and one from the future would make the version win
-    over every later plain write, and drag the clocks of nodes that read it.
+    ``versions.decode_context``; every actor, the floor's too, must read
+    ``<node>#<incarnation>`` (the only ids ringkv makes); and no counter,
+    nor the floor's HLC, may lie more than ``max_drift_ms`` ahead of
+    ``physical_ms``, this node's clock: they are HLC timestamps, and one
+    from the future would make the version win over every later plain
+    write, and drag the clocks of nodes that read it.
     """
     try:
-        clock = vclock.decode_context(context)
-        for actor, _ in clock.entries:
+        ctx = versions.decode_context(context)
+        for actor, _ in ctx.clock.entries:
             vclock.parse_actor(actor)
+        if ctx.floor is not None:
+            vclock.parse_actor(ctx.floor[1])
     except vclock.VersionFormatError as exc:
         raise CommandError(f"ERR invalid context: {exc}") from None
-    for actor, counter in clock.entries:
-        ahead = hlc_wall_ms(counter) - physical_ms
+    stamps = [(f"counter for {_show(a)}", c) for a, c in ctx.clock.entries]
+    if ctx.floor is not None:
+        stamps.append((f"floor of {_show(ctx.floor[1])}", ctx.floor[0]))
+    for what, stamp in stamps:
+        ahead = hlc_wall_ms(stamp) - physical_ms
         if ahead > max_drift_ms:
             raise CommandError(
-                f"ERR invalid context: counter for {_show(actor)} is {ahead} ms ahead of "
+                f"ERR invalid context: {what} is {ahead} ms ahead of "
                 f"this node's clock (max_clock_drift_ms = {max_drift_ms})")
-    return clock
+    return ctx
 
 
 def _show(actor: bytes) -> str:
@@ -110,6 +119,6 @@ def vget_reply(siblings: SiblingSet) -> list[bytes]:
     """``[context, value...]``: the context covers every sibling (tombstones
     included, so a VSET with it supersedes them); values are the live
     siblings, oldest first by (HLC, actor)."""
-    context = vclock.encode_context(versions.context_of(siblings))
+    context = versions.encode_context(versions.context_of(siblings))
     values = [v.value for v in siblings if v.value is not None]
     return [context, *values]

@@ -3,7 +3,7 @@
 Keys and values are laid out as ``shardserver.layout`` says.
 
 Writes are read-merge-write: the stored set is read, the incoming version is
-merged (``merge`` for context writes, ``apply_lww`` for plain ones) and the
+merged (``versions.merge``, one rule for plain and context writes) and the
 result written back. Striped locks serialize writers of one key while
 writers of different keys proceed together, so that with ``fsync="always"``
 their syncs can share one group commit. Every write also keeps the
@@ -288,19 +288,15 @@ class ShardStore:
         sync); each result is what that key holds after its op."""
         steps: list[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]] = []
         for op in ops:
-            if op.mode == "merge":
-                steps.append((op.partition, op.key, self._merger(op.version)))
-            elif op.mode == "lww":
-                steps.append((op.partition, op.key, self._lww(op.version)))
-            else:
+            if op.mode not in ("merge", "lww"):
                 raise BadRequestError(f"write mode must be merge or lww, not {op.mode!r}")
+            # "lww" only says the version is a plain write (floor = its id).
+            v = versions.as_plain(op.version) if op.mode == "lww" else op.version
+            steps.append((op.partition, op.key, self._merger(v)))
         return self._apply(steps)
 
     def _merger(self, v: Version) -> Callable[[SiblingSet], versions.MergeResult]:
         return lambda cur: versions.merge(cur, v, self.sibling_cap)
-
-    def _lww(self, v: Version) -> Callable[[SiblingSet], versions.MergeResult]:
-        return lambda cur: versions.apply_lww(cur, v, self.sibling_cap)
 
     def _apply(
         self, steps: Sequence[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]]

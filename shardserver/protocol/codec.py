@@ -12,8 +12,9 @@ A connection carries frames both ways; one frame batches many envelopes::
 Request ids are chosen by the client and echoed by the worker; replies may
 come back in any order and in different frames than their requests. The ops,
 their args and reply payloads are listed in docs/formats/shard-protocol.md
-and in ``messages``. A version travels as ``[clock, hlc, actor, value]``
-(clock as in ``vclock.encode``), a sibling set as ``encode_siblings`` bytes.
+and in ``messages``. A version travels as ``[clock, hlc, actor, value]``,
+with a fifth field ``[hlc, actor]`` when it has a floor (clock as in
+``vclock.encode``), a sibling set as ``encode_siblings`` bytes.
 
 Everything that comes off the wire is checked field by field: anything
 malformed raises ``ProtocolError`` (a ValueError) naming the field, never
@@ -158,13 +159,18 @@ def _args(args: list[Any], n: int, op: str) -> list[Any]:
 
 
 def encode_version(v: versions.Version) -> list[Any]:
-    return [vclock.encode(v.clock), v.hlc, v.actor, v.value]
+    out = [vclock.encode(v.clock), v.hlc, v.actor, v.value]
+    if v.floor is not None:
+        out.append(versions.encode_floor(v.floor))
+    return out
 
 
 def decode_version(obj: object, field: str = "version") -> versions.Version:
-    if not isinstance(obj, list) or len(obj) != 4:
-        raise ProtocolError(f"{field}: expected [clock, hlc, actor, value]")
-    raw_clock, hlc, actor, value = obj
+    """``[clock, hlc, actor, value]`` (no floor) or ``[clock, hlc, actor,
+    value, floor]``."""
+    if not isinstance(obj, list) or len(obj) not in (4, 5):
+        raise ProtocolError(f"{field}: expected [clock, hlc, actor, value(, floor)]")
+    raw_clock, hlc, actor, value = obj[:4]
     try:
         clock = vclock.decode(raw_clock, f"{field}.clock")
     except VersionFormatError as e:
@@ -173,7 +179,13 @@ def decode_version(obj: object, field: str = "version") -> versions.Version:
     _bytes(actor, f"{field}.actor", 1, MAX_ACTOR_BYTES)
     if value is not None and not isinstance(value, bytes):
         raise ProtocolError(f"{field}.value: expected bytes or nil, got {type(value).__name__}")
-    return versions.Version(clock=clock, hlc=hlc, actor=ActorId(actor), value=value)
+    floor = None
+    if len(obj) == 5:
+        try:
+            floor = versions.decode_floor(obj[4], f"{field}.floor", (hlc, ActorId(actor)))
+        except VersionFormatError as e:
+            raise ProtocolError(str(e)) from e
+    return versions.Version(clock, hlc, ActorId(actor), value, floor)
 
 
 def decode_siblings(obj: object, field: str) -> versions.SiblingSet:

@@ -97,7 +97,13 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaWrite:
-    """Apply one version to a key: ``merge`` (VSET/VDEL) or ``lww`` (SET/DEL)."""
+    """Merge one version into a key's sibling set (``versions.merge``).
+
+    ``mode``: ``"lww"`` for a plain SET/DEL, ``"merge"`` for VSET/VDEL.
+    Both merge alike; ``"lww"`` also sets the version's floor to its own id
+    (``versions.as_plain``), which is what a coordinator from before floors
+    meant by it, and what a current one sends anyway.
+    """
 
     partition: int
     key: bytes

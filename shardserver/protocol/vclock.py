@@ -8,23 +8,18 @@ form ``<node id>#<incarnation>`` keeps them readable in dumps and logs::
     actor = utf8(node_id) "#" decimal(incarnation)      e.g. b"node-a#3"
 
 Counters are the writing actor's HLC timestamps, not a dense 1, 2, 3…
-sequence (``increment`` takes ``max(old + 1, hlc)``): that way a context taken
-after a plain last-writer-wins SET, whose clock the coordinator built without
-reading first, still dominates it.
+sequence (``increment`` takes ``max(old + 1, hlc)``): that way clocks and
+last-writer-wins ids (``(hlc, actor)``) rank writes on one scale, and a
+context write whose dot is minted past every counter of its context
+outranks everything that context covers (``versions.supersedes``).
 
 A clock is kept canonical, sorted by actor with no zero entries, so equal
 clocks are equal Python values and hash alike.
 
-Wire form (msgpack), used inside sibling records and client contexts::
+Wire form (msgpack), used inside sibling records and client contexts
+(``versions.encode_siblings``, ``versions.encode_context``)::
 
     [[actor: bin, counter: uint], ...]           sorted by actor, counters >= 1
-
-Client context (opaque to clients)::
-
-    +---------+-----------------------------+
-    | 0x01    | msgpack clock (wire form)   |
-    +---------+-----------------------------+
-    format version byte; b"" means the empty context (key never read)
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ MAX_ACTOR_BYTES = 255
 MAX_CLOCK_ENTRIES = 4096
 #: Counters are HLC timestamps, which fit in 64 bits.
 MAX_COUNTER = (1 << 64) - 1
-
-CONTEXT_FORMAT_VERSION = 1
 
 _ACTOR_SEP = b"#"
 
@@ -274,20 +267,3 @@ def unpack_msgpack(data: bytes, what: str) -> object:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         raise VersionFormatError(f"{what}: malformed msgpack ({exc})") from exc
-
-
-def encode_context(clock: VClock) -> bytes:
-    """Opaque context handed to context-aware clients (VGET → VSET/VDEL)."""
-    body: bytes = msgpack.packb(encode(clock), use_bin_type=True)
-    return bytes([CONTEXT_FORMAT_VERSION]) + body
-
-
-def decode_context(data: bytes) -> VClock:
-    """Inverse of ``encode_context``; ``b""`` is the empty context."""
-    if not data:
-        return EMPTY
-    if data[0] != CONTEXT_FORMAT_VERSION:
-        raise VersionFormatError(
-            f"context: unknown format version {data[0]} (expected {CONTEXT_FORMAT_VERSION})"
-        )
-    return decode(unpack_msgpack(data[1:], "context"), "context")

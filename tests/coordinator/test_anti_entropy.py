@@ -9,6 +9,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from shardserver.protocol.client import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.messages import Reply, Request
 from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import SiblingSet, Version
+from shardserver.protocol.versions import SiblingSet, Version, as_plain
 from shardserver.storage import ShardStore
 from tests.coordinator.stores import call_store, run
 
@@ -153,8 +154,8 @@ def test_one_repair_makes_every_replica_identical_with_traffic_near_the_differen
 
 def test_a_rotten_copy_is_outvoted_and_replaced(replicas: Replicas) -> None:
     r = replicas
-    good = ver(1, b"good")
-    rotten = Version(good.clock, good.hlc, good.actor, b"r0tten")
+    good = as_plain(ver(1, b"good"))  # stored as written in mode "lww"
+    rotten = replace(good, value=b"r0tten")
     for i in range(100):
         r.write(NAMES, b"k%d" % i, ver(i, b"v"))
     r.write(("n1", "n3"), b"victim", good)
@@ -170,8 +171,8 @@ def test_without_a_majority_a_rotten_copy_is_reported_and_not_spread(
     replicas: Replicas,
 ) -> None:
     r = replicas
-    good = ver(1, b"good")
-    rotten = Version(good.clock, good.hlc, good.actor, b"r0tten")
+    good = as_plain(ver(1, b"good"))  # stored as written in mode "lww"
+    rotten = replace(good, value=b"r0tten")
     r.write(("n1",), b"victim", good)
     r.write(("n2",), b"victim", rotten)
     r.down.add("n3")

@@ -19,8 +19,14 @@ from coordinator.membership import Endpoint, Status, encode
 from coordinator.reconcile import context_write, decode_context
 from coordinator.ring import NodeId
 from shardserver.protocol.hlc import hlc_wall_ms, make_hlc
-from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock, encode_context, make_actor
-from shardserver.protocol.versions import plain_version
+from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock, make_actor
+from shardserver.protocol.versions import (
+    EMPTY_CONTEXT,
+    Context,
+    VersionId,
+    encode_context,
+    plain_version,
+)
 
 NOW_MS = 1_700_000_000_000
 DRIFT_MS = 60_000
@@ -42,8 +48,8 @@ def clock() -> Clock:
     return Clock(DRIFT_MS, wall=Wall())
 
 
-def ctx(entries: dict[ActorId, int]) -> bytes:
-    return encode_context(VClock.of(entries))
+def ctx(entries: dict[ActorId, int], floor: VersionId | None = None) -> bytes:
+    return encode_context(Context(VClock.of(entries), floor))
 
 
 # --- client contexts (pure) -----------------------------------------------------------
@@ -51,12 +57,25 @@ def ctx(entries: dict[ActorId, int]) -> bytes:
 
 def test_a_context_counter_up_to_the_bound_is_taken_one_ms_past_it_is_refused() -> None:
     edge = make_hlc(NOW_MS + DRIFT_MS, 0xFFFF)
-    assert decode_context(ctx({ME: edge}), NOW_MS, DRIFT_MS).get(ME) == edge
+    assert decode_context(ctx({ME: edge}), NOW_MS, DRIFT_MS).clock.get(ME) == edge
     past = make_hlc(NOW_MS + DRIFT_MS + 1)
     want = (r"^ERR invalid context: counter for n2#3 is 60001 ms ahead of this node's clock "
             r"\(max_clock_drift_ms = 60000\)$")
     with pytest.raises(CommandError, match=want):
         decode_context(ctx({ME: edge, OTHER: past}), NOW_MS, DRIFT_MS)
+
+
+def test_a_floor_from_the_future_is_refused_like_a_counter() -> None:
+    """A floor is an HLC too: one past the bound would let the VSET beat
+    every plain write until that time (and drag the clock that adopts it)."""
+    edge = (make_hlc(NOW_MS + DRIFT_MS, 0xFFFF), OTHER)
+    assert decode_context(ctx({ME: 5}, edge), NOW_MS, DRIFT_MS).floor == edge
+    want = (r"^ERR invalid context: floor of n2#3 is 60001 ms ahead of this node's clock "
+            r"\(max_clock_drift_ms = 60000\)$")
+    with pytest.raises(CommandError, match=want):
+        decode_context(ctx({ME: 5}, (make_hlc(NOW_MS + DRIFT_MS + 1), OTHER)), NOW_MS, DRIFT_MS)
+    with pytest.raises(CommandError, match=r"ERR invalid context: .*no '<node>#<incarnation>'"):
+        decode_context(ctx({ME: 5}, (5, ActorId(b"nobody"))), NOW_MS, DRIFT_MS)
 
 
 def test_ten_years_ahead_and_the_last_uint64_are_refused_as_ahead() -> None:
@@ -96,7 +115,10 @@ def _raw(entries: list[list[object]]) -> bytes:
     (b"\x01\x90\x00", "malformed msgpack"),
     (b"\x01\x91", "malformed msgpack"),
     (b"\x01" + b"\x91" * 5000 + b"\x90", "malformed msgpack"),
-    (b"\x02\x90", "unknown format version 2"),
+    (b"\x03\x90", r"unknown format version 3 \(expected 1 or 2\)"),
+    (b"\x02" + msgpack.packb([[]]), r"expected \[clock, floor\]"),
+    (b"\x02" + msgpack.packb([[], [1]]), r"floor: expected nil or \[hlc, actor\]"),
+    (b"\x02" + msgpack.packb([[], [-1, b"n1#1"]]), "floor: hlc must be a uint64"),
 ])
 def test_malformed_contexts_name_what_is_wrong(raw: bytes, why: str) -> None:
     with pytest.raises(CommandError, match=f"^ERR invalid context: .*{why}"):
@@ -126,9 +148,25 @@ def test_a_context_is_checked_counted_and_then_adopted() -> None:
         c.context(b"\x01garbage")
     assert c.stats.contexts_refused == 2 and c.lead_ms() == 0
     seen = make_hlc(NOW_MS + 1000, 3)
-    assert c.context(ctx({OTHER: seen})).get(OTHER) == seen
+    assert c.context(ctx({OTHER: seen})).clock.get(OTHER) == seen
     assert c.now() > seen  # our next write comes after what the client saw
-    assert c.context(b"") == VClock()
+    assert c.context(b"") == EMPTY_CONTEXT
+    floor = make_hlc(NOW_MS + 2000, 1)
+    assert c.context(ctx({OTHER: seen}, (floor, OTHER))).floor == (floor, OTHER)
+    assert c.now() > floor  # and after the floor it saw
+
+
+def test_a_context_write_outranks_its_context_even_when_the_clock_lags() -> None:
+    """The data path adopts the context before it takes the dot; the dot
+    then lies past every counter and the floor, on a node whose own clock
+    lags the writer of what the client read by up to the bound."""
+    c = clock()
+    seen = {OTHER: make_hlc(NOW_MS + DRIFT_MS, 9), ME: make_hlc(NOW_MS - 5)}
+    floor = (make_hlc(NOW_MS + DRIFT_MS, 7), OTHER)
+    context = c.context(ctx(seen, floor))
+    write = context_write(context, ME, c.now(), b"v")
+    assert write.lww_key() > max((h, a) for a, h in seen.items()) and write.lww_key() > floor
+    assert write.floor == floor and write.clock == VClock.of(seen)
 
 
 def test_a_peer_write_stamped_past_the_bound_is_refused() -> None:
@@ -141,7 +179,10 @@ def test_a_peer_write_stamped_past_the_bound_is_refused() -> None:
     sneaky = plain_version(OTHER, make_hlc(NOW_MS), b"v")
     sneaky = type(sneaky)(VClock.of({ME: MAX_COUNTER}), sneaky.hlc, OTHER, b"v")
     assert c.refuse_write(sneaky) is not None
-    assert c.stats.peer_writes_refused == 2
+    # And so is a floor.
+    floored = type(sneaky)(VClock(), sneaky.hlc, OTHER, b"v", (MAX_COUNTER, ME))
+    assert c.refuse_write(floored) is not None
+    assert c.stats.peer_writes_refused == 3
 
 
 def test_gossip_with_a_generation_from_the_future_is_ignored() -> None:

@@ -23,8 +23,8 @@ import redis
 from coordinator.ring import partition_of
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.hlc import hlc_wall_ms, make_hlc
-from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock, decode_context, encode_context
-from shardserver.protocol.versions import plain_version
+from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock
+from shardserver.protocol.versions import Context, decode_context, encode_context, plain_version
 from shardserver.supervisor import partition_ranges
 from tests.cluster import Cluster, wait_for
 from tests.faults.nemesis import set_option
@@ -62,13 +62,13 @@ def vset(r: redis.Redis, key: str, context: bytes, value: str) -> object:
 
 def own_counter(r: redis.Redis, key: str, node: str) -> tuple[ActorId, int]:
     """The actor of ``node`` and its counter in ``key``'s context."""
-    clock = decode_context(vget(r, key)[0])
+    clock = decode_context(vget(r, key)[0]).clock
     [(actor, counter)] = [(a, c) for a, c in clock.entries if a.startswith(node.encode() + b"#")]
     return actor, counter
 
 
 def forged(actor: ActorId, counter: int) -> bytes:
-    return encode_context(VClock.of({actor: counter}))
+    return encode_context(Context(VClock.of({actor: counter})))
 
 
 def clock_info(cluster: Cluster, i: int) -> dict[str, int]:
@@ -95,6 +95,13 @@ def test_a_context_ten_years_ahead_is_refused_and_a_later_set_wins(cluster: Clus
     with pytest.raises(redis.ResponseError, match=DRIFT_ERROR):
         vset(n1, "drift:k", forged(actor, ahead), "from the future")
     assert clock_info(cluster, 0)["contexts_refused"] == refused + 1
+    # A floor (the newest plain write the client saw) is an HLC too.
+    honest, now = vget(n1, "drift:k")[0], make_hlc(int(time.time() * 1000))
+    floored = encode_context(Context(decode_context(honest).clock, (ahead, actor)))
+    with pytest.raises(redis.ResponseError, match=r"^invalid context: floor of n1#\d+ is \d+ ms"):
+        vset(n1, "drift:k", floored, "from the future")
+    assert clock_info(cluster, 0)["contexts_refused"] == refused + 2
+    assert decode_context(honest).floor is not None and decode_context(honest).floor <= (now, actor)
     # Through n2 it is another node's counter, checked the same way.
     with pytest.raises(redis.ResponseError, match=DRIFT_ERROR):
         vset(n2, "drift:k", forged(actor, ahead), "from the future")
@@ -159,7 +166,8 @@ def test_a_counter_near_2_64_is_refused_and_its_batch_still_goes_out(cluster: Cl
 def test_malformed_contexts_get_a_clear_error(cluster: Cluster) -> None:
     n1 = cluster.client(0)
     bad = {
-        b"\x02\x90": "unknown format version 2",
+        b"\x03\x90": "unknown format version 3",
+        b"\x02\x92\x90\x92\x01\xa4n1#1": "floor: actor must be 1..255 bytes",
         b"\x01\x91\x92\xc4\x04n1#1\xff": "counter -1 out of 1..2\\*\\*64-1",
         b"\x01\x91\x92\xc4\x04n1#1\xca\x3f\x80\x00\x00": "counter must be an int",
         b"\x01\x90\x00": "malformed msgpack",

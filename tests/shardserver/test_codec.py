@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -16,7 +17,7 @@ from shardserver.protocol import messages as m
 from shardserver.protocol.codec import FrameDecoder, ProtocolError
 from shardserver.protocol.messages import Reply, Status
 from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import SiblingSet, Version, merge
+from shardserver.protocol.versions import SiblingSet, Version, as_plain, merge
 from tests.shardserver.strategies import actors_st, clocks
 
 HLC = 1_700_000_000_000 << 16
@@ -44,13 +45,20 @@ def envelope_frame(envelopes: list[Any]) -> bytes:
 
 partitions = st.integers(0, m.MAX_PARTITION)
 keys = st.binary(min_size=1, max_size=64)
+def _floors(v: Version) -> st.SearchStrategy[Version]:
+    """``v`` without a floor, as a plain write, or with a floor below its id."""
+    below = st.integers(0, max(v.hlc - 1, 0)).map(
+        lambda h: replace(v, floor=(h, ACTOR)) if h < v.hlc else v)
+    return st.one_of(st.just(v), st.just(as_plain(v)), below)
+
+
 versions_st = st.builds(
     Version,
     clock=clocks(1 << 20, max_size=4).filter(lambda c: bool(c.entries)),
     hlc=st.integers(0, (1 << 64) - 1),
     actor=actors_st,
     value=st.none() | st.binary(max_size=32),
-)
+).flatmap(_floors)
 
 
 def _fold(vs: list[Version]) -> SiblingSet:
@@ -144,6 +152,17 @@ def test_drop_of_the_shorter_forms_still_decodes_and_a_marked_one_names_one_part
         codec.decode_requests(msgpack.packb([[1, "drop", [5, 2, 42]]]))
 
 
+def test_a_version_travels_with_its_floor_and_without_one_as_before() -> None:
+    plain = as_plain(ver(b"v"))
+    env = codec.encode_requests([(1, m.ReplicaWrite(2, b"k", plain, "lww"))])
+    wire = msgpack.unpackb(env[4:])[0][2][2]
+    assert wire[4] == [HLC, ACTOR]
+    ((_, req),) = codec.decode_requests(env[4:])
+    assert isinstance(req, m.ReplicaWrite) and req.version == plain
+    old = codec.encode_requests([(1, m.ReplicaWrite(2, b"k", ver(b"v"), "lww"))])
+    assert len(msgpack.unpackb(old[4:])[0][2][2]) == 4  # no floor: the 4-field form
+
+
 def test_frame_layout_is_length_prefixed_msgpack_array() -> None:
     data = codec.encode_requests([(7, m.ReplicaRead(3, b"k"))])
     (length,) = struct.unpack(">I", data[:4])
@@ -220,6 +239,10 @@ GOOD_VERSION = codec.encode_version(ver())
         ([[1, "write", [1, b"k", [[], -1, b"a", b"v"], "lww"]]], "write.version.hlc"),
         ([[1, "write", [1, b"k", [[], 1, b"", b"v"], "lww"]]], "write.version.actor"),
         ([[1, "write", [1, b"k", [[], 1, b"a", "v"], "lww"]]], "write.version.value"),
+        ([[1, "write", [1, b"k", [[], 1, b"a", b"v", [1]], "lww"]]], "write.version.floor"),
+        ([[1, "write", [1, b"k", [[], 1, b"a", b"v", [2, b"a"]], "lww"]]],
+         "write.version.floor: floor .* lies above the version's id"),
+        ([[1, "write", [1, b"k", [[], 1, b"a", b"v", None, 5], "lww"]]], "write.version"),
         ([[1, "write_set", [1, b"k", b"\x02"]]], "write_set.siblings"),
         ([[1, "write_set", [1, b"k", []]]], "write_set.siblings"),
         ([[1, "scan", [1, None, 0]]], "scan.limit"),

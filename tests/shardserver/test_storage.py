@@ -1,5 +1,6 @@
-"""ShardStore: merge and LWW writes, scans, partition isolation, and deletion
-through compaction (tombstone grace, dropped partitions)."""
+"""ShardStore: plain and context writes (one merge), scans, partition
+isolation, and deletion through compaction (tombstone grace, dropped
+partitions)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lsm.options import Decision, Options
 from shardserver.layout import ShardCompactionFilter, storage_key
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import Version, encode_siblings
+from shardserver.protocol.versions import Version, as_plain, encode_siblings, plain_version
 from shardserver.storage import BadRequestError, PartitionNotServedError, ShardStore, WriteOp
 
 A = ActorId(b"a#0")
@@ -63,6 +64,18 @@ def test_lww_write_replaces_older_and_ignores_stale(store: ShardStore) -> None:
     assert [v.value for v in store.read(1, b"k")] == [b"new"]
 
 
+def test_plain_and_context_writes_merge_alike_in_any_order(store: ShardStore) -> None:
+    """One merge for both modes: the stored set does not depend on the order
+    writes arrive in, and a plain write is stored exactly as it was sent."""
+    vset = ver(A, NOW_MS + 1, b"vset", {})
+    plain = plain_version(B, make_hlc(NOW_MS + 2), b"plain")
+    late = ver(A, NOW_MS + 3, b"late", {})
+    for key, order in ((b"k1", [vset, plain, late]), (b"k2", [late, plain, vset])):
+        for v in order:
+            store.write(5, key, v, "lww" if v is plain else "merge")
+    assert store.read(5, b"k1") == store.read(5, b"k2") == (plain, late)
+
+
 def test_merge_keeps_concurrent_siblings_and_replaces_dominated(store: ShardStore) -> None:
     a, b = ver(A, NOW_MS, b"a"), ver(B, NOW_MS + 1, b"b")
     store.write(2, b"k", a, "merge")
@@ -82,7 +95,7 @@ def test_write_set_and_write_many_in_one_batch(store: ShardStore) -> None:
     )
     assert [len(r.siblings) for r in results] == [1, 2, 1]
     assert store.read(3, b"x") == (a, b)
-    assert store.read(4, b"x") == (a,)
+    assert store.read(4, b"x") == (as_plain(a),)  # mode "lww": a plain write
 
 
 def test_partitions_are_isolated(store: ShardStore) -> None:

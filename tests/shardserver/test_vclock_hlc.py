@@ -1,4 +1,5 @@
-"""Vector clocks, actor ids, client contexts and the hybrid logical clock."""
+"""Vector clocks, actor ids and the hybrid logical clock (client contexts:
+test_versions.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,8 @@ from shardserver.protocol.vclock import (
     VersionFormatError,
     compare,
     concurrent,
-    decode_context,
     descends,
     dominates,
-    encode_context,
     increment,
     make_actor,
     merge,
@@ -141,15 +140,10 @@ def test_compare_matches_pointwise_definition(a: VClock, b: VClock) -> None:
 @given(clocks_st)
 @settings(deadline=None)
 @pytest.mark.property
-def test_wire_and_context_round_trip(clock: VClock) -> None:
+def test_wire_round_trip(clock: VClock) -> None:
     assert vclock.decode(vclock.encode(clock)) == clock
     packed = msgpack.unpackb(msgpack.packb(vclock.encode(clock), use_bin_type=True))
     assert vclock.decode(packed) == clock
-    assert decode_context(encode_context(clock)) == clock
-
-
-def test_empty_context_is_empty_clock() -> None:
-    assert decode_context(b"") == EMPTY
 
 
 @pytest.mark.parametrize(
@@ -174,26 +168,6 @@ def test_decode_rejects_malformed_clock(obj: object, match: str) -> None:
 
 def test_decode_accepts_unsorted_and_sorts() -> None:
     assert vclock.decode([[B, 1], [A, 2]]).entries == ((A, 2), (B, 1))
-
-
-@pytest.mark.parametrize(
-    "data", [b"\x02\x90", b"\x01", b"\x01\xc1", b"\x01\x91\x05", b"\x01\x90\x90", b"\x01\x80"]
-)
-def test_decode_context_rejects_garbage(data: bytes) -> None:
-    with pytest.raises(VersionFormatError):
-        decode_context(data)
-
-
-@given(st.binary(max_size=64))
-@settings(deadline=None, max_examples=200)
-@pytest.mark.property
-def test_decode_context_of_random_bytes_never_crashes(data: bytes) -> None:
-    try:
-        clock = decode_context(data)
-    except VersionFormatError:
-        return
-    assert isinstance(clock, VClock)
-    assert decode_context(encode_context(clock)) == clock
 
 
 # --- hybrid logical clock ------------------------------------------------------
