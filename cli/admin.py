@@ -20,8 +20,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from coordinator.cluster.peer import peer_client
 from coordinator.config import ConfigError, load
-from coordinator.peer import peer_client
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
 

@@ -39,14 +39,22 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from coordinator import files, quorum, report
-from coordinator import ring as ringmod
-from coordinator.admin import ADMIN_TIMEOUT_S, Admin
-from coordinator.anti_entropy import AntiEntropy
-from coordinator.clock import Clock
-from coordinator.commands import Command
+from coordinator import files
+from coordinator.client.commands import Command
+from coordinator.client.replies import OK, Reply
+from coordinator.client.server import ClientServer
+from coordinator.cluster import ring as ringmod
+from coordinator.cluster.endpoints import Endpoint
+from coordinator.cluster.endpoints import Status as MemberStatus
+from coordinator.cluster.gossip import Gossiper
+from coordinator.cluster.peer import Backoff, peer_client
+from coordinator.cluster.peer_server import PeerServer
+from coordinator.cluster.ring import NodeId, Ring
 from coordinator.config import NodeConfig
-from coordinator.datapath import DataPath
+from coordinator.data import quorum
+from coordinator.data.clock import Clock
+from coordinator.data.datapath import DataPath
+from coordinator.data.quorum import Consistency, Plan
 from coordinator.errors import (
     CommandError,
     CoordinatorError,
@@ -54,18 +62,12 @@ from coordinator.errors import (
     RingError,
     UnavailableError,
 )
-from coordinator.gossip import Gossiper
-from coordinator.handoff import Handoff
-from coordinator.hints import Hint, HintStore
-from coordinator.membership import Endpoint
-from coordinator.membership import Status as MemberStatus
-from coordinator.metrics import Metrics
-from coordinator.peer import Backoff, peer_client
-from coordinator.peer_server import PeerServer
-from coordinator.quorum import Consistency, Plan
-from coordinator.replies import OK, Reply
-from coordinator.ring import NodeId, Ring
-from coordinator.server import ClientServer
+from coordinator.ops import status as report
+from coordinator.ops.admin import ADMIN_TIMEOUT_S, Admin
+from coordinator.ops.metrics import Metrics
+from coordinator.repair.anti_entropy import AntiEntropy
+from coordinator.repair.handoff import Handoff
+from coordinator.repair.hints import Hint, HintStore
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
 from shardserver.protocol.pool import WorkerPool

@@ -279,7 +279,7 @@ def scrape(c: Cluster, i: int) -> dict[str, float]:
 def ring_of(c: Cluster, i: int = 0) -> Any:
     """The ring node ``i`` saved (its ``ring.msgpack``)."""
     from coordinator import files
-    from coordinator.ring import decode_ring
+    from coordinator.cluster.ring import decode_ring
 
     doc = files.read_doc(str(c.members[i].data_dir / "ring.msgpack"))
     assert doc is not None, f"{c.members[i].name} has no ring yet"
@@ -291,7 +291,7 @@ def local_read_many(c: Cluster, i: int, keys: list[bytes], q: int = 64) -> dict[
     from its workers' sockets (no coordinator, no quorum)."""
     import asyncio
 
-    from coordinator.ring import partition_of
+    from coordinator.cluster.ring import partition_of
     from shardserver.protocol.client import ShardClient
     from shardserver.supervisor import partition_ranges
 
@@ -329,8 +329,8 @@ def local_write(c: Cluster, i: int, key: bytes, value: bytes, q: int = 64) -> No
     straight through its worker's socket: a replica the others lack."""
     import asyncio
 
-    from coordinator.reconcile import plain_write
-    from coordinator.ring import partition_of
+    from coordinator.cluster.ring import partition_of
+    from coordinator.data.reconcile import plain_write
     from shardserver.protocol.client import ShardClient
     from shardserver.protocol.hlc import HLC
     from shardserver.protocol.vclock import make_actor

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator import ring as ringmod
-from coordinator.peer import peer_client
+from coordinator.cluster import ring as ringmod
+from coordinator.cluster.peer import peer_client
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
 from tests.cluster import SECRET, Cluster, local_read_many, ring_of, wait_for

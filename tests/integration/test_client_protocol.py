@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _start(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.server", "--port", "0", *args],
+        [sys.executable, "-m", "coordinator.client.server", "--port", "0", *args],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.ring import partition_of
+from coordinator.cluster.ring import partition_of
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.hlc import hlc_wall_ms, make_hlc
 from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock

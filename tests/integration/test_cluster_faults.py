@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator import ring as ringmod
+from coordinator.cluster import ring as ringmod
 from tests.cluster import Cluster, local_read_many, ring_of, wait_for
 
 pytestmark = pytest.mark.integration

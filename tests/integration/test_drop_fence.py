@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import ring as ringmod
-from coordinator.peer import peer_client
-from coordinator.reconcile import plain_write
+from coordinator.cluster import ring as ringmod
+from coordinator.cluster.peer import peer_client
+from coordinator.data.reconcile import plain_write
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
 from shardserver.protocol.hlc import HLC

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from coordinator import ring as ringmod
+from coordinator.cluster import ring as ringmod
 from tests.cluster import Cluster, local_read_many, ring_of, wait_for
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from coordinator.peer import PeerAuthError, open_peer, peer_client
+from coordinator.cluster.peer import PeerAuthError, open_peer, peer_client
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
 from shardserver.protocol.hlc import HLC

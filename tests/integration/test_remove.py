@@ -14,7 +14,7 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import cli
-from coordinator import ring as ringmod
+from coordinator.cluster import ring as ringmod
 from tests.cluster import SECRET, Cluster, local_read_many, ring_of, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration

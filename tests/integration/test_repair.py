@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.peer import peer_client
-from coordinator.ring import partition_of
+from coordinator.cluster.peer import peer_client
+from coordinator.cluster.ring import partition_of
 from shardserver.layout import storage_key
 from shardserver.protocol import messages
 from shardserver.protocol.client import ShardClient

@@ -31,8 +31,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from coordinator import reconcile
-from coordinator.clock import Clock
+from coordinator.data import reconcile
+from coordinator.data.clock import Clock
 from shardserver.protocol.vclock import ActorId, make_actor
 from shardserver.protocol.versions import (
     SiblingSet,

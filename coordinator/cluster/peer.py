@@ -1,0 +1,213 @@
+"""Peer RPC between coordinators: shard-protocol frames over authenticated TCP.
+
+After a handshake, a peer connection carries exactly the frames of the shard
+worker protocol (docs/formats/shard-protocol.md): the client side (here) is
+a ``ShardClient`` whose connector is :func:`open_peer`, the server side is
+``coordinator.peer_server.PeerServer``. The handshake proves to each side that the other holds
+the cluster secret (``peer_auth``); each of its frames is a 4-byte
+big-endian length and a msgpack array of at most 4 KiB::
+
+    connecting node (client)                      accepting node (server)
+        |  <-- ["ringkv-peer", 2, nonce: 32 bytes]  ----------------------|
+        |  --- [node_id, proof, client_nonce: 32 bytes] ----------------->|
+        |        proof = HMAC(secret, "ringkv-peer-v1" | nonce | node_id)   |
+        |  <-- ["ok", server_node_id, server_proof]                        |
+        |        server_proof = HMAC(secret, "ringkv-peer-v2-server" |     |
+        |                            client_nonce | server_node_id)       |
+        |      or ["refused", reason] + close                              |
+        |  === shard request frames ===>   <=== shard reply frames ====== |
+
+Every handshake step has a timeout; on the server one deadline (1 s) covers
+the whole exchange, and connections still in it have a small pool of their
+own (``peer_gate``), so idle sockets cannot crowd out peers and operators.
+A refusal is logged by the server with the peer's address and claimed node
+id (a few lines per second at most), and counted in ``refused``; a server
+that cannot prove the secret is refused by the client (PeerAuthError), so a
+process squatting on a peer's port can neither feed it writes nor answer
+its reads. A server never runs with an empty secret unless told to
+(``allow_empty_secret``): anyone can compute an HMAC under an empty key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgpack
+
+from coordinator.cluster import peer_auth
+from coordinator.cluster.peer_auth import PeerAuthError
+from shardserver.protocol import codec
+from shardserver.protocol.client import ShardClient
+
+__all__ = ["Backoff", "PeerAuthError", "open_peer", "peer_client", "read_frame", "write_frame"]
+
+HELLO = "ringkv-peer"
+VERSION = 2  # 2: the server proves the secret too
+HANDSHAKE_MAX_FRAME = 4 << 10
+MAX_NODE_ID = 256
+READ_CHUNK = 256 << 10
+
+
+# --- handshake frames ---------------------------------------------------------
+
+
+def write_frame(writer: asyncio.StreamWriter, obj: list[Any]) -> None:
+    payload = msgpack.packb(obj, use_bin_type=True)
+    writer.write(codec.HEADER.pack(len(payload)) + payload)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> list[Any]:
+    """One handshake frame, decoded. Reads exactly its bytes, so whatever the
+    peer sent behind it stays in ``reader`` for the shard-frame loop."""
+    decoder = codec.FrameDecoder(HANDSHAKE_MAX_FRAME)
+    header = await reader.readexactly(codec.HEADER.size)
+    decoder.feed(header)
+    decoder.frames()  # raises ProtocolError for a length outside 1..4 KiB
+    (length,) = codec.HEADER.unpack(header)
+    decoder.feed(await reader.readexactly(length))
+    (payload,) = decoder.frames()
+    try:
+        obj = msgpack.unpackb(payload, raw=False)
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        raise codec.ProtocolError(f"handshake frame: malformed msgpack ({e})") from e
+    if not isinstance(obj, list):
+        raise codec.ProtocolError(f"handshake frame: expected an array, got {type(obj).__name__}")
+    return obj
+
+
+async def _step(reader: asyncio.StreamReader, timeout_s: float, what: str) -> list[Any]:
+    try:
+        return await asyncio.wait_for(read_frame(reader), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"peer handshake: no {what} within {timeout_s}s") from None
+
+
+# --- client side ---------------------------------------------------------------
+
+
+async def open_peer(
+    host: str, port: int, node_id: str, secret: bytes, timeout_s: float = 5.0,
+    *, source: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect and authenticate; returns the stream ready for shard frames.
+
+    Raises OSError when it cannot connect (ConnectionError when the server
+    closes or does not speak the handshake), PeerAuthError when refused (the
+    message includes the server's reason), TimeoutError on a stalled handshake.
+    ``source`` is the local address to connect from (a node's bind address,
+    so peers and firewall rules see which node connects).
+    """
+    where = f"{host}:{port}"
+    local = None if source is None else (source, 0)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=READ_CHUNK, local_addr=local), timeout_s
+        )
+    except TimeoutError:
+        raise TimeoutError(f"connecting to peer {where} took over {timeout_s}s") from None
+    try:
+        hello = await _step(reader, timeout_s, f"challenge from {where}")
+        if len(hello) != 3 or hello[0] != HELLO or not isinstance(hello[2], bytes):
+            raise ConnectionError(f"{where} is not a ringkv peer port")
+        if hello[1] != VERSION:
+            raise PeerAuthError(f"{where} speaks peer protocol {hello[1]!r}, we speak {VERSION}")
+        mine = peer_auth.new_nonce()
+        write_frame(writer, [node_id, peer_auth.answer(secret, hello[2], node_id), mine])
+        await asyncio.wait_for(writer.drain(), timeout_s)
+        verdict = await _step(reader, timeout_s, f"verdict from {where}")
+        if len(verdict) == 2 and verdict[0] == "refused":
+            raise PeerAuthError(f"{where} refused us: {verdict[1]}")
+        if len(verdict) != 3 or verdict[0] != "ok" or not isinstance(verdict[1], str):
+            raise ConnectionError(f"{where} sent an unexpected handshake verdict")
+        try:
+            peer_auth.verify(secret, mine, verdict[1], verdict[2], peer_auth.SERVER)
+        except PeerAuthError:
+            raise PeerAuthError(f"{where} (claims node id {verdict[1]!r}) does not know "
+                                "the cluster secret") from None
+    except asyncio.IncompleteReadError:
+        writer.close()
+        raise ConnectionError(f"{where} closed the connection during the handshake") from None
+    except codec.ProtocolError as e:
+        writer.close()
+        raise ConnectionError(f"{where} is not a ringkv peer port: {e}") from e
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer address must be host:port, got {addr!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class Backoff:
+    """Reconnect delay after failed connects: 0.1 s doubling to 2 s, reset by
+    a success (a restarted peer is found again within about 2 s)."""
+
+    INITIAL_S = 0.1
+    MAX_S = 2.0
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.until = 0.0
+        self.last_error = ""
+
+    def remaining(self) -> float:
+        return self.until - time.monotonic()
+
+    def failed(self, error: str) -> None:
+        self.delay = min(self.MAX_S, max(self.INITIAL_S, self.delay * 2))
+        self.until = time.monotonic() + self.delay
+        self.last_error = error
+
+    def succeeded(self) -> None:
+        self.delay, self.until = 0.0, 0.0
+
+    reset = succeeded  # news that the peer is back (e.g. its new generation in gossip)
+
+
+def peer_client(
+    addr: str, node_id: str, secret: bytes, *, name: str | None = None,
+    timeout_s: float = 2.0, max_inflight: int = 4096, source: str | None = None,
+    backoff: Backoff | None = None,
+) -> ShardClient:
+    """A ShardClient whose connector is ``open_peer`` to ``addr`` ("host:port").
+
+    ``name`` (default ``"peer <addr>"``) appears in error messages. A refused
+    handshake surfaces from calls as ShardUnavailable, as a failed connect does.
+    """
+    host, port = _split_addr(addr)
+    backoff = backoff or Backoff()
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # A peer that just refused us is not dialled again until its backoff
+        # passed: a dead node costs one failed connect per interval, not one
+        # per request or gossip round.
+        wait = backoff.remaining()
+        if wait > 0:
+            raise ConnectionRefusedError(
+                f"not retrying for {wait:.1f}s after: {backoff.last_error}"
+            )
+        try:
+            streams = await open_peer(host, port, node_id, secret, timeout_s, source=source)
+        except PeerAuthError as e:
+            backoff.failed(str(e))
+            # ShardClient turns OSError (only) into ShardUnavailable. Raising
+            # ShardUnavailable here would be wrapped again, doubling its prefix.
+            raise ConnectionRefusedError(str(e)) from e
+        except (OSError, TimeoutError) as e:
+            backoff.failed(str(e) or type(e).__name__)
+            raise
+        backoff.succeeded()
+        return streams
+
+    return ShardClient(
+        name or f"peer {addr}", connector=connect, timeout_s=timeout_s, max_inflight=max_inflight
+    )
+
+

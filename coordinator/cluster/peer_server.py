@@ -1,0 +1,327 @@
+"""The accepting side of peer RPC (the handshake and frames: ``coordinator.cluster.peer``).
+
+Startup -> accept -> shutdown, as ``coordinator.client.server``. Each request of a
+frame runs ``handler(peer_id, request)`` as its own task, owned by the
+connection and cancelled on ``stop``; replies finished in one event-loop
+turn leave as one frame. A bad envelope gets BAD_REQUEST under its
+id; a frame that cannot be decoded at all closes that connection only.
+Operator requests (``AUDITED``) are logged with peer, address and outcome.
+
+Connections still in the handshake hold a slot of a small pool of their own
+(``peer_gate``) for at most one deadline (1 s); a peer that proved the secret
+then takes one of ``max_connections`` authenticated slots. So sockets that
+never answer the challenge cannot crowd out peers and operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from coordinator.cluster import peer_auth
+from coordinator.cluster.peer import (
+    HELLO,
+    MAX_NODE_ID,
+    READ_CHUNK,
+    VERSION,
+    PeerAuthError,
+    read_frame,
+    write_frame,
+)
+from coordinator.cluster.peer_gate import HandshakeGate, LogBudget, Ticket
+from coordinator.streams import handler_scope
+from shardserver.protocol import codec
+from shardserver.protocol.messages import (
+    Admin,
+    Compact,
+    DropPartition,
+    Flush,
+    Reply,
+    Request,
+    Status,
+)
+
+__all__ = ["AUDITED", "FastPath", "Handler", "PeerServer"]
+
+log = logging.getLogger("ringkv.peer")
+
+#: A peer that does not read its replies for this long is dropped.
+_DRAIN_TIMEOUT_S = 30.0
+_CLOSE_TIMEOUT_S = 1.0
+_STOP_TIMEOUT_S = 5.0
+
+#: Operator requests (the admin CLI's, and FLUSHALL's drops): each is logged
+#: with the peer and address it came from, and its outcome.
+AUDITED = (Admin, Compact, DropPartition, Flush)
+
+#: ``(authenticated peer node id, request) -> reply``.
+Handler = Callable[[str, Request], Awaitable[Reply]]
+
+
+def _check_answer(msg: list[Any]) -> tuple[str, bytes, bytes]:
+    if (len(msg) != 3 or not isinstance(msg[0], str) or not isinstance(msg[1], bytes)
+            or not isinstance(msg[2], bytes) or len(msg[2]) != peer_auth.NONCE_BYTES):
+        raise PeerAuthError("malformed handshake answer: expected "
+                            "[node_id, proof, nonce] (peer protocol 2)")
+    if not 0 < len(msg[0]) <= MAX_NODE_ID:
+        raise PeerAuthError(f"node id must be 1..{MAX_NODE_ID} characters")
+    return msg[0], msg[1], msg[2]
+
+
+class _Connection:
+    """One authenticated peer: frames in, handler tasks, batched replies out."""
+
+    def __init__(self, server: PeerServer, peer_id: str, addr: str,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.peer_id = peer_id
+        self.addr = addr
+        self.reader = reader
+        self.writer = writer
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._futures: set[asyncio.Future[Reply]] = set()  # fast-path requests
+        self._replies: list[tuple[int, Reply]] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    async def run(self) -> None:
+        decoder = codec.FrameDecoder(self.server.max_frame)
+        while True:
+            data = await self.reader.read(READ_CHUNK)  # no timeout: idle peers are normal
+            if not data:
+                return
+            decoder.feed(data)
+            try:
+                for payload in decoder.frames():
+                    self._on_frame(codec.decode_requests_lenient(payload))
+            except codec.ProtocolError as e:
+                log.warning("dropping peer %s (%s): %s", self.peer_id, self.addr, e)
+                return
+            # Backpressure: read no more while the peer does not read replies.
+            await asyncio.wait_for(self.writer.drain(), _DRAIN_TIMEOUT_S)
+
+    def _on_frame(self, requests: list[tuple[int, Request | codec.ProtocolError]]) -> None:
+        limit = self.server.max_inflight_per_connection
+        for rid, req in requests:
+            if isinstance(req, codec.ProtocolError):
+                self._reply(rid, Reply(Status.BAD_REQUEST, str(req)))
+            elif len(self._tasks) + len(self._futures) >= limit:
+                self._reply(rid, Reply(Status.OVERLOADED, f"{limit} peer requests in flight"))
+            elif (fut := self._fast(req)) is not None:
+                self._futures.add(fut)
+                fut.add_done_callback(functools.partial(self._fast_done, rid))
+            else:
+                task = asyncio.create_task(self._execute(rid, req))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _fast(self, req: Request) -> asyncio.Future[Reply] | None:
+        fast = self.server.fast
+        return None if fast is None else fast(req)
+
+    def _fast_done(self, rid: int, fut: asyncio.Future[Reply]) -> None:
+        self._futures.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self._reply(rid, fut.result())
+        elif isinstance(exc, ConnectionError):
+            self._reply(rid, Reply(Status.UNAVAILABLE, str(exc)))
+        else:
+            log.error("peer fast path failed for %s", self.peer_id, exc_info=exc)
+            self._reply(rid, Reply(Status.INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    async def _execute(self, rid: int, req: Request) -> None:
+        audited = isinstance(req, AUDITED)
+        started = time.monotonic()
+        if audited:
+            log.info("admin request from peer %s at %s: %.300r", self.peer_id, self.addr, req)
+        try:
+            reply = await self.server.handler(self.peer_id, req)
+        except Exception as e:
+            log.exception("peer handler failed on %s from %s", type(req).__name__, self.peer_id)
+            reply = Reply(Status.INTERNAL, f"{type(e).__name__}: {e}")
+        if audited:
+            outcome = "OK" if reply.ok else f"{reply.status.name} {reply.message:.200}"
+            log.info("admin request from peer %s at %s: %s (%.2fs)", self.peer_id, self.addr,
+                     outcome, time.monotonic() - started)
+        self._reply(rid, reply)
+
+    def _reply(self, rid: int, reply: Reply) -> None:
+        self._replies.append((rid, reply))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Every reply finished in this loop turn leaves in one frame.
+        self._flush_handle = None
+        replies, self._replies = self._replies, []
+        if replies and not self.writer.is_closing():
+            for frame in codec.encode_reply_frames(replies, self.server.max_frame):
+                self.writer.write(frame)
+
+    async def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for fut in self._futures:
+            fut.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT_S)
+
+
+#: Optional hot path: a reply future for requests that need no task (the
+#: node hands reads and writes straight to a worker), None for the rest.
+FastPath = Callable[[Request], "asyncio.Future[Reply] | None"]
+
+
+class PeerServer:
+    """Accepts peers: a pending handshake holds a slot of the small
+    ``max_handshakes`` pool (``peer_gate``) for at most
+    ``handshake_timeout_s``; a proved peer then takes one of the
+    ``max_connections`` slots of authenticated connections, so sockets that
+    never answer the challenge cannot crowd out peers and operators."""
+
+    def __init__(
+        self, node_id: str, secret: bytes, handler: Handler, *, bind: str = "127.0.0.1",
+        port: int = 0, max_connections: int = 256, max_handshakes: int = 32,
+        max_inflight_per_connection: int = 4096, handshake_timeout_s: float = 1.0,
+        max_frame: int = codec.DEFAULT_MAX_FRAME, fast: FastPath | None = None,
+        allow_empty_secret: bool = False,
+    ) -> None:
+        if not secret and not allow_empty_secret:
+            # With an empty key anyone can compute the proof: the port would
+            # obey whoever reaches it (ringkv serve --insecure-no-secret).
+            raise ValueError("a peer server needs a cluster secret")
+        self.node_id = node_id
+        self.fast = fast
+        self.secret = secret
+        self.handler = handler
+        self.bind = bind
+        self.port = port
+        self.max_connections = max_connections
+        self.max_inflight_per_connection = max_inflight_per_connection
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_frame = max_frame
+        self.refused = 0
+        self.gate = HandshakeGate(max_handshakes)
+        self._refusal_log = LogBudget()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # one per accepted connection
+        self._authenticated = 0
+        self._stopping = False
+
+    @property
+    def connections(self) -> int:
+        return self._authenticated
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._server = await asyncio.start_server(
+            self._accept, self.bind, self.port, limit=READ_CHUNK
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("serving peers on %s:%d", self.bind, self.port)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT_S)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT_S)
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host, addr = (peer[0], f"{peer[0]}:{peer[1]}") if isinstance(peer, tuple) else ("?", "?")
+        task = asyncio.current_task()
+        if task is None or self._stopping:
+            writer.close()
+            return
+        self._tasks.add(task)
+        try:
+            async with handler_scope(writer, _CLOSE_TIMEOUT_S):
+                try:
+                    proved = await self._handshake(reader, writer, host, addr)
+                    if proved is not None:
+                        await self._serve(*proved, addr, reader, writer)
+                except (OSError, asyncio.IncompleteReadError) as e:
+                    log.info("peer connection from %s ended: %s", addr,
+                             str(e) or type(e).__name__)
+        finally:
+            self._tasks.discard(task)
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, addr: str
+    ) -> tuple[str, bytes] | None:
+        """(the proved peer's node id, its nonce), or None after refusing it."""
+        t = self.handshake_timeout_s
+        nonce = peer_auth.new_nonce()
+        claimed: str | None = None
+        ticket: Ticket | None = None
+        try:
+            # One deadline for the whole exchange; the gate moves it to now
+            # when it drops this handshake to make room for a newer one.
+            async with asyncio.timeout(t) as deadline:
+                ticket = self.gate.admit(host, deadline)
+                write_frame(writer, [HELLO, VERSION, nonce])
+                await writer.drain()
+                claimed, proof, theirs = _check_answer(await read_frame(reader))
+                peer_auth.verify(self.secret, nonce, claimed, proof)
+        except TimeoutError:
+            dropped = ticket.dropped if ticket is not None else None
+            reason = dropped or f"peer handshake: no answer within {t}s"
+        except (PeerAuthError, codec.ProtocolError) as e:
+            reason = str(e)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            reason = "closed the connection during the handshake"
+        else:
+            if self._authenticated < self.max_connections:
+                return claimed, theirs
+            reason = f"{self.max_connections} peer connections open"
+        finally:
+            if ticket is not None:
+                self.gate.release(ticket)
+        await self._refuse(writer, addr, claimed, reason)
+        return None
+
+    async def _refuse(self, writer: asyncio.StreamWriter, addr: str, claimed: str | None,
+                      reason: str) -> None:
+        self.refused += 1
+        if self._refusal_log.take():
+            log.warning("refused peer %s (claims node id %r): %s", addr, claimed, reason)
+        if skipped := self._refusal_log.left_out():
+            log.warning("%d more peer refusals not logged (%d refused since start)",
+                        skipped, self.refused)
+        if not writer.is_closing():
+            write_frame(writer, ["refused", reason])
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.drain(), self.handshake_timeout_s)
+
+    async def _serve(self, peer_id: str, their_nonce: bytes, addr: str,
+                     reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Counted before the first await, so the limit holds against a burst.
+        self._authenticated += 1
+        try:
+            write_frame(writer, ["ok", self.node_id, peer_auth.answer(
+                self.secret, their_nonce, self.node_id, peer_auth.SERVER)])
+            await asyncio.wait_for(writer.drain(), self.handshake_timeout_s)
+            conn = _Connection(self, peer_id, addr, reader, writer)
+            log.info("peer %s connected from %s", peer_id, addr)
+            try:
+                await conn.run()
+            finally:
+                await conn.close()
+        finally:
+            self._authenticated -= 1

@@ -1,0 +1,488 @@
+"""Quorum reads and writes: what a data command does on the cluster (DESIGN §6).
+
+Write (SET, DEL, VSET, VDEL, MSET): build the version (reconcile.py), send it
+to the plan's N targets at once (a fallback's copy carries ``hint_for``),
+answer after W acks of which PW from primaries, or NOQUORUM as soon as that
+is out of reach or at the request timeout. Acks after the answer are still
+counted.
+
+Multi-key commands run their keys a chunk at a time (``READ_MANY_CHUNK``
+for MGET and EXISTS, ``WRITE_MANY_CHUNK`` for MSET and DEL): one command of
+30,000 keys must neither hold 30,000 quorum rounds in memory at once nor
+queue 90,000 replica calls ahead of every other client's requests (issue
+13). A chunk runs to its end before the next starts; the first failure, in
+key order, fails the command and no later chunk is started.
+
+Read (GET, VGET, EXISTS, MGET): ask the N targets, answer after R replies (PR
+primaries) with the merge of what came back. Every reply, also those that
+arrive after the client's answer, is kept until the request timeout; then
+replicas whose answer lacked something get the merged set (read repair,
+rate-limited by a token bucket).
+
+Context writes (VSET, VDEL) of one key through this coordinator reach each
+replica in the order of their dots: a call to a replica waits until the
+previous context write's call of that key to the same replica has ended
+(answered, failed, or given up). In a context, a dot ``(actor, hlc)`` stands
+for every earlier dot of that actor, so a replica must never hold a later
+dot of ours without the earlier ones: it could hand the later one alone to
+a reader, whose next write would then cover, and drop, an acknowledged
+write nobody saw (found by the fault harness). The client is not held
+back: the quorum is counted as the calls end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+from coordinator.client.commands import Command
+from coordinator.client.replies import OK, Reply
+from coordinator.cluster.ring import NodeId
+from coordinator.data import reconcile
+from coordinator.data.quorum import (
+    Consistency,
+    Outcome,
+    Plan,
+    Tally,
+    Target,
+    read_tally,
+    write_tally,
+)
+from coordinator.errors import CommandError, ReadOnlyError
+from coordinator.ratelimit import TokenBucket
+from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.messages import (
+    ReplicaRead,
+    ReplicaWrite,
+    ReplicaWriteSet,
+    Request,
+    Status,
+)
+from shardserver.protocol.messages import Reply as ShardReply
+from shardserver.protocol.vclock import ActorId
+from shardserver.protocol.versions import Context, SiblingSet, Version, decode_siblings
+
+log = logging.getLogger("ringkv.datapath")
+
+#: MGET and EXISTS read this many distinct keys at once.
+READ_MANY_CHUNK = 1000
+#: MSET and DEL write this many keys at once: as many as one connection may
+#: pipeline (server.MAX_PENDING), so an MSET weighs on the replicas no more
+#: than a client pipelining SETs. With 1,000, a 10,000-pair MSET on a loaded
+#: machine still timed out (each chunk must be written within the request
+#: timeout) and other clients waited longer behind each chunk.
+WRITE_MANY_CHUNK = 256
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+class Cluster(Protocol):
+    """What the data path needs of the node it runs in."""
+
+    actor: ActorId
+    sibling_cap: int
+    hinted_handoff: bool  # off: fallbacks take writes but keep no hints
+
+    def plan_for(self, key: bytes) -> tuple[int, Plan]: ...
+
+    async def call(self, node: NodeId, request: Request, timeout: float) -> ShardReply: ...
+
+    def submit(self, node: NodeId, request: Request) -> asyncio.Future[ShardReply]: ...
+
+    def next_hlc(self) -> int: ...
+
+    def saw_hlc(self, hlc: int) -> None: ...
+
+    def context_clock(self, context: bytes) -> Context: ...  # CommandError if refused
+
+
+@dataclass(slots=True)
+class DataStats:
+    reads: int = 0
+    writes: int = 0
+    noquorum_reads: int = 0
+    noquorum_writes: int = 0
+    late_acks: int = 0
+    read_repairs: int = 0
+    read_repairs_skipped: int = 0
+    fallback_writes: int = 0
+
+
+def _reason(reply: ShardReply) -> str:
+    name = reply.status.name.lower().replace("_", "-")
+    return f"{name}: {reply.message}" if reply.message else name
+
+
+class Round:
+    """One request's calls to its targets and what came back, driven by
+    done-callbacks (no task per call): ``decided`` resolves when the tally
+    succeeds or fails, ``finished`` when every call has ended."""
+
+    def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target]) -> None:
+        loop = asyncio.get_running_loop()
+        self.tally = tally
+        self.calls = calls
+        self.replies: dict[NodeId, ShardReply] = {}
+        self.decoded: dict[str, SiblingSet | None] = {}  # replies' payloads, decoded once
+        self.read_only: list[str] = []
+        self.late = 0  # successful replies after the decision
+        self.decided: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._open = len(calls)
+        for fut in calls:
+            fut.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: asyncio.Future[ShardReply]) -> None:
+        self._open -= 1
+        if not fut.cancelled():
+            before = len(self.replies)
+            self._take(fut)
+            if self.decided.done() and len(self.replies) > before:
+                self.late += 1
+        if self.tally.outcome() is not Outcome.PENDING or self._open == 0:
+            _resolve(self.decided)
+        if self._open == 0:
+            _resolve(self.finished)
+
+    def _take(self, fut: asyncio.Future[ShardReply]) -> None:
+        target = self.calls[fut]
+        exc = fut.exception()
+        if isinstance(exc, ShardUnavailable):
+            self.tally.fail(target.node, f"down ({exc.reason})")
+            return
+        if exc is not None:  # a bug in a call must not hang the request
+            log.error("call to %s failed", target.node, exc_info=exc)
+            self.tally.fail(target.node, f"error: {exc}")
+            return
+        reply = fut.result()
+        if reply.ok:
+            self.replies[target.node] = reply
+            self.tally.ack(target.node)
+        else:
+            if reply.status is Status.READ_ONLY:
+                self.read_only.append(f"{target.node}: {reply.message}")
+            self.tally.fail(target.node, _reason(reply))
+
+    def cancel(self) -> None:
+        for fut in self.calls:
+            fut.cancel()
+
+
+def send_after(
+    before: asyncio.Future[Any], send: Callable[[], asyncio.Future[ShardReply]]
+) -> asyncio.Future[ShardReply]:
+    """``send()`` once ``before`` has ended (at once if it has), as one
+    future: its outcome is the call's; cancelling it before the call went
+    out means the call never goes out, after that it cancels the call."""
+    if before.done():
+        return send()
+    out: asyncio.Future[ShardReply] = asyncio.get_running_loop().create_future()
+
+    def copy(call: asyncio.Future[ShardReply]) -> None:
+        if out.done():
+            return
+        if call.cancelled():
+            out.cancel()
+        elif (exc := call.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(call.result())
+
+    def go(_: object) -> None:
+        if out.done():  # given up while waiting: never sent
+            return
+        call = send()
+        call.add_done_callback(copy)
+        out.add_done_callback(lambda _: call.cancel())
+
+    before.add_done_callback(go)
+    return out
+
+
+async def in_chunks(
+    items: Sequence[K], run: Callable[[K], Awaitable[T]], size: int
+) -> AsyncIterator[tuple[Sequence[K], list[T]]]:
+    """``run`` every item, ``size`` at a time, yielding each chunk with its
+    results. A chunk is awaited to its end (every call answered or failed),
+    then its first failure in item order is raised and no later chunk starts."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        results = await asyncio.gather(*(run(x) for x in chunk), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        yield chunk, cast(list[T], results)  # no exceptions left
+
+
+def _nothing() -> None:
+    pass
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class DataPath:
+    def __init__(self, cluster: Cluster, timeout_s: float, read_repair_per_s: float = 1000.0,
+                 max_reply_bytes: int = 64 << 20):
+        self.cluster = cluster
+        self.timeout_s = timeout_s
+        self.max_reply_bytes = max_reply_bytes
+        self.stats = DataStats()
+        self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
+        self._background: set[asyncio.Task[Any]] = set()
+        # key -> the calls, by replica, of the last context write of that key
+        self._context_calls: dict[bytes, dict[NodeId, asyncio.Future[ShardReply]]] = {}
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- commands -----------------------------------------------------------
+    async def execute(self, command: Command, levels: Consistency) -> Reply:
+        name, keys = command.name, command.keys
+        if name in ("GET", "VGET"):
+            siblings = await self.read(keys[0], levels)
+            if name == "GET":
+                return reconcile.get_reply(siblings)
+            return list(reconcile.vget_reply(siblings))
+        if name == "SET":
+            await self.write(keys[0], command.values[0], levels, lww=True)
+            return OK
+        if name == "VSET":
+            await self.write(keys[0], command.values[0], levels, lww=False, context=command.context)
+            return OK
+        if name == "VDEL":
+            await self.write(keys[0], None, levels, lww=False, context=command.context)
+            return OK
+        if name == "MSET":
+            pairs = list(zip(keys, command.values, strict=True))
+            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True),
+                                     WRITE_MANY_CHUNK):
+                pass
+            return OK
+        if name in ("MGET", "EXISTS"):
+            found = await self._read_many(keys, levels, name == "MGET")
+            values = [found[k] for k in keys]
+            if name == "MGET":
+                return values
+            return sum(1 for v in values if v is not None)
+        if name == "DEL":
+            deleted = 0
+            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels),
+                                             WRITE_MANY_CHUNK):
+                deleted += sum(counts)
+            return deleted
+        raise CommandError(f"ERR unknown command '{name}'")
+
+    # -- reads --------------------------------------------------------------
+    async def read(self, key: bytes, levels: Consistency) -> SiblingSet:
+        """Merged sibling set of ``key`` from R replicas (PR primaries)."""
+        self.stats.reads += 1
+        partition, p = self.cluster.plan_for(key)
+        tally = read_tally(p, levels.r or 1, levels.pr or 0)
+        if (error := tally.unreachable()) is not None:
+            self.stats.noquorum_reads += 1
+            raise error
+        rnd = self._send(p, tally, lambda t: ReplicaRead(partition, key))
+        await self._wait(rnd)
+        if tally.outcome() is not Outcome.SUCCEEDED:
+            self.stats.noquorum_reads += 1
+            self._when_finished(rnd, _nothing)
+            raise tally.error()
+        answers = self._answers(rnd)
+        merged = reconcile.reconcile(answers, self.cluster.sibling_cap).merged
+        if merged:
+            self.cluster.saw_hlc(max(v.hlc for v in merged))
+        self._when_finished(rnd, functools.partial(self._check_replicas, partition, key, rnd))
+        return merged
+
+    async def _read_many(
+        self, keys: Sequence[bytes], levels: Consistency, sized: bool
+    ) -> dict[bytes, bytes | None]:
+        """The visible value of each key, read once however often it is
+        named, ``READ_MANY_CHUNK`` keys at a time. ``sized``: refuse once the
+        reply (repeats counted) would pass ``max_reply_bytes``, before the
+        rest is read, so one command cannot fill the coordinator's memory."""
+        counts = collections.Counter(keys)
+        unique = list(counts)
+        found: dict[bytes, bytes | None] = {}
+        size = 0
+        async for chunk, sets in in_chunks(unique, lambda k: self.read(k, levels),
+                                           READ_MANY_CHUNK):
+            for key, siblings in zip(chunk, sets, strict=True):
+                value = reconcile.get_reply(siblings)
+                found[key] = value
+                size += counts[key] * len(value or b"")
+            if sized and size > self.max_reply_bytes:
+                raise CommandError(
+                    f"ERR reply of {len(keys)} keys is over {self.max_reply_bytes} bytes "
+                    "(max_reply_bytes); ask for fewer keys")
+        return found
+
+    def _answers(self, rnd: Round) -> dict[str, SiblingSet | None]:
+        for node, reply in rnd.replies.items():
+            if node not in rnd.decoded:
+                rnd.decoded[node] = (None if reply.payload is None
+                                     else decode_siblings(reply.payload))
+        return dict(rnd.decoded)
+
+    def _check_replicas(self, partition: int, key: bytes, rnd: Round) -> None:
+        """Once every replica answered (or the time is up): send the merged
+        set to the replicas whose answer lacked part of it (read repair)."""
+        answers = self._answers(rnd)
+        if len(answers) < 2:
+            return
+        result = reconcile.reconcile(answers, self.cluster.sibling_cap)
+        if result.stale:
+            self._spawn(self._repair(partition, key, result.merged, result.stale))
+
+    async def _repair(
+        self, partition: int, key: bytes, merged: SiblingSet, stale: Iterable[str]
+    ) -> None:
+        for node in stale:
+            if not self._repair_bucket.take():
+                self.stats.read_repairs_skipped += 1
+                continue
+            self.stats.read_repairs += 1
+            req = ReplicaWriteSet(partition, key, merged)
+            with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
+                await self.cluster.call(NodeId(node), req, self.timeout_s)
+
+    # -- writes -------------------------------------------------------------
+    async def write(
+        self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
+        context: bytes | None = None,
+    ) -> Version:
+        actor = self.cluster.actor
+        if lww:
+            version = reconcile.plain_write(actor, self.cluster.next_hlc(), value)
+            await self._finish_write(self._start_write(key, version, "lww", levels))
+            return version
+        # The clock adopts the context first: the dot then lies past it.
+        ctx = self.cluster.context_clock(context or b"")
+        version = reconcile.context_write(ctx, actor, self.cluster.next_hlc(), value)
+        rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
+        calls = {t.node: fut for fut, t in rnd.calls.items()}
+        self._context_calls[key] = calls
+
+        def forget(_: object) -> None:
+            if self._context_calls.get(key) is calls:
+                del self._context_calls[key]
+
+        rnd.finished.add_done_callback(forget)
+        await self._finish_write(rnd)
+        return version
+
+    async def delete(self, key: bytes, levels: Consistency) -> int:
+        """DEL of one key: 1 if it had a visible value at R replicas just
+        before, else 0 (Redis's count). The read must finish before the
+        tombstone is sent: a replica applying the tombstone first would hide
+        the value, so DEL costs two round trips."""
+        try:
+            before = await self.read(key, Consistency(r=levels.r or 1))
+        except CommandError:
+            before = None  # cannot tell; the delete still goes ahead
+        await self.write(key, None, levels, lww=True)
+        return 0 if before is not None and reconcile.get_reply(before) is None else 1
+
+    def _start_write(
+        self, key: bytes, version: Version, mode: str, levels: Consistency,
+        after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
+    ) -> Round:
+        """Send ``version`` to the plan's targets (to a node in ``after``
+        once that call has ended), or raise NOQUORUM with nothing sent when
+        too few are up."""
+        self.stats.writes += 1
+        partition, p = self.cluster.plan_for(key)
+        tally = write_tally(p, levels.w or 1, levels.pw or 0)
+        if (error := tally.unreachable()) is not None:
+            self.stats.noquorum_writes += 1
+            raise error
+
+        def request(t: Target) -> Request:
+            hint = t.hint_for if self.cluster.hinted_handoff else None
+            return ReplicaWrite(partition, key, version, mode, hint)  # type: ignore[arg-type]
+
+        self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
+        return self._send(p, tally, request, after)
+
+    async def _finish_write(self, rnd: Round) -> None:
+        """Until W acks (PW primaries) or the answer that they will not come."""
+        tally = rnd.tally
+        await self._wait(rnd)
+        if tally.outcome() is not Outcome.SUCCEEDED:
+            self.stats.noquorum_writes += 1
+            self._when_finished(rnd, _nothing)
+            # Read-only refusals alone made the quorum impossible (whether or
+            # not the others had answered yet): READONLY, as Redis names it.
+            if rnd.read_only and len(rnd.read_only) == len(tally.failed):
+                raise ReadOnlyError("disk full or I/O error on " + "; ".join(rnd.read_only))
+            raise tally.error()
+        self._when_finished(rnd, functools.partial(self._count_late, rnd))
+
+    def _count_late(self, rnd: Round) -> None:
+        self.stats.late_acks += rnd.late
+
+    # -- rounds -------------------------------------------------------------
+    def _send(
+        self, p: Plan, tally: Tally, request: Callable[[Target], Request],
+        after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
+    ) -> Round:
+        calls = {}
+        for t in p.targets:
+            send = functools.partial(self.cluster.submit, t.node, request(t))
+            before = after.get(t.node) if after else None
+            calls[send() if before is None else send_after(before, send)] = t
+        return Round(tally, calls)
+
+    async def _wait(self, rnd: Round) -> None:
+        """Until the tally decides or the request timeout passes."""
+        await self._until(rnd.decided, self.timeout_s, rnd)
+        if rnd.tally.outcome() is Outcome.PENDING:
+            for fut, target in rnd.calls.items():
+                if not fut.done():
+                    rnd.tally.fail(target.node, "timeout")
+
+    def _when_finished(self, rnd: Round, then: Callable[[], None]) -> None:
+        """Run ``then`` once every call of ``rnd`` has ended; calls still
+        open a second after the request timeout are given up. A timer and a
+        callback, not a task per request."""
+        if rnd.finished.done():
+            then()
+            return
+        timer = asyncio.get_running_loop().call_later(self.timeout_s + 1, rnd.cancel)
+
+        def finished(_: object) -> None:
+            timer.cancel()
+            then()
+
+        rnd.finished.add_done_callback(finished)
+
+    @staticmethod
+    async def _until(event: asyncio.Future[None], timeout: float, rnd: Round) -> None:
+        if event.done():
+            return
+        handle = asyncio.get_running_loop().call_later(timeout, _resolve, event)
+        try:
+            await event
+        except asyncio.CancelledError:
+            rnd.cancel()  # the client went away: stop waiting for replicas
+            raise
+        finally:
+            handle.cancel()

@@ -1,0 +1,112 @@
+"""Durable hint records (coordinator/hints.py) on real files."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from coordinator import files
+from coordinator.files import StateFileError
+from coordinator.repair.hints import FILE_NAME, TOUCH_SAVE_INTERVAL_MS, HintStore
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_a_hint_survives_a_restart_and_counts_stay_in_memory(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await store.add(5, "n2", 1000, size=10)
+        assert store.touch(5, "n2", 20) and not store.touch(6, "n2", 1)
+        again = HintStore(str(tmp_path))
+        again.load()
+        [hint] = again.all()
+        assert (hint.partition, hint.owner, hint.since_ms) == (5, "n2", 1000)
+        assert hint.writes == 0  # counters are not persisted
+        assert store.all()[0].writes == 2 and store.all()[0].bytes == 30
+
+    asyncio.run(go())
+
+
+def test_remove_if_writes_keeps_a_hint_that_got_new_writes(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await store.add(1, "n3", 1)
+        seen = store.all()[0].writes
+        store.touch(1, "n3", 5)  # a hinted write arrives during the transfer
+        assert not await store.remove(1, "n3", outcome="delivered", if_writes=seen)
+        assert store.has(1, "n3")
+        assert await store.remove(1, "n3", outcome="delivered", if_writes=seen + 1)
+        assert not store.has(1, "n3") and store.delivered == 1
+        fresh = HintStore(str(tmp_path))
+        fresh.load()
+        assert fresh.all() == []
+
+    asyncio.run(go())
+
+
+def test_a_corrupt_hints_file_names_itself(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_bytes(b"\xc1 not msgpack")
+    with pytest.raises(StateFileError, match=FILE_NAME):
+        HintStore(str(tmp_path)).load()
+
+
+def test_the_window_counts_from_the_latest_hinted_write_and_expiry_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        clock = Clock(0)
+        store = HintStore(str(tmp_path), clock)
+        await store.add(3, "n2", 0)
+        clock.now = 5_000
+        assert store.touch(3, "n2", 10)  # a hinted write 5 s after the first
+        assert store.expire(8_000, 4_000) == []  # 3 s after the latest: not expired
+        [hint] = store.expire(9_001, 4_000)
+        assert hint.expired and store.expired == 1
+        assert store.expire(20_000, 4_000) == [] and store.expired == 1  # counted once
+        assert store.has(3, "n2")  # expired, still held
+        clock.now = 21_000
+        store.touch(3, "n2", 10)  # a new write: the window starts again
+        assert store.expire(22_000, 4_000) == [] and not store.all()[0].expired
+
+    asyncio.run(go())
+
+
+def test_the_latest_write_time_is_saved_lazily_and_survives_a_restart(tmp_path: Path) -> None:
+    async def go() -> None:
+        clock = Clock(1_000)
+        store = HintStore(str(tmp_path), clock)
+        await store.add(7, "n4", 1_000)
+        clock.now = 2_000
+        store.touch(7, "n4", 1)
+        await store.save_touches()  # the file is younger than the interval: not yet
+        assert _records(tmp_path) == [[7, "n4", 1_000, 1_000]]
+        clock.now = 1_000 + TOUCH_SAVE_INTERVAL_MS
+        await store.save_touches()
+        assert _records(tmp_path) == [[7, "n4", 1_000, 2_000]]
+        again = HintStore(str(tmp_path))
+        again.load()
+        assert again.all()[0].last_ms == 2_000
+
+    asyncio.run(go())
+
+
+def test_a_version_1_hints_file_still_loads(tmp_path: Path) -> None:
+    files.write_doc(str(tmp_path / FILE_NAME), {"v": 1, "hints": [[2, "n3", 500]]})
+    store = HintStore(str(tmp_path))
+    store.load()
+    [hint] = store.all()
+    assert (hint.partition, hint.owner, hint.since_ms, hint.last_ms) == (2, "n3", 500, 500)
+
+
+def _records(path: Path) -> list[list[object]]:
+    doc = files.read_doc(str(path / FILE_NAME))
+    assert doc is not None and doc["v"] == 2
+    return list(doc["hints"])
