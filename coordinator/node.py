@@ -40,7 +40,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from coordinator import files
-from coordinator.client.commands import Command
+from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, Reply
 from coordinator.client.server import ClientServer
 from coordinator.cluster import ring as ringmod

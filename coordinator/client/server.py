@@ -2,7 +2,7 @@
 
 Startup -> accept loop -> shutdown, uvicorn-style: every connection task is
 registered and cancelled on shutdown. Per connection, requests are parsed
-sans-IO (coordinator.client.resp), turned into commands (coordinator.client.commands), and
+sans-IO (coordinator.client.resp), turned into commands (coordinator.client.parsing), and
 each gets a slot in a FIFO of pending replies; a writer drains the FIFO in
 request order, so a pipeline of quorum requests can finish out of order
 while its replies still come back in order (DESIGN §5). The FIFO is bounded
@@ -43,8 +43,8 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from coordinator.client import commands
-from coordinator.client.commands import Command, Limits, reply_bound
+from coordinator.client import parsing as commands
+from coordinator.client.parsing import Command, Limits, reply_bound
 from coordinator.client.replies import OK, PONG, Error, Reply, SimpleString, encode_reply
 from coordinator.client.resp import RequestParser
 from coordinator.config import NodeConfig

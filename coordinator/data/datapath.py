@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
-from coordinator.client.commands import Command
+from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, Reply
 from coordinator.cluster.ring import NodeId
 from coordinator.data import reconcile

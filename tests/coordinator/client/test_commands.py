@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.client.commands import REPLY_SLACK, Limits, parse, reply_bound
+from coordinator.client.parsing import REPLY_SLACK, Limits, parse, reply_bound
 from coordinator.data.quorum import Consistency
 from coordinator.errors import CommandError
 from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
