@@ -9,7 +9,7 @@ exception classes.
 
 The difference between the two kinds of client-visible error is what happens
 to the connection: a :class:`CommandError` answers one request and the
-connection goes on; a :class:`ProtocolError` means the byte stream can no
+connection goes on; a :class:`RespProtocolError` means the byte stream can no
 longer be framed, so the reply is sent and then the connection is closed, as
 Redis does.
 """
@@ -46,7 +46,7 @@ class RespError(CoordinatorError):
         return self.message
 
 
-class ProtocolError(RespError):
+class RespProtocolError(RespError):
     """The request stream cannot be framed; reply, then close the connection."""
 
     def __init__(self, reason: str) -> None:

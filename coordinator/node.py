@@ -40,8 +40,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from coordinator import files
-from coordinator.client.parsing import Command
-from coordinator.client.replies import OK, Reply
+from coordinator.client.commands import CommandSpec
 from coordinator.client.server import ClientServer
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.endpoints import Endpoint
@@ -58,7 +57,6 @@ from coordinator.data.quorum import Consistency, Plan
 from coordinator.errors import (
     CommandError,
     CoordinatorError,
-    NoQuorumError,
     RingError,
     UnavailableError,
 )
@@ -81,7 +79,6 @@ RING_FILE = "ring.msgpack"
 STATS_INTERVAL_S = 2.0
 PLAN_TTL_S = 0.2
 WORKER_FRAME_BYTES = 16 << 20  # shardserver.worker's DEFAULT_MAX_FRAME_BYTES
-WRITES = frozenset({"SET", "DEL", "MSET", "VSET", "VDEL", "FLUSHALL", "FLUSHDB"})
 
 
 class Node:
@@ -111,7 +108,7 @@ class Node:
         self.anti_entropy = AntiEntropy(
             self, interval_s=config.aae_interval_s, sibling_cap=self.sibling_cap
         )
-        self.client_server = ClientServer(config, self)
+        self.client_server = ClientServer(config, self, self.info_text, self._observe)
         self.peer_server = PeerServer(
             config.id, self.secret, self._on_peer, bind=config.bind, port=config.peer_port,
             fast=self._peer_fast, allow_empty_secret=insecure_no_secret,
@@ -119,7 +116,7 @@ class Node:
         self.gossip: Gossiper | None = None
         self.admin = Admin(self)
         self.metrics = Metrics(self)
-        self.draining = False
+        self._draining = False
         self.local_stats: list[dict[str, Any]] = []
         self._formation_timeout_s = formation_timeout_s
         self._gossip_interval_s = gossip_interval_s
@@ -350,7 +347,7 @@ class Node:
     def start_draining(self) -> None:
         """Refuse client writes and tell peers (through gossip) to route
         around this node; reads are still served."""
-        self.draining = True
+        self._draining = True
         if self.gossip is not None:
             me = self.gossip.members[self.id]
             self.gossip.set_me(dataclasses.replace(me, status=MemberStatus.LEAVING))
@@ -498,29 +495,15 @@ class Node:
         )
         return await self.local(request, ADMIN_TIMEOUT_S if slow else self.timeout_s)
 
-    # -- node-level commands --------------------------------------------------
-    async def execute(self, command: Command, consistency: Consistency) -> Reply:
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            reply = await self._execute(command, consistency)
-            outcome = "ok"
-            return reply
-        except NoQuorumError:
-            outcome = "noquorum"
-            raise
-        finally:
-            self.metrics.observe(command.name, consistency, outcome,
-                                 time.perf_counter() - started)
+    # -- cluster-wide commands (client.data_commands.Backend) ---------------
+    @property
+    def draining(self) -> str | None:
+        return f"node {self.id} is draining; send writes to another node" if self._draining \
+            else None
 
-    async def _execute(self, command: Command, consistency: Consistency) -> Reply:
-        if self.draining and command.name in WRITES:
-            raise UnavailableError(f"node {self.id} is draining; send writes to another node")
-        if command.name == "DBSIZE":
-            return await self._dbsize()
-        if command.name in ("FLUSHALL", "FLUSHDB"):
-            return await self._flushall()
-        return await self.data.execute(command, consistency)
+    def _observe(self, spec: CommandSpec, levels: Consistency, outcome: str,
+                 seconds: float) -> None:
+        self.metrics.observe(spec, levels, outcome, seconds)
 
     async def _all_nodes_stats(self) -> list[dict[str, Any]]:
         assert self.ring is not None
@@ -533,7 +516,7 @@ class Node:
                         out += reply.payload.get("workers", [])
         return out
 
-    async def _dbsize(self) -> int:
+    async def dbsize(self) -> int:
         """Estimate: entries in every engine of the cluster over N (it counts
         overwritten versions and tombstones not yet compacted away)."""
         if self.ring is None:
@@ -541,7 +524,7 @@ class Node:
         total = sum(_entries(s) for s in await self._all_nodes_stats())
         return total // self.ring.n
 
-    async def _flushall(self) -> Reply:
+    async def flushall(self) -> None:
         if not self.config.enable_flush:
             raise CommandError(
                 "ERR FLUSHALL is disabled on this cluster (set enable_flush = true in [security])"
@@ -573,7 +556,6 @@ class Node:
             raise UnavailableError(
                 f"FLUSHALL incomplete, {len(failures)} failures, first: {failures[0]}"
             )
-        return OK
 
     # -- observability --------------------------------------------------------
     async def _stats_loop(self) -> None:
@@ -587,8 +569,8 @@ class Node:
             self.local_stats = stats
             await asyncio.sleep(STATS_INTERVAL_S)
 
-    def info(self) -> dict[str, dict[str, Any]]:
-        return report.info_sections(self)
+    def info_text(self, section: str) -> bytes:
+        return report.info_text(self, section)
 
 
 def _entries(stats: dict[str, Any]) -> int:

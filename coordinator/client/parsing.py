@@ -9,22 +9,20 @@ honour are refused with the reason, never ignored (DESIGN §5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from coordinator.config import NodeConfig
 from coordinator.data.quorum import Consistency
 from coordinator.errors import (
     CommandError,
     KeyTooLargeError,
     SyntaxError_,
-    UnknownCommandError,
     UnsupportedOptionError,
     ValueTooLargeError,
     WrongArityError,
 )
-from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
-
-MAX_KEY_BYTES = 1024
+from shardserver.protocol.messages import MAX_KEY_BYTES
 
 _NO_EXPIRY = "ringkv keys do not expire"
 _NO_CONDITIONAL = (
@@ -43,15 +41,14 @@ UNSUPPORTED_SET_OPTIONS = {
 }
 
 
-#: Room for a reply's framing and for replies that are not values (errors,
-#: integers, a VGET's context), in :func:`reply_bound`.
-REPLY_SLACK = 1024
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_value_bytes: int = 65536
-    max_reply_bytes: int = 64 << 20  # one MGET's values together
+    max_value_bytes: int
+    max_reply_bytes: int  # one MGET's values together
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> Limits:
+        return cls(config.max_value_bytes, config.max_reply_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,38 +62,6 @@ class Command:
 
 
 Parser = Callable[[str, list[bytes], Limits], Command]
-
-
-def parse(request: Sequence[bytes], limits: Limits) -> Command:
-    if not request:
-        raise SyntaxError_("empty request")
-    name = request[0].decode("utf-8", "replace").upper()
-    spec = COMMANDS.get(name)
-    args = list(request[1:])
-    if spec is None:
-        raise UnknownCommandError(
-            request[0].decode("utf-8", "replace"), [a.decode("utf-8", "replace") for a in args]
-        )
-    arity, parser = spec
-    n = len(request)
-    if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
-        raise WrongArityError(name)
-    return parser(name, args, limits)
-
-
-def reply_bound(request: Sequence[bytes], limits: Limits) -> int:
-    """The most bytes the reply to ``request`` can take: values for the
-    reads, :data:`REPLY_SLACK` for everything else. The server counts it
-    against a connection's budget before the command runs (server.py)."""
-    name = request[0].upper() if request else b""
-    value = limits.max_value_bytes + REPLY_SLACK
-    if name == b"GET":
-        return value
-    if name == b"VGET":
-        return DEFAULT_SIBLING_CAP * value
-    if name == b"MGET":
-        return min(limits.max_reply_bytes + value, (len(request) - 1) * value)
-    return REPLY_SLACK
 
 
 def _key(raw: bytes) -> bytes:
@@ -136,26 +101,26 @@ def _levels(options: list[bytes], allowed: tuple[str, ...], what: str) -> Consis
     return Consistency(**found)
 
 
-def _simple(name: str, args: list[bytes], limits: Limits) -> Command:
+def simple(name: str, args: list[bytes], limits: Limits) -> Command:
     return Command(name, args=tuple(args))
 
 
-def _ping(name: str, args: list[bytes], limits: Limits) -> Command:
+def ping(name: str, args: list[bytes], limits: Limits) -> Command:
     if len(args) > 1:
         raise WrongArityError(name)
     return Command(name, args=tuple(args))
 
 
-def _get(name: str, args: list[bytes], limits: Limits) -> Command:
+def get(name: str, args: list[bytes], limits: Limits) -> Command:
     return Command(name, keys=(_key(args[0]),), consistency=_levels(args[1:], ("R", "PR"), name))
 
 
-def _set(name: str, args: list[bytes], limits: Limits) -> Command:
+def set_(name: str, args: list[bytes], limits: Limits) -> Command:
     cons = _levels(args[2:], ("W", "PW"), "SET")
     return Command(name, keys=(_key(args[0]),), values=(_value(args[1], limits),), consistency=cons)
 
 
-def _keys_then_levels(allowed: tuple[str, ...]) -> Parser:
+def keys_then_levels(allowed: tuple[str, ...]) -> Parser:
     """DEL/EXISTS/MGET: keys, optionally followed by levels. A key that looks
     like a level keyword is still a key unless a number follows it at the end."""
 
@@ -173,7 +138,7 @@ def _keys_then_levels(allowed: tuple[str, ...]) -> Parser:
     return parse_
 
 
-def _mset(name: str, args: list[bytes], limits: Limits) -> Command:
+def mset(name: str, args: list[bytes], limits: Limits) -> Command:
     if len(args) % 2:
         raise WrongArityError(name)
     keys = tuple(_key(k) for k in args[0::2])
@@ -181,7 +146,7 @@ def _mset(name: str, args: list[bytes], limits: Limits) -> Command:
     return Command(name, keys=keys, values=values)
 
 
-def _vset(name: str, args: list[bytes], limits: Limits) -> Command:
+def vset(name: str, args: list[bytes], limits: Limits) -> Command:
     # VSET key context value [W n] [PW n]; an empty context means "saw nothing".
     cons = _levels(args[3:], ("W", "PW"), name)
     return Command(
@@ -193,46 +158,18 @@ def _vset(name: str, args: list[bytes], limits: Limits) -> Command:
     )
 
 
-def _vdel(name: str, args: list[bytes], limits: Limits) -> Command:
+def vdel(name: str, args: list[bytes], limits: Limits) -> Command:
     # VDEL key context [W n] [PW n]
     cons = _levels(args[2:], ("W", "PW"), name)
     return Command(name, keys=(_key(args[0]),), context=args[1], consistency=cons)
 
 
-def _consistency(name: str, args: list[bytes], limits: Limits) -> Command:
+def consistency(name: str, args: list[bytes], limits: Limits) -> Command:
     # CONSISTENCY with no argument shows the connection's levels.
     return Command(name, consistency=_levels(args, ("R", "W", "PR", "PW"), name))
 
 
-def _select(name: str, args: list[bytes], limits: Limits) -> Command:
+def select(name: str, args: list[bytes], limits: Limits) -> Command:
     if _int(args[0]) != 0:
         raise CommandError("ERR DB index is out of range")
     return Command(name)
-
-
-# name -> (arity as Redis counts it: n exact, -n at least n; parser)
-COMMANDS: dict[str, tuple[int, Parser]] = {
-    "PING": (-1, _ping),
-    "ECHO": (2, _simple),
-    "GET": (-2, _get),
-    "SET": (-3, _set),
-    "DEL": (-2, _keys_then_levels(("W", "PW"))),
-    "EXISTS": (-2, _keys_then_levels(("R", "PR"))),
-    "MGET": (-2, _keys_then_levels(("R", "PR"))),
-    "MSET": (-3, _mset),
-    "VGET": (-2, _get),
-    "VSET": (-4, _vset),
-    "VDEL": (-3, _vdel),
-    "CONSISTENCY": (-1, _consistency),
-    "INFO": (-1, _simple),
-    "DBSIZE": (1, _simple),
-    "COMMAND": (-1, _simple),
-    "CONFIG": (-2, _simple),
-    "HELLO": (-1, _simple),
-    "CLIENT": (-2, _simple),
-    "SELECT": (2, _select),
-    "AUTH": (-2, _simple),
-    "QUIT": (-1, _simple),
-    "FLUSHALL": (-1, _simple),
-    "FLUSHDB": (-1, _simple),
-}

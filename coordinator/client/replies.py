@@ -35,7 +35,7 @@ OK = SimpleString("OK")
 PONG = SimpleString("PONG")
 NULL_ARRAY = NullArray()
 
-Reply = (
+RespReply = (
     SimpleString
     | Error
     | RespError
@@ -44,8 +44,8 @@ Reply = (
     | bytes
     | str
     | None
-    | Sequence["Reply"]
-    | Mapping[str, "Reply"]
+    | Sequence["RespReply"]
+    | Mapping[str, "RespReply"]
 )
 
 
@@ -76,7 +76,7 @@ def bulk(value: bytes | None) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def array(items: Sequence[Reply] | None, proto: int = 2) -> bytes:
+def array(items: Sequence[RespReply] | None, proto: int = 2) -> bytes:
     """``*count`` and each item encoded with :func:`encode_reply`; the null
     array for None (``*-1`` in RESP2, ``_`` in RESP3)."""
     if items is None:
@@ -84,7 +84,7 @@ def array(items: Sequence[Reply] | None, proto: int = 2) -> bytes:
     return b"*%d\r\n" % len(items) + b"".join(encode_reply(item, proto) for item in items)
 
 
-def mapping(items: Mapping[str, Reply], proto: int = 2) -> bytes:
+def mapping(items: Mapping[str, RespReply], proto: int = 2) -> bytes:
     """A RESP3 map (``%count``), or in RESP2 a flat array of keys and values
     (what Redis sends for HELLO and CONFIG GET to RESP2 clients)."""
     parts = [encode_reply(x, proto) for kv in items.items() for x in kv]
@@ -92,7 +92,7 @@ def mapping(items: Mapping[str, Reply], proto: int = 2) -> bytes:
     return head + b"".join(parts)
 
 
-def encode_reply(obj: Reply, proto: int = 2) -> bytes:
+def encode_reply(obj: RespReply, proto: int = 2) -> bytes:
     """Encode any reply value for a connection speaking RESP ``proto`` (2 or
     3; redis-py 8 asks for 3 with HELLO on connect).
 

@@ -43,7 +43,7 @@ from typing import cast
 
 import hiredis
 
-from coordinator.errors import ProtocolError
+from coordinator.errors import RespProtocolError
 
 #: Redis's PROTO_INLINE_MAX_SIZE: longest inline request, and longest
 #: unterminated header line we wait for.
@@ -141,7 +141,7 @@ class RequestParser:
 
     ``feed`` bytes as they arrive; call ``gets`` until it returns None. It
     returns a request (a non-empty list of arguments), None when more bytes
-    are needed, or a :class:`ProtocolError`, after which the parser is dead.
+    are needed, or a :class:`RespProtocolError`, after which the parser is dead.
     Empty requests (a blank line, ``*0``, ``*-1``) are skipped, as Redis does.
     """
 
@@ -158,7 +158,7 @@ class RequestParser:
         self.max_request = max_request
         self._buf = bytearray()
         self._ready: deque[Request] = deque()
-        self._error: ProtocolError | None = None
+        self._error: RespProtocolError | None = None
         # Scan state, kept across feeds so that each byte is looked at about
         # once: _start is where the current request begins in _buf, _pos how
         # far it has been checked. Consumed bytes are dropped once per scan,
@@ -197,7 +197,7 @@ class RequestParser:
         if self._error is None:
             self._buf += data
 
-    def gets(self) -> Request | ProtocolError | None:
+    def gets(self) -> Request | RespProtocolError | None:
         """The next request, None if incomplete, or the (sticky) protocol error."""
         if not self._ready and self._error is None:
             self._scan()
@@ -208,7 +208,7 @@ class RequestParser:
     # -- scanning ------------------------------------------------------------
 
     def _fail(self, reason: str) -> None:
-        self._error = ProtocolError(reason)
+        self._error = RespProtocolError(reason)
         self._buf.clear()
         self._start = self._pos = 0
 

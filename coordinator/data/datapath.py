@@ -41,8 +41,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
-from coordinator.client.parsing import Command
-from coordinator.client.replies import OK, Reply
 from coordinator.cluster.ring import NodeId
 from coordinator.data import reconcile
 from coordinator.data.quorum import (
@@ -253,43 +251,6 @@ class DataPath:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- commands -----------------------------------------------------------
-    async def execute(self, command: Command, levels: Consistency) -> Reply:
-        name, keys = command.name, command.keys
-        if name in ("GET", "VGET"):
-            siblings = await self.read(keys[0], levels)
-            if name == "GET":
-                return reconcile.get_reply(siblings)
-            return list(reconcile.vget_reply(siblings))
-        if name == "SET":
-            await self.write(keys[0], command.values[0], levels, lww=True)
-            return OK
-        if name == "VSET":
-            await self.write(keys[0], command.values[0], levels, lww=False, context=command.context)
-            return OK
-        if name == "VDEL":
-            await self.write(keys[0], None, levels, lww=False, context=command.context)
-            return OK
-        if name == "MSET":
-            pairs = list(zip(keys, command.values, strict=True))
-            async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True),
-                                     WRITE_MANY_CHUNK):
-                pass
-            return OK
-        if name in ("MGET", "EXISTS"):
-            found = await self._read_many(keys, levels, name == "MGET")
-            values = [found[k] for k in keys]
-            if name == "MGET":
-                return values
-            return sum(1 for v in values if v is not None)
-        if name == "DEL":
-            deleted = 0
-            async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels),
-                                             WRITE_MANY_CHUNK):
-                deleted += sum(counts)
-            return deleted
-        raise CommandError(f"ERR unknown command '{name}'")
-
     # -- reads --------------------------------------------------------------
     async def read(self, key: bytes, levels: Consistency) -> SiblingSet:
         """Merged sibling set of ``key`` from R replicas (PR primaries)."""
@@ -312,7 +273,7 @@ class DataPath:
         self._when_finished(rnd, functools.partial(self._check_replicas, partition, key, rnd))
         return merged
 
-    async def _read_many(
+    async def read_many(
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]:
         """The visible value of each key, read once however often it is
@@ -400,6 +361,22 @@ class DataPath:
             before = None  # cannot tell; the delete still goes ahead
         await self.write(key, None, levels, lww=True)
         return 0 if before is not None and reconcile.get_reply(before) is None else 1
+
+    async def write_many(
+        self, pairs: Sequence[tuple[bytes, bytes]], levels: Consistency
+    ) -> None:
+        """MSET: a plain write of each pair, ``WRITE_MANY_CHUNK`` at a time."""
+        async for _ in in_chunks(pairs, lambda kv: self.write(*kv, levels, lww=True),
+                                 WRITE_MANY_CHUNK):
+            pass
+
+    async def delete_many(self, keys: Sequence[bytes], levels: Consistency) -> int:
+        """DEL: how many of ``keys`` had a value, ``WRITE_MANY_CHUNK`` at a time."""
+        deleted = 0
+        async for _, counts in in_chunks(keys, lambda k: self.delete(k, levels),
+                                         WRITE_MANY_CHUNK):
+            deleted += sum(counts)
+        return deleted
 
     def _start_write(
         self, key: bytes, version: Version, mode: str, levels: Consistency,

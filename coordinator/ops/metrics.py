@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.client.commands import CommandSpec, level_label
 from coordinator.data.quorum import Consistency
 
 if TYPE_CHECKING:
@@ -27,17 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringkv.metrics")
 
-READS = frozenset({"GET", "VGET", "MGET", "EXISTS"})
-WRITES = frozenset({"SET", "DEL", "MSET", "VSET", "VDEL"})
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def level_label(command: str, levels: Consistency) -> str:
-    if command in READS:
-        return f"R={levels.r} PR={levels.pr or 0}"
-    if command in WRITES:
-        return f"W={levels.w} PW={levels.pw or 0}"
-    return "-"
 
 
 class Metrics:
@@ -53,10 +44,11 @@ class Metrics:
         )
         self.registry.register(NodeCollector(node))
 
-    def observe(self, command: str, levels: Consistency, outcome: str, seconds: float) -> None:
-        label = level_label(command, levels)
-        self.requests.labels(command, label, outcome).inc()
-        self.latency.labels(command, label).observe(seconds)
+    def observe(self, spec: CommandSpec, levels: Consistency, outcome: str,
+                seconds: float) -> None:
+        label = level_label(spec, levels)
+        self.requests.labels(spec.name, label, outcome).inc()
+        self.latency.labels(spec.name, label).observe(seconds)
 
     def serve(self, addr: str, port: int) -> None:
         start_http_server(port, addr, registry=self.registry)

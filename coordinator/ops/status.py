@@ -4,15 +4,41 @@ Redis-style (``# Section`` then ``name:value`` lines)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
+
+from coordinator.client.session import VERSION
 
 if TYPE_CHECKING:
     from coordinator.node import Node
 
 
+def info_text(node: Node, section: str) -> bytes:
+    """INFO's reply for ``section`` ("default", "all", "everything" or one
+    section's name): ``# Section`` then ``name:value`` lines."""
+    sections = info_sections(node)
+    wanted = section.lower()
+    lines: list[str] = []
+    for name, fields_ in sections.items():
+        if wanted not in ("default", "all", "everything", name):
+            continue
+        lines.append(f"# {name.capitalize()}")
+        lines += [f"{k}:{v}" for k, v in fields_.items()]
+        lines.append("")
+    return "\r\n".join(lines).encode()
+
+
 def info_sections(node: Node) -> dict[str, dict[str, Any]]:
+    server = node.client_server
     return {
+        "server": {
+            "ringkv_version": VERSION,
+            "node_id": node.config.id,
+            "tcp_port": server.port,
+            "uptime_in_seconds": int(time.time() - server.started),
+        },
+        "clients": {"connected_clients": server.clients, "maxclients": node.config.max_clients},
         "stats": _stats(node),
         "replication": _replication(node),
         "cluster": _cluster(node),

@@ -1,45 +1,46 @@
-"""The client server as a real process, spoken to by redis-py and raw sockets:
-RESP2/RESP3, inline commands, pipelining order, Redis's error texts, and a
-protocol error that closes only its own connection. Data commands are not
-wired here (the node has no storage attached) and answer UNAVAILABLE."""
+"""The client server of a real one-node cluster, spoken to by redis-py,
+redis-cli and raw sockets: RESP2/RESP3, inline commands, pipelining order,
+Redis's error texts, and a protocol error that closes only its own
+connection."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from tests.processes import raw, stop
+from tests.cluster import Cluster, wait_for
+from tests.processes import raw
 
 pytestmark = pytest.mark.integration
 
 
-def _start(*args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.client.server", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "listening on 127.0.0.1:PORT", or EOF if it died
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
+@contextmanager
+def one_node(root: Path, **network: Any) -> Iterator[int]:
+    """A one-node cluster (N=1, one worker) with these [network] settings
+    (``requirepass`` goes to [security]); yields its client port."""
+    settings: dict[str, dict[str, Any]] = {"network": network}
+    if "requirepass" in network:
+        settings["security"] = {"requirepass": network.pop("requirepass")}
+    c = Cluster(root, nodes=1, n=1, workers=1, settings=settings)
+    try:
+        c.start()
+        yield c.members[0].client_port
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    proc, port = _start()
-    try:
-        yield port
-    finally:
-        stop(proc)
+def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with one_node(tmp_path_factory.mktemp("proto")) as p:
+        yield p
 
 
 def test_redis_py_default_resp3_and_resp2(port: int) -> None:
@@ -48,8 +49,8 @@ def test_redis_py_default_resp3_and_resp2(port: int) -> None:
     assert r3.echo(b"\x00bin\xff") == b"\x00bin\xff"
     r2 = redis.Redis(port=port, socket_timeout=5, protocol=2)
     assert r2.ping() is True
-    assert r2.config_get("n") == {"n": "3"}  # redis-py decodes CONFIG GET replies
-    assert r3.info("server")["node_id"] == "node1"
+    assert r2.config_get("n") == {"n": "1"}  # redis-py decodes CONFIG GET replies
+    assert r3.info("server")["node_id"] == "n1"
 
 
 def test_pipeline_of_10000_replies_in_order(port: int) -> None:
@@ -102,21 +103,23 @@ def test_protocol_error_replies_then_closes_only_that_connection(
     assert other.ping() is True
 
 
-def test_data_commands_say_storage_is_not_attached(port: int) -> None:
+def test_data_commands_reach_storage(port: int) -> None:
     r = redis.Redis(port=port, socket_timeout=5)
-    with pytest.raises(redis.ResponseError, match="storage is not attached"):
-        r.get("k")
+    assert r.set("k", b"v") is True
+    assert r.get("k") == b"v"
+    assert r.delete("k", "other") == 1
 
 
-def test_auth_and_limits() -> None:
-    proc, port = _start("--requirepass", "pw", "--max-clients", "2", "--idle-timeout", "1")
-    try:
-        assert raw(port, b"PING\r\n") == b"-NOAUTH Authentication required.\r\n"
+def test_auth_and_limits(tmp_path: Path) -> None:
+    # Room for a connection the start-up checks left, reaped once idle (1 s).
+    with one_node(tmp_path, requirepass="pw", max_clients=3, idle_timeout_s=1) as port:
+        wait_for("a connection is accepted",
+                 lambda: raw(port, b"PING\r\n") == b"-NOAUTH Authentication required.\r\n", 10)
         assert raw(port, b"AUTH wrong\r\n").startswith(b"-WRONGPASS")
         assert raw(port, b"AUTH pw\r\nPING\r\n") == b"+OK\r\n+PONG\r\n"
         r = redis.Redis(port=port, password="pw", socket_timeout=5)
         assert r.ping() is True
-        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
         try:
             deadline = time.monotonic() + 5
             reply = b""
@@ -127,7 +130,7 @@ def test_auth_and_limits() -> None:
             for s in held:
                 s.close()
         # An idle connection is closed after idle_timeout (1 s here). The
-        # server may not have reaped the two held connections yet: wait
+        # server may not have reaped the held connections yet: wait
         # until a connection is accepted, not refused for max clients.
         deadline = time.monotonic() + 5
         while True:
@@ -141,13 +144,10 @@ def test_auth_and_limits() -> None:
                 assert time.monotonic() < deadline, "held connections never reaped"
             time.sleep(0.05)
         assert time.monotonic() - started < 4.5
-    finally:
-        stop(proc)
 
 
-def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout() -> None:
-    proc, port = _start("--idle-timeout", "1")
-    try:
+def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(tmp_path: Path) -> None:
+    with one_node(tmp_path, idle_timeout_s=1) as port:
         r = redis.Redis(port=port, socket_timeout=5)
         deaf = socket.socket()
         deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -169,8 +169,6 @@ def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout() -> None
             time.sleep(0.05)
         assert r.ping() is True
         deaf.close()
-    finally:
-        stop(proc)
 
 
 def test_redis_cli_one_shot_and_pipe(port: int) -> None:

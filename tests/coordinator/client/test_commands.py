@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.client.parsing import REPLY_SLACK, Limits, parse, reply_bound
+from coordinator.client.commands import REPLY_SLACK, parse, reply_bound
+from coordinator.client.parsing import Limits
 from coordinator.data.quorum import Consistency
 from coordinator.errors import CommandError
 from shardserver.protocol.versions import DEFAULT_SIBLING_CAP
 
-LIMITS = Limits(max_value_bytes=100)
+LIMITS = Limits(max_value_bytes=100, max_reply_bytes=64 << 20)
 
 
 def p(*words: bytes) -> object:

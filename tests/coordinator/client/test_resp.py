@@ -29,8 +29,8 @@ from coordinator.errors import (
     NoAuthError,
     NoProtoError,
     NoQuorumError,
-    ProtocolError,
     RespError,
+    RespProtocolError,
     UnknownCommandError,
     ValueTooLargeError,
     WrongArityError,
@@ -45,7 +45,7 @@ def drain(parser: RequestParser) -> list[object]:
     out: list[object] = []
     while (item := parser.gets()) is not None:
         out.append(item)
-        if isinstance(item, ProtocolError):
+        if isinstance(item, RespProtocolError):
             break
     return out
 
@@ -58,7 +58,7 @@ def parse_all(data: bytes, **limits: int) -> list[object]:
 
 def error_text(data: bytes, **limits: int) -> str:
     out = parse_all(data, **limits)
-    assert out and isinstance(out[-1], ProtocolError), out
+    assert out and isinstance(out[-1], RespProtocolError), out
     return str(out[-1])
 
 
@@ -287,7 +287,7 @@ def test_oversized_bulk_header_rejected_before_body_arrives() -> None:
     parser = RequestParser()
     parser.feed(b"*2\r\n$3\r\nSET\r\n$999999999999\r\n")
     result = parser.gets()
-    assert isinstance(result, ProtocolError)
+    assert isinstance(result, RespProtocolError)
     assert str(result) == "ERR Protocol error: invalid bulk length"
     assert parser.buffered == 0
 
@@ -295,7 +295,7 @@ def test_oversized_bulk_header_rejected_before_body_arrives() -> None:
 def test_oversized_bulk_digits_rejected_before_the_cr() -> None:
     parser = RequestParser()
     parser.feed(b"*1\r\n$99999999")
-    assert isinstance(parser.gets(), ProtocolError)
+    assert isinstance(parser.gets(), RespProtocolError)
 
 
 def test_error_is_sticky_and_earlier_requests_come_first() -> None:
@@ -303,7 +303,7 @@ def test_error_is_sticky_and_earlier_requests_come_first() -> None:
     parser.feed(pack(b"PING") + b"*1\r\n+X\r\n" + pack(b"ECHO", b"after"))
     assert parser.gets() == [b"PING"]
     first = parser.gets()
-    assert isinstance(first, ProtocolError)
+    assert isinstance(first, RespProtocolError)
     assert first.code == "ERR"
     parser.feed(pack(b"PING"))
     assert parser.gets() is first
@@ -437,7 +437,7 @@ def test_error_reply_decodes_as_error() -> None:
         (NoQuorumError(2, 1, ["n1", "n2"]), "NOQUORUM needed 2 acks, got 1 (replicas: n1, n2)"),
         (NoAuthError(), "NOAUTH Authentication required."),
         (NoProtoError(), "NOPROTO sorry, this protocol version is not supported"),
-        (ProtocolError("invalid bulk length"), "ERR Protocol error: invalid bulk length"),
+        (RespProtocolError("invalid bulk length"), "ERR Protocol error: invalid bulk length"),
         (CommandError("ERR a\r\nb"), "ERR a  b"),
     ],
 )
@@ -449,12 +449,12 @@ def test_error_texts(exc: RespError, text: str) -> None:
 
 
 def test_resp3_nulls_and_maps_for_hello_3_clients() -> None:
-    from coordinator.client.replies import NULL_ARRAY, Reply, encode_reply
+    from coordinator.client.replies import NULL_ARRAY, RespReply, encode_reply
 
     assert encode_reply(None, 3) == b"_\r\n"
     assert encode_reply(NULL_ARRAY, 3) == b"_\r\n"
     assert encode_reply([b"a", None], 3) == b"*2\r\n$1\r\na\r\n_\r\n"
-    hello: dict[str, Reply] = {"server": "ringkv", "proto": 3}
+    hello: dict[str, RespReply] = {"server": "ringkv", "proto": 3}
     assert encode_reply(hello, 3) == b"%2\r\n$6\r\nserver\r\n$6\r\nringkv\r\n$5\r\nproto\r\n:3\r\n"
     assert encode_reply(hello, 2).startswith(b"*4\r\n")
     assert encode_reply(None) == b"$-1\r\n"
