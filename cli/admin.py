@@ -1,12 +1,16 @@
-"""Admin commands against a running cluster: ``ringkv status``, ``ring``,
-``compact``, ``repair``, ``hints``, ``transfers``, ``flush``, ``drain``.
+"""How the cluster admin commands (``cli.cluster``: ``ringkv status``,
+``ring``, ``compact``, ``repair``, ``hints``, ``transfers``, ``flush``,
+``drain``, ``remove``) reach a node, and their common options.
 
 Each connects to one node's peer port and proves it holds the cluster
-secret (the same HMAC handshake as a peer); ``--node`` makes that node
-forward the command. Defaults fit ``ringkv up``: 127.0.0.1:17379 and the
-secret in ./ringkv-data/cluster.secret. Every command prints a table, or
-with ``--json`` one JSON document; failures are one line on stderr and exit
-code 1 (cannot reach or authenticate) or 2 (the node refused the request).
+secret (the same HMAC handshake as a peer), sends a request of the admin API
+(``coordinator.ops.admin_api``) and decodes the reply into its record;
+``--node`` makes that node forward the request. Defaults fit ``ringkv up``:
+127.0.0.1:17379 and the secret in ./ringkv-data/cluster.secret. Every
+command prints a table, or with ``--json`` one JSON document (the reply's
+fields); failures are one line on stderr and exit code 1 (cannot reach or
+authenticate, or a reply that does not decode) or 2 (the node refused the
+request).
 """
 
 from __future__ import annotations
@@ -22,28 +26,35 @@ import click
 
 from coordinator.cluster.peer import peer_client
 from coordinator.config import ConfigError, load
+from coordinator.ops import admin_api as api
 from shardserver.protocol import messages as m
+from shardserver.protocol import records
 from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.codec import ProtocolError
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 DEFAULT_ADDR = "127.0.0.1:17379"
 DEFAULT_SECRET_FILE = os.path.join("ringkv-data", "cluster.secret")
 ADMIN_TIMEOUT_S = 3600.0
 
 
-class Target:
-    """Where and how to reach the cluster."""
+class AdminClient:
+    """Where and how to reach the cluster, and how to show a reply."""
 
     def __init__(self, addr: str, secret: bytes, node: str | None, as_json: bool) -> None:
         self.addr, self.secret, self.node, self.as_json = addr, secret, node, as_json
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        payload = {"cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
-        if self.node is not None:
-            payload["node"] = self.node
-        return asyncio.run(self._call(payload))
+    def call(self, request: api.AdminRequest, reply: type[R]) -> R:
+        """The ``reply`` record answering ``request``."""
+        assert reply is api.reply_type(request), (request, reply)
+        payload = asyncio.run(self._call(api.encode_request(request, self.node)))
+        try:
+            return records.from_wire(reply, payload)
+        except ProtocolError as exc:
+            fail(1, f"{self.addr} sent a reply this ringkv cannot read: {exc}")
 
-    async def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, payload: dict[str, Any]) -> object:
         async with peer_client(self.addr, "admin-cli", self.secret, timeout_s=10) as client:
             try:
                 reply = await client.call(m.Admin(payload), timeout=ADMIN_TIMEOUT_S)
@@ -53,11 +64,12 @@ class Target:
             fail(2, reply.message)
         if not reply.ok:
             fail(1, f"{self.addr}: {reply.status.name} {reply.message}")
-        result: dict[str, Any] = reply.payload
-        return result
+        return reply.payload
 
-    def show(self, doc: dict[str, Any], lines: list[str]) -> None:
+    def show(self, reply: object, lines: list[str]) -> None:
+        """``lines``, or with ``--json`` the reply's fields."""
         if self.as_json:
+            doc = records.to_wire(reply)
             click.echo(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable))
         else:
             click.echo("\n".join(lines))
@@ -104,8 +116,8 @@ def admin_options(with_node: bool = True) -> Callable[[F], F]:
         def wrapper(addr: str | None, secret_file: str | None, config_path: str | None,
                     as_json: bool, node: str | None = None, **kwargs: Any) -> Any:
             secret, config_addr = _secret(secret_file, config_path)
-            target = Target(addr or config_addr or DEFAULT_ADDR, secret, node, as_json)
-            return fn(target, **kwargs)
+            client = AdminClient(addr or config_addr or DEFAULT_ADDR, secret, node, as_json)
+            return fn(client, **kwargs)
 
         if with_node:
             wrapper = click.option("--node", help="Run it on this node (id), not the one asked.")(

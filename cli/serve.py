@@ -50,7 +50,7 @@ def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
             "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
         ],
     )
-    return Node(config, pool, insecure_no_secret=insecure_no_secret)
+    return Node.open(config, pool, insecure_no_secret=insecure_no_secret)
 
 
 def _raise_fd_limit(config: NodeConfig) -> None:
@@ -72,16 +72,12 @@ async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await node.start()
-        print(
-            f"ringkv node {config.id}: clients on {config.bind}:{node.client_server.port}, "
-            f"peers on {config.bind}:{node.peer_server.port}",
-            flush=True,
-        )
-        await stop.wait()
-    finally:
-        await node.stop()
+
+    def ready(node: Node) -> None:
+        print(f"ringkv node {config.id}: clients on {config.bind}:{node.client_server.port}, "
+              f"peers on {config.bind}:{node.peer_server.port}", flush=True)
+
+    await node.run(stop, ready)
 
 
 @click.command()

@@ -19,13 +19,13 @@ back to a default.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coordinator.errors import CoordinatorError
+from shardserver.protocol.pool import default_worker_count
 
 #: A bound past a day would let a timestamp win for that long.
 MAX_CLOCK_DRIFT_MS = 86_400_000
@@ -81,7 +81,7 @@ class NodeConfig:
     enable_flush: bool = False
 
     def effective_workers(self) -> int:
-        return self.workers or max(2, os.cpu_count() or 2)
+        return self.workers or default_worker_count()
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import msgpack
@@ -32,6 +33,25 @@ DIR_MODE = 0o700
 
 class StateFileError(CoordinatorError):
     """A state file exists but cannot be read; the message names it."""
+
+
+IDENTITY_FILE = "node.msgpack"
+
+
+def load_identity(data_dir: str, node_id: str) -> int:
+    """The incarnation of node ``node_id`` in ``data_dir``. A new data
+    directory gets a new one, so a wiped node never reuses clock entries of
+    its former self (DESIGN §4); a directory of another node is refused."""
+    path = os.path.join(data_dir, IDENTITY_FILE)
+    doc = read_doc(path)
+    if doc is None:
+        doc = {"v": 1, "id": node_id, "incarnation": time.time_ns() // 1_000_000}
+        write_doc(path, doc)
+    if doc.get("id") != node_id:
+        raise CoordinatorError(
+            f"data directory {data_dir} belongs to node {doc.get('id')!r}, not {node_id!r}"
+        )
+    return int(doc["incarnation"])
 
 
 def read_doc(path: str) -> dict[str, Any] | None:

@@ -26,10 +26,11 @@ from shardserver.errors import (
     PartitionDroppingError,
     PartitionNotServedError,
 )
-from shardserver.protocol import codec, merkle, messages
+from shardserver.protocol import codec, merkle, messages, records
 from shardserver.protocol import versions as vs
 from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.versions import VersionFormatError
+from shardserver.protocol.worker_stats import WorkerStats
 from shardserver.storage import ShardStore, WriteOp, WriteResult
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def dispatch(store: ShardStore, req: Request) -> Call:
         c = req
         return lambda: store.compact(c.partition)
     if isinstance(req, messages.Stats):
-        return store.stats
+        return lambda: records.to_wire(worker_stats(store))
     if isinstance(req, messages.SetPartitions):
         sp = req
         return lambda: store.set_partitions(sp.partitions)
@@ -270,6 +271,11 @@ def dispatch(store: ShardStore, req: Request) -> Call:
             store.repair_set(rs.partition, rs.key, rs.siblings).siblings
         )
     raise BadRequestError(f"unexpected request {type(req).__name__}")
+
+
+def worker_stats(store: ShardStore) -> WorkerStats:
+    """The store's figures as the typed record coordinators read."""
+    return records.from_wire(WorkerStats, store.stats(), "worker stats")
 
 
 def _scan(store: ShardStore, partition: int, after: bytes | None, limit: int) -> dict[str, Any]:

@@ -33,23 +33,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shardserver.protocol import codec, messages
+from shardserver.protocol.pool import WorkerView, default_worker_count, partition_ranges
 
 log = logging.getLogger("ringkv.supervisor")
 
 PingResult = Literal["ready", "not_ready", "down"]
 #: ``ping(socket_path, timeout_s)``: what the worker at that socket says.
 Pinger = Callable[[str, float], Awaitable[PingResult]]
-
-
-def partition_ranges(q: int, workers: int) -> list[range]:
-    """Worker i's partitions: ``i*Q/W <= p < (i+1)*Q/W``."""
-    if q < 1 or workers < 1:
-        raise ValueError("need q >= 1 and workers >= 1")
-    return [range(i * q // workers, (i + 1) * q // workers) for i in range(workers)]
-
-
-def default_workers() -> int:
-    return max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +84,7 @@ class Supervisor:
         python: str = sys.executable,
     ) -> None:
         self.q = q
-        self.workers = workers or default_workers()
+        self.workers = workers or default_worker_count()
         ranges = partition_ranges(q, self.workers)
         self.specs = [
             WorkerSpec(
@@ -140,17 +130,10 @@ class Supervisor:
     def restarts(self, index: int) -> int:
         return self._states[index].restarts
 
-    def status(self) -> list[dict[str, object]]:
+    def status(self) -> list[WorkerView]:
         return [
-            {
-                "worker": st.spec.index,
-                "partitions": [st.spec.partitions.start, st.spec.partitions.stop],
-                "socket": st.spec.socket_path,
-                "pid": self.pid(st.spec.index),
-                "ready": st.ready,
-                "restarts": st.restarts,
-                "last_exit": st.last_exit,
-            }
+            WorkerView(st.spec.index, st.spec.partitions, st.spec.socket_path,
+                       self.pid(st.spec.index), st.ready, st.restarts, st.last_exit)
             for st in self._states
         ]
 

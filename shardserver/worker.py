@@ -40,11 +40,11 @@ from lsm.options import Options
 from shardserver import handlers
 from shardserver.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_INFLIGHT_PER_CONN, Admission
 from shardserver.layout import DEFAULT_TOMBSTONE_GRACE_MS, MAX_PARTITIONS
+from shardserver.protocol.pool import WORKER_MAX_FRAME_BYTES
 from shardserver.storage import ShardStore
 
 log = logging.getLogger("ringkv.worker")
 
-DEFAULT_MAX_FRAME_BYTES = 16 << 20
 DEFAULT_THREADS = 8
 #: With ``max_frame_bytes`` this bounds the bytes buffered for requests.
 DEFAULT_MAX_CONNECTIONS = 256
@@ -63,7 +63,7 @@ class WorkerConfig:
     tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_frame_bytes: int = WORKER_MAX_FRAME_BYTES
     threads: int = DEFAULT_THREADS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     startup_delay_s: float = 0.0  # test kit: hold the readiness gate closed this long
@@ -237,7 +237,7 @@ def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
     p.add_argument("--tombstone-grace-ms", type=int, default=DEFAULT_TOMBSTONE_GRACE_MS)
     p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT)
     p.add_argument("--max-inflight-per-conn", type=int, default=DEFAULT_MAX_INFLIGHT_PER_CONN)
-    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    p.add_argument("--max-frame-bytes", type=int, default=WORKER_MAX_FRAME_BYTES)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
     p.add_argument("--startup-delay", type=float, default=0.0,

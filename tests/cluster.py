@@ -293,7 +293,7 @@ def local_read_many(c: Cluster, i: int, keys: list[bytes], q: int = 64) -> dict[
 
     from coordinator.cluster.ring import partition_of
     from shardserver.protocol.client import ShardClient
-    from shardserver.supervisor import partition_ranges
+    from shardserver.protocol.pool import partition_ranges
 
     ranges = partition_ranges(q, c.workers)
     run = c.members[i].data_dir / "run"
@@ -333,8 +333,8 @@ def local_write(c: Cluster, i: int, key: bytes, value: bytes, q: int = 64) -> No
     from coordinator.data.reconcile import plain_write
     from shardserver.protocol.client import ShardClient
     from shardserver.protocol.hlc import HLC
+    from shardserver.protocol.pool import partition_ranges
     from shardserver.protocol.vclock import make_actor
-    from shardserver.supervisor import partition_ranges
 
     p = partition_of(key, q)
     worker = next(w for w, r in enumerate(partition_ranges(q, c.workers)) if p in r)

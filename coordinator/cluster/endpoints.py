@@ -28,7 +28,7 @@ class MembershipError(CoordinatorError):
     """Gossip state from a peer did not decode."""
 
 
-class Status(enum.Enum):
+class MemberStatus(enum.Enum):
     JOINING = "joining"
     UP = "up"
     LEAVING = "leaving"
@@ -40,7 +40,7 @@ class Endpoint:
     node: NodeId
     generation: int  # start time of the node's current incarnation (ms)
     version: int  # bumped by the node on every heartbeat
-    status: Status
+    status: MemberStatus
     client_addr: str  # host:port for clients
     peer_addr: str  # host:port for coordinators
     ring_epoch: int
@@ -114,7 +114,7 @@ def decode(raw: object) -> Endpoint:
     if not isinstance(client_addr, str) or not isinstance(peer_addr, str):
         raise MembershipError("endpoint addresses must be strings")
     try:
-        st = Status(status)
+        st = MemberStatus(status)
     except ValueError:
         raise MembershipError(f"unknown endpoint status {status!r:.40}") from None
     return Endpoint(NodeId(node), generation, version, st, client_addr, peer_addr, epoch, zone)

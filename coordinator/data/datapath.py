@@ -64,7 +64,13 @@ from shardserver.protocol.messages import (
 )
 from shardserver.protocol.messages import Reply as ShardReply
 from shardserver.protocol.vclock import ActorId
-from shardserver.protocol.versions import Context, SiblingSet, Version, decode_siblings
+from shardserver.protocol.versions import (
+    DEFAULT_SIBLING_CAP,
+    Context,
+    SiblingSet,
+    Version,
+    decode_siblings,
+)
 
 log = logging.getLogger("ringkv.datapath")
 
@@ -81,12 +87,8 @@ K = TypeVar("K")
 T = TypeVar("T")
 
 
-class Cluster(Protocol):
-    """What the data path needs of the node it runs in."""
-
-    actor: ActorId
-    sibling_cap: int
-    hinted_handoff: bool  # off: fallbacks take writes but keep no hints
+class Routes(Protocol):
+    """Whom to ask and how (``coordinator.data.router.Router``)."""
 
     def plan_for(self, key: bytes) -> tuple[int, Plan]: ...
 
@@ -94,11 +96,15 @@ class Cluster(Protocol):
 
     def submit(self, node: NodeId, request: Request) -> asyncio.Future[ShardReply]: ...
 
-    def next_hlc(self) -> int: ...
 
-    def saw_hlc(self, hlc: int) -> None: ...
+class Clock(Protocol):
+    """The node's HLC (``coordinator.data.clock.Clock``)."""
 
-    def context_clock(self, context: bytes) -> Context: ...  # CommandError if refused
+    def now(self) -> int: ...
+
+    def saw(self, ts: int, source: str = ...) -> None: ...
+
+    def context(self, raw: bytes) -> Context: ...  # CommandError if refused
 
 
 @dataclass(slots=True)
@@ -229,11 +235,16 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 class DataPath:
-    def __init__(self, cluster: Cluster, timeout_s: float, read_repair_per_s: float = 1000.0,
-                 max_reply_bytes: int = 64 << 20):
-        self.cluster = cluster
+    def __init__(self, routes: Routes, clock: Clock, actor: ActorId, *, timeout_s: float,
+                 max_reply_bytes: int, sibling_cap: int = DEFAULT_SIBLING_CAP,
+                 hinted_handoff: bool = True, read_repair_per_s: float = 1000.0) -> None:
+        self.routes = routes
+        self.clock = clock
+        self.actor = actor
         self.timeout_s = timeout_s
         self.max_reply_bytes = max_reply_bytes
+        self.sibling_cap = sibling_cap
+        self.hinted_handoff = hinted_handoff  # off: fallbacks take writes but keep no hints
         self.stats = DataStats()
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
@@ -255,7 +266,7 @@ class DataPath:
     async def read(self, key: bytes, levels: Consistency) -> SiblingSet:
         """Merged sibling set of ``key`` from R replicas (PR primaries)."""
         self.stats.reads += 1
-        partition, p = self.cluster.plan_for(key)
+        partition, p = self.routes.plan_for(key)
         tally = read_tally(p, levels.r or 1, levels.pr or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_reads += 1
@@ -267,9 +278,9 @@ class DataPath:
             self._when_finished(rnd, _nothing)
             raise tally.error()
         answers = self._answers(rnd)
-        merged = reconcile.reconcile(answers, self.cluster.sibling_cap).merged
+        merged = reconcile.reconcile(answers, self.sibling_cap).merged
         if merged:
-            self.cluster.saw_hlc(max(v.hlc for v in merged))
+            self.clock.saw(max(v.hlc for v in merged))
         self._when_finished(rnd, functools.partial(self._check_replicas, partition, key, rnd))
         return merged
 
@@ -309,7 +320,7 @@ class DataPath:
         answers = self._answers(rnd)
         if len(answers) < 2:
             return
-        result = reconcile.reconcile(answers, self.cluster.sibling_cap)
+        result = reconcile.reconcile(answers, self.sibling_cap)
         if result.stale:
             self._spawn(self._repair(partition, key, result.merged, result.stale))
 
@@ -323,21 +334,21 @@ class DataPath:
             self.stats.read_repairs += 1
             req = ReplicaWriteSet(partition, key, merged)
             with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
-                await self.cluster.call(NodeId(node), req, self.timeout_s)
+                await self.routes.call(NodeId(node), req, self.timeout_s)
 
     # -- writes -------------------------------------------------------------
     async def write(
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
         context: bytes | None = None,
     ) -> Version:
-        actor = self.cluster.actor
+        actor = self.actor
         if lww:
-            version = reconcile.plain_write(actor, self.cluster.next_hlc(), value)
+            version = reconcile.plain_write(actor, self.clock.now(), value)
             await self._finish_write(self._start_write(key, version, "lww", levels))
             return version
         # The clock adopts the context first: the dot then lies past it.
-        ctx = self.cluster.context_clock(context or b"")
-        version = reconcile.context_write(ctx, actor, self.cluster.next_hlc(), value)
+        ctx = self.clock.context(context or b"")
+        version = reconcile.context_write(ctx, actor, self.clock.now(), value)
         rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
         calls = {t.node: fut for fut, t in rnd.calls.items()}
         self._context_calls[key] = calls
@@ -386,14 +397,14 @@ class DataPath:
         once that call has ended), or raise NOQUORUM with nothing sent when
         too few are up."""
         self.stats.writes += 1
-        partition, p = self.cluster.plan_for(key)
+        partition, p = self.routes.plan_for(key)
         tally = write_tally(p, levels.w or 1, levels.pw or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_writes += 1
             raise error
 
         def request(t: Target) -> Request:
-            hint = t.hint_for if self.cluster.hinted_handoff else None
+            hint = t.hint_for if self.hinted_handoff else None
             return ReplicaWrite(partition, key, version, mode, hint)  # type: ignore[arg-type]
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
@@ -423,7 +434,7 @@ class DataPath:
     ) -> Round:
         calls = {}
         for t in p.targets:
-            send = functools.partial(self.cluster.submit, t.node, request(t))
+            send = functools.partial(self.routes.submit, t.node, request(t))
             before = after.get(t.node) if after else None
             calls[send() if before is None else send_after(before, send)] = t
         return Round(tally, calls)

@@ -1,26 +1,266 @@
-"""INFO sections of a node: stats, replication (hints and handoff), cluster,
-clock, storage (DESIGN §12). Plain ``name: value`` maps; the server renders them
-Redis-style (``# Section`` then ``name:value`` lines)."""
+"""A node's status as one typed snapshot (DESIGN §12), and INFO's text.
+
+:class:`StatusSource` holds the parts of the node that keep figures and
+reads each of them once per :meth:`StatusSource.snapshot`. INFO
+(:func:`info_sections`), Prometheus (``ops.metrics``) and ``ringkv status``
+(``ops.admin``) all render a :class:`NodeSnapshot`, so they show the same
+numbers under the same field names; a field renamed in one place fails type
+checking in the others. Workers' figures come as typed records
+(``shardserver.protocol.worker_stats``), polled every ``STATS_INTERVAL_S``
+by :class:`WorkerStatsPoller`, and are summed by :func:`storage_totals`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import time
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from coordinator.client.session import VERSION
+from coordinator.client.server import ClientServer
+from coordinator.client.session import VERSION, ClientStats
+from coordinator.cluster.ring import NodeId
+from coordinator.cluster.view import ClusterView
+from coordinator.config import NodeConfig
+from coordinator.data.clock import Clock, ClockStats
+from coordinator.data.datapath import DataPath, DataStats
+from coordinator.data.router import Router
+from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
+from coordinator.repair.handoff import Handoff, HintBacklog
+from coordinator.repair.hints import HintStore
+from shardserver.protocol.client import ShardError, ShardUnavailable
+from shardserver.protocol.worker_stats import WorkerStats
 
-if TYPE_CHECKING:
-    from coordinator.node import Node
+STATS_INTERVAL_S = 2.0
 
 
-def info_text(node: Node, section: str) -> bytes:
+# -- storage: the workers' figures summed ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LevelTotals:
+    files: int = 0
+    bytes: int = 0
+    entries: int = 0
+    over_target: int = 0  # workers whose level is past its target size
+
+
+@dataclass(frozen=True, slots=True)
+class StorageTotals:
+    levels: dict[int, LevelTotals]
+    table_bytes: int = 0
+    wal_bytes: int = 0
+    memtable_bytes: int = 0
+    memtable_entries: int = 0
+    compaction_debt_bytes: int = 0
+    stall_s: float = 0.0
+    write_stalls: int = 0
+    bloom_checks: int = 0
+    bloom_negatives: int = 0
+    wal_syncs: int = 0
+    wal_sync_s: float = 0.0
+    read_only: tuple[str, ...] = ()  # why each read-only engine is so
+
+    @property
+    def entries(self) -> int:
+        """Entries in tables and memtables (versions and tombstones not yet
+        compacted away count too)."""
+        return sum(lv.entries for lv in self.levels.values()) + self.memtable_entries
+
+    @property
+    def l0_files(self) -> int:
+        return self.levels[0].files if 0 in self.levels else 0
+
+    @property
+    def levels_over_target(self) -> int:
+        return sum(lv.over_target for lv in self.levels.values())
+
+    def sstables(self) -> dict[str, int]:
+        """SSTables per level, ``{"L0": n, ...}``."""
+        return {f"L{n}": lv.files for n, lv in sorted(self.levels.items())}
+
+
+def storage_totals(workers: Sequence[WorkerStats]) -> StorageTotals:
+    levels: dict[int, LevelTotals] = {}
+    sums: dict[str, Any] = {}
+    read_only = []
+    for w in workers:
+        e = w.engine
+        for lv in e.levels:
+            t = levels.get(lv.level, LevelTotals())
+            over = lv.target_bytes is not None and lv.bytes > lv.target_bytes
+            levels[lv.level] = LevelTotals(t.files + lv.files, t.bytes + lv.bytes,
+                                           t.entries + lv.entries, t.over_target + over)
+        for name in _SUMMED:
+            sums[name] = sums.get(name, 0) + getattr(e, name)
+        if e.read_only:
+            read_only.append(str(e.error))
+    return StorageTotals(levels, read_only=tuple(read_only), **sums)
+
+
+_SUMMED = tuple(f.name for f in dataclasses.fields(StorageTotals)
+                if f.name not in ("levels", "read_only"))
+
+
+class WorkerStatsPoller:
+    """The latest figures of every ready worker, refreshed every
+    ``STATS_INTERVAL_S`` (INFO and scrapes read these, never a worker)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.latest: list[WorkerStats] = []
+
+    async def poll(self) -> list[WorkerStats]:
+        """Every ready worker's figures, now."""
+        out = []
+        for i in range(self.router.workers):
+            if self.router.worker_ready(i):
+                with contextlib.suppress(ShardUnavailable, ShardError):
+                    out.append(await self.router.worker_stats(i))
+        return out
+
+    async def run(self) -> None:
+        while True:
+            self.latest = await self.poll()
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+
+# -- the snapshot ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    node: str
+    up: bool
+    phi: float
+    client_addr: str  # "?" when gossip has not told it yet
+    status: str  # what the node says of itself: up, leaving, removed ("?": unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationStatus:
+    backlog: dict[str, HintBacklog]
+    hints_delivered: int
+    hints_expired: int
+    handoffs_running: int
+    handoffs_completed: int
+    handoffs_failed: int
+    handoff_keys_sent: int
+    handoff_bytes_sent: int
+    handoff_partitions_dropped: int
+    handoff_drops_refused: int
+    handoff_strays_found: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    node_id: str
+    tcp_port: int
+    uptime_s: int
+    connected_clients: int
+    max_clients: int
+    clients: ClientStats
+    data: DataStats
+    replication: ReplicationStatus
+    ring_epoch: int
+    ring_nodes: tuple[str, ...]
+    partitions: int
+    replicas: int
+    incarnation: int
+    members: tuple[MemberView, ...]  # gossip's members and the ring's, by id
+    max_clock_drift_ms: int
+    hlc_ahead_ms: int
+    clock: ClockStats
+    workers: int
+    workers_ready: int
+    worker_restarts: int
+    storage: StorageTotals
+    repair: RepairReport
+
+
+class StatusSource:
+    def __init__(self, *, config: NodeConfig, incarnation: int, view: ClusterView, router: Router,
+                 data: DataPath, handoff: Handoff, hints: HintStore,
+                 anti_entropy: AntiEntropy, clock: Clock, worker_stats: WorkerStatsPoller,
+                 clients: ClientServer) -> None:
+        self.config = config
+        self.incarnation = incarnation
+        self.view = view
+        self.router = router
+        self.data = data
+        self.handoff = handoff
+        self.hints = hints
+        self.anti_entropy = anti_entropy
+        self.clock = clock
+        self.worker_stats = worker_stats
+        self.clients = clients
+
+    def snapshot(self, workers: Sequence[WorkerStats] | None = None) -> NodeSnapshot:
+        """Everything at once; ``workers`` defaults to the latest polled."""
+        server = self.clients
+        ring = self.view.ring
+        pool = self.router.pool.status()
+        return NodeSnapshot(
+            node_id=self.config.id,
+            tcp_port=server.port,
+            uptime_s=int(time.time() - server.started),
+            connected_clients=server.clients,
+            max_clients=self.config.max_clients,
+            clients=dataclasses.replace(server.stats),
+            data=dataclasses.replace(self.data.stats),
+            replication=self._replication(),
+            ring_epoch=ring.epoch if ring else 0,
+            ring_nodes=ring.node_ids if ring else (),
+            partitions=self.config.partitions,
+            replicas=self.config.n,
+            incarnation=self.incarnation,
+            members=self._members(),
+            max_clock_drift_ms=self.clock.max_drift_ms,
+            hlc_ahead_ms=self.clock.lead_ms(),
+            clock=dataclasses.replace(self.clock.stats),
+            workers=len(pool),
+            workers_ready=sum(1 for w in pool if w.ready),
+            worker_restarts=sum(w.restarts for w in pool),
+            storage=storage_totals(self.worker_stats.latest if workers is None else workers),
+            repair=dataclasses.replace(self.anti_entropy.total,
+                                       errors=list(self.anti_entropy.total.errors)),
+        )
+
+    def _replication(self) -> ReplicationStatus:
+        h = self.handoff
+        return ReplicationStatus(
+            h.backlog(), self.hints.delivered, self.hints.expired, len(h.running), h.completed,
+            h.failed, h.keys_sent, h.bytes_sent, h.dropped_partitions, h.drops_refused,
+            h.strays_found)
+
+    def _members(self) -> tuple[MemberView, ...]:
+        view, ring = self.view, self.view.ring
+        members = view.members
+        ids = sorted(set(members) | set(ring.node_ids if ring else ()))
+        out = []
+        for n in ids:
+            ep = members.get(NodeId(n))
+            out.append(MemberView(n, view.is_up(NodeId(n)), view.phi(NodeId(n)),
+                                  ep.client_addr if ep else "?",
+                                  ep.status.value if ep else "?"))
+        return tuple(out)
+
+    def info_text(self, section: str) -> bytes:
+        return info_text(self.snapshot(), section)
+
+
+# -- INFO ---------------------------------------------------------------------
+
+
+def info_text(snap: NodeSnapshot, section: str) -> bytes:
     """INFO's reply for ``section`` ("default", "all", "everything" or one
     section's name): ``# Section`` then ``name:value`` lines."""
-    sections = info_sections(node)
     wanted = section.lower()
     lines: list[str] = []
-    for name, fields_ in sections.items():
+    for name, fields_ in info_sections(snap).items():
         if wanted not in ("default", "all", "everything", name):
             continue
         lines.append(f"# {name.capitalize()}")
@@ -29,125 +269,83 @@ def info_text(node: Node, section: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def info_sections(node: Node) -> dict[str, dict[str, Any]]:
-    server = node.client_server
+def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
+    """INFO's sections: server, clients, stats, replication (hints and
+    handoff), cluster, clock, storage; plain ``name: value`` maps."""
     return {
         "server": {
             "ringkv_version": VERSION,
-            "node_id": node.config.id,
-            "tcp_port": server.port,
-            "uptime_in_seconds": int(time.time() - server.started),
+            "node_id": snap.node_id,
+            "tcp_port": snap.tcp_port,
+            "uptime_in_seconds": snap.uptime_s,
         },
-        "clients": {"connected_clients": server.clients, "maxclients": node.config.max_clients},
-        "stats": _stats(node),
-        "replication": _replication(node),
-        "cluster": _cluster(node),
-        "clock": _clock(node),
-        "storage": _storage(node),
+        "clients": {"connected_clients": snap.connected_clients,
+                    "maxclients": snap.max_clients},
+        "stats": {**asdict(snap.clients), **asdict(snap.data)},
+        "replication": _replication(snap.replication),
+        "cluster": _cluster(snap),
+        "clock": {"max_clock_drift_ms": snap.max_clock_drift_ms,
+                  "hlc_ahead_ms": snap.hlc_ahead_ms, **asdict(snap.clock)},
+        "storage": _storage(snap),
     }
 
 
-def _stats(node: Node) -> dict[str, Any]:
-    out: dict[str, Any] = asdict(node.client_server.stats)
-    out.update(asdict(node.data.stats))
-    return out
-
-
-def _replication(node: Node) -> dict[str, Any]:
-    h = node.handoff
-    backlog = h.backlog()
+def _replication(r: ReplicationStatus) -> dict[str, Any]:
+    backlog = r.backlog.values()
     out: dict[str, Any] = {
-        "hint_partitions": sum(b["partitions"] for b in backlog.values()),
-        "hint_writes": sum(b["writes"] for b in backlog.values()),
-        "hint_bytes": sum(b["bytes"] for b in backlog.values()),
-        "hint_oldest_s": max((b["oldest_s"] for b in backlog.values()), default=0),
-        "hint_partitions_expired": sum(b["expired"] for b in backlog.values()),
-        "hints_delivered": node.hints.delivered,
-        "hints_expired": node.hints.expired,
-        "handoffs_running": len(h.running),
-        "handoffs_completed": h.completed,
-        "handoffs_failed": h.failed,
-        "handoff_keys_sent": h.keys_sent,
-        "handoff_bytes_sent": h.bytes_sent,
-        "handoff_partitions_dropped": h.dropped_partitions,
-        "handoff_drops_refused": h.drops_refused,
-        "handoff_strays_found": h.strays_found,
+        "hint_partitions": sum(b.partitions for b in backlog),
+        "hint_writes": sum(b.writes for b in backlog),
+        "hint_bytes": sum(b.bytes for b in backlog),
+        "hint_oldest_s": max((b.oldest_s for b in backlog), default=0),
+        "hint_partitions_expired": sum(b.expired for b in backlog),
+        "hints_delivered": r.hints_delivered,
+        "hints_expired": r.hints_expired,
+        "handoffs_running": r.handoffs_running,
+        "handoffs_completed": r.handoffs_completed,
+        "handoffs_failed": r.handoffs_failed,
+        "handoff_keys_sent": r.handoff_keys_sent,
+        "handoff_bytes_sent": r.handoff_bytes_sent,
+        "handoff_partitions_dropped": r.handoff_partitions_dropped,
+        "handoff_drops_refused": r.handoff_drops_refused,
+        "handoff_strays_found": r.handoff_strays_found,
     }
-    for owner, b in sorted(backlog.items()):
+    for owner, b in sorted(r.backlog.items()):
         out[f"hints_for_{owner}"] = (
-            f"partitions={b['partitions']},expired={b['expired']},writes={b['writes']},"
-            f"bytes={b['bytes']},oldest_s={b['oldest_s']}"
+            f"partitions={b.partitions},expired={b.expired},writes={b.writes},"
+            f"bytes={b.bytes},oldest_s={b.oldest_s}"
         )
     return out
 
 
-def _cluster(node: Node) -> dict[str, Any]:
-    ring = node.ring
+def _cluster(snap: NodeSnapshot) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "ring_epoch": ring.epoch if ring else 0,
-        "partitions": node.config.partitions,
-        "replicas": node.config.n,
-        "incarnation": node.incarnation,
+        "ring_epoch": snap.ring_epoch,
+        "partitions": snap.partitions,
+        "replicas": snap.replicas,
+        "incarnation": snap.incarnation,
+        "nodes": len(snap.members),
+        "nodes_up": sum(1 for m in snap.members if m.up),
     }
-    members = node.gossip.members if node.gossip else {}
-    ids = sorted(set(members) | set(ring.node_ids if ring else ()))
-    up = [n for n in ids if node.is_up(n)]
-    out["nodes"] = len(ids)
-    out["nodes_up"] = len(up)
-    for n in ids:
-        ep = members.get(n)
-        phi = node.gossip.phi(n) if node.gossip else 0.0
-        state = "up" if n in up else "down"
-        addr = ep.client_addr if ep else "?"
-        out[f"node_{n}"] = f"state={state},phi={phi:.1f},addr={addr}"
+    for m in snap.members:
+        out[f"node_{m.node}"] = (f"state={'up' if m.up else 'down'},phi={m.phi:.1f},"
+                                 f"addr={m.client_addr}")
     return out
 
 
-def _clock(node: Node) -> dict[str, Any]:
-    """The drift bound, how far our HLC runs ahead of our wall clock, and
-    the timestamps refused or ignored for lying past the bound."""
-    out: dict[str, Any] = {
-        "max_clock_drift_ms": node.clock.max_drift_ms,
-        "hlc_ahead_ms": node.clock.lead_ms(),
+def _storage(snap: NodeSnapshot) -> dict[str, Any]:
+    s = snap.storage
+    return {
+        "workers": snap.workers,
+        "workers_ready": snap.workers_ready,
+        "worker_restarts": snap.worker_restarts,
+        "table_bytes": s.table_bytes,
+        "wal_bytes": s.wal_bytes,
+        "memtable_bytes": s.memtable_bytes,
+        "compaction_debt_bytes": s.compaction_debt_bytes,
+        "sstables_per_level": ",".join(f"{k}={v}" for k, v in s.sstables().items()),
+        "read_only": "yes: " + "; ".join(s.read_only) if s.read_only else "no",
+        "bloom_checks": s.bloom_checks,
+        "bloom_useful": s.bloom_negatives,
+        "wal_syncs": s.wal_syncs,
+        "wal_sync_ms_avg": round(1000 * s.wal_sync_s / s.wal_syncs, 3) if s.wal_syncs else 0,
     }
-    out.update(asdict(node.clock.stats))
-    return out
-
-
-def _storage(node: Node) -> dict[str, Any]:
-    workers = node.pool.status()
-    out: dict[str, Any] = {
-        "workers": len(workers),
-        "workers_ready": sum(1 for w in workers if w.get("ready")),
-        "worker_restarts": sum(int(str(w.get("restarts") or 0)) for w in workers),
-    }
-    levels: dict[int, int] = {}
-    table_bytes = wal_bytes = debt = memtable = 0
-    bloom_checks = bloom_useful = wal_syncs = 0
-    wal_sync_s = 0.0
-    read_only = []
-    for s in node.local_stats:
-        e = s.get("engine", {})
-        for lv in e.get("levels", []):
-            levels[lv["level"]] = levels.get(lv["level"], 0) + lv["files"]
-        table_bytes += e.get("table_bytes", 0)
-        wal_bytes += e.get("wal_bytes", 0)
-        debt += e.get("compaction_debt_bytes", 0)
-        memtable += e.get("memtable_bytes", 0)
-        bloom_checks += e.get("bloom_checks", 0)
-        bloom_useful += e.get("bloom_negatives", 0)
-        wal_syncs += e.get("wal_syncs", 0)
-        wal_sync_s += e.get("wal_sync_s", 0.0)
-        if e.get("read_only"):
-            read_only.append(str(e.get("error")))
-    out.update({
-        "table_bytes": table_bytes, "wal_bytes": wal_bytes, "memtable_bytes": memtable,
-        "compaction_debt_bytes": debt,
-        "sstables_per_level": ",".join(f"L{k}={v}" for k, v in sorted(levels.items())),
-        "read_only": "yes: " + "; ".join(read_only) if read_only else "no",
-        "bloom_checks": bloom_checks,
-        "bloom_useful": bloom_useful,
-        "wal_syncs": wal_syncs,
-        "wal_sync_ms_avg": round(1000 * wal_sync_s / wal_syncs, 3) if wal_syncs else 0,
-    })
-    return out

@@ -30,15 +30,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from coordinator.cluster import ring as ringmod
-from coordinator.cluster.ring import NodeId, Ring
+from coordinator.cluster.ring import NodeId
 from coordinator.data import votes
+from coordinator.repair.replicas import Replicas
 from shardserver.protocol import merkle
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
-from shardserver.protocol.messages import Reply, Request
+from shardserver.protocol.messages import Request
 from shardserver.protocol.versions import (
     DEFAULT_SIBLING_CAP,
     SiblingSet,
@@ -59,16 +60,6 @@ MAX_ERRORS = 20
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (partitions done, partitions total)
-
-
-class AAEHost(Protocol):
-    id: NodeId
-    ring: Ring | None
-    timeout_s: float
-
-    def is_up(self, node: NodeId) -> bool: ...
-
-    async def call(self, node: NodeId, request: Request, timeout: float) -> Reply: ...
 
 
 @dataclass
@@ -111,13 +102,13 @@ class _Failed(Exception):
 class AntiEntropy:
     def __init__(
         self,
-        host: AAEHost,
+        replicas: Replicas,
         *,
         interval_s: float = 60.0,
         sibling_cap: int = DEFAULT_SIBLING_CAP,
         concurrency: int = 2,
     ) -> None:
-        self.host = host
+        self.replicas = replicas
         self.interval_s = interval_s
         self.sibling_cap = sibling_cap
         self.concurrency = max(1, concurrency)
@@ -129,8 +120,8 @@ class AntiEntropy:
 
     # -- entry points ---------------------------------------------------------------
     def primary_partitions(self) -> list[int]:
-        ring = self.host.ring
-        return [] if ring is None else list(ringmod.replicated_partitions(ring, self.host.id))
+        ring = self.replicas.ring
+        return [] if ring is None else list(ringmod.replicated_partitions(ring, self.replicas.id))
 
     async def repair(
         self, partitions: Iterable[int] | None = None, progress: Progress | None = None
@@ -139,7 +130,7 @@ class AntiEntropy:
         started = time.monotonic()
         parts = self.primary_partitions() if partitions is None else list(partitions)
         report = RepairReport()
-        if self.host.ring is None:
+        if self.replicas.ring is None:
             report.error("the ring is not formed yet")
             return report
         gate = asyncio.Semaphore(self.concurrency)
@@ -186,7 +177,7 @@ class AntiEntropy:
         """This node against every other live primary of ``partition``."""
         started = time.monotonic()
         report = RepairReport(partitions=1)
-        ring, me = self.host.ring, self.host.id
+        ring, me = self.replicas.ring, self.replicas.id
         if ring is None:
             report.error("the ring is not formed yet")
             return report
@@ -204,14 +195,14 @@ class AntiEntropy:
             for peer in primaries:
                 if peer == me:
                     continue
-                if not self.host.is_up(peer):
+                if not self.replicas.is_up(peer):
                     report.pairs_skipped += 1
                     continue
                 if await self._pair(partition, peer, report):
                     again = list(done)  # they lack what this peer just gave us
                 done.append(peer)
             for peer in again:
-                if self.host.is_up(peer):
+                if self.replicas.is_up(peer):
                     await self._pair(partition, peer, report)
         report.seconds = round(time.monotonic() - started, 3)
         self.last_repair_ms = int(time.time() * 1000)
@@ -221,7 +212,7 @@ class AntiEntropy:
     # -- one pair -------------------------------------------------------------------
     async def _pair(self, p: int, peer: NodeId, report: RepairReport) -> bool:
         """Exchange with ``peer``; True if this node's copy changed."""
-        me = self.host.id
+        me = self.replicas.id
         report.pairs += 1
         try:
             buckets = await self._differing_buckets(p, peer, report)
@@ -259,7 +250,8 @@ class AntiEntropy:
         frontier = [0]
         for depth in range(merkle.DEPTH + 1):
             ours, theirs = await _both(
-                self._level(self.host.id, p, depth, frontier), self._level(peer, p, depth, frontier)
+                self._level(self.replicas.id, p, depth, frontier),
+                self._level(peer, p, depth, frontier),
             )
             report.bytes_exchanged += 2 * merkle.NODE_BYTES * len(frontier)
             frontier = merkle.differing(ours, theirs, frontier)
@@ -271,7 +263,7 @@ class AntiEntropy:
 
     async def _repair_key(self, p: int, peer: NodeId, key: bytes, report: RepairReport) -> bool:
         """Make both sides hold the merge of their sets; True if ours changed."""
-        me = self.host.id
+        me = self.replicas.id
         ours, theirs = await _both(self._read(me, p, key), self._read(peer, p, key))
         winners: dict[votes.Identity, bytes | None] = {}
         conflicts = votes.conflicts([ours, theirs])
@@ -292,7 +284,7 @@ class AntiEntropy:
             rotten = kept != stored
             request: Request = (m.ReplicaRepairSet(p, key, merged) if rotten
                                 else m.ReplicaWriteSet(p, key, merged))
-            await self._ok(node, request, self.host.timeout_s)
+            await self._ok(node, request, self.replicas.timeout_s)
             report.bytes_sent += size
             report.corrupt_fixed += rotten
             wrote = True
@@ -303,9 +295,9 @@ class AntiEntropy:
     async def _witnesses(self, p: int, key: bytes, pair: Sequence[NodeId]) -> list[SiblingSet]:
         """The copies of ``key`` on the other live primaries (the vote's third
         parties); a replica that does not answer does not vote."""
-        ring = self.host.ring
+        ring = self.replicas.ring
         others = [n for n in (ringmod.primaries(ring, p) if ring else ())
-                  if n not in pair and self.host.is_up(n)]
+                  if n not in pair and self.replicas.is_up(n)]
         got = await asyncio.gather(*(self._read(n, p, key) for n in others),
                                    return_exceptions=True)
         return [s for s in got if isinstance(s, tuple)]
@@ -313,7 +305,7 @@ class AntiEntropy:
     # -- calls ------------------------------------------------------------------------
     async def _ok(self, node: NodeId, request: Request, timeout: float) -> Any:
         try:
-            reply = await self.host.call(node, request, timeout)
+            reply = await self.replicas.call(node, request, timeout)
         except ShardUnavailable as exc:
             raise _Failed(f"{node} unreachable: {exc.reason}") from None
         except OSError as exc:
@@ -323,7 +315,7 @@ class AntiEntropy:
         return reply.payload
 
     def _tree_timeout(self) -> float:
-        return max(self.host.timeout_s, TREE_TIMEOUT_S)
+        return max(self.replicas.timeout_s, TREE_TIMEOUT_S)
 
     async def _level(self, node: NodeId, p: int, depth: int, indices: list[int]) -> list[int]:
         payload = await self._ok(node, m.TreeLevel(p, depth, tuple(indices)), self._tree_timeout())
@@ -334,7 +326,7 @@ class AntiEntropy:
         return {k: d for k, d in payload}
 
     async def _read(self, node: NodeId, p: int, key: bytes) -> SiblingSet:
-        payload = await self._ok(node, m.ReplicaRead(p, key), self.host.timeout_s)
+        payload = await self._ok(node, m.ReplicaRead(p, key), self.replicas.timeout_s)
         try:
             return () if payload is None else decode_siblings(payload)
         except ValueError as exc:

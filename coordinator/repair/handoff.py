@@ -38,13 +38,16 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from coordinator.cluster import ring as ringmod
-from coordinator.cluster.ring import NodeId, Ring
+from coordinator.cluster.membership import HintCopies, HintEffect, RetargetHints
+from coordinator.cluster.ring import NodeId
 from coordinator.config import NodeConfig
 from coordinator.repair.hints import Hint, HintStore
+from coordinator.repair.replicas import LocalReplicas
 from shardserver.protocol import messages as m
 from shardserver.protocol.client import ShardUnavailable
 from shardserver.protocol.versions import decode_siblings
@@ -62,19 +65,16 @@ PARKED_RETRY_S = 300.0
 DROP_TIMEOUT_S = 60.0
 
 
-class HandoffHost(Protocol):
-    id: NodeId
-    hints: HintStore
-    ring: Ring | None
-    timeout_s: float
+@dataclass(frozen=True, slots=True)
+class HintBacklog:
+    """Hints held for one target: partitions (and how many of them
+    expired), hinted writes and bytes, and the oldest hint's age."""
 
-    def is_up(self, node: NodeId) -> bool: ...
-
-    async def retarget(self, hint: Hint) -> None: ...
-
-    async def call(self, node: NodeId, request: m.Request, timeout: float) -> m.Reply: ...
-
-    async def local(self, request: m.Request, timeout: float) -> m.Reply: ...
+    partitions: int = 0
+    expired: int = 0
+    writes: int = 0
+    bytes: int = 0
+    oldest_s: int = 0
 
 
 class TransferFailed(Exception):
@@ -90,17 +90,11 @@ class Transfer:
     bytes_sent: int = 0
     passes: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition, "owner": self.owner, "keys_sent": self.keys_sent,
-            "bytes_sent": self.bytes_sent, "passes": self.passes,
-            "running_s": round(time.time() - self.started, 1),
-        }
-
 
 class Handoff:
-    def __init__(self, host: HandoffHost, config: NodeConfig) -> None:
-        self.host = host
+    def __init__(self, replicas: LocalReplicas, hints: HintStore, config: NodeConfig) -> None:
+        self.replicas = replicas
+        self.hints = hints
         self.concurrency = max(1, config.concurrency)
         self.throttle = max(1, config.throttle_bytes_per_s)
         self.window_ms = config.max_hint_window_s * 1000
@@ -114,6 +108,7 @@ class Handoff:
         self.drops_refused = 0  # a write reached the copy after the last pass
         self.strays_found = 0  # copies the sweep found without a hint
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
+        self._changes: set[asyncio.Task[None]] = set()  # hints a ring change makes
         self._retry_at: dict[tuple[int, str], tuple[float, float]] = {}  # -> (when, delay)
         self._was_up: dict[str, bool] = {}
         self._dropping: set[int] = set()
@@ -122,10 +117,11 @@ class Handoff:
         self._wake = asyncio.Event()
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._changes]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=5)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     async def run(self) -> None:
         while True:
@@ -148,9 +144,45 @@ class Handoff:
             del self._retry_at[key]
         self._wake.set()
 
+    def ring_changed(self, effects: Sequence[HintEffect]) -> None:
+        """A new ring moves copies (``cluster.membership``): our copy of a
+        partition goes to its new primaries; hints held for a removed node
+        go to the partition's primaries."""
+        now = int(time.time() * 1000)
+        for effect in effects:
+            match effect:
+                case HintCopies(p, owners):
+                    for owner in owners:
+                        self._spawn(self.hints.add(p, owner, now), f"hint {p}")
+                case RetargetHints(removed):
+                    for hint in self.hints.all():
+                        if hint.owner in removed:
+                            self._spawn(self.retarget(hint), f"retarget hint {hint.partition}")
+
+    async def retarget(self, hint: Hint) -> None:
+        """Writes we hold for a removed node go to the partition's primaries
+        instead (versions merge: those that have them lose nothing)."""
+        ring = self.replicas.ring
+        assert ring is not None
+        now = int(time.time() * 1000)
+        for owner in ringmod.primaries(ring, hint.partition):
+            if owner != self.replicas.id:
+                await self.hints.add(hint.partition, owner, now)
+        await self.hints.remove(hint.partition, hint.owner, outcome="moved")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._changes.add(task)
+        task.add_done_callback(self._change_done)
+
+    def _change_done(self, task: asyncio.Task[None]) -> None:
+        self._changes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s died", task.get_name(), exc_info=task.exception())
+
     async def tick(self) -> None:
         """Mark expired hints and start the transfers that may start now."""
-        hints = self.host.hints
+        hints = self.hints
         for hint in hints.expire(int(time.time() * 1000), self.window_ms):
             log.warning("hint for partition %d of %s expired: no hinted write for %d s and not "
                         "delivered; the copy is kept and handed off when %s is back (or to the "
@@ -164,11 +196,11 @@ class Handoff:
             key = (hint.partition, hint.owner)
             if key in self._tasks:
                 continue
-            ring = self.host.ring
+            ring = self.replicas.ring
             if ring is not None and hint.owner in ring.removed:
-                await self.host.retarget(hint)  # e.g. a write hinted on an older ring
+                await self.retarget(hint)  # e.g. a write hinted on an older ring
                 continue
-            up = self.host.is_up(NodeId(hint.owner))
+            up = self.replicas.is_up(NodeId(hint.owner))
             if up and not self._was_up.get(hint.owner, True):
                 self.owner_back(hint.owner)
             self._was_up[hint.owner] = up
@@ -196,7 +228,7 @@ class Handoff:
                 writes_before = hint.writes
                 t.passes += 1
                 mark = await self._stream(t)
-                if await self.host.hints.remove(
+                if await self.hints.remove(
                     hint.partition, hint.owner, outcome="delivered", if_writes=writes_before
                 ):
                     break
@@ -227,16 +259,16 @@ class Handoff:
         owner = NodeId(t.owner)
         mark: int | None = None
         while True:
-            reply = await self.host.local(m.ScanPartition(t.partition, after, PAGE_KEYS),
-                                          self.host.timeout_s)
+            reply = await self.replicas.local(m.ScanPartition(t.partition, after, PAGE_KEYS),
+                                          self.replicas.timeout_s)
             if not reply.ok:
                 raise TransferFailed(f"scan of our copy: {reply.status.name} {reply.message}")
             if mark is None:
                 mark = int(reply.payload["mark"])
             items = reply.payload["items"]
             calls = [
-                self.host.call(owner, m.ReplicaWriteSet(t.partition, k, decode_siblings(s)),
-                               self.host.timeout_s)
+                self.replicas.call(owner, m.ReplicaWriteSet(t.partition, k, decode_siblings(s)),
+                               self.replicas.timeout_s)
                 for k, s in items
             ]
             for r in await asyncio.gather(*calls):
@@ -260,17 +292,17 @@ class Handoff:
             await asyncio.sleep(delay)
 
     def _replicates(self, partition: int) -> bool:
-        ring = self.host.ring
-        return ring is None or self.host.id in ringmod.primaries(ring, partition)
+        ring = self.replicas.ring
+        return ring is None or self.replicas.id in ringmod.primaries(ring, partition)
 
     async def _maybe_drop(self, partition: int, mark: int) -> None:
         """Drop our delivered copy if no hint for it is left, we do not
         replicate it, and the worker took no write since ``mark``."""
-        if self.host.hints.for_partition(partition) or self._replicates(partition):
+        if self.hints.for_partition(partition) or self._replicates(partition):
             return
         self._dropping.add(partition)
         try:
-            reply = await self.host.local(m.DropPartition(partition, 1, mark), DROP_TIMEOUT_S)
+            reply = await self.replicas.local(m.DropPartition(partition, 1, mark), DROP_TIMEOUT_S)
         except ShardUnavailable as exc:
             reply = m.Reply.error(m.Status.UNAVAILABLE, exc.reason)
         finally:
@@ -291,14 +323,14 @@ class Handoff:
         """Make sure some hint covers our copy of ``partition``: if none is
         left, one for each of its primaries (versions merge, so a primary
         that has the data loses nothing)."""
-        ring = self.host.ring
-        if ring is None or self.host.hints.for_partition(partition):
+        ring = self.replicas.ring
+        if ring is None or self.hints.for_partition(partition):
             return
         now = int(time.time() * 1000)
         try:
             for owner in ringmod.primaries(ring, partition):
-                if owner != self.host.id:
-                    await self.host.hints.add(partition, owner, now)
+                if owner != self.replicas.id:
+                    await self.hints.add(partition, owner, now)
         except OSError as exc:  # the next sweep tries again
             log.warning("cannot record hints for partition %d: %s", partition, exc)
 
@@ -306,19 +338,20 @@ class Handoff:
         """Hint every copy this node holds of a partition it does not
         replicate and has no hint, transfer or drop for; returns how many
         it found. Errors are logged: the next sweep tries again."""
-        ring = self.host.ring
+        ring = self.replicas.ring
         if ring is None:
             return 0
         busy = {p for p, _ in self._tasks} | self._dropping
         found = 0
         for p in range(ring.q):
-            if self._replicates(p) or p in busy or self.host.hints.for_partition(p):
+            if self._replicates(p) or p in busy or self.hints.for_partition(p):
                 continue
             try:
-                reply = await self.host.local(m.ScanPartition(p, None, 1), self.host.timeout_s)
+                reply = await self.replicas.local(m.ScanPartition(p, None, 1),
+                                                  self.replicas.timeout_s)
             except ShardUnavailable:
                 continue
-            if not reply.ok or not reply.payload["items"] or self.host.hints.for_partition(p):
+            if not reply.ok or not reply.payload["items"] or self.hints.for_partition(p):
                 continue
             found += 1
             log.warning("partition %d: this node holds a copy it does not replicate and no "
@@ -327,17 +360,13 @@ class Handoff:
         self.strays_found += found
         return found
 
-    def backlog(self) -> dict[str, dict[str, Any]]:
-        """Per target: partitions (and how many of them expired), hinted
-        writes, bytes and the oldest hint's age."""
+    def backlog(self) -> dict[str, HintBacklog]:
+        """What this node holds for each target."""
         now_ms = int(time.time() * 1000)
-        out: dict[str, dict[str, Any]] = {}
-        for h in self.host.hints.all():
-            b = out.setdefault(h.owner, {"partitions": 0, "expired": 0, "writes": 0, "bytes": 0,
-                                         "oldest_s": 0})
-            b["partitions"] += 1
-            b["expired"] += h.expired
-            b["writes"] += h.writes
-            b["bytes"] += h.bytes
-            b["oldest_s"] = max(b["oldest_s"], (now_ms - h.since_ms) // 1000)
+        out: dict[str, HintBacklog] = {}
+        for h in self.hints.all():
+            b = out.get(h.owner, HintBacklog())
+            out[h.owner] = HintBacklog(
+                b.partitions + 1, b.expired + h.expired, b.writes + h.writes, b.bytes + h.bytes,
+                max(b.oldest_s, (now_ms - h.since_ms) // 1000))
         return out

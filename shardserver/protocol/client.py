@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shardserver.protocol import codec, merkle
+from shardserver.protocol import codec, merkle, records
 from shardserver.protocol.messages import (
     BucketDigests,
     Compact,
@@ -52,6 +52,7 @@ from shardserver.protocol.messages import (
     WriteMode,
 )
 from shardserver.protocol.versions import SiblingSet, Version, decode_siblings
+from shardserver.protocol.worker_stats import WorkerStats
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "Connector", "ShardClient", "ShardError", "ShardUnavailable"]
 
@@ -431,9 +432,13 @@ class ShardClient:
         items = [(k, decode_siblings(s)) for k, s in p["items"]]
         return items, p.get("next")
 
-    async def stats(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._ok(Stats(), timeout)
-        return result
+    async def stats(self, timeout: float | None = None) -> WorkerStats:
+        """The worker's figures, decoded (ShardError INTERNAL if they do not)."""
+        payload = await self._ok(Stats(), timeout)
+        try:
+            return records.from_wire(WorkerStats, payload, "stats reply")
+        except codec.ProtocolError as e:
+            raise ShardError(Status.INTERNAL, str(e), self.path) from e
 
     async def drop_partition(
         self, partition: int, timeout: float | None = None, count: int = 1,

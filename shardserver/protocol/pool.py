@@ -8,7 +8,38 @@ fake that serves in-process.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Protocol
+
+#: A worker splits replies into frames of at most this, and refuses request
+#: frames past it: both sides of a worker connection hold to it.
+WORKER_MAX_FRAME_BYTES = 16 << 20
+
+
+def default_worker_count() -> int:
+    """Workers per node when the config says 0: one per CPU, at least 2."""
+    return max(2, os.cpu_count() or 2)
+
+
+def partition_ranges(q: int, workers: int) -> list[range]:
+    """Worker i's partitions: ``i*Q/W <= p < (i+1)*Q/W``."""
+    if q < 1 or workers < 1:
+        raise ValueError("need q >= 1 and workers >= 1")
+    return [range(i * q // workers, (i + 1) * q // workers) for i in range(workers)]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker process as its supervisor sees it."""
+
+    worker: int
+    partitions: range
+    socket: str
+    pid: int | None  # None while it is not running
+    ready: bool
+    restarts: int
+    last_exit: int | None
 
 
 class WorkerPool(Protocol):
@@ -27,7 +58,7 @@ class WorkerPool(Protocol):
         """False while the worker is down or replaying its WAL: route around it."""
         ...
 
-    def status(self) -> list[dict[str, object]]: ...
+    def status(self) -> list[WorkerView]: ...
 
     async def start(self) -> None: ...
 

@@ -23,9 +23,9 @@ import redis
 from coordinator.cluster.ring import partition_of
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.hlc import hlc_wall_ms, make_hlc
+from shardserver.protocol.pool import partition_ranges
 from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock
 from shardserver.protocol.versions import Context, decode_context, encode_context, plain_version
-from shardserver.supervisor import partition_ranges
 from tests.cluster import Cluster, wait_for
 from tests.faults.nemesis import set_option
 from tests.integration.test_admin import scrape

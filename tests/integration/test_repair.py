@@ -17,9 +17,9 @@ from coordinator.cluster.ring import partition_of
 from shardserver.layout import storage_key
 from shardserver.protocol import messages
 from shardserver.protocol.client import ShardClient
+from shardserver.protocol.pool import partition_ranges
 from shardserver.protocol.versions import Version, encode_siblings
 from shardserver.storage import ShardStore
-from shardserver.supervisor import partition_ranges
 from tests.cluster import Cluster, local_read, local_read_many, local_write, wait_for
 
 pytestmark = pytest.mark.integration

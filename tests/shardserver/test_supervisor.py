@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shardserver.protocol.pool import WorkerPool
-from shardserver.supervisor import Supervisor, partition_ranges
+from shardserver.protocol.pool import WorkerPool, partition_ranges
+from shardserver.supervisor import Supervisor
 
 
 def test_supervisor_satisfies_the_worker_pool_protocol(tmp_path: Path) -> None:

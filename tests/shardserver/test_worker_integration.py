@@ -206,7 +206,7 @@ def test_two_workers_find_their_differences_through_the_tree_ops(tmp_path: Path)
             reply = await wa.call(BucketDigests(p, (0, 0)))
             assert reply.status is Status.BAD_REQUEST and "duplicate" in reply.message
             stats = await wa.stats()
-            assert stats["aae"]["trees"] >= 1 and stats["aae"]["tree_builds"] >= 1
+            assert stats.aae["trees"] >= 1 and stats.aae["tree_builds"] >= 1
 
     run(body())
 

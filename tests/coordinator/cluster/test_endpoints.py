@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from coordinator.cluster.endpoints import (
     Endpoint,
     MembershipError,
-    Status,
+    MemberStatus,
     changed,
     decode,
     digest,
@@ -18,7 +18,7 @@ from coordinator.cluster.endpoints import (
 from coordinator.cluster.ring import NodeId
 
 
-def ep(node: str, gen: int, ver: int, status: Status = Status.UP) -> Endpoint:
+def ep(node: str, gen: int, ver: int, status: MemberStatus = MemberStatus.UP) -> Endpoint:
     return Endpoint(NodeId(node), gen, ver, status, f"127.0.0.1:{7000 + gen}", "127.0.0.1:1", 1)
 
 
@@ -27,7 +27,7 @@ endpoints = st.builds(
     st.sampled_from(["a", "b", "c"]),
     st.integers(0, 3),
     st.integers(0, 5),
-    st.sampled_from(list(Status)),
+    st.sampled_from(list(MemberStatus)),
 )
 views = st.lists(endpoints, max_size=6).map(lambda eps: merge({}, {e.node: e for e in eps}))
 
@@ -48,7 +48,7 @@ def test_digest_exchange_sends_only_newer_entries() -> None:
 
 
 def test_encode_decode_and_garbage() -> None:
-    e = ep("a", 3, 4, Status.LEAVING)
+    e = ep("a", 3, 4, MemberStatus.LEAVING)
     assert decode(encode(e)) == e
     for bad in (
         None,
@@ -64,7 +64,7 @@ def test_encode_decode_and_garbage() -> None:
 
 
 def test_zone_travels_and_old_seven_field_endpoints_still_decode() -> None:
-    zoned = Endpoint(NodeId("a"), 1, 2, Status.UP, "c:1", "p:1", 3, "rack-2")
+    zoned = Endpoint(NodeId("a"), 1, 2, MemberStatus.UP, "c:1", "p:1", 3, "rack-2")
     assert decode(encode(zoned)).zone == "rack-2"
     assert decode(encode(zoned)[:7]).zone == ""
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from coordinator.cluster.endpoints import Endpoint, Status
+from coordinator.cluster.endpoints import Endpoint, MemberStatus
 from coordinator.cluster.failure_detector import DetectorSettings
 from coordinator.cluster.gossip import Gossiper
 from coordinator.cluster.peer import peer_client
@@ -45,7 +45,7 @@ class Member:
 
     async def start(self, seeds: list[str]) -> None:
         await self.server.start()
-        me = Endpoint(NodeId(self.name), time.time_ns(), 0, Status.UP, "c", self.addr, 0)
+        me = Endpoint(NodeId(self.name), time.time_ns(), 0, MemberStatus.UP, "c", self.addr, 0)
         self.gossip = Gossiper(me, seeds, self.send, interval_s=0.05, settings=FAST)
 
     @property

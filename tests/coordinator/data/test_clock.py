@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from coordinator.cluster.endpoints import Endpoint, Status, encode
+from coordinator.cluster.endpoints import Endpoint, MemberStatus, encode
 from coordinator.cluster.gossip import Gossiper
 from coordinator.cluster.ring import NodeId
 from coordinator.data.clock import Clock
@@ -187,15 +187,15 @@ def test_a_peer_write_stamped_past_the_bound_is_refused() -> None:
 
 def test_gossip_with_a_generation_from_the_future_is_ignored() -> None:
     c = clock()
-    me = Endpoint(NodeId("n1"), NOW_MS, 1, Status.UP, "c1", "p1", 1)
+    me = Endpoint(NodeId("n1"), NOW_MS, 1, MemberStatus.UP, "c1", "p1", 1)
     g = Gossiper(me, [], send=_no_send, accept=c.endpoint_ok)
-    fine = Endpoint(NodeId("n2"), NOW_MS - 5, 3, Status.UP, "c2", "p2", 1)
-    future = Endpoint(NodeId("n3"), NOW_MS + DRIFT_MS + 1, 1, Status.UP, "c3", "p3", 1)
+    fine = Endpoint(NodeId("n2"), NOW_MS - 5, 3, MemberStatus.UP, "c2", "p2", 1)
+    future = Endpoint(NodeId("n3"), NOW_MS + DRIFT_MS + 1, 1, MemberStatus.UP, "c3", "p3", 1)
     g.receive({"from": "n2", "members": [encode(fine), encode(future)]})
     assert set(g.members) == {"n1", "n2"}
     assert c.stats.gossip_refused == 1
     # A forged newer generation for a known node does not shadow it either.
-    forged = Endpoint(NodeId("n2"), NOW_MS + 10 * DRIFT_MS, 0, Status.UP, "x", "x", 1)
+    forged = Endpoint(NodeId("n2"), NOW_MS + 10 * DRIFT_MS, 0, MemberStatus.UP, "x", "x", 1)
     g.receive({"from": "n3", "members": [encode(forged)]})
     assert g.members[NodeId("n2")] == fine
 

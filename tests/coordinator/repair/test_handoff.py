@@ -93,7 +93,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
 
 
 def handoff_of(host: Host) -> Handoff:
-    return Handoff(host, NodeConfig(max_hint_window_s=1, throttle_bytes_per_s=1 << 30))
+    return Handoff(host, host.hints, NodeConfig(max_hint_window_s=1, throttle_bytes_per_s=1 << 30))
 
 
 async def settle(handoff: Handoff, host: Host, ticks: int = 200) -> None:
@@ -126,7 +126,7 @@ def test_an_expired_hint_keeps_its_copy_and_is_handed_off_when_the_owner_is_back
         await handoff.tick()
         [hint] = host.hints.all()
         assert hint.expired and host.hints.expired == 1
-        assert handoff.backlog()[OWNER]["expired"] == 1
+        assert handoff.backlog()[OWNER].expired == 1
         assert host.keys(ME, p) == keys  # nothing dropped
         host.down.clear()
         await settle(handoff, host)

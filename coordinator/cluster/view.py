@@ -1,0 +1,194 @@
+"""This node's view of the cluster: the ring it holds, who is up, whether it
+drains. It feeds gossip to the membership reducer (``cluster.membership``)
+and carries out the effects: the ring file is written in a thread, never on
+the event loop, the latest ring last; gossip announces our epoch; changes of
+which hints we hold go to ``on_hints`` (the handoff).
+
+Liveness is local: a node is up for routing while its phi-accrual detector
+trusts it (``cluster.gossip``) and it says ``up`` in gossip; this node
+stops being up for others (and for itself) once it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from coordinator import files
+from coordinator.cluster import membership as mb
+from coordinator.cluster import ring as ringmod
+from coordinator.cluster.endpoints import Endpoint, MemberStatus
+from coordinator.cluster.gossip import Gossiper, Send
+from coordinator.cluster.ring import NodeId, Ring
+from coordinator.config import NodeConfig
+
+log = logging.getLogger("ringkv.node")
+
+RING_FILE = "ring.msgpack"
+_FORMING_POLL_S = 0.05
+
+#: Takes the hint effects of a ring change (``repair.handoff``).
+OnHints = Callable[[Sequence[mb.HintEffect]], None]
+
+
+def load_ring(data_dir: str) -> Ring | None:
+    """The ring this node adopted last (``<data_dir>/ring.msgpack``)."""
+    doc = files.read_doc(os.path.join(data_dir, RING_FILE))
+    return None if doc is None else ringmod.decode_ring(doc.get("ring"))
+
+
+class RingFile:
+    """Writes the ring file in a thread, one write at a time; rings saved
+    while a write runs are coalesced into one write of the latest."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, RING_FILE)
+        self._pending: Ring | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def save(self, ring: Ring) -> None:
+        self._pending = ring
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="write ring file")
+
+    async def _write(self) -> None:
+        while (ring := self._pending) is not None:
+            self._pending = None
+            try:
+                await asyncio.to_thread(files.write_doc, self.path,
+                                        {"v": 1, "ring": ringmod.encode_ring(ring)})
+            except OSError as exc:  # gossip brings the ring back after a restart
+                log.error("cannot save ring epoch %d to %s: %s", ring.epoch, self.path, exc)
+
+    async def flush(self) -> None:
+        """Until every ring saved so far is on disk (or failed, logged)."""
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._writer)
+
+
+class ClusterView:
+    def __init__(self, config: NodeConfig, ring: Ring | None) -> None:
+        self.config = config
+        self.id = NodeId(config.id)
+        self._state = mb.MembershipState(self.id, config.partitions, config.n, ring)
+        self._ring_file = RingFile(config.data_dir)
+        self._draining = False
+        self.gossip: Gossiper | None = None
+        self.on_hints: OnHints = lambda effects: None
+
+    # -- what the rest of the node asks -------------------------------------------
+    @property
+    def ring(self) -> Ring | None:
+        return self._state.ring
+
+    @property
+    def draining(self) -> str | None:
+        """Why this node refuses client writes now, or None."""
+        if self._draining:
+            return f"node {self.id} is draining; send writes to another node"
+        return None
+
+    @property
+    def members(self) -> dict[NodeId, Endpoint]:
+        return self.gossip.members if self.gossip else {}
+
+    def is_up(self, node: NodeId) -> bool:
+        """Routable: the failure detector trusts it and it is not draining."""
+        if self.gossip is None:
+            return False
+        ep = self.gossip.members.get(node)
+        if ep is not None and ep.status is not MemberStatus.UP:
+            return False
+        return self.gossip.is_up(node)
+
+    def phi(self, node: NodeId) -> float:
+        return self.gossip.phi(node) if self.gossip else 0.0
+
+    def addr_of(self, node: NodeId) -> str | None:
+        return self.gossip.addr_of(node) if self.gossip else None
+
+    # -- life cycle ---------------------------------------------------------------
+    def start_gossip(self, me: Endpoint, send: Send, *, interval_s: float,
+                     on_restart: Callable[[NodeId], None],
+                     accept: Callable[[Endpoint], bool]) -> Coroutine[Any, Any, None]:
+        """Make the gossiper; returns its loop for the caller to own."""
+        self.gossip = Gossiper(
+            me, self.config.seeds, send, interval_s=interval_s, extra_out=self._ring_out,
+            extra_in=self._ring_in, on_restart=on_restart, accept=accept,
+        )
+        return self.gossip.run()
+
+    async def form(self, timeout_s: float) -> None:
+        """Without a ring: wait until every seed answered (at most
+        ``timeout_s``), then claim one from the members known."""
+        assert self.gossip is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.ring is None and loop.time() < deadline:
+            if self.gossip.heard_from_all_seeds():
+                break
+            await asyncio.sleep(_FORMING_POLL_S)
+        self._apply(mb.Form(self._members()))
+        await self._ring_file.flush()
+
+    async def close(self) -> None:
+        await self._ring_file.flush()
+
+    # -- changes ------------------------------------------------------------------
+    def remove(self, node: NodeId) -> tuple[Ring, Ring]:
+        """Take ``node`` out of the cluster for good (``ringkv remove``):
+        (old ring, new ring), the same ring twice when it was removed already.
+        Raises RingError when it is not a member or fewer than N nodes would
+        be left, UnavailableError without a ring."""
+        old = self.ring
+        self._apply(mb.Remove(node, self._members()))
+        assert old is not None and self.ring is not None
+        return old, self.ring
+
+    def start_draining(self) -> None:
+        """Refuse client writes and tell peers (through gossip) to route
+        around this node; reads are still served."""
+        self._draining = True
+        if self.gossip is not None:
+            me = self.gossip.members[self.id]
+            self.gossip.set_me(dataclasses.replace(me, status=MemberStatus.LEAVING))
+
+    def _members(self) -> mb.Members:
+        return {node: ep.zone for node, ep in self.members.items()}
+
+    def _ring_out(self) -> dict[str, Any]:
+        return {"ring": ringmod.encode_ring(self.ring)} if self.ring else {}
+
+    def _ring_in(self, payload: dict[str, Any]) -> None:
+        raw = payload.get("ring")
+        theirs = None if raw is None else ringmod.decode_ring(raw)
+        self._apply(mb.RingReceived(theirs, self._members()))
+        self._apply(mb.MembersSeen(self._members()))
+
+    def _apply(self, event: mb.Event) -> None:
+        self._state, effects = mb.apply(self._state, event)
+        hints: list[mb.HintEffect] = []
+        for effect in effects:
+            match effect:
+                case mb.PersistRing(ring):
+                    self._ring_file.save(ring)
+                case mb.Announce(epoch, removed):
+                    self._announce(epoch, removed)
+                case mb.Note(level, text):
+                    log.log(level, "%s", text)
+                case mb.HintCopies() | mb.RetargetHints():
+                    hints.append(effect)
+        if hints:
+            self.on_hints(hints)
+
+    def _announce(self, epoch: int, removed: bool) -> None:
+        if self.gossip is not None:
+            me = self.gossip.members[self.id]
+            status = MemberStatus.REMOVED if removed else me.status
+            self.gossip.set_me(dataclasses.replace(me, ring_epoch=epoch, status=status))

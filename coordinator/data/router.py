@@ -1,0 +1,282 @@
+"""Every request this node sends to a replica goes through the Router: to our
+own workers over their unix sockets, to other nodes over peer RPC, where
+their coordinator hands it to its worker. The Router owns those clients
+(and each peer address's reconnect backoff), the cache of quorum plans, and
+the one path of a hinted write::
+
+    data path, handoff, anti-entropy ──▶ Router.submit / call (node, request)
+        node is us ──▶ submit_local ──▶ our worker for request.partition
+        else       ──▶ that node's peer client ──▶ its Router.from_peer ──▶ its worker
+
+A write that carries ``hint_for`` is a fallback's copy, held for a down
+primary: its hint must be durable before the worker applies the write. The
+first such write of a (partition, owner) pair waits for ``HintLog.add``;
+every later one only counts on the hint and goes straight to the worker.
+
+Requests from peers take :meth:`Router.from_peer`: replica reads and writes
+go straight to a worker (no task), and a write stamped past this node's
+clock bound is refused first (``coordinator.data.clock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from coordinator.cluster.peer import Backoff, peer_client
+from coordinator.cluster.ring import NodeId, Ring
+from coordinator.cluster.ring import preference_list as preference_list_of
+from coordinator.config import NodeConfig
+from coordinator.data import quorum
+from coordinator.data.quorum import Plan
+from coordinator.errors import UnavailableError
+from shardserver.protocol import messages as m
+from shardserver.protocol.client import ShardClient, ShardUnavailable
+from shardserver.protocol.pool import WORKER_MAX_FRAME_BYTES, WorkerPool
+from shardserver.protocol.versions import Version
+from shardserver.protocol.worker_stats import WorkerStats
+
+log = logging.getLogger("ringkv.router")
+
+#: Plans are cached this long: liveness changes at gossip speed (seconds),
+#: and phi for every target of every request is not free.
+PLAN_TTL_S = 0.2
+
+
+class ClusterState(Protocol):
+    """What routing needs to know of the cluster (``cluster.view.ClusterView``)."""
+
+    @property
+    def ring(self) -> Ring | None: ...
+
+    @property
+    def draining(self) -> str | None: ...
+
+    def is_up(self, node: NodeId) -> bool: ...
+
+    def addr_of(self, node: NodeId) -> str | None: ...
+
+
+class HintLog(Protocol):
+    """The durable hint records (``repair.hints.HintStore``)."""
+
+    def touch(self, partition: int, owner: str, size: int) -> bool: ...
+
+    async def add(self, partition: int, owner: str, now_ms: int, size: int = 0) -> None: ...
+
+
+#: Why a replica write from a peer is refused (its clock runs ahead), or None.
+RefuseWrite = Callable[[Version], "str | None"]
+
+
+def _answered(reply: m.Reply) -> asyncio.Future[m.Reply]:
+    fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
+    fut.set_result(reply)
+    return fut
+
+
+class Router:
+    def __init__(self, config: NodeConfig, pool: WorkerPool, cluster: ClusterState,
+                 hints: HintLog, refuse_write: RefuseWrite) -> None:
+        self.config = config
+        self.id = NodeId(config.id)
+        self.timeout_s = config.request_timeout_ms / 1000
+        self.pool = pool
+        self.cluster = cluster
+        self._hints = hints
+        self._refuse_write = refuse_write
+        self._secret = config.secret.encode()
+        self._workers: list[ShardClient] = []  # one per worker, by index
+        self._peers: dict[str, ShardClient] = {}
+        self._backoffs: dict[str, Backoff] = {}
+        self._plans: dict[int, Plan] = {}
+        self._plans_at = 0.0
+        self._plans_of: tuple[Ring | None, str | None] = (None, None)
+
+    async def connect_workers(self) -> None:
+        """One client per worker (once the pool is ready). Frames from workers
+        are held to the workers' own 16 MiB limit (they split bigger
+        replies), not the 64 MiB default."""
+        self._workers = [
+            ShardClient(self.pool.socket_for(p), timeout_s=self.timeout_s,
+                        max_recv_frame=WORKER_MAX_FRAME_BYTES)
+            for p in self._first_partitions()
+        ]
+
+    def _first_partitions(self) -> list[int]:
+        """One partition per worker, to find each worker's socket."""
+        seen: dict[int, int] = {}
+        for p in range(self.config.partitions):
+            seen.setdefault(self.pool.worker_for(p), p)
+        return [seen[i] for i in range(self.pool.workers)]
+
+    async def close(self) -> None:
+        for client in [*self._workers, *self._peers.values()]:
+            await client.close()
+
+    # -- the cluster as routing sees it ----------------------------------------
+    @property
+    def ring(self) -> Ring | None:
+        return self.cluster.ring
+
+    def is_up(self, node: NodeId) -> bool:
+        return self.cluster.is_up(node)
+
+    def plan_for(self, key: bytes) -> tuple[int, Plan]:
+        """The key's partition and whom to ask for it now (cached for
+        ``PLAN_TTL_S``, and until the ring or the draining state changes)."""
+        ring = self.cluster.ring
+        if ring is None:
+            raise UnavailableError("the ring is not formed yet")
+        p = ring.partition_of(key)
+        now = time.monotonic()
+        state = (ring, self.cluster.draining)
+        if now - self._plans_at > PLAN_TTL_S or self._plans_of != state:
+            self._plans.clear()
+            self._plans_at, self._plans_of = now, state
+        plan = self._plans.get(p)
+        if plan is None:
+            plan = quorum.plan(preference_list_of(ring, p), ring.n, self.cluster.is_up)
+            self._plans[p] = plan
+        return p, plan
+
+    # -- any node ----------------------------------------------------------------
+    async def call(self, node: NodeId, request: m.Request, timeout: float) -> m.Reply:
+        """``request`` answered by ``node`` within ``timeout`` (a TIMEOUT
+        reply past it); ShardUnavailable when the node cannot be reached."""
+        if node == self.id:
+            return await self.local(request, timeout)
+        return await self._peer_of(node).call(request, timeout)
+
+    def submit(self, node: NodeId, request: m.Request) -> asyncio.Future[m.Reply]:
+        """``call`` for the hot path: the reply's future, no task where none
+        is needed; the caller bounds the wait and cancels to give up."""
+        if node == self.id:
+            return self.submit_local(request)
+        try:
+            peer = self._peer_of(node)
+        except ShardUnavailable as exc:
+            fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+            return fut
+        return peer.submit(request)
+
+    def _peer_of(self, node: NodeId) -> ShardClient:
+        addr = self.cluster.addr_of(node)
+        if addr is None:
+            raise ShardUnavailable(f"peer {node}", "address unknown")
+        return self._peer_at(addr)
+
+    def _peer_at(self, addr: str) -> ShardClient:
+        client = self._peers.get(addr)
+        if client is None:
+            backoff = self._backoffs.setdefault(addr, Backoff())
+            # Connect from our bind address: with one loopback address per
+            # node, a peer (and a fault test's firewall rule) sees who it is.
+            client = peer_client(addr, self.config.id, self._secret, timeout_s=self.timeout_s,
+                                 source=self.config.bind, backoff=backoff)
+            self._peers[addr] = client
+        return client
+
+    def peer_restarted(self, node: NodeId) -> None:
+        """Gossip brought a new generation of ``node``: dial it again now,
+        whatever the backoff of its failed connects says."""
+        addr = self.cluster.addr_of(node)
+        if addr is not None and addr in self._backoffs:
+            self._backoffs[addr].reset()
+
+    async def gossip(self, addr: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One gossip exchange with the peer at ``addr`` (``Gossiper``'s send)."""
+        reply = await self._peer_at(addr).call(m.Gossip(payload), timeout=1.0)
+        if not reply.ok or not isinstance(reply.payload, dict):
+            raise ConnectionError(f"gossip to {addr}: {reply.status.name} {reply.message}")
+        return reply.payload
+
+    # -- our own workers ---------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        return self.pool.workers
+
+    def worker_ready(self, index: int) -> bool:
+        return self.pool.ready(index)
+
+    async def worker_call(self, index: int, request: m.Request, timeout: float) -> m.Reply:
+        """``request`` for worker ``index`` as a whole (flush, compact, stats)."""
+        return await self._workers[index].call(request, timeout)
+
+    async def worker_stats(self, index: int) -> WorkerStats:
+        """Worker ``index``'s figures (ShardUnavailable, ShardError)."""
+        return await self._workers[index].stats(self.timeout_s)
+
+    def _worker_of(self, request: m.Request) -> int | m.Reply:
+        """Index of the ready worker serving the request's partition, or the
+        reply that says why there is none."""
+        partition = getattr(request, "partition", None)
+        if not isinstance(partition, int):
+            return m.Reply.error(m.Status.BAD_REQUEST, f"{m.op_of(request)} has no partition")
+        try:
+            index = self.pool.worker_for(partition)
+        except ValueError as exc:
+            return m.Reply.error(m.Status.BAD_REQUEST, str(exc))
+        if not self.pool.ready(index):
+            return m.Reply.error(m.Status.UNAVAILABLE, f"worker {index} of {self.id} is not ready")
+        return index
+
+    def _unhinted(self, request: m.Request) -> int | None:
+        """For a fallback's write (``hint_for`` set) whose hint exists: count
+        it on the hint and return None, as for any other request. For the
+        first one of its (partition, owner) pair: its size, and the hint
+        must be made durable before the write goes out."""
+        if not isinstance(request, m.ReplicaWrite) or not request.hint_for:
+            return None
+        size = len(request.key) + len(request.version.value or b"")
+        return None if self._hints.touch(request.partition, request.hint_for, size) else size
+
+    async def _hint_then_call(self, index: int, request: m.ReplicaWrite, size: int,
+                              timeout: float) -> m.Reply:
+        assert request.hint_for is not None
+        try:
+            await self._hints.add(request.partition, request.hint_for,
+                                  int(time.time() * 1000), size)
+        except OSError as exc:
+            return m.Reply.error(m.Status.READ_ONLY, f"cannot record hint: {exc}")
+        return await self._workers[index].call(request, timeout)
+
+    def submit_local(self, request: m.Request) -> asyncio.Future[m.Reply]:
+        """``request`` to our worker for its partition, as a future: no task
+        unless a new hint must be made durable first."""
+        index = self._worker_of(request)
+        if isinstance(index, m.Reply):
+            return _answered(index)
+        size = self._unhinted(request)
+        if size is not None:
+            assert isinstance(request, m.ReplicaWrite)
+            return asyncio.ensure_future(
+                self._hint_then_call(index, request, size, self.timeout_s))
+        return self._workers[index].submit(request)
+
+    async def local(self, request: m.Request, timeout: float) -> m.Reply:
+        """``request`` answered by our worker within ``timeout``."""
+        index = self._worker_of(request)
+        if isinstance(index, m.Reply):
+            return index
+        size = self._unhinted(request)
+        if size is not None:
+            assert isinstance(request, m.ReplicaWrite)
+            return await self._hint_then_call(index, request, size, timeout)
+        return await self._workers[index].call(request, timeout)
+
+    def from_peer(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
+        """A peer's replica read or write, straight to our worker (None for
+        other requests: the node answers those); a write stamped past our
+        clock's bound is refused."""
+        if isinstance(request, m.ReplicaWrite) and (
+            why := self._refuse_write(request.version)
+        ) is not None:
+            return _answered(m.Reply.error(m.Status.BAD_REQUEST, why))
+        if isinstance(request, m.ReplicaRead | m.ReplicaWriteSet | m.ReplicaWrite):
+            return self.submit_local(request)
+        return None

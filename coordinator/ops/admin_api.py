@@ -1,0 +1,307 @@
+"""The admin API: typed requests and replies of the operator commands a node
+answers over the authenticated peer channel (``ops.admin``), and the CLI's
+way to send one (``cli.admin``).
+
+On the wire an admin request stays a msgpack map, ``Admin({"cmd": name,
+...fields, "node": id?})``, and a reply the map of its record's fields
+(``shardserver.protocol.records``); each side decodes what it receives into
+these dataclasses at the boundary. ``node`` asks the receiving node to
+forward the request to that node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.repair.anti_entropy import RepairReport
+from coordinator.repair.handoff import HintBacklog
+from shardserver.protocol import records
+from shardserver.protocol.codec import ProtocolError
+
+# -- requests --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """This node's status; with ``cluster``, every up node's own too."""
+
+    cluster: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RingRequest:
+    key: bytes | None = None  # also where this key lives
+
+
+@dataclass(frozen=True, slots=True)
+class CompactRequest:
+    partition: int | None = None  # only this partition
+    worker: int | None = None  # only this worker
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    partitions: tuple[int, ...] | None = None  # None: every partition this node replicates
+    partition: int | None = None  # one partition (older CLIs)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPlanRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HintsRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRequest:
+    remove: str  # the id of the node to take out for good
+
+
+@dataclass(frozen=True, slots=True)
+class TransfersRequest:
+    pass
+
+
+AdminRequest = (
+    StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
+    | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest
+)
+
+#: Wire name of each request.
+COMMAND_OF: dict[type[Any], str] = {
+    StatusRequest: "status", RingRequest: "ring", CompactRequest: "compact",
+    FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
+    RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
+    TransfersRequest: "transfers",
+}
+_REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
+
+
+class AdminError(Exception):
+    """A request the node refuses; the message is shown to the operator."""
+
+
+def encode_request(request: AdminRequest, node: str | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"cmd": COMMAND_OF[type(request)]}
+    payload.update((k, v) for k, v in records.to_wire(request).items() if v is not None)
+    if node is not None:
+        payload["node"] = node
+    return payload
+
+
+def decode_request(payload: object) -> AdminRequest:
+    """The request of an ``Admin`` payload (its ``node`` already handled);
+    AdminError naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise AdminError("an admin request is a map")
+    cls = _REQUESTS.get(payload.get("cmd"))  # type: ignore[arg-type]
+    if cls is None:
+        raise AdminError(f"unknown admin command {payload.get('cmd')!r}")
+    args = {k: v for k, v in payload.items() if k not in ("cmd", "node")}
+    try:
+        request: AdminRequest = records.from_wire(cls, args, str(payload["cmd"]))
+    except ProtocolError as exc:
+        raise AdminError(str(exc)) from None
+    return request
+
+
+# -- replies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    state: str  # up or down, as this node's failure detector sees it
+    status: str  # what the peer says of itself: up, leaving, removed
+    phi: float
+    client_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: str
+    state: str  # up, draining or removed
+    uptime_s: int
+    ring_epoch: int
+    peers: dict[str, PeerView]
+    partitions_primary: int
+    partitions_fallback: int
+    hint_backlog: dict[str, HintBacklog]
+    disk_bytes: int
+    sstables: dict[str, int]
+    compaction_debt_bytes: int
+    read_only: tuple[str, ...]
+    workers: int
+    workers_ready: int
+    last_repair_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUnreachable:
+    node: str
+    state: str  # down, unreachable or error
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    asked: str
+    nodes: tuple[NodeStatus | NodeUnreachable, ...]  # by node id
+
+
+@dataclass(frozen=True, slots=True)
+class RingMember:
+    node: str
+    zone: str | None
+    state: str
+    owned: int
+    replicated: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    node: str
+    primary: bool
+    hint_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlacement:
+    partition: int
+    primaries: tuple[str, ...]
+    fallbacks: tuple[str, ...]
+    targets: tuple[TargetView, ...]  # whom a request asks now
+
+
+@dataclass(frozen=True, slots=True)
+class RingReply:
+    epoch: int
+    q: int
+    n: int
+    nodes: tuple[RingMember, ...]
+    owners: tuple[str, ...]
+    key: KeyPlacement | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StorageBrief:
+    sstables: dict[str, int]
+    bytes: int
+    l0_files: int
+    levels_over_target: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompactReply:
+    node: str
+    partition: int | None
+    seconds: float
+    before: StorageBrief
+    after: StorageBrief
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReply:
+    node: str
+    flushed_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReply:
+    node: str
+    flushed_workers: int
+    state: str
+
+
+@dataclass
+class RepairReply(RepairReport):
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPlanReply:
+    node: str
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HintView:
+    partition: int
+    owner: str
+    age_s: int
+    idle_s: int
+    expired: bool
+    writes: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HintsReply:
+    node: str
+    backlog: dict[str, HintBacklog]
+    hints: tuple[HintView, ...]
+    delivered: int
+    expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveReply:
+    node: str
+    removed: str
+    already_removed: bool
+    was_up: bool
+    epoch_before: int
+    epoch: int
+    partitions_changed: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferView:
+    partition: int
+    owner: str
+    keys_sent: int
+    bytes_sent: int
+    passes: int
+    running_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransfersReply:
+    node: str
+    running: tuple[TransferView, ...]
+    completed: int
+    failed: int
+
+
+AdminReply = (
+    NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
+    | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply
+)
+
+
+def reply_type(request: AdminRequest) -> type[Any]:
+    """The reply record ``request`` gets."""
+    if isinstance(request, StatusRequest):
+        return ClusterStatus if request.cluster else NodeStatus
+    return _REPLIES[type(request)]
+
+
+_REPLIES: dict[type[Any], type[Any]] = {
+    RingRequest: RingReply, CompactRequest: CompactReply, FlushRequest: FlushReply,
+    DrainRequest: DrainReply, RepairRequest: RepairReply, RepairPlanRequest: RepairPlanReply,
+    HintsRequest: HintsReply, RemoveRequest: RemoveReply, TransfersRequest: TransfersReply,
+}
