@@ -83,9 +83,8 @@ class Jobs:
         db = self.db
         interval = db.options.fsync_interval_ms / 1000
         while not self._stop.wait(interval):
-            wal = db._wal
             try:
-                db.sync_wal(wal.number, wal.size())
+                db.sync_current_wal()
             except StorageIOError as exc:
                 log.error("%s: periodic WAL sync failed: %s", db.path, exc)
 
