@@ -493,6 +493,17 @@ class DB:
         self.flush()
         self._jobs.compact_range(start, end, bottommost)
 
+    def pause_background_work(self) -> None:
+        """Let running flushes and compactions finish and start no new ones
+        until ``continue_background_work()`` (RocksDB's PauseBackgroundWork).
+        Meanwhile immutable memtables pile up and writes stall once
+        ``max_immutable_memtables`` wait; ``flush()`` and ``compact_range()``
+        wait too. Tests use it to hold the flush back, as a slow disk does."""
+        self._jobs.pause()
+
+    def continue_background_work(self) -> None:
+        self._jobs.resume()
+
     def wait_for_compactions(self, timeout: float = 600.0) -> None:
         """Block until no flush or compaction is due (or ``timeout``)."""
         deadline = time.monotonic() + timeout

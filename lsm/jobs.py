@@ -44,6 +44,10 @@ class Jobs:
         self._threads: list[threading.Thread] = []
         self.busy = False
         self._use_child = db.options.compaction_in_process
+        # pause(): no new flush or compaction starts; _active counts running ones.
+        self._idle = threading.Condition()
+        self._paused = False
+        self._active = 0
 
     def start(self) -> None:
         db = self.db
@@ -68,6 +72,29 @@ class Jobs:
     def wake(self) -> None:
         self._flush_wake.set()
         self._compact_wake.set()
+
+    def pause(self) -> None:
+        """Start no new flush or compaction; return once running ones end."""
+        with self._idle:
+            self._paused = True
+            self._idle.wait_for(lambda: self._active == 0)
+
+    def resume(self) -> None:
+        with self._idle:
+            self._paused = False
+        self.wake()
+
+    def _begin(self) -> bool:
+        with self._idle:
+            if self._paused:
+                return False
+            self._active += 1
+            return True
+
+    def _end(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
 
     @staticmethod
     def _wait(event: threading.Event, seconds: float) -> None:
@@ -94,11 +121,14 @@ class Jobs:
         backoff = _BACKOFF_MIN_S
         while not db._closing:
             imms = db._state[1]
-            if not imms:
+            if not imms or not self._begin():
                 self._wait(self._flush_wake, 0.1)
                 continue
             try:
-                self.flush_one(imms[-1])
+                try:
+                    self.flush_one(imms[-1])
+                finally:
+                    self._end()
                 backoff = _BACKOFF_MIN_S
                 db.clear_error("flush")
             except StorageIOError as exc:
@@ -152,7 +182,7 @@ class Jobs:
             while not db._closing:
                 with db._compaction_lock:
                     task = policy.pick_compaction(db._state[2], db.options, db._pointers)
-                    if task is None:
+                    if task is None or not self._begin():
                         break
                     self.busy = True
                     try:
@@ -170,6 +200,7 @@ class Jobs:
                         break
                     finally:
                         self.busy = False
+                        self._end()
             if db._error is not None and db._error_source == "compaction":
                 self._wait(self._compact_wake, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
