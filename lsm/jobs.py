@@ -244,6 +244,10 @@ class Jobs:
         where = "thread"
         try:
             if self._use_child and compactor.can_run_in_child(job):
+                # Log the reservation first: if this process is killed, its
+                # child may write these numbers for a moment longer, and a
+                # restarted engine must not hand them out meanwhile.
+                db.install(VersionEdit(next_file_number=first + reserved))
                 try:
                     out = compactor.run_in_child(job, closing)
                     where = "child process"
