@@ -210,6 +210,11 @@ class DB:
             target = self._wal_good = wal.size()
         if self.options.fsync == "always":
             self.sync_wal(wal.number, target)
+        elif (
+            self.options.fsync == "interval"
+            and 0 < self.options.wal_bytes_per_sync <= target - self._synced.get(wal.number, 0)
+        ):
+            self._jobs.wake_syncer()
 
     def sync_wal(self, number: int, upto: int) -> None:
         """Group commit: make the WAL durable up to ``upto``. Whoever gets the

@@ -40,6 +40,7 @@ class Jobs:
         self.db = db
         self._flush_wake = threading.Event()
         self._compact_wake = threading.Event()
+        self._sync_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.busy = False
@@ -65,6 +66,7 @@ class Jobs:
     def stop(self) -> None:
         self._stop.set()
         self.wake()
+        self._sync_wake.set()
         for t in self._threads:
             t.join()
         self._threads.clear()
@@ -106,10 +108,17 @@ class Jobs:
         return policy.pick_compaction(db._state[2], db.options, db._pointers) is not None
 
     # -- WAL syncer -----------------------------------------------------------
+    def wake_syncer(self) -> None:
+        """The current WAL has ``wal_bytes_per_sync`` unsynced bytes."""
+        self._sync_wake.set()
+
     def _sync_loop(self) -> None:
         db = self.db
         interval = db.options.fsync_interval_ms / 1000
-        while not self._stop.wait(interval):
+        while True:
+            self._wait(self._sync_wake, interval)
+            if self._stop.is_set():
+                return
             try:
                 db.sync_current_wal()
             except StorageIOError as exc:

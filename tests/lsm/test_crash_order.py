@@ -10,13 +10,14 @@ from __future__ import annotations
 from lsm.db import DB
 from lsm.faultfs import FaultFileSystem
 from lsm.options import Options
+from tests.lsm.helpers import wait_until
 
 
 def _options(fs: FaultFileSystem) -> Options:
     # No flush thread: an immutable memtable's WAL stays as the write path
     # left it, as it does while the flush thread is busy with an older one.
     return Options(
-        fs=fs, fsync="interval", fsync_interval_ms=3_600_000,
+        fs=fs, fsync="interval", fsync_interval_ms=3_600_000, wal_bytes_per_sync=0,
         memtable_bytes=4096, background_threads=False,
     )
 
@@ -58,3 +59,22 @@ def test_synced_write_after_a_restart_keeps_the_replayed_wals_writes() -> None:
     db.sync_current_wal()
     found = _power_cut_and_read(fs, db, [*keys, b"new"])
     assert set(found) == {*keys, b"new"}, f"lost {len(keys) + 1 - len(found)} older writes"
+
+
+def test_interval_syncer_also_syncs_once_wal_bytes_per_sync_are_unsynced() -> None:
+    """So that the sync a memtable switch needs covers little: with the
+    timer an hour away, the byte trigger alone makes the WAL durable."""
+    fs = FaultFileSystem()
+    options = Options(
+        fs=fs, fsync="interval", fsync_interval_ms=3_600_000, wal_bytes_per_sync=4096
+    )
+    with DB.open("/db", options) as db:
+        for i in range(50):
+            db.put(b"k%02d" % i, b"v" * 100)
+        (wal,) = [n for n in fs.listdir("/db") if n.endswith(".log")]
+        path = f"/db/{wal}"
+        assert fs.file_size(path) > 4096
+        wait_until(
+            lambda: fs.synced_high_water(path) >= 4096,
+            timeout=10, what="the syncer to sync past wal_bytes_per_sync",
+        )
