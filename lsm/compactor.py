@@ -215,8 +215,10 @@ def run_in_child(
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    # -P: no current directory on sys.path, so the child imports this very
+    # lsm package (via PYTHONPATH) even when the cwd holds another one.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lsm.compactor", str(os.getpid())],
+        [sys.executable, "-P", "-m", "lsm.compactor", str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )
     request: bytes | None = pickle.dumps(job)
