@@ -107,6 +107,8 @@ def write_tables(
             entries = []
         for n, (key, seq, kind, value) in enumerate(entries):
             if builder is None or out is None:
+                if should_abort():
+                    raise Aborted
                 number = next_number()
                 path = filenames.table_path(dirname, number)
                 paths.append(path)
@@ -213,8 +215,10 @@ def run_in_child(
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    # -P: no current directory on sys.path, so the child imports this very
+    # lsm package (via PYTHONPATH) even when the cwd holds another one.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lsm.compactor"],
+        [sys.executable, "-P", "-m", "lsm.compactor", str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )
     request: bytes | None = pickle.dumps(job)
@@ -250,11 +254,19 @@ def run_in_child(
 
 
 def _child_main() -> None:
+    # The parent's pid comes first: a child whose parent was killed (its
+    # reparenting changes getppid()) stops and removes what it wrote, so it
+    # cannot write into a directory that a restarted engine now owns.
+    parent = int(sys.argv[1])
+
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
     try:
         job: CompactionJob = pickle.loads(sys.stdin.buffer.read())
     except Exception as exc:  # unpicklable options: tell the parent to run it itself
-        sys.stdout.buffer.write(pickle.dumps(("unloadable", f"{type(exc).__name__}: {exc}")))
-        sys.stdout.buffer.flush()
+        if not orphaned():
+            _reply(("unloadable", f"{type(exc).__name__}: {exc}"))
         return
     fs = OsFileSystem()
     readers: dict[int, TableReader] = {}
@@ -267,7 +279,14 @@ def _child_main() -> None:
         return reader
 
     try:
-        result: tuple[str, object] = ("ok", execute(job, fs, open_table, lambda: False))
+        out = execute(job, fs, open_table, orphaned)
+        if orphaned():  # finished after all: nobody will install the outputs
+            for f in out.files:
+                remove_quietly(fs, filenames.table_path(job.dirname, f.number))
+            return
+        result: tuple[str, object] = ("ok", out)
+    except Aborted:  # orphaned; write_tables removed the outputs
+        return
     except CorruptionError as exc:
         result = ("err", ("corruption", exc.path, exc.offset, exc.reason))
     except DiskFullError as exc:
@@ -279,8 +298,18 @@ def _child_main() -> None:
     finally:
         for reader in readers.values():
             reader.close()
-    sys.stdout.buffer.write(pickle.dumps(result))
-    sys.stdout.buffer.flush()
+    _reply(result)
+
+
+def _reply(result: tuple[str, object]) -> None:
+    try:
+        sys.stdout.buffer.write(pickle.dumps(result))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the parent is gone; nobody to tell
+        # Point stdout at /dev/null so that the flush at exit stays quiet
+        # (the recipe of the Python docs for SIGPIPE).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _rebuild_error(payload: Any) -> LSMError:

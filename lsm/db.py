@@ -135,18 +135,24 @@ class DB:
                 except StorageIOError as exc:
                     log.warning("closing %s: %s", self.path, exc)
             self._wals.clear()
-        self._manifest.close()
+        try:
+            self._manifest.close()
+        except StorageIOError as exc:  # every edit was synced when appended
+            log.warning("closing %s: %s", self.path, exc)
         self.tables.close()
         self._lock_handle.release()
 
     def kill(self) -> None:
         """Test kit: stop like a killed process would. Background threads end,
-        nothing is synced or closed; pair with ``FaultFileSystem.crash()``."""
+        nothing is synced or closed, the directory lock is let go (as the
+        kernel does for a dead process); what reached the file system stays.
+        Pair with ``FaultFileSystem.crash()`` for a power cut."""
         with self._mu:
             self._closing = True
             self._cv.notify_all()
         self._jobs.stop()
         self._closed = True
+        self._lock_handle.release()
 
     def __enter__(self) -> DB:
         return self
@@ -204,28 +210,38 @@ class DB:
             target = self._wal_good = wal.size()
         if self.options.fsync == "always":
             self.sync_wal(wal.number, target)
+        elif (
+            self.options.fsync == "interval"
+            and 0 < self.options.wal_bytes_per_sync <= target - self._synced.get(wal.number, 0)
+        ):
+            self._jobs.wake_syncer()
 
     def sync_wal(self, number: int, upto: int) -> None:
         """Group commit: make the WAL durable up to ``upto``. Whoever gets the
         lock fsyncs everything flushed so far; writers queued behind it usually
         find their bytes already covered."""
         with self._sync_lock:
-            if self._synced.get(number, -1) >= upto:
-                return
-            wal = self._wals.get(number)
-            if wal is None:  # rotated out and synced by the flush job
-                return
-            covered = wal.flushed_size  # not size(): buffered bytes are not covered
-            start = time.perf_counter()
             try:
-                wal.sync_flushed()
+                self._sync_locked(number, upto)
             except StorageIOError as exc:
                 with self._mu:
                     self._latch(exc, "wal")
                 raise
-            self.counters["wal_syncs"] += 1
-            self.counters["wal_sync_us"] += int((time.perf_counter() - start) * 1e6)
-            self._synced[number] = covered
+
+    def _sync_locked(self, number: int, upto: int) -> None:
+        """fsync WAL ``number`` unless ``upto`` bytes are already covered
+        (``_sync_lock`` held)."""
+        if self._synced.get(number, -1) >= upto:
+            return
+        wal = self._wals.get(number)
+        if wal is None:  # rotated out and synced by the flush job
+            return
+        covered = wal.flushed_size  # not size(): buffered bytes are not covered
+        start = time.perf_counter()
+        wal.sync_flushed()
+        self.counters["wal_syncs"] += 1
+        self.counters["wal_sync_us"] += int((time.perf_counter() - start) * 1e6)
+        self._synced[number] = covered
 
     def sync(self) -> None:
         """Make durable everything that writes have handed to the OS so far,
@@ -236,6 +252,12 @@ class DB:
             wals = [(number, wal.flushed_size) for number, wal in self._wals.items()]
         for number, upto in wals:
             self.sync_wal(number, upto)
+
+    def sync_current_wal(self) -> None:
+        """One tick of the ``interval`` syncer: fsync what the current WAL
+        has handed to the OS."""
+        wal = self._wal
+        self.sync_wal(wal.number, wal.flushed_size)
 
     def _l0_pressure(self) -> bool:
         return len(self._state[2].levels[0]) >= self.options.l0_slowdown_trigger
@@ -274,11 +296,20 @@ class DB:
                 self.counters["stall_us"] += int((time.perf_counter() - stall_start) * 1e6)
 
     def _switch_memtable(self) -> None:
-        """Start a new memtable and WAL (``_mu`` held). The old WAL is synced
-        and closed by the flush job once its memtable is on disk."""
+        """Start a new memtable and WAL (``_mu`` held). The old WAL is closed
+        by the flush job once its memtable is on disk.
+
+        Unless fsync is "never", the old WAL is synced first: the new one's
+        records must not become durable (by the syncer, or by the OS writing
+        pages back in any order) while older acknowledged records are not,
+        or a power cut would leave a hole in the middle of the history."""
+        old = self._wal
         number = self._new_file_number()
         path = filenames.wal_path(self.path, number)
         try:
+            if self.options.fsync != "never":
+                with self._sync_lock:
+                    self._sync_locked(old.number, old.flushed_size)
             f = self.fs.create(path)
             self.fs.sync_dir(self.path)
         except StorageIOError as exc:
@@ -466,6 +497,17 @@ class DB:
         data that was already at the bottom."""
         self.flush()
         self._jobs.compact_range(start, end, bottommost)
+
+    def pause_background_work(self) -> None:
+        """Let running flushes and compactions finish and start no new ones
+        until ``continue_background_work()`` (RocksDB's PauseBackgroundWork).
+        Meanwhile immutable memtables pile up and writes stall once
+        ``max_immutable_memtables`` wait; ``flush()`` and ``compact_range()``
+        wait too. Tests use it to hold the flush back, as a slow disk does."""
+        self._jobs.pause()
+
+    def continue_background_work(self) -> None:
+        self._jobs.resume()
 
     def wait_for_compactions(self, timeout: float = 600.0) -> None:
         """Block until no flush or compaction is due (or ``timeout``)."""

@@ -40,10 +40,15 @@ class Jobs:
         self.db = db
         self._flush_wake = threading.Event()
         self._compact_wake = threading.Event()
+        self._sync_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.busy = False
         self._use_child = db.options.compaction_in_process
+        # pause(): no new flush or compaction starts; _active counts running ones.
+        self._idle = threading.Condition()
+        self._paused = False
+        self._active = 0
 
     def start(self) -> None:
         db = self.db
@@ -61,6 +66,7 @@ class Jobs:
     def stop(self) -> None:
         self._stop.set()
         self.wake()
+        self._sync_wake.set()
         for t in self._threads:
             t.join()
         self._threads.clear()
@@ -68,6 +74,29 @@ class Jobs:
     def wake(self) -> None:
         self._flush_wake.set()
         self._compact_wake.set()
+
+    def pause(self) -> None:
+        """Start no new flush or compaction; return once running ones end."""
+        with self._idle:
+            self._paused = True
+            self._idle.wait_for(lambda: self._active == 0)
+
+    def resume(self) -> None:
+        with self._idle:
+            self._paused = False
+        self.wake()
+
+    def _begin(self) -> bool:
+        with self._idle:
+            if self._paused:
+                return False
+            self._active += 1
+            return True
+
+    def _end(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
 
     @staticmethod
     def _wait(event: threading.Event, seconds: float) -> None:
@@ -79,13 +108,19 @@ class Jobs:
         return policy.pick_compaction(db._state[2], db.options, db._pointers) is not None
 
     # -- WAL syncer -----------------------------------------------------------
+    def wake_syncer(self) -> None:
+        """The current WAL has ``wal_bytes_per_sync`` unsynced bytes."""
+        self._sync_wake.set()
+
     def _sync_loop(self) -> None:
         db = self.db
         interval = db.options.fsync_interval_ms / 1000
-        while not self._stop.wait(interval):
-            wal = db._wal
+        while True:
+            self._wait(self._sync_wake, interval)
+            if self._stop.is_set():
+                return
             try:
-                db.sync_wal(wal.number, wal.size())
+                db.sync_current_wal()
             except StorageIOError as exc:
                 log.error("%s: periodic WAL sync failed: %s", db.path, exc)
 
@@ -95,11 +130,14 @@ class Jobs:
         backoff = _BACKOFF_MIN_S
         while not db._closing:
             imms = db._state[1]
-            if not imms:
+            if not imms or not self._begin():
                 self._wait(self._flush_wake, 0.1)
                 continue
             try:
-                self.flush_one(imms[-1])
+                try:
+                    self.flush_one(imms[-1])
+                finally:
+                    self._end()
                 backoff = _BACKOFF_MIN_S
                 db.clear_error("flush")
             except StorageIOError as exc:
@@ -153,7 +191,7 @@ class Jobs:
             while not db._closing:
                 with db._compaction_lock:
                     task = policy.pick_compaction(db._state[2], db.options, db._pointers)
-                    if task is None:
+                    if task is None or not self._begin():
                         break
                     self.busy = True
                     try:
@@ -171,6 +209,7 @@ class Jobs:
                         break
                     finally:
                         self.busy = False
+                        self._end()
             if db._error is not None and db._error_source == "compaction":
                 self._wait(self._compact_wake, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
@@ -214,6 +253,10 @@ class Jobs:
         where = "thread"
         try:
             if self._use_child and compactor.can_run_in_child(job):
+                # Log the reservation first: if this process is killed, its
+                # child may write these numbers for a moment longer, and a
+                # restarted engine must not hand them out meanwhile.
+                db.install(VersionEdit(next_file_number=first + reserved))
                 try:
                     out = compactor.run_in_child(job, closing)
                     where = "child process"

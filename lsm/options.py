@@ -40,6 +40,10 @@ class Options:
     # leaves syncing to the OS (benchmarks and tests only).
     fsync: FsyncMode = "interval"
     fsync_interval_ms: int = 1000
+    # "interval": also sync the current WAL in the background once this many
+    # bytes of it are unsynced (RocksDB's wal_bytes_per_sync), so that the
+    # sync a memtable switch needs (lsm.db) covers little; 0: timer only.
+    wal_bytes_per_sync: int = 1 << 20
 
     memtable_bytes: int = 8 << 20
     block_bytes: int = 16 << 10
@@ -77,6 +81,8 @@ class Options:
             raise InvalidArgumentError(
                 f"fsync must be always, interval or never, not {self.fsync!r}"
             )
+        if self.wal_bytes_per_sync < 0:
+            raise InvalidArgumentError("wal_bytes_per_sync must be >= 0")
         if self.memtable_bytes < 4096:
             raise InvalidArgumentError("memtable_bytes must be at least 4096")
         if not 1e-9 <= self.bloom_error_rate < 1:

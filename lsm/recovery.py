@@ -7,9 +7,10 @@ Steps, in order:
 2. Replay the manifest named by CURRENT into a Version; check that levels
    1+ do not overlap and that every table it names exists.
 3. Replay every WAL numbered >= the manifest's log number, oldest first, each
-   into its own memtable; truncate a torn tail (the WAL module warns). The
-   recovered memtables become immutable and are flushed in the background,
-   so opening costs one read of the WALs, not a rewrite of them.
+   into its own memtable; truncate a torn tail (the WAL module warns) and
+   fsync what is left. The recovered memtables become immutable and are
+   flushed in the background, so opening costs one read of the WALs, not a
+   rewrite of them.
 4. Start a new WAL, write a fresh manifest holding a snapshot of the version,
    switch CURRENT to it, and delete what nothing references any more.
 """
@@ -110,10 +111,12 @@ def recover(db: DB) -> None:
     db._wal = WalWriter(wal_file, wal_number)
     db._wals[wal_number] = db._wal
     for mem in recovered:
-        # Reopen for the flush job, which syncs and closes it after flushing.
-        db._wals[mem.wal_number] = WalWriter(
-            fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number
-        )
+        # Reopen for the flush job, which closes it after flushing. Synced
+        # now: a killed process leaves its last records in the OS's cache,
+        # and they must be durable before anything written to the new WAL is.
+        wal = WalWriter(fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number)
+        wal.sync()
+        db._wals[mem.wal_number] = wal
     db._state = (MemTable(wal_number), tuple(reversed(recovered)), version)
 
     oldest_needed = recovered[0].wal_number if recovered else wal_number

@@ -56,7 +56,10 @@ def test_crash_drops_unsynced_data_and_unsynced_names() -> None:
         f.append(b"after crash")
 
 
-def test_crash_with_tear_keeps_a_prefix_of_the_last_write() -> None:
+@pytest.mark.parametrize("during_write", [False, True])
+def test_crash_with_tear_keeps_a_prefix_of_the_last_write(during_write: bool) -> None:
+    """Torn by ``crash(tear=True)`` after the write, or by a crash armed to
+    fall on the write itself."""
     seen = set()
     for seed in range(30):
         fs = FaultFileSystem(seed)
@@ -66,8 +69,14 @@ def test_crash_with_tear_keeps_a_prefix_of_the_last_write() -> None:
         f.sync()
         fs.sync_dir("/d")
         f.append(b"BBBBBBBB")
-        f.flush()
-        fs.crash(tear=True)
+        if during_write:
+            fs.crash_at({"write"}, countdown=0, tear=True)
+            with pytest.raises(StorageIOError):
+                f.flush()
+            fs.restart()
+        else:
+            f.flush()
+            fs.crash(tear=True)
         data = fs.read_file("/d/wal")
         assert data.startswith(b"AAAA") and set(data[4:]) <= {ord("B")}
         seen.add(len(data))
@@ -110,3 +119,54 @@ def test_fault_hook_injects_eio() -> None:
         f.sync()
     assert not isinstance(info.value, DiskFullError)
     assert info.value.errno == errno.EIO
+
+
+def test_crash_at_cuts_power_at_the_chosen_operation_and_stays_down() -> None:
+    fs = FaultFileSystem()
+    fs.mkdirs("/d")
+    f = fs.create("/d/wal")
+    fs.sync_dir("/d")
+    fs.crash_at({"fsync"}, countdown=1)
+    f.append(b"one")
+    f.sync()  # the first fsync happens
+    f.append(b"two")
+    with pytest.raises(StorageIOError) as info:
+        f.sync()  # the second is where the power goes
+    assert info.value.errno == errno.EIO and fs.down
+    with pytest.raises(StorageIOError):
+        fs.create("/d/other")  # nothing touches the disk while it is down
+    with pytest.raises(StorageIOError):
+        fs.read_file("/d/wal")
+    fs.restart()
+    assert fs.read_file("/d/wal") == b"one"
+    with pytest.raises(StorageIOError):
+        f.append(b"x")  # handles from before the crash stay dead
+
+
+def test_crash_at_counts_only_the_named_operations_and_can_be_disarmed() -> None:
+    fs = FaultFileSystem()
+    fs.mkdirs("/d")
+    fs.crash_at({"rename"}, countdown=0)
+    f = fs.create("/d/t")
+    f.append(b"x")
+    f.sync()
+    fs.disarm()
+    fs.rename("/d/t", "/d/u")
+    assert not fs.down and fs.exists("/d/u")
+    with pytest.raises(ValueError):
+        fs.crash_at({"fsnyc"}, countdown=0)
+
+
+def test_synced_high_water_outlives_removal_until_restart() -> None:
+    fs = FaultFileSystem()
+    fs.mkdirs("/d")
+    f = fs.create("/d/wal")
+    f.append(b"12345")
+    f.sync()
+    f.append(b"678")
+    f.flush()
+    assert fs.synced_high_water("/d/wal") == 5
+    fs.remove("/d/wal")
+    assert fs.synced_high_water("/d/wal") == 5
+    fs.crash()
+    assert fs.synced_high_water("/d/wal") == 0
