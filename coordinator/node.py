@@ -92,7 +92,9 @@ class Node:
         self.metrics.collect(self.status)
         admin = AdminHandler(config, view=view, router=self.router, handoff=self.handoff,
                              hints=hints, anti_entropy=self.anti_entropy, status=self.status)
-        service = PeerService(config, view, self.router, admin, self.worker_stats)
+        service = PeerService(config, view=view, router=self.router, admin=admin,
+                              cluster_commands=self.cluster_commands,
+                              worker_stats=self.worker_stats)
         self.peer_server = PeerServer(
             config.id, config.secret.encode(), service.handle, bind=config.bind,
             port=config.peer_port, fast=self.router.from_peer,

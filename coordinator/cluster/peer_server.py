@@ -41,6 +41,7 @@ from shardserver.protocol.messages import (
     Compact,
     DropPartition,
     Flush,
+    FlushAll,
     Reply,
     Request,
     Status,
@@ -57,7 +58,7 @@ _STOP_TIMEOUT_S = 5.0
 
 #: Operator requests (the admin CLI's, and FLUSHALL's drops): each is logged
 #: with the peer and address it came from, and its outcome.
-AUDITED = (Admin, Compact, DropPartition, Flush)
+AUDITED = (Admin, Compact, DropPartition, Flush, FlushAll)
 
 #: ``(authenticated peer node id, request) -> reply``.
 Handler = Callable[[str, Request], Awaitable[Reply]]

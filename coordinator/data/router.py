@@ -203,6 +203,11 @@ class Router:
     def worker_ready(self, index: int) -> bool:
         return self.pool.ready(index)
 
+    def worker_partitions(self, index: int) -> range:
+        """The partitions worker ``index`` serves (a contiguous range)."""
+        mine = [p for p in range(self.config.partitions) if self.pool.worker_for(p) == index]
+        return range(mine[0], mine[-1] + 1)
+
     async def worker_call(self, index: int, request: m.Request, timeout: float) -> m.Reply:
         """``request`` for worker ``index`` as a whole (flush, compact, stats)."""
         return await self._workers[index].call(request, timeout)

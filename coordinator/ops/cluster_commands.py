@@ -77,23 +77,50 @@ class ClusterCommands:
         if down:
             raise UnavailableError(f"FLUSHALL needs every node up; down: {', '.join(down)}")
 
-        async def drop_range(node: NodeId, parts: range) -> str | None:
-            try:
-                reply = await self.router.call(
-                    node, m.DropPartition(parts.start, len(parts)), ADMIN_TIMEOUT_S
-                )
-            except ShardUnavailable as exc:
-                return f"{node}: {exc.reason}"
-            ok = reply.ok
-            return None if ok else f"{node} partitions {parts.start}-{parts[-1]}: {reply.message}"
+        async def flush(node: NodeId) -> str | None:
+            if node == self.view.id:
+                reply = await self.flush_local()
+            else:
+                try:
+                    reply = await self.router.call(node, m.FlushAll(), ADMIN_TIMEOUT_S)
+                except ShardUnavailable as exc:
+                    return f"{node}: {exc.reason}"
+            return None if reply.ok else f"{node}: {reply.message}"
 
-        # Workers own contiguous ranges of the same size on every node; one
-        # drop (one compaction) per worker.
-        w = self.router.workers
-        ranges = [range(i * ring.q // w, (i + 1) * ring.q // w) for i in range(w)]
-        drops = [drop_range(node, r) for node in ring.node_ids for r in ranges]
-        failures = [f for f in await asyncio.gather(*drops) if f is not None]
+        # Each node drops its own workers' ranges: nodes may run different
+        # numbers of workers.
+        failures = [f for f in await asyncio.gather(*map(flush, ring.node_ids)) if f is not None]
         if failures:
             raise UnavailableError(
                 f"FLUSHALL incomplete, {len(failures)} failures, first: {failures[0]}"
             )
+
+    def flush_refused(self) -> m.Reply | None:
+        """The reply that refuses a peer's drop of our partitions (FLUSHALL's
+        part), or None when ``enable_flush`` allows it here."""
+        if self.config.enable_flush:
+            return None
+        return m.Reply.error(
+            m.Status.BAD_REQUEST, f"{self.config.id} refuses to drop partitions for a peer: "
+            "FLUSHALL is disabled here (enable_flush = false)")
+
+    async def flush_local(self) -> m.Reply:
+        """FLUSHALL's part on this node (``FlushAll`` from any coordinator):
+        every partition of each of our workers dropped, one drop (one
+        compaction) per worker. Refused unless ``enable_flush`` is set here:
+        each node decides for itself."""
+        if (refused := self.flush_refused()) is not None:
+            return refused
+
+        async def drop(index: int) -> m.Reply:
+            parts = self.router.worker_partitions(index)
+            reply = await self.router.worker_call(
+                index, m.DropPartition(parts.start, len(parts)), ADMIN_TIMEOUT_S)
+            if reply.ok:
+                return reply
+            return m.Reply.error(reply.status, f"partitions {parts.start}-{parts[-1]}: "
+                                 f"{reply.message}")
+
+        replies = await asyncio.gather(*map(drop, range(self.router.workers)))
+        failed = [r for r in replies if not r.ok]
+        return failed[0] if failed else m.Reply(m.Status.OK)

@@ -12,6 +12,7 @@ from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.router import Router
 from coordinator.ops.admin import ADMIN_TIMEOUT_S, AdminHandler
+from coordinator.ops.cluster_commands import ClusterCommands
 from coordinator.ops.status import WorkerStatsPoller
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
@@ -22,12 +23,14 @@ _SLOW = m.DropPartition | m.Compact | m.Flush | m.TreeLevel | m.BucketDigests
 
 
 class PeerService:
-    def __init__(self, config: NodeConfig, view: ClusterView, router: Router,
-                 admin: AdminHandler, worker_stats: WorkerStatsPoller) -> None:
+    def __init__(self, config: NodeConfig, *, view: ClusterView, router: Router,
+                 admin: AdminHandler, cluster_commands: ClusterCommands,
+                 worker_stats: WorkerStatsPoller) -> None:
         self.config = config
         self.view = view
         self.router = router
         self.admin = admin
+        self.cluster_commands = cluster_commands
         self.worker_stats = worker_stats
 
     async def handle(self, peer: str, request: m.Request) -> m.Reply:
@@ -42,11 +45,11 @@ class PeerService:
                 return m.Reply(m.Status.OK, {"workers": records.to_wire(self.worker_stats.latest)})
             case m.Admin(payload):
                 return await self.admin.handle(payload)
-            case m.DropPartition() if not self.config.enable_flush:
-                # Only FLUSHALL drops partitions over the wire (handoff and
-                # removal drop ours through the router): each node decides.
-                return m.Reply.error(
-                    m.Status.BAD_REQUEST, f"{self.config.id} refuses to drop partitions for a "
-                    "peer: FLUSHALL is disabled here (enable_flush = false)")
+            case m.FlushAll():
+                return await self.cluster_commands.flush_local()
+            case m.DropPartition() if (no := self.cluster_commands.flush_refused()) is not None:
+                # Handoff and removal drop our copies through the router; a
+                # peer's drop is an operator's, allowed only with FLUSHALL.
+                return no
         timeout = ADMIN_TIMEOUT_S if isinstance(request, _SLOW) else self.router.timeout_s
         return await self.router.local(request, timeout)

@@ -333,6 +333,7 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "set_partitions": _d_set_partitions,
     "gossip": _d_map(m.Gossip, "gossip"),
     "admin": _d_map(m.Admin, "admin"),
+    "flush_all": _d_noargs(m.FlushAll, "flush_all"),
     "tree_level": _d_tree_level,
     "bucket_digests": _d_bucket_digests,
     "repair_set": _d_repair_set,

@@ -20,6 +20,7 @@ message saying what went wrong)::
     SetPartitions   None
     Gossip          plain msgpack map (peer-only; workers answer BAD_REQUEST)
     Admin           plain msgpack map (peer-only; workers answer BAD_REQUEST)
+    FlushAll        None (peer-only; workers answer BAD_REQUEST)
     TreeLevel       bytes: 16 bytes (big-endian) per node asked for, in order
     BucketDigests   [[key, digest (8 bytes)], ...] in key order
     ReplicaRepairSet bytes: encode_siblings of the key's resulting sibling set
@@ -44,6 +45,7 @@ __all__ = [
     "Admin",
     "BucketDigests",
     "Flush",
+    "FlushAll",
     "Gossip",
     "Ping",
     "ReplicaRead",
@@ -187,6 +189,13 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class FlushAll:
+    """Peer-only: FLUSHALL's part on the receiving node: drop every
+    partition of its own workers (each node knows its own worker split).
+    Workers answer BAD_REQUEST."""
+
+
+@dataclass(frozen=True, slots=True)
 class TreeLevel:
     """Anti-entropy: values of the Merkle nodes ``indices`` at ``depth`` of
     the partition's tree (``merkle``: 0 is the root, ``DEPTH`` the leaves);
@@ -237,6 +246,7 @@ Request: TypeAlias = (
     | SetPartitions
     | Gossip
     | Admin
+    | FlushAll
     | TreeLevel
     | BucketDigests
     | ReplicaRepairSet
@@ -256,6 +266,7 @@ OP_OF: dict[type[Any], str] = {
     SetPartitions: "set_partitions",
     Gossip: "gossip",
     Admin: "admin",
+    FlushAll: "flush_all",
     TreeLevel: "tree_level",
     BucketDigests: "bucket_digests",
     ReplicaRepairSet: "repair_set",

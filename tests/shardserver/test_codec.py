@@ -87,6 +87,7 @@ requests_st: st.SearchStrategy[m.Request] = st.one_of(
     st.builds(m.SetPartitions, st.lists(partitions, max_size=8).map(tuple)),
     st.builds(m.Gossip, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
     st.builds(m.Admin, st.dictionaries(st.text(max_size=4), st.integers(0, 9), max_size=3)),
+    st.just(m.FlushAll()),
     st.integers(0, merkle.DEPTH).flatmap(lambda d: st.builds(
         m.TreeLevel, partitions, st.just(d),
         st.lists(st.integers(0, merkle.FANOUT**d - 1), min_size=1, max_size=40, unique=True)
@@ -130,7 +131,7 @@ def test_replies_round_trip(batch: list[tuple[int, Reply]]) -> None:
 
 
 def test_every_request_type_has_an_op() -> None:
-    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 15
+    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 16
     assert m.op_of(m.ReplicaRead(1, b"k")) == "read"
 
 
