@@ -32,6 +32,7 @@ import harness
 
 from lsm.db import DB
 from lsm.options import Options
+from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
@@ -111,11 +112,13 @@ def bench_store(args: argparse.Namespace, path: str) -> dict[str, float]:
 def start_worker(sock: str, data: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, "-m", "shardserver.worker", "--socket", sock, "--data", data,
-         "--partitions", f"0-{Q - 1}", "--fsync", "interval", "--log-level", "WARNING"],
-        env=env,
-    )
+    config = WorkerConfig(sock, data, (0, Q), settings=WorkerSettings(log_level="WARNING"))
+    proc = subprocess.Popen([sys.executable, "-m", "shardserver.worker", "--config", "-"],
+                            env=env, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(config.to_json())
+    proc.stdin.close()
+    return proc
 
 
 async def _timed(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]]) -> float:

@@ -79,7 +79,6 @@ def importable(name: str) -> str | None:
     return None
 
 
-
 def open_store(name: str, path: str, tuning: Tuning) -> Store:
     opener = {
         "ringkv": RingkvStore,

@@ -29,8 +29,7 @@ from coordinator.config import ConfigError, load
 from coordinator.ops import admin_api as api
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
-from shardserver.protocol.client import ShardUnavailable
-from shardserver.protocol.codec import ProtocolError
+from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")

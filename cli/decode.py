@@ -9,8 +9,9 @@ from typing import Any
 
 from lsm.inspect.common import render_bytes, render_value
 from shardserver.layout import PARTITION_BYTES, split_storage_key
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.hlc import hlc_logical, hlc_wall_ms
-from shardserver.protocol.versions import Version, VersionFormatError, decode_siblings
+from shardserver.protocol.versions import Version, decode_siblings
 
 DECODERS = ("raw", "ringkv")
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import click
 import uvloop
@@ -23,6 +23,8 @@ from coordinator import files
 from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
+from lsm.options import FsyncMode
+from shardserver.config import WorkerSettings
 from shardserver.supervisor import Supervisor
 
 #: Unix socket paths must fit in sun_path (108 bytes on Linux).
@@ -36,19 +38,23 @@ def _socket_dir(data_dir: str) -> str:
     return tempfile.mkdtemp(prefix="ringkv-")
 
 
+def worker_settings(config: NodeConfig) -> WorkerSettings:
+    """The node config's storage knobs, as every worker of the node gets them."""
+    return WorkerSettings(
+        fsync=cast(FsyncMode, config.fsync),  # one of them: config.validate checked it
+        memtable_bytes=config.memtable_bytes,
+        fsync_interval_ms=config.fsync_interval_ms, block_cache_bytes=config.block_cache_bytes,
+        tombstone_grace_ms=config.tombstone_grace_s * 1000,
+    )
+
+
 def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
         _socket_dir(config.data_dir),
         config.partitions,
         config.effective_workers(),
-        fsync=config.fsync,
-        worker_args=[
-            "--memtable-bytes", str(config.memtable_bytes),
-            "--fsync-interval-ms", str(config.fsync_interval_ms),
-            "--block-cache-bytes", str(config.block_cache_bytes),
-            "--tombstone-grace-ms", str(config.tombstone_grace_s * 1000),
-        ],
+        settings=worker_settings(config),
     )
     return Node.open(config, pool, insecure_no_secret=insecure_no_secret)
 

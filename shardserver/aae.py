@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from shardserver.errors import ScanAborted
 from shardserver.protocol import versions
 from shardserver.protocol.merkle import MerkleTree, bucket_of
 from shardserver.protocol.versions import SiblingSet
@@ -61,10 +62,6 @@ MAX_RESTARTS = 10
 #: ``MAX_PAUSE_S``), so a build takes at most 2/3 of one pool thread.
 DEFAULT_PAUSE_RATIO = 0.5
 MAX_PAUSE_S = 0.05
-
-
-class ScanAborted(Exception):
-    """A scan restarted too often; the caller may retry later."""
 
 
 def stored_digest(raw: bytes) -> bytes:

@@ -1,4 +1,6 @@
-"""Errors the shard store raises on purpose (not engine errors).
+"""Errors a worker raises on purpose (not engine errors, which are
+``lsm.errors``; those of the wire and of what coordinators share are
+``shardserver.protocol.errors``).
 
 ``shardserver.handlers.error_status`` turns each into a wire status; that is
 the only place they are translated.
@@ -25,3 +27,11 @@ class PartitionDroppingError(ShardStoreError):
 
 class PartitionChangedError(ShardStoreError):
     """A conditional drop found writes its caller did not see: not dropped."""
+
+
+class ScanAborted(ShardStoreError):
+    """A Merkle tree's scan restarted too often; the caller may retry later."""
+
+
+class WorkerConfigError(ValueError):
+    """A worker config that does not decode or does not make sense."""

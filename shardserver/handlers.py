@@ -18,18 +18,18 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
-from shardserver.aae import ScanAborted
 from shardserver.admission import ConnSlots
 from shardserver.errors import (
     BadRequestError,
     PartitionChangedError,
     PartitionDroppingError,
     PartitionNotServedError,
+    ScanAborted,
 )
 from shardserver.protocol import codec, merkle, messages, records
 from shardserver.protocol import versions as vs
+from shardserver.protocol.errors import ProtocolError, VersionFormatError
 from shardserver.protocol.messages import Reply, Request, Status
-from shardserver.protocol.versions import VersionFormatError
 from shardserver.protocol.worker_stats import WorkerStats
 from shardserver.storage import ShardStore, WriteOp, WriteResult
 
@@ -74,7 +74,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        decoder = codec.FrameDecoder(self.worker.config.max_frame_bytes)
+        decoder = codec.FrameDecoder(self.worker.settings.max_frame_bytes)
         while True:
             data = await self.reader.read(_READ_BYTES)
             if not data:
@@ -84,19 +84,19 @@ class Connection:
                 frames = decoder.frames()
                 for payload in frames:
                     self._on_frame(codec.decode_requests_lenient(payload))
-            except codec.ProtocolError as exc:
+            except ProtocolError as exc:
                 log.warning("dropping a connection: %s", exc)
                 return
             # Backpressure: stop reading while the peer does not read replies.
             await self.writer.drain()
 
-    def _on_frame(self, requests: list[tuple[int, Request | codec.ProtocolError]]) -> None:
+    def _on_frame(self, requests: list[tuple[int, Request | ProtocolError]]) -> None:
         worker = self.worker
         store = worker.store
         writes: list[tuple[int, messages.ReplicaWrite]] = []
         reads: list[tuple[int, messages.ReplicaRead]] = []
         for rid, req in requests:
-            if isinstance(req, codec.ProtocolError):
+            if isinstance(req, ProtocolError):
                 self._reply(rid, Reply.error(Status.BAD_REQUEST, str(req)))
             elif isinstance(req, messages.Ping):
                 self._reply(rid, Reply(Status.OK, self._ping()))
@@ -191,7 +191,7 @@ class Connection:
             "ready": w.ready,
             "worker": w.config.worker_id,
             "pid": os.getpid(),
-            "partitions": [w.config.partitions.start, w.config.partitions.stop],
+            "partitions": list(w.config.partitions),
             "inflight": w.admission.inflight,
         }
 
@@ -208,7 +208,7 @@ class Connection:
         if replies and not self.writer.is_closing():
             # Split so no frame passes the limit the coordinator reads with:
             # one client's big MGET must not cost everyone the connection.
-            for frame in codec.encode_reply_frames(replies, self.worker.config.max_frame_bytes):
+            for frame in codec.encode_reply_frames(replies, self.worker.settings.max_frame_bytes):
                 self.writer.write(frame)
 
     async def close(self) -> None:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from lsm.options import Decision
 from shardserver.protocol import versions
+from shardserver.protocol.errors import VersionFormatError
 
 PARTITION_BYTES = 2
 MAX_PARTITIONS = 1 << (8 * PARTITION_BYTES)
-MAX_KEY_BYTES = 1024
 DEFAULT_TOMBSTONE_GRACE_MS = 24 * 3600 * 1000
 _NIL = b"\xc0"  # msgpack nil: every tombstone record contains this byte
 
@@ -74,7 +74,7 @@ class ShardCompactionFilter:
             return Decision.KEEP, None  # fast path: no record can be a tombstone
         try:
             siblings = versions.decode_siblings(value)
-        except versions.VersionFormatError:
+        except VersionFormatError:
             return Decision.KEEP, None
         if not versions.gc_tombstones(siblings, self.now_ms, self.grace_ms):
             return Decision.DROP, None

@@ -38,7 +38,6 @@ from shardserver.errors import BadRequestError, PartitionNotServedError
 from shardserver.fence import DropFence
 from shardserver.layout import (
     DEFAULT_TOMBSTONE_GRACE_MS,
-    MAX_KEY_BYTES,
     MAX_PARTITIONS,
     PARTITION_BYTES,
     ShardCompactionFilter,
@@ -47,6 +46,7 @@ from shardserver.layout import (
     wall_ms,
 )
 from shardserver.protocol import versions
+from shardserver.protocol.messages import MAX_KEY_BYTES
 from shardserver.protocol.versions import SiblingSet, Version
 
 WriteMode = Literal["merge", "lww"]

@@ -32,7 +32,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol import codec, messages
+from shardserver.protocol.backoff import Backoff
+from shardserver.protocol.errors import ProtocolError
 from shardserver.protocol.pool import WorkerView, default_worker_count, partition_ranges
 
 log = logging.getLogger("ringkv.supervisor")
@@ -72,8 +75,7 @@ class Supervisor:
         workers: int | None = None,
         *,
         ping: Pinger | None = None,
-        fsync: str = "interval",
-        worker_args: Sequence[str] = (),
+        settings: WorkerSettings | None = None,
         ping_interval_s: float = 0.5,
         ping_timeout_s: float = 2.0,
         max_failed_pings: int = 6,
@@ -97,8 +99,7 @@ class Supervisor:
         self._states = [WorkerState(s) for s in self.specs]
         self._owner = [s.index for s in self.specs for _ in s.partitions]
         self._ping: Pinger = ping or ping_worker
-        self._fsync = fsync
-        self._worker_args = tuple(worker_args)
+        self._settings = settings or WorkerSettings()
         self._ping_interval = ping_interval_s
         self._ping_timeout = ping_timeout_s
         self._max_failed_pings = max_failed_pings
@@ -184,7 +185,7 @@ class Supervisor:
             st.ready = False
 
     async def _run(self, st: WorkerState) -> None:
-        backoff = self._backoff_initial
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
         while not self._stopping.is_set():
             try:
                 await self._spawn(st)
@@ -197,32 +198,35 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             if time.monotonic() - st.started_at >= self._stable_s:
-                backoff = self._backoff_initial
+                backoff.succeeded()
+            delay = backoff.failed()
             log.warning(
                 "worker %d exited (code %s); restarting in %.2fs",
-                st.spec.index, st.last_exit, backoff,
+                st.spec.index, st.last_exit, delay,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            backoff = min(backoff * 2, self._backoff_max)
+                await asyncio.wait_for(self._stopping.wait(), delay)
             st.restarts += 1
 
-    def command(self, spec: WorkerSpec) -> list[str]:
+    def config(self, spec: WorkerSpec) -> WorkerConfig:
+        """What worker ``spec.index`` runs with (written to its stdin)."""
         r = spec.partitions
-        return [
-            self._python, "-m", "shardserver.worker",
-            "--socket", spec.socket_path, "--data", spec.data_dir,
-            "--partitions", f"{r.start}-{r.stop - 1}", "--worker-id", str(spec.index),
-            "--fsync", self._fsync, *self._worker_args,
-        ]
+        return WorkerConfig(spec.socket_path, spec.data_dir, (r.start, r.stop),
+                            str(spec.index), self._settings)
 
     async def _spawn(self, st: WorkerState) -> None:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        st.proc = await asyncio.create_subprocess_exec(
-            *self.command(st.spec), env=env, stdin=asyncio.subprocess.DEVNULL,
+        st.proc = proc = await asyncio.create_subprocess_exec(
+            self._python, "-m", "shardserver.worker", "--config", "-",
+            env=env, stdin=asyncio.subprocess.PIPE,
         )
+        assert proc.stdin is not None
+        proc.stdin.write(self.config(st.spec).to_json())
+        with contextlib.suppress(OSError, TimeoutError):  # it died: _watch sees the exit
+            await asyncio.wait_for(proc.stdin.drain(), self._ping_timeout)
+        proc.stdin.close()
         st.started_at = time.monotonic()
         st.failed_pings = 0
         log.info("worker %d started, pid %d", st.spec.index, st.proc.pid)
@@ -290,7 +294,7 @@ async def ping_worker(socket_path: str, timeout_s: float) -> PingResult:
                             return "ready" if reply.payload.get("ready") else "not_ready"
                         if rid == 1:
                             return "down"
-    except (OSError, TimeoutError, codec.ProtocolError):
+    except (OSError, TimeoutError, ProtocolError):
         return "down"
     finally:
         if writer is not None:

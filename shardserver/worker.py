@@ -16,8 +16,10 @@ Life cycle (as uvicorn's server: startup → main loop → shutdown)::
   StorageIOError → READ_ONLY (with the engine's message), store argument
   errors → BAD_REQUEST / NOT_SERVED, anything else → INTERNAL.
 
-    python -m shardserver.worker --socket /run/ringkv/w0.sock --data /var/lib/ringkv/w0 \\
-        --partitions 0-31 [--fsync interval|always|never]
+    python -m shardserver.worker --config worker.json   (or --config -: stdin)
+
+with a :class:`~shardserver.config.WorkerConfig` as JSON; the supervisor
+writes it to the worker's stdin.
 """
 
 from __future__ import annotations
@@ -31,52 +33,26 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import uvloop
 
-from lsm.options import Options
 from shardserver import handlers
-from shardserver.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_INFLIGHT_PER_CONN, Admission
-from shardserver.layout import DEFAULT_TOMBSTONE_GRACE_MS, MAX_PARTITIONS
-from shardserver.protocol.pool import WORKER_MAX_FRAME_BYTES
+from shardserver.admission import Admission
+from shardserver.config import WorkerConfig
+from shardserver.errors import WorkerConfigError
 from shardserver.storage import ShardStore
 
 log = logging.getLogger("ringkv.worker")
-
-DEFAULT_THREADS = 8
-#: With ``max_frame_bytes`` this bounds the bytes buffered for requests.
-DEFAULT_MAX_CONNECTIONS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    socket_path: str
-    data_dir: str
-    partitions: range
-    worker_id: str = "0"
-    fsync: Literal["always", "interval", "never"] = "interval"
-    memtable_bytes: int = 8 << 20
-    fsync_interval_ms: int = 1000
-    block_cache_bytes: int = 64 << 20
-    tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS
-    max_inflight: int = DEFAULT_MAX_INFLIGHT
-    max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN
-    max_frame_bytes: int = WORKER_MAX_FRAME_BYTES
-    threads: int = DEFAULT_THREADS
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    startup_delay_s: float = 0.0  # test kit: hold the readiness gate closed this long
-    filter_refresh_s: float = 60.0
-
 
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.store: ShardStore | None = None
-        self.admission = Admission(config.max_inflight, config.max_inflight_per_conn)
+        self.settings = settings = config.settings
+        self.admission = Admission(settings.max_inflight, settings.max_inflight_per_conn)
         self._pool = ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix=f"w{config.worker_id}"
+            max_workers=settings.threads, thread_name_prefix=f"w{config.worker_id}"
         )
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,16 +83,13 @@ class Worker:
 
     async def _open(self) -> None:
         cfg = self.config
-        if cfg.startup_delay_s > 0:
-            await asyncio.sleep(cfg.startup_delay_s)
-        options = Options(
-            fsync=cfg.fsync, memtable_bytes=cfg.memtable_bytes,
-            fsync_interval_ms=cfg.fsync_interval_ms, block_cache_bytes=cfg.block_cache_bytes,
-        )
+        settings = self.settings
+        if settings.startup_delay_s > 0:
+            await asyncio.sleep(settings.startup_delay_s)
         try:
             store = await asyncio.to_thread(
-                ShardStore.open, cfg.data_dir, cfg.partitions, options,
-                tombstone_grace_ms=cfg.tombstone_grace_ms,
+                ShardStore.open, cfg.data_dir, cfg.partition_range, settings.options(),
+                tombstone_grace_ms=settings.tombstone_grace_ms,
             )
         except Exception as exc:
             # Exit so the supervisor restarts us with backoff; a worker that
@@ -126,7 +99,7 @@ class Worker:
             self._stop.set()
             return
         self.store = store
-        log.info("ready: partitions %d-%d", cfg.partitions.start, cfg.partitions.stop - 1)
+        log.info("ready: partitions %d-%d", cfg.partitions[0], cfg.partitions[1] - 1)
         self._spawn(self._refresh_filter(), "refresh-filter")
 
     async def _watch_parent(self, parent: int) -> None:
@@ -141,7 +114,7 @@ class Worker:
     async def _refresh_filter(self) -> None:
         # The filter carries "now" for tombstone grace; move it forward.
         while True:
-            await asyncio.sleep(self.config.filter_refresh_s)
+            await asyncio.sleep(self.settings.filter_refresh_s)
             if self.store is not None:
                 self.store.refresh_filter()
 
@@ -157,7 +130,7 @@ class Worker:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._conns) >= self.config.max_connections:
+        if len(self._conns) >= self.settings.max_connections:
             log.warning("refusing a connection: %d open", len(self._conns))
             writer.close()
             return
@@ -212,50 +185,27 @@ async def run(config: WorkerConfig) -> int:
     return 1 if worker.open_error else 0
 
 
-def parse_partitions(text: str) -> range:
-    """``A-B`` (inclusive) or a single ``A``."""
-    try:
-        lo, _, hi = text.partition("-")
-        start, stop = int(lo), int(hi or lo) + 1
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"partitions must be A-B, not {text!r}") from None
-    if not 0 <= start < stop <= MAX_PARTITIONS:
-        raise argparse.ArgumentTypeError(f"partition range {text!r} out of 0-{MAX_PARTITIONS - 1}")
-    return range(start, stop)
-
-
 def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
-    p = argparse.ArgumentParser(prog="python -m shardserver.worker", description=__doc__)
-    p.add_argument("--socket", required=True, help="unix socket path to listen on")
-    p.add_argument("--data", required=True, help="engine directory")
-    p.add_argument("--partitions", required=True, type=parse_partitions, help="A-B, inclusive")
-    p.add_argument("--worker-id", default="0", help="name used in logs")
-    p.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
-    p.add_argument("--memtable-bytes", type=int, default=8 << 20)
-    p.add_argument("--fsync-interval-ms", type=int, default=1000)
-    p.add_argument("--block-cache-bytes", type=int, default=64 << 20)
-    p.add_argument("--tombstone-grace-ms", type=int, default=DEFAULT_TOMBSTONE_GRACE_MS)
-    p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT)
-    p.add_argument("--max-inflight-per-conn", type=int, default=DEFAULT_MAX_INFLIGHT_PER_CONN)
-    p.add_argument("--max-frame-bytes", type=int, default=WORKER_MAX_FRAME_BYTES)
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
-    p.add_argument("--startup-delay", type=float, default=0.0,
-                   help="test kit: stay not-ready this many seconds before opening the engine")
-    p.add_argument("--log-level", default="INFO")
+    """``--config FILE`` (or ``-``: stdin): the worker's config as JSON
+    (shardserver.config); exits with a one-line error when it is bad."""
+    p = argparse.ArgumentParser(prog="python -m shardserver.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="worker config as JSON; - reads stdin")
     a = p.parse_args(argv)
+    try:
+        if a.config == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(a.config, "rb") as f:
+                data = f.read()
+        config = WorkerConfig.from_json(data)
+    except (OSError, WorkerConfigError) as exc:
+        p.error(str(exc))
     logging.basicConfig(
-        level=a.log_level.upper(), stream=sys.stderr,
-        format=f"%(asctime)s worker-{a.worker_id} %(levelname)s %(name)s: %(message)s",
+        level=config.settings.log_level.upper(), stream=sys.stderr,
+        format=f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s",
     )
-    return WorkerConfig(
-        socket_path=a.socket, data_dir=a.data, partitions=a.partitions, worker_id=a.worker_id,
-        fsync=a.fsync, memtable_bytes=a.memtable_bytes, tombstone_grace_ms=a.tombstone_grace_ms,
-        fsync_interval_ms=a.fsync_interval_ms, block_cache_bytes=a.block_cache_bytes,
-        max_inflight=a.max_inflight, max_inflight_per_conn=a.max_inflight_per_conn,
-        max_frame_bytes=a.max_frame_bytes, threads=a.threads, startup_delay_s=a.startup_delay,
-        max_connections=a.max_connections,
-    )
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from typing import Any
+
+from shardserver.config import WorkerConfig
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
@@ -23,6 +26,19 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def start_worker(config: WorkerConfig, root: str) -> subprocess.Popen[bytes]:
+    """``python -m shardserver.worker`` of the tree at ``root`` with
+    ``config`` on its stdin, as the supervisor starts one."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardserver.worker", "--config", "-"],
+        env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(config.to_json())
+    proc.stdin.close()
+    return proc
 
 
 def group_alive(pgid: int) -> bool:

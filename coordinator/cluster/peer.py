@@ -31,7 +31,6 @@ its reads. A server never runs with an empty secret unless told to
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import msgpack
@@ -39,9 +38,12 @@ import msgpack
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer_auth import PeerAuthError
 from shardserver.protocol import codec
+from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.client import ShardClient
+from shardserver.protocol.errors import ProtocolError
 
-__all__ = ["Backoff", "PeerAuthError", "open_peer", "peer_client", "read_frame", "write_frame"]
+__all__ = ["PeerAuthError", "open_peer", "peer_client", "read_frame", "reconnect_backoff",
+           "write_frame"]
 
 HELLO = "ringkv-peer"
 VERSION = 2  # 2: the server proves the secret too
@@ -71,9 +73,9 @@ async def read_frame(reader: asyncio.StreamReader) -> list[Any]:
     try:
         obj = msgpack.unpackb(payload, raw=False)
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
-        raise codec.ProtocolError(f"handshake frame: malformed msgpack ({e})") from e
+        raise ProtocolError(f"handshake frame: malformed msgpack ({e})") from e
     if not isinstance(obj, list):
-        raise codec.ProtocolError(f"handshake frame: expected an array, got {type(obj).__name__}")
+        raise ProtocolError(f"handshake frame: expected an array, got {type(obj).__name__}")
     return obj
 
 
@@ -129,7 +131,7 @@ async def open_peer(
     except asyncio.IncompleteReadError:
         writer.close()
         raise ConnectionError(f"{where} closed the connection during the handshake") from None
-    except codec.ProtocolError as e:
+    except ProtocolError as e:
         writer.close()
         raise ConnectionError(f"{where} is not a ringkv peer port: {e}") from e
     except BaseException:
@@ -145,30 +147,14 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-class Backoff:
-    """Reconnect delay after failed connects: 0.1 s doubling to 2 s, reset by
-    a success (a restarted peer is found again within about 2 s)."""
+#: Reconnect delay after failed connects: 0.1 s doubling to 2 s, reset by a
+#: success (a restarted peer is found again within about 2 s).
+RECONNECT_INITIAL_S = 0.1
+RECONNECT_MAX_S = 2.0
 
-    INITIAL_S = 0.1
-    MAX_S = 2.0
 
-    def __init__(self) -> None:
-        self.delay = 0.0
-        self.until = 0.0
-        self.last_error = ""
-
-    def remaining(self) -> float:
-        return self.until - time.monotonic()
-
-    def failed(self, error: str) -> None:
-        self.delay = min(self.MAX_S, max(self.INITIAL_S, self.delay * 2))
-        self.until = time.monotonic() + self.delay
-        self.last_error = error
-
-    def succeeded(self) -> None:
-        self.delay, self.until = 0.0, 0.0
-
-    reset = succeeded  # news that the peer is back (e.g. its new generation in gossip)
+def reconnect_backoff() -> Backoff:
+    return Backoff(RECONNECT_INITIAL_S, RECONNECT_MAX_S)
 
 
 def peer_client(
@@ -182,7 +168,7 @@ def peer_client(
     handshake surfaces from calls as ShardUnavailable, as a failed connect does.
     """
     host, port = _split_addr(addr)
-    backoff = backoff or Backoff()
+    backoff = backoff or reconnect_backoff()
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # A peer that just refused us is not dialled again until its backoff

@@ -36,6 +36,7 @@ from coordinator.cluster.peer import (
 from coordinator.cluster.peer_gate import HandshakeGate, LogBudget, Ticket
 from coordinator.streams import handler_scope
 from shardserver.protocol import codec
+from shardserver.protocol.errors import ProtocolError
 from shardserver.protocol.messages import (
     Admin,
     Compact,
@@ -99,16 +100,16 @@ class _Connection:
             try:
                 for payload in decoder.frames():
                     self._on_frame(codec.decode_requests_lenient(payload))
-            except codec.ProtocolError as e:
+            except ProtocolError as e:
                 log.warning("dropping peer %s (%s): %s", self.peer_id, self.addr, e)
                 return
             # Backpressure: read no more while the peer does not read replies.
             await asyncio.wait_for(self.writer.drain(), _DRAIN_TIMEOUT_S)
 
-    def _on_frame(self, requests: list[tuple[int, Request | codec.ProtocolError]]) -> None:
+    def _on_frame(self, requests: list[tuple[int, Request | ProtocolError]]) -> None:
         limit = self.server.max_inflight_per_connection
         for rid, req in requests:
-            if isinstance(req, codec.ProtocolError):
+            if isinstance(req, ProtocolError):
                 self._reply(rid, Reply(Status.BAD_REQUEST, str(req)))
             elif len(self._tasks) + len(self._futures) >= limit:
                 self._reply(rid, Reply(Status.OVERLOADED, f"{limit} peer requests in flight"))
@@ -283,7 +284,7 @@ class PeerServer:
         except TimeoutError:
             dropped = ticket.dropped if ticket is not None else None
             reason = dropped or f"peer handshake: no answer within {t}s"
-        except (PeerAuthError, codec.ProtocolError) as e:
+        except (PeerAuthError, ProtocolError) as e:
             reason = str(e)
         except (ConnectionError, asyncio.IncompleteReadError):
             reason = "closed the connection during the handshake"

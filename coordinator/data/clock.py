@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from coordinator.cluster.endpoints import Endpoint
 from coordinator.data import reconcile
 from coordinator.errors import CommandError
-from shardserver.protocol.hlc import HLC, ClockDriftError
+from shardserver.protocol.errors import ClockDriftError
+from shardserver.protocol.hlc import HLC
 from shardserver.protocol.versions import Context, Version
 
 log = logging.getLogger("ringkv.clock")

@@ -54,7 +54,7 @@ from coordinator.data.quorum import (
 )
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.ratelimit import TokenBucket
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.messages import (
     ReplicaRead,
     ReplicaWrite,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from coordinator.data import votes
 from coordinator.errors import CommandError
 from shardserver.protocol import vclock, versions
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.hlc import hlc_wall_ms
 from shardserver.protocol.vclock import ActorId
 from shardserver.protocol.versions import Context, SiblingSet, Version
@@ -38,7 +39,7 @@ def context_write(context: Context, actor: ActorId, hlc: int, value: bytes | Non
     the node's clock adopted it, ``Clock.context``)."""
     try:
         return versions.new_version_for_context(context, actor, hlc, value)
-    except vclock.VersionFormatError as exc:
+    except VersionFormatError as exc:
         raise CommandError(f"ERR invalid context: {exc}") from None
 
 
@@ -59,7 +60,7 @@ def decode_context(context: bytes, physical_ms: int, max_drift_ms: int) -> Conte
             vclock.parse_actor(actor)
         if ctx.floor is not None:
             vclock.parse_actor(ctx.floor[1])
-    except vclock.VersionFormatError as exc:
+    except VersionFormatError as exc:
         raise CommandError(f"ERR invalid context: {exc}") from None
     stamps = [(f"counter for {_show(a)}", c) for a, c in ctx.clock.entries]
     if ctx.floor is not None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from coordinator.cluster.peer import Backoff, peer_client
+from coordinator.cluster.peer import peer_client, reconnect_backoff
 from coordinator.cluster.ring import NodeId, Ring
 from coordinator.cluster.ring import preference_list as preference_list_of
 from coordinator.config import NodeConfig
@@ -34,7 +34,9 @@ from coordinator.data import quorum
 from coordinator.data.quorum import Plan
 from coordinator.errors import UnavailableError
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardClient, ShardUnavailable
+from shardserver.protocol.backoff import Backoff
+from shardserver.protocol.client import ShardClient
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.pool import WORKER_MAX_FRAME_BYTES, WorkerPool
 from shardserver.protocol.versions import Version
 from shardserver.protocol.worker_stats import WorkerStats
@@ -173,7 +175,8 @@ class Router:
     def _peer_at(self, addr: str) -> ShardClient:
         client = self._peers.get(addr)
         if client is None:
-            backoff = self._backoffs.setdefault(addr, Backoff())
+            backoff = self._backoffs.get(addr) or reconnect_backoff()
+            self._backoffs[addr] = backoff
             # Connect from our bind address: with one loopback address per
             # node, a peer (and a fault test's firewall rule) sees who it is.
             client = peer_client(addr, self.config.id, self._secret, timeout_s=self.timeout_s,

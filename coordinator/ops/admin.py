@@ -29,8 +29,7 @@ from coordinator.repair.handoff import Handoff
 from coordinator.repair.hints import HintStore
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
-from shardserver.protocol.client import ShardUnavailable
-from shardserver.protocol.codec import ProtocolError
+from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes

@@ -17,7 +17,7 @@ from typing import Any
 from coordinator.repair.anti_entropy import RepairReport
 from coordinator.repair.handoff import HintBacklog
 from shardserver.protocol import records
-from shardserver.protocol.codec import ProtocolError
+from shardserver.protocol.errors import ProtocolError
 
 # -- requests --------------------------------------------------------------------
 

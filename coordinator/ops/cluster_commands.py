@@ -23,8 +23,7 @@ from coordinator.ops.admin import ADMIN_TIMEOUT_S
 from coordinator.ops.status import WorkerStatsPoller, storage_totals
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
-from shardserver.protocol.client import ShardUnavailable
-from shardserver.protocol.codec import ProtocolError
+from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 

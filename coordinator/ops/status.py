@@ -31,7 +31,7 @@ from coordinator.data.router import Router
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from coordinator.repair.handoff import Handoff, HintBacklog
 from coordinator.repair.hints import HintStore
-from shardserver.protocol.client import ShardError, ShardUnavailable
+from shardserver.protocol.errors import ShardError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 STATS_INTERVAL_S = 2.0

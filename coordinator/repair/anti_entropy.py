@@ -38,7 +38,7 @@ from coordinator.data import votes
 from coordinator.repair.replicas import Replicas
 from shardserver.protocol import merkle
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.messages import Request
 from shardserver.protocol.versions import (
     DEFAULT_SIBLING_CAP,

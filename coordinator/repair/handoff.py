@@ -49,7 +49,8 @@ from coordinator.config import NodeConfig
 from coordinator.repair.hints import Hint, HintStore
 from coordinator.repair.replicas import LocalReplicas
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.backoff import Backoff
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.versions import decode_siblings
 
 log = logging.getLogger("ringkv.handoff")
@@ -109,7 +110,7 @@ class Handoff:
         self.strays_found = 0  # copies the sweep found without a hint
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._changes: set[asyncio.Task[None]] = set()  # hints a ring change makes
-        self._retry_at: dict[tuple[int, str], tuple[float, float]] = {}  # -> (when, delay)
+        self._retries: dict[tuple[int, str], Backoff] = {}  # failed transfers' next try
         self._was_up: dict[str, bool] = {}
         self._dropping: set[int] = set()
         self._budget_at = time.monotonic()
@@ -140,8 +141,8 @@ class Handoff:
     def owner_back(self, owner: str) -> None:
         """``owner`` came back (up again, or restarted): its hints are tried
         at the next tick, whatever their backoff or parking says."""
-        for key in [k for k in self._retry_at if k[1] == owner]:
-            del self._retry_at[key]
+        for key in [k for k in self._retries if k[1] == owner]:
+            del self._retries[key]
         self._wake.set()
 
     def ring_changed(self, effects: Sequence[HintEffect]) -> None:
@@ -206,8 +207,8 @@ class Handoff:
             self._was_up[hint.owner] = up
             if len(self._tasks) >= self.concurrency or not up:
                 continue
-            when, _ = self._retry_at.get(key, (0.0, 0.0))
-            if time.monotonic() < when:
+            retry = self._retries.get(key)
+            if retry is not None and retry.remaining() > 0:
                 continue
             task = asyncio.create_task(self._transfer(hint), name=f"handoff {key}")
             self._tasks[key] = task
@@ -235,18 +236,18 @@ class Handoff:
                 if t.passes >= MAX_PASSES:
                     raise TransferFailed(f"partition still taking writes after {t.passes} passes")
             self.completed += 1
-            self._retry_at.pop(key, None)
+            self._retries.pop(key, None)
             log.info("handoff of partition %d to %s done: %d keys, %d bytes",
                      t.partition, t.owner, t.keys_sent, t.bytes_sent)
             await self._maybe_drop(hint.partition, mark)
         except (TransferFailed, ShardUnavailable) as exc:
             self.failed += 1
+            retry = self._retries.setdefault(key, Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S))
             if hint.expired:
-                delay = PARKED_RETRY_S
+                retry.hold(PARKED_RETRY_S)
             else:
-                _, delay = self._retry_at.get(key, (0.0, BACKOFF_INITIAL_S / 2))
-                delay = min(BACKOFF_MAX_S, delay * 2)
-            self._retry_at[key] = (time.monotonic() + delay, delay)
+                retry.failed()
+            delay = retry.delay
             log.info("handoff of partition %d to %s paused (%s); retry in %.1f s",
                      t.partition, t.owner, exc, delay)
         finally:

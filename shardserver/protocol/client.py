@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shardserver.protocol import codec, merkle, records
+from shardserver.protocol.errors import ProtocolError, ShardError, ShardUnavailable
 from shardserver.protocol.messages import (
     BucketDigests,
     Compact,
@@ -73,25 +74,6 @@ Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWri
 def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-class ShardUnavailable(ConnectionError):
-    """The worker behind ``path`` cannot be reached or the connection broke."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"shard worker at {path} unavailable: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class ShardError(Exception):
-    """A non-OK reply, raised by the convenience methods (``call`` returns it)."""
-
-    def __init__(self, status: Status, message: str, path: str) -> None:
-        super().__init__(f"{status.name} from shard worker at {path}: {message}")
-        self.status = status
-        self.message = message
-        self.path = path
 
 
 class ShardClient:
@@ -251,7 +233,7 @@ class ShardClient:
         group: list[bytes] = []
         size = codec.FRAME_OVERHEAD
         for rid, env in codec.encode_envelopes(batch):
-            if isinstance(env, codec.ProtocolError):
+            if isinstance(env, ProtocolError):
                 self._refuse(rid, str(env))
                 continue
             if codec.FRAME_OVERHEAD + len(env) > self.max_send_frame:
@@ -316,7 +298,7 @@ class ShardClient:
                 for payload in decoder.frames():
                     self.frames_received += 1
                     self._deliver(codec.decode_replies(payload))
-        except codec.ProtocolError as e:
+        except ProtocolError as e:
             reason = f"bad frame from the worker: {e}"
         except OSError as e:
             reason = f"connection error: {e}"
@@ -340,7 +322,7 @@ class ShardClient:
                 continue
             try:
                 fut.set_result(codec.check_payload(request, reply))
-            except codec.ProtocolError as e:
+            except ProtocolError as e:
                 fut.set_result(Reply(Status.INTERNAL, f"bad reply from {self.path}: {e}"))
 
     def _fail_all(self, reason: str) -> None:
@@ -437,7 +419,7 @@ class ShardClient:
         payload = await self._ok(Stats(), timeout)
         try:
             return records.from_wire(WorkerStats, payload, "stats reply")
-        except codec.ProtocolError as e:
+        except ProtocolError as e:
             raise ShardError(Status.INTERNAL, str(e), self.path) from e
 
     async def drop_partition(

@@ -32,8 +32,9 @@ import msgpack
 
 from shardserver.protocol import merkle, vclock, versions
 from shardserver.protocol import messages as m
+from shardserver.protocol.errors import ProtocolError, VersionFormatError
 from shardserver.protocol.messages import Reply, Request, Status
-from shardserver.protocol.vclock import MAX_ACTOR_BYTES, ActorId, VersionFormatError
+from shardserver.protocol.vclock import MAX_ACTOR_BYTES, ActorId
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "FrameDecoder", "ProtocolError", "Reply", "Request", "Status",
@@ -49,10 +50,6 @@ MAX_HLC = (1 << 64) - 1
 MAX_PAYLOAD_DEPTH = 32
 #: Write marks (shardserver.fence) are 62-bit counters; leave them room.
 MAX_MARK = (1 << 63) - 1
-
-
-class ProtocolError(ValueError):
-    """A frame or envelope is malformed; the message names the field."""
 
 
 # --- frames ------------------------------------------------------------------

@@ -24,20 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from shardserver.protocol.errors import ClockDriftError
+
 LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 MAX_HLC = (1 << 64) - 1
-
-
-class ClockDriftError(ValueError):
-    """A remote timestamp is further ahead of our wall clock than allowed."""
-
-    def __init__(self, ahead_ms: int, max_drift_ms: int) -> None:
-        super().__init__(
-            f"remote timestamp is {ahead_ms} ms ahead of the local clock "
-            f"(max drift {max_drift_ms} ms)"
-        )
-        self.ahead_ms = ahead_ms
 
 
 def hlc_wall_ms(ts: int) -> int:

@@ -8,6 +8,7 @@ the field path in the ``ProtocolError`` when one does not fit. Fields with a
 default may be missing (a sender from before they existed); keys the class
 does not know are ignored (a sender from after). Supported annotations:
 ``int``, ``float`` (an int is taken), ``str``, ``bytes``, ``bool``, ``None``,
+``Literal[...]``,
 unions of those and of records (the first member that fits wins),
 ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested records.
 """
@@ -18,9 +19,9 @@ import dataclasses
 import functools
 import types
 import typing
-from typing import Any, TypeVar, Union, cast
+from typing import Any, Literal, TypeVar, Union, cast
 
-from shardserver.protocol.codec import ProtocolError
+from shardserver.protocol.errors import ProtocolError
 
 T = TypeVar("T")
 
@@ -57,6 +58,11 @@ def _decode(kind: Any, raw: object, where: str) -> object:
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
         return _record(kind, raw, where)
     origin = typing.get_origin(kind)
+    if origin is Literal:
+        if raw not in typing.get_args(kind) or isinstance(raw, bool):
+            raise ProtocolError(f"{where}: expected one of {typing.get_args(kind)}, got "
+                                f"{_show(raw)}")
+        return raw
     if origin in (Union, types.UnionType):
         for member in typing.get_args(kind):
             try:

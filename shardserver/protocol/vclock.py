@@ -31,6 +31,8 @@ from typing import NewType
 
 import msgpack
 
+from shardserver.protocol.errors import VersionFormatError
+
 ActorId = NewType("ActorId", bytes)
 
 #: Actor ids longer than this are refused on decode; they bound the size of a
@@ -42,14 +44,6 @@ MAX_CLOCK_ENTRIES = 4096
 MAX_COUNTER = (1 << 64) - 1
 
 _ACTOR_SEP = b"#"
-
-
-class VersionFormatError(ValueError):
-    """Encoded clock, context or sibling set failed validation.
-
-    Raised for anything that came off the wire or the disk malformed; the
-    message names the field that was wrong.
-    """
 
 
 class Order(enum.Enum):

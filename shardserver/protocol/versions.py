@@ -106,13 +106,13 @@ from typing import Any, TypeAlias
 import msgpack
 
 from shardserver.protocol import vclock
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.hlc import hlc_wall_ms
 from shardserver.protocol.vclock import (
     EMPTY,
     MAX_ACTOR_BYTES,
     ActorId,
     VClock,
-    VersionFormatError,
 )
 
 __all__ = [

@@ -85,3 +85,12 @@ def test_missing_file_and_unknown_override(tmp_path: str) -> None:
         load(None, {"colour": "blue"})
     with pytest.raises(ConfigError, match="pw must be"):
         with_overrides(NodeConfig(), pw=3)
+
+
+def test_the_storage_defaults_are_the_workers_own() -> None:
+    """The node config documents the engine's defaults; the worker config
+    holds them (from lsm.options): the two must not drift apart."""
+    from cli.serve import worker_settings
+    from shardserver.config import WorkerSettings
+
+    assert worker_settings(NodeConfig()) == WorkerSettings()

@@ -18,7 +18,7 @@ from typing import Any
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.peer import peer_client
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from tests.cluster import SECRET, Cluster, local_read_many, ring_of, wait_for
 from tests.faults.checker import SetFull, set_full
 from tests.faults.history import History

@@ -23,7 +23,7 @@ from coordinator.cluster import ring as ringmod
 from coordinator.cluster.peer import peer_client
 from coordinator.data.reconcile import plain_write
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.hlc import HLC
 from shardserver.protocol.vclock import make_actor
 from tests.cluster import SECRET, Cluster, local_read_many, ring_of, wait_for

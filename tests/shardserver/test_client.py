@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -18,14 +17,16 @@ from typing import Any
 
 import pytest
 
+from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardClient, ShardUnavailable
+from shardserver.protocol.client import ShardClient
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.messages import Reply, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
-from tests.processes import stop
+from tests.processes import start_worker, stop
 
 REPO = Path(__file__).resolve().parents[2]
 ACTOR = ActorId(b"client-test#1")
@@ -57,11 +58,9 @@ class WorkerProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardserver.worker", "--socket", self.sock, "--data",
-             self.data, "--partitions", "0-7", "--fsync", "never", "--log-level", "WARNING"],
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
+        settings = WorkerSettings(fsync="never", log_level="WARNING")
+        self.proc = start_worker(WorkerConfig(self.sock, self.data, (0, 8), settings=settings),
+                                 str(REPO))
 
     @property
     def pid(self) -> int:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from shardserver.protocol import codec, merkle
 from shardserver.protocol import messages as m
-from shardserver.protocol.codec import FrameDecoder, ProtocolError
+from shardserver.protocol.codec import FrameDecoder
+from shardserver.protocol.errors import ProtocolError
 from shardserver.protocol.messages import Reply, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import SiblingSet, Version, as_plain, merge
@@ -149,7 +150,7 @@ def test_drop_of_the_shorter_forms_still_decodes_and_a_marked_one_names_one_part
                        ([5, 1, 42], m.DropPartition(5, 1, 42))):
         frame = msgpack.packb([[1, "drop", args]])
         assert codec.decode_requests(frame) == [(1, want)]
-    with pytest.raises(codec.ProtocolError, match=r"drop\.if_mark: a conditional drop names one"):
+    with pytest.raises(ProtocolError, match=r"drop\.if_mark: a conditional drop names one"):
         codec.decode_requests(msgpack.packb([[1, "drop", [5, 2, 42]]]))
 
 

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardserver.protocol import vclock
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.hlc import make_hlc
-from shardserver.protocol.vclock import EMPTY, ActorId, VClock, VersionFormatError
+from shardserver.protocol.vclock import EMPTY, ActorId, VClock
 from shardserver.protocol.versions import (
     EMPTY_CONTEXT,
     Context,

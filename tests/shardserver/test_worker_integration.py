@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -18,14 +16,16 @@ from typing import Any
 
 import pytest
 
+from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol import merkle
-from shardserver.protocol.client import ShardClient, ShardError, ShardUnavailable
+from shardserver.protocol.client import ShardClient
+from shardserver.protocol.errors import ShardError, ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.messages import BucketDigests, ReplicaRead, ReplicaWrite, Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
 from shardserver.supervisor import Supervisor
-from tests.processes import stop
+from tests.processes import start_worker, stop
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,8 @@ async def poll(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
 async def supervised(tmp_path: Path, wait: bool = True, **kwargs: Any
                      ) -> AsyncIterator[Supervisor]:
     options: dict[str, Any] = {
-        "workers": 2, "fsync": "always", "ping_interval_s": 0.1, "backoff_initial_s": 0.05,
+        "workers": 2, "settings": WorkerSettings(fsync="always"), "ping_interval_s": 0.1,
+        "backoff_initial_s": 0.05,
     }
     options.update(kwargs)
     sup = Supervisor(str(tmp_path / "data"), str(tmp_path / "run"), Q, **options)
@@ -134,7 +135,8 @@ def test_sigkilled_worker_restarts_with_every_acknowledged_write(tmp_path: Path)
 
 def test_not_ready_worker_answers_not_ready_at_once(tmp_path: Path) -> None:
     async def body() -> None:
-        async with supervised(tmp_path, wait=False, worker_args=["--startup-delay", "3"]) as sup:
+        slow = WorkerSettings(startup_delay_s=3)
+        async with supervised(tmp_path, wait=False, settings=slow) as sup:
             await poll(lambda: sup.pid(0) is not None, 10.0, "a spawned worker")
             async with clients(sup, timeout_s=5.0) as cs:
                 await poll(lambda: os.path.exists(sup.specs[0].socket_path), 10.0, "the socket")
@@ -222,13 +224,9 @@ def rss_bytes(pid: int) -> int:
 @pytest.mark.slow
 def test_flood_gets_overload_errors_with_bounded_memory_and_waits(tmp_path: Path) -> None:
     sock = str(tmp_path / "w.sock")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardserver.worker", "--socket", sock, "--data",
-         str(tmp_path / "d"), "--partitions", "0-15", "--fsync", "interval",
-         "--max-inflight", "64", "--max-inflight-per-conn", "32", "--log-level", "WARNING"],
-        env=env,
-    )
+    settings = WorkerSettings(max_inflight=64, max_inflight_per_conn=32, log_level="WARNING")
+    proc = start_worker(WorkerConfig(sock, str(tmp_path / "d"), (0, 16), settings=settings),
+                        str(REPO))
 
     async def body() -> None:
         timeout = 3.0

@@ -19,7 +19,8 @@ from coordinator.cluster.peer import HELLO, VERSION, PeerAuthError, open_peer, p
 from coordinator.cluster.peer_server import PeerServer
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardClient, ShardUnavailable
+from shardserver.protocol.client import ShardClient
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.messages import Reply, Status
 
 SECRET = b"cluster secret"

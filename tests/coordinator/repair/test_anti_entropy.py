@@ -20,7 +20,7 @@ from coordinator.cluster.ring import NodeId, Ring
 from coordinator.data.votes import conflicts, vote
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from lsm.options import Options
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.messages import Reply, Request
 from shardserver.protocol.vclock import ActorId, VClock

@@ -21,7 +21,7 @@ from coordinator.repair.handoff import Handoff
 from coordinator.repair.hints import Hint, HintStore
 from lsm.options import Options
 from shardserver.protocol import messages as m
-from shardserver.protocol.client import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
