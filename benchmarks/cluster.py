@@ -52,15 +52,15 @@ BENIGN = ("WARNING: Could not fetch server CONFIG",)
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class System:
     key: str  # "cluster", "node" or "redis"
     label: str
 
 
 TARGETS = (
-    Target("cluster", "ringkv 3 nodes, N=3 W=2 R=2"),
-    Target("node", "ringkv 1 node, N=1"),
-    Target("redis", "redis-server (AOF everysec)"),
+    System("cluster", "ringkv 3 nodes, N=3 W=2 R=2"),
+    System("node", "ringkv 1 node, N=1"),
+    System("redis", "redis-server (AOF everysec)"),
 )
 
 
@@ -192,7 +192,7 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def started(target: Target, args: argparse.Namespace,
+def started(target: System, args: argparse.Namespace,
             scratch: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start ``target`` in its own session; yield (leader process, client port)."""
     data = os.path.join(scratch, target.key)

@@ -16,7 +16,7 @@ import harness
 
 from cli.bench import driver
 from cli.bench.config import BenchConfig
-from cli.bench.conn import BenchError, Target
+from cli.bench.conn import BenchError, ServerAddr
 from cli.bench.keys import KeyDist
 from cli.bench.report import Report
 from cli.bench.workload import Workload
@@ -36,7 +36,7 @@ def measure(label: str, port: int, peak: float | None, *, seconds: float, connec
     if not peak:
         return HalfPeak(label, 0.0, None, "no peak rate measured")
     config = BenchConfig(
-        targets=(Target("127.0.0.1", port),), rate=peak / 2, duration_s=seconds,
+        targets=(ServerAddr("127.0.0.1", port),), rate=peak / 2, duration_s=seconds,
         connections=connections, pipeline=1,
         workload=Workload(0.0, value_bytes, keys, KeyDist("uniform")))
     try:

@@ -4,7 +4,7 @@ Every error a client can see is a :class:`RespError` whose ``str`` is the
 exact RESP error text (without the leading ``-`` and the trailing CRLF), so
 the connection handler translates an exception to a reply by formatting it and
 nothing else; the first word is the Redis-style error code (``ERR``,
-``NOQUORUM``, ``TIMEOUT`` ...), which clients such as redis-py map to their own
+``NOQUORUM``, ``READONLY`` ...), which clients such as redis-py map to their own
 exception classes.
 
 The difference between the two kinds of client-visible error is what happens
@@ -120,13 +120,6 @@ class NoQuorumError(CommandError):
         super().__init__(f"NOQUORUM needed {needed} {what}, {outcome} (replicas: {names})")
         self.needed = needed
         self.got = got
-
-
-class RequestTimeoutError(CommandError):
-    """The request as a whole ran out of time (named apart from the builtin)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"TIMEOUT {detail}")
 
 
 class ReadOnlyError(CommandError):

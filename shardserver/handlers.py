@@ -61,7 +61,7 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
     return Status.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
-class Connection:
+class WorkerConnection:
     def __init__(
         self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:

@@ -135,7 +135,7 @@ class Worker:
             writer.close()
             return
         self._conns.add(task)
-        conn = handlers.Connection(self, reader, writer)
+        conn = handlers.WorkerConnection(self, reader, writer)
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError):

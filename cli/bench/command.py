@@ -8,7 +8,7 @@ import sys
 import click
 
 from cli.bench.config import BenchConfig
-from cli.bench.conn import BenchError, Target
+from cli.bench.conn import BenchError, ServerAddr
 from cli.bench.driver import run
 from cli.bench.keys import KeyDist, parse_dist
 from cli.bench.workload import Workload
@@ -116,11 +116,11 @@ def bench(*, host: str, ports: tuple[str | int, ...], rate: float, duration: flo
         click.echo(report.render())
 
 
-def _target(host: str, port: str | int) -> Target:
+def _target(host: str, port: str | int) -> ServerAddr:
     if isinstance(port, int):
-        return Target(host, port)
+        return ServerAddr(host, port)
     h, _, p = port.rpartition(":")
-    return Target(h, int(p))
+    return ServerAddr(h, int(p))
 
 
 def _progress(line: str) -> None:

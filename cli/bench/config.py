@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cli.bench.conn import Target
-from cli.bench.share import Plan
+from cli.bench.conn import ServerAddr
+from cli.bench.share import SharePlan
 from cli.bench.workload import Workload
 
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    targets: tuple[Target, ...]
+    targets: tuple[ServerAddr, ...]
     rate: float  # requests/s over all connections; 0: closed loop, as fast as answered
     duration_s: float
     connections: int
@@ -36,7 +36,7 @@ class BenchConfig:
             raise ValueError(f"{self.processes} processes need at least as many connections "
                              f"(not {self.connections})")
 
-    def plans(self) -> list[Plan]:
+    def plans(self) -> list[SharePlan]:
         """Connection c goes to target c mod targets and to process c mod
         processes; each process gets the rate in proportion to its
         connections, its schedule offset so the processes' batches
@@ -44,7 +44,7 @@ class BenchConfig:
         out = []
         for i in range(self.processes):
             mine = range(i, self.connections, self.processes)
-            out.append(Plan(
+            out.append(SharePlan(
                 index=i, processes=self.processes,
                 targets=tuple(self.targets[c % len(self.targets)] for c in mine),
                 rate=self.rate * len(mine) / self.connections, phase=i / self.processes,

@@ -25,7 +25,7 @@ from typing import Any
 
 import hiredis
 
-from cli.bench.stats import Stats
+from cli.bench.stats import BenchCounters
 from cli.bench.workload import Commands, encode
 
 RECONNECT_EVERY_S = 0.1
@@ -40,7 +40,7 @@ class BenchError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class ServerAddr:
     host: str
     port: int
 
@@ -93,8 +93,8 @@ class _Protocol(asyncio.Protocol):
 class Lane:
     """One connection to one target, through reconnects."""
 
-    def __init__(self, target: Target, commands: Commands, stats: Stats, *, pipeline: int,
-                 password: str | None, connect_timeout_s: float) -> None:
+    def __init__(self, target: ServerAddr, commands: Commands, stats: BenchCounters, *,
+                 pipeline: int, password: str | None, connect_timeout_s: float) -> None:
         self.target = target
         self.paused = False
         self._commands = commands

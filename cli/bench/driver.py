@@ -5,7 +5,7 @@ what they measured into one :class:`~cli.bench.report.Report`.
 With one process (the default) the load runs in this process. With more,
 each is a child (multiprocessing, spawn) that connects, preloads, says it
 is ready, waits for the common start time, then sends a :class:`Tick` a
-second and its :class:`Outcome` at the end over a pipe.
+second and its :class:`BenchTotals` at the end over a pipe.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from cli.bench.config import BenchConfig
 from cli.bench.conn import BenchError
 from cli.bench.histogram import Histogram
 from cli.bench.report import Report, build_report
-from cli.bench.share import Plan, Share
-from cli.bench.stats import Outcome, Tick
+from cli.bench.share import Share, SharePlan
+from cli.bench.stats import BenchTotals, Tick
 
 #: The common start is this long after the last process is ready.
 START_DELAY_S = 0.1
@@ -50,13 +50,13 @@ def run(config: BenchConfig, progress: Progress | None = None) -> Report:
     return build_report(config, _run_children(plans, ticks))
 
 
-async def _run_here(plan: Plan, on_tick: Callable[[Tick], None]) -> Outcome:
+async def _run_here(plan: SharePlan, on_tick: Callable[[Tick], None]) -> BenchTotals:
     share = Share(plan)
     await share.prepare()
     return await share.run(time.monotonic_ns() + round(START_DELAY_S * 1e9), on_tick)
 
 
-def _run_children(plans: list[Plan], ticks: _Ticks) -> list[Outcome]:
+def _run_children(plans: list[SharePlan], ticks: _Ticks) -> list[BenchTotals]:
     ctx = multiprocessing.get_context("spawn")
     pipes, procs = [], []
     try:
@@ -77,7 +77,7 @@ def _run_children(plans: list[Plan], ticks: _Ticks) -> list[Outcome]:
             pipe.send(("start", t0))
         p = plans[0]
         end = time.monotonic() + START_DELAY_S + p.warmup_s + p.duration_s + p.grace_s
-        results: dict[int, Outcome] = {}
+        results: dict[int, BenchTotals] = {}
 
         def take(i: int, kind: str, body: Any) -> None:
             if kind == "tick":
@@ -123,7 +123,7 @@ def _collect(pipes: list[multiprocessing.connection.Connection],
             take(i, kind, body)
 
 
-def _child(plan: Plan, pipe: multiprocessing.connection.Connection) -> None:
+def _child(plan: SharePlan, pipe: multiprocessing.connection.Connection) -> None:
     """A generator process: Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -134,7 +134,7 @@ def _child(plan: Plan, pipe: multiprocessing.connection.Connection) -> None:
         pipe.close()
 
 
-async def _child_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> None:
+async def _child_main(plan: SharePlan, pipe: multiprocessing.connection.Connection) -> None:
     share = Share(plan)
     await share.prepare()
     pipe.send(("ready", None))

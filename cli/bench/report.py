@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cli.bench.config import BenchConfig
-from cli.bench.stats import Outcome
+from cli.bench.stats import BenchTotals
 
 #: The percentiles every report gives, by JSON name.
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
@@ -19,7 +19,7 @@ JSON_VERSION = 1
 @dataclass(frozen=True, slots=True)
 class Report:
     config: BenchConfig
-    outcome: Outcome
+    outcome: BenchTotals
 
     @property
     def open_loop(self) -> bool:
@@ -106,5 +106,5 @@ class Report:
         return "\n".join(lines)
 
 
-def build_report(config: BenchConfig, outcomes: list[Outcome]) -> Report:
-    return Report(config, Outcome.merge(outcomes))
+def build_report(config: BenchConfig, outcomes: list[BenchTotals]) -> Report:
+    return Report(config, BenchTotals.merge(outcomes))

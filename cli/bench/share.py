@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import hiredis
 
-from cli.bench.conn import BenchError, Lane, Target, Window
-from cli.bench.stats import Outcome, Stats, Tick
+from cli.bench.conn import BenchError, Lane, ServerAddr, Window
+from cli.bench.stats import BenchCounters, BenchTotals, Tick
 from cli.bench.workload import Commands, Workload
 
 EARLY_NS = 1_000_000
@@ -45,12 +45,12 @@ DRAIN_POLL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class SharePlan:
     """One generator process's part of a run."""
 
     index: int  # of this process, 0 .. processes-1
     processes: int
-    targets: tuple[Target, ...]  # one per connection
+    targets: tuple[ServerAddr, ...]  # one per connection
     rate: float  # requests/s of this process; 0: closed loop
     phase: float  # the schedule starts this many batch intervals after t0
     pipeline: int
@@ -71,9 +71,9 @@ async def sleep_until(t_ns: int) -> None:
 class Share:
     """Owns one process's lanes and stats for one run."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: SharePlan) -> None:
         self.plan = plan
-        self.stats = Stats()
+        self.stats = BenchCounters()
         self._commands = Commands(plan.workload, plan.seed * 1000 + plan.index)
         self._lanes = [Lane(t, self._commands, self.stats, pipeline=plan.pipeline,
                             password=plan.password, connect_timeout_s=plan.connect_timeout_s)
@@ -107,7 +107,7 @@ class Share:
             for lane in self._lanes:
                 group.create_task(fill(lane))
 
-    async def run(self, t0_ns: int, on_tick: Callable[[Tick], None]) -> Outcome:
+    async def run(self, t0_ns: int, on_tick: Callable[[Tick], None]) -> BenchTotals:
         """The load from ``t0_ns`` (monotonic clock) through warm-up, window
         and grace; ``on_tick`` gets each second's counts."""
         p = self.plan

@@ -34,7 +34,7 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class BenchTotals:
     """What became of the measured requests: of one process at the end of
     its run, or of all of them (:meth:`merge`)."""
 
@@ -52,7 +52,7 @@ class Outcome:
     cpu_s: float  # the generator's own CPU time
 
     @staticmethod
-    def merge(outcomes: list[Outcome]) -> Outcome:
+    def merge(outcomes: list[BenchTotals]) -> BenchTotals:
         latency, lag = Histogram(), Histogram()
         errors: collections.Counter[str] = collections.Counter()
         disconnects: collections.Counter[str] = collections.Counter()
@@ -65,7 +65,7 @@ class Outcome:
         def total(name: str) -> int:
             return sum(getattr(o, name) for o in outcomes)
 
-        return Outcome(
+        return BenchTotals(
             scheduled=total("scheduled"), sent=total("sent"), ok=total("ok"),
             misses=total("misses"), errors=dict(errors), dropped=total("dropped"),
             timeouts=total("timeouts"), unsent=total("unsent"), disconnects=dict(disconnects),
@@ -73,7 +73,7 @@ class Outcome:
 
 
 @dataclass(slots=True)
-class Stats:
+class BenchCounters:
     """The counters of one process, updated by its connections as replies
     arrive; :meth:`tick` takes the per-second view, :meth:`result` the end."""
 
@@ -126,7 +126,7 @@ class Stats:
         self._tick_latency = Histogram()
         return t
 
-    def result(self, timeouts: int, unsent: int, cpu_s: float) -> Outcome:
-        return Outcome(self.scheduled, self.sent, self.ok, self.misses, dict(self.errors),
+    def result(self, timeouts: int, unsent: int, cpu_s: float) -> BenchTotals:
+        return BenchTotals(self.scheduled, self.sent, self.ok, self.misses, dict(self.errors),
                        self.dropped, timeouts, unsent, dict(self.disconnects),
                        self.latency, self.lag, cpu_s)

@@ -1,4 +1,5 @@
-"""RESP2 requests in, RESP2 replies out: a sans-IO codec.
+"""RESP requests in: a sans-IO parser of what clients send (replies are
+:mod:`coordinator.client.replies`).
 
 Requests come in two shapes, told apart by their first byte::
 
@@ -28,11 +29,6 @@ After one, the parser is dead: every later :meth:`RequestParser.gets` returns
 the same error, and the server replies with it once and closes the
 connection, as Redis does. Requests that were complete before the bad bytes
 are returned first, in order.
-
-Replies::
-
-    +OK\\r\\n   -ERR text\\r\\n   :42\\r\\n   $3\\r\\nfoo\\r\\n   $-1\\r\\n
-    *2\\r\\n<two replies>   *-1\\r\\n
 """
 
 from __future__ import annotations

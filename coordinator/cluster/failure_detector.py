@@ -50,10 +50,6 @@ class PhiAccrualDetector:
         self._sum_sq = 0.0
         self._last: float | None = None
 
-    @property
-    def last_heartbeat(self) -> float | None:
-        return self._last
-
     def heartbeat(self, now: float) -> None:
         last = self._last
         self._last = now

@@ -75,7 +75,7 @@ def _check_answer(msg: list[Any]) -> tuple[str, bytes, bytes]:
     return msg[0], msg[1], msg[2]
 
 
-class _Connection:
+class _PeerConnection:
     """One authenticated peer: frames in, handler tasks, batched replies out."""
 
     def __init__(self, server: PeerServer, peer_id: str, addr: str,
@@ -319,7 +319,7 @@ class PeerServer:
             write_frame(writer, ["ok", self.node_id, peer_auth.answer(
                 self.secret, their_nonce, self.node_id, peer_auth.SERVER)])
             await asyncio.wait_for(writer.drain(), self.handshake_timeout_s)
-            conn = _Connection(self, peer_id, addr, reader, writer)
+            conn = _PeerConnection(self, peer_id, addr, reader, writer)
             log.info("peer %s connected from %s", peer_id, addr)
             try:
                 await conn.run()

@@ -16,10 +16,12 @@ message saying what went wrong)::
     DropPartition   None
     Flush           None
     Compact         None
-    Stats           dict (str or int keys, plain msgpack values)
+    Stats           map: the fields of worker_stats.WorkerStats (a coordinator
+                    answers {"workers": [...]}, its workers' latest)
     SetPartitions   None
     Gossip          plain msgpack map (peer-only; workers answer BAD_REQUEST)
-    Admin           plain msgpack map (peer-only; workers answer BAD_REQUEST)
+    Admin           map: the admin API's reply record (peer-only; workers
+                    answer BAD_REQUEST; coordinator/ops/admin_api.py)
     FlushAll        None (peer-only; workers answer BAD_REQUEST)
     TreeLevel       bytes: 16 bytes (big-endian) per node asked for, in order
     BucketDigests   [[key, digest (8 bytes)], ...] in key order
