@@ -15,10 +15,11 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
-from shardserver.admission import ConnSlots
+from shardserver.admission import Admission, ConnSlots
+from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.errors import (
     BadRequestError,
     PartitionChangedError,
@@ -33,12 +34,23 @@ from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.worker_stats import WorkerStats
 from shardserver.storage import ShardStore, WriteOp, WriteResult
 
-if TYPE_CHECKING:
-    from shardserver.worker import Worker
-
 log = logging.getLogger("ringkv.worker")
 
 Call = Callable[[], object]
+
+
+class WorkerHost(Protocol):
+    """What a connection needs of its worker (``shardserver.worker.Worker``)."""
+
+    config: WorkerConfig
+    settings: WorkerSettings
+    store: ShardStore | None  # None until the engine is open
+    admission: Admission
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def run_in_pool(self, fn: Call) -> object: ...
 _READ_BYTES = 256 << 10
 
 
@@ -63,7 +75,7 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
 
 class WorkerConnection:
     def __init__(
-        self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, worker: WorkerHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.worker = worker
         self.reader = reader

@@ -5,10 +5,7 @@ its boundaries (a failed replica in a quorum tally, an admin error, ...)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from shardserver.protocol.messages import Status
+import enum
 
 
 class ProtocolError(ValueError):
@@ -46,9 +43,9 @@ class ShardUnavailable(ConnectionError):
 
 class ShardError(Exception):
     """A non-OK reply, raised by ShardClient's convenience methods (``call``
-    returns it)."""
+    returns it); ``status`` is the reply's ``messages.Status``."""
 
-    def __init__(self, status: Status, message: str, path: str) -> None:
+    def __init__(self, status: enum.IntEnum, message: str, path: str) -> None:
         super().__init__(f"{status.name} from shard worker at {path}: {message}")
         self.status = status
         self.message = message
