@@ -171,7 +171,7 @@ def role(pid: int) -> str:
         return "gone"
     node = m.group(0) + " " if (m := re.search(r"node\d+", cmd)) else ""
     for needle, name in (("cli serve", "coordinator"), ("shardserver.worker", "shard worker"),
-                         ("lsm.compactor", "compactor"), ("cli up", "`ringkv up`"),
+                         ("lsm.table_writer", "compactor"), ("cli up", "`ringkv up`"),
                          ("redis-benchmark", "redis-benchmark"),
                          ("redis-server", "redis-server")):
         if needle in cmd:

@@ -29,9 +29,5 @@ class WriteBatch:
         self.ops.clear()
         self._bytes = 0
 
-    def byte_size(self) -> int:
-        """Key and value bytes in the batch."""
-        return self._bytes
-
     def __len__(self) -> int:
         return len(self.ops)

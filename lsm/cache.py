@@ -50,12 +50,6 @@ class BlockCache:
                 self._usage -= freed
                 self.evictions += 1
 
-    def evict_table(self, number: int) -> None:
-        with self._lock:
-            doomed = [k for k in self._items if k[0] == number]
-            for k in doomed:
-                self._usage -= self._items.pop(k)[1]
-
     def stats(self) -> dict[str, int | float]:
         lookups = self.hits + self.misses
         return {

@@ -7,14 +7,9 @@ iteration per byte. The few bytes this wastes are taken back by zstd.
 
 from __future__ import annotations
 
-import struct
 import sys
 
 import crc32c as _crc32c
-
-U8 = struct.Struct("<B")
-U32 = struct.Struct("<I")
-U64 = struct.Struct("<Q")
 
 # ``array`` uses native byte order; our formats are little-endian.
 NATIVE_LITTLE_ENDIAN = sys.byteorder == "little"

@@ -1,4 +1,4 @@
-"""Leveled compaction policy: pure functions over a :class:`Version`.
+"""Leveled compaction policy: pure functions over a :class:`LsmVersion`.
 
 Nothing here does I/O; ``db`` executes the tasks these functions return, and
 tests exercise the policy directly.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.options import Options
-from lsm.version import Version
+from lsm.version import LsmVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ def level_target_bytes(options: Options, level: int) -> int:
     return int(options.level1_bytes * options.level_fanout ** max(0, level - 1))
 
 
-def scores(version: Version, options: Options) -> list[float]:
+def scores(version: LsmVersion, options: Options) -> list[float]:
     """Compaction score per level (the last level never compacts further)."""
     out = [len(version.levels[0]) / options.l0_compaction_trigger]
     for level in range(1, len(version.levels) - 1):
@@ -68,7 +68,7 @@ def scores(version: Version, options: Options) -> list[float]:
     return out
 
 
-def compaction_debt_bytes(version: Version, options: Options) -> int:
+def compaction_debt_bytes(version: LsmVersion, options: Options) -> int:
     """Bytes that must be rewritten before every level is within its target
     (an estimate, like RocksDB's estimated-pending-compaction-bytes)."""
     debt = 0
@@ -85,7 +85,7 @@ def _range(files: tuple[FileMeta, ...] | list[FileMeta]) -> tuple[bytes, bytes]:
     return min(f.smallest for f in files), max(f.largest for f in files)
 
 
-def is_bottommost(version: Version, output_level: int, smallest: bytes, largest: bytes) -> bool:
+def is_bottommost(version: LsmVersion, output_level: int, smallest: bytes, largest: bytes) -> bool:
     return all(
         not version.overlapping(level, smallest, largest)
         for level in range(output_level + 1, len(version.levels))
@@ -93,7 +93,7 @@ def is_bottommost(version: Version, output_level: int, smallest: bytes, largest:
 
 
 def pick_compaction(
-    version: Version, options: Options, pointers: dict[int, bytes] | None = None
+    version: LsmVersion, options: Options, pointers: dict[int, bytes] | None = None
 ) -> CompactionTask | None:
     """The most urgent compaction, or ``None`` when every level is in shape."""
     level_scores = scores(version, options)
@@ -117,7 +117,7 @@ def _next_after_pointer(files: tuple[FileMeta, ...], pointer: bytes | None) -> F
 
 
 def _task(
-    version: Version, level: int, inputs: tuple[FileMeta, ...], reason: str
+    version: LsmVersion, level: int, inputs: tuple[FileMeta, ...], reason: str
 ) -> CompactionTask:
     smallest, largest = _range(inputs)
     next_inputs = tuple(version.overlapping(level + 1, smallest, largest))
@@ -133,7 +133,7 @@ def _task(
 
 
 def manual_tasks_for_level(
-    version: Version, level: int, start: bytes | None, end: bytes | None
+    version: LsmVersion, level: int, start: bytes | None, end: bytes | None
 ) -> CompactionTask | None:
     """For ``compact_range``: every file of ``level`` overlapping the range,
     merged into ``level + 1``. Level 0 always goes whole: a level-0 file left
@@ -171,7 +171,7 @@ def trivial_move_edit(task: CompactionTask) -> VersionEdit:
 
 
 def bottom_rewrite_task(
-    version: Version, start: bytes | None, end: bytes | None
+    version: LsmVersion, start: bytes | None, end: bytes | None
 ) -> CompactionTask | None:
     """For ``compact_range(..., bottommost=True)``: the files of the deepest
     non-empty level (>= 1) overlapping the range, rewritten in place."""

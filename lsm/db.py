@@ -51,14 +51,14 @@ from lsm.options import Options
 from lsm.recovery import recover
 from lsm.stats import collect as collect_stats
 from lsm.table_cache import TableCache
-from lsm.version import Version
+from lsm.version import LsmVersion
 from lsm.wal import WalWriter, encode_batch
 
 log = logging.getLogger("lsm.db")
 
 _RESUME_INTERVAL_S = 0.05
 
-State = tuple[MemTable, tuple[MemTable, ...], Version]
+State = tuple[MemTable, tuple[MemTable, ...], LsmVersion]
 
 
 class DB:
@@ -405,7 +405,7 @@ class DB:
                 if self._state[2] is version:
                     raise
 
-    def _get_from_tables(self, version: Version, key: bytes) -> bytes | None:
+    def _get_from_tables(self, version: LsmVersion, key: bytes) -> bytes | None:
         tables = self.tables
         for f in version.levels[0]:
             if f.smallest <= key <= f.largest:
@@ -442,7 +442,7 @@ class DB:
         self,
         mem_entries: list[Entry],
         imms: tuple[MemTable, ...],
-        version: Version,
+        version: LsmVersion,
         start: bytes | None,
         pinned: list[int],
     ) -> Iterator[Entry]:
@@ -526,7 +526,7 @@ class DB:
         return collect_stats(self)
 
     # -- used by jobs and recovery ---------------------------------------------
-    def install(self, edit: VersionEdit, flushed: MemTable | None = None) -> Version:
+    def install(self, edit: VersionEdit, flushed: MemTable | None = None) -> LsmVersion:
         """Log ``edit`` durably in the manifest and make it the current version."""
         with self._manifest_lock:
             new_version = self._state[2].apply(edit)
@@ -553,7 +553,7 @@ class DB:
                 self._cv.notify_all()
         return new_version
 
-    def _roll_manifest(self, version: Version, log_number: int) -> None:
+    def _roll_manifest(self, version: LsmVersion, log_number: int) -> None:
         """Start a new manifest holding a snapshot of ``version``, because the
         last append to the old one failed and may have left a partial frame.
         ``_manifest_lock`` held."""
@@ -571,7 +571,7 @@ class DB:
             log.warning("could not remove old manifest %s: %s", old.path, exc)
         log.warning("%s: switched to manifest %d after a failed append", self.path, number)
 
-    def snapshot_edit(self, version: Version, log_number: int) -> VersionEdit:
+    def snapshot_edit(self, version: LsmVersion, log_number: int) -> VersionEdit:
         return VersionEdit(
             log_number=log_number,
             next_file_number=self._next_file,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from lsm import compaction as policy
-from lsm import compactor, filenames
+from lsm import filenames, table_writer
 from lsm.errors import StorageIOError
 from lsm.keys import Entry
 from lsm.manifest import FileMeta, VersionEdit
@@ -241,31 +241,31 @@ class Jobs:
         if task.next_inputs:
             sources.append(tuple(f.number for f in task.next_inputs))
         read = task.input_bytes()
-        reserved = compactor.reserve_count(read, db.options)
+        reserved = table_writer.reserve_count(read, db.options)
         with db._mu:
             first = db._next_file
             db._next_file += reserved
-        job = compactor.CompactionJob(
+        job = table_writer.CompactionJob(
             db.path, tuple(sources), task.bottommost, first, reserved, db.options
         )
         closing = lambda: db._closing  # noqa: E731
-        out: compactor.CompactionOutput | None = None
+        out: table_writer.CompactionOutput | None = None
         where = "thread"
         try:
-            if self._use_child and compactor.can_run_in_child(job):
+            if self._use_child and table_writer.can_run_in_child(job):
                 # Log the reservation first: if this process is killed, its
                 # child may write these numbers for a moment longer, and a
                 # restarted engine must not hand them out meanwhile.
                 db.install(VersionEdit(next_file_number=first + reserved))
                 try:
-                    out = compactor.run_in_child(job, closing)
+                    out = table_writer.run_in_child(job, closing)
                     where = "child process"
-                except compactor.ChildUnavailable as exc:
+                except table_writer.ChildUnavailable as exc:
                     log.warning("%s: compacting in-process from now on: %s", db.path, exc)
                     self._use_child = False
             if out is None:
-                out = compactor.execute(job, db.fs, db.tables.get, closing)
-        except compactor.Aborted:
+                out = table_writer.execute(job, db.fs, db.tables.get, closing)
+        except table_writer.Aborted:
             raise _Aborted from None
         db.install(policy.result_edit(task, out.files, db._last_seq))
         written = sum(f.size for f in out.files)
@@ -292,11 +292,11 @@ class Jobs:
             return db._closing
 
         try:
-            return compactor.write_tables(
+            return table_writer.write_tables(
                 db.fs, db.path, db.options, entries,
                 split=split, next_number=db.new_file_number, should_abort=closing,
             )
-        except compactor.Aborted:
+        except table_writer.Aborted:
             raise _Aborted from None
 
     def delete_obsolete_tables(self) -> None:
@@ -310,6 +310,6 @@ class Jobs:
             self._remove(filenames.table_path(db.path, number))
 
     def _remove(self, path: str) -> None:
-        compactor.remove_quietly(self.db.fs, path)
+        table_writer.remove_quietly(self.db.fs, path)
 
 

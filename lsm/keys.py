@@ -9,15 +9,9 @@ sequence number descending, so the newest version of a key comes first.
 
 from __future__ import annotations
 
-from typing import NewType
-
-SeqNo = NewType("SeqNo", int)
-FileNum = NewType("FileNum", int)
-
 KIND_DELETE = 0
 KIND_VALUE = 1
 
-MAX_SEQ = (1 << 56) - 1
 MAX_KEY_BYTES = 1 << 16
 MAX_VALUE_BYTES = 1 << 28
 

@@ -69,7 +69,7 @@ class Options:
 
     background_threads: bool = True
     # Run compactions in a child process when the file system is the real one
-    # (see lsm.compactor); off: on the compaction thread.
+    # (see lsm.table_writer); off: on the compaction thread.
     compaction_in_process: bool = True
 
     # Stamps ``created_ms`` in table properties; fixtures inject a fixed clock

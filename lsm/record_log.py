@@ -70,7 +70,7 @@ class Damage:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadResult:
+class LogContents:
     records: list[Record]
     valid_end: int  # end of the last good frame: the clean prefix
     damage: Damage | None
@@ -125,7 +125,7 @@ def iter_frames(data: bytes) -> Iterator[Record | Damage]:
         pos = stop
 
 
-def read_log(data: bytes, path: str, strict: bool = True) -> ReadResult:
+def read_log(data: bytes, path: str, strict: bool = True) -> LogContents:
     """Split ``data`` (a whole log file) into records.
 
     With ``strict``, damage that is not a torn tail raises CorruptionError;
@@ -142,4 +142,4 @@ def read_log(data: bytes, path: str, strict: bool = True) -> ReadResult:
         valid_end = item.offset + HEADER_SIZE + len(item.payload)
     if damage is not None and not damage.torn and strict:
         raise CorruptionError(path, damage.offset, damage.reason)
-    return ReadResult(records, valid_end, damage)
+    return LogContents(records, valid_end, damage)

@@ -4,7 +4,7 @@ Steps, in order:
 
 1. No CURRENT: create an empty database (refused if tables or WALs exist,
    since that means CURRENT was lost, not that the directory is new).
-2. Replay the manifest named by CURRENT into a Version; check that levels
+2. Replay the manifest named by CURRENT into a LsmVersion; check that levels
    1+ do not overlap and that every table it names exists.
 3. Replay every WAL numbered >= the manifest's log number, oldest first, each
    into its own memtable; truncate a torn tail (the WAL module warns) and
@@ -33,7 +33,7 @@ from lsm.manifest import (
     set_current,
 )
 from lsm.memtable import MemTable
-from lsm.version import Version
+from lsm.version import LsmVersion
 from lsm.wal import WalWriter, replay_file
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def recover(db: DB) -> None:
 
     manifest_file = read_current(fs, path)
     manifest_path = os.path.join(path, manifest_file)
-    version = Version.empty(options.num_levels)
+    version = LsmVersion.empty(options.num_levels)
     log_number = 0
     next_file = 2
     last_seq = 0

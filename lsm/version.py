@@ -1,7 +1,9 @@
-"""Versions: immutable snapshots of which SSTables make up each level.
+"""Versions of the engine: immutable snapshots of which SSTables make up
+each level (LevelDB's Version; named ``LsmVersion`` here, apart from the
+key-value ``Version`` of ``shardserver.protocol.versions``).
 
-A :class:`Version` is never changed; applying a :class:`VersionEdit` yields a
-new one. Readers grab the current version with a single attribute read and
+An :class:`LsmVersion` is never changed; applying a :class:`VersionEdit`
+yields a new one. Readers grab the current version with a single attribute read and
 keep using it while flushes and compactions install newer ones. The same
 ``apply`` replays the manifest on open, so recovery and the live engine share
 one code path (mini-lsm's ``apply_compaction_result``).
@@ -22,7 +24,7 @@ from lsm.manifest import FileMeta, VersionEdit
 
 
 @dataclass(frozen=True, slots=True)
-class Version:
+class LsmVersion:
     levels: tuple[tuple[FileMeta, ...], ...]
     # Largest key of each file per level (levels 1+), for bisecting a lookup.
     _largest: tuple[tuple[bytes, ...], ...] = field(default=(), compare=False, repr=False)
@@ -30,11 +32,11 @@ class Version:
     deep_levels: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
-    def empty(cls, num_levels: int) -> Version:
+    def empty(cls, num_levels: int) -> LsmVersion:
         return cls.build([() for _ in range(num_levels)])
 
     @classmethod
-    def build(cls, levels: Sequence[Iterable[FileMeta]]) -> Version:
+    def build(cls, levels: Sequence[Iterable[FileMeta]]) -> LsmVersion:
         out: list[tuple[FileMeta, ...]] = []
         for n, files in enumerate(levels):
             if n == 0:
@@ -46,7 +48,7 @@ class Version:
         deep = tuple(n for n in range(1, len(out)) if out[n])
         return cls(tuple(out), largest, deep)
 
-    def apply(self, edit: VersionEdit, source: str = "version edit") -> Version:
+    def apply(self, edit: VersionEdit, source: str = "version edit") -> LsmVersion:
         levels = [dict((f.number, f) for f in files) for files in self.levels]
         for level, number in edit.deleted:
             if level >= len(levels) or number not in levels[level]:
@@ -60,7 +62,7 @@ class Version:
                     source, None, f"edit adds file {meta.number} at level {level}"
                 )
             levels[level][meta.number] = meta
-        return Version.build([d.values() for d in levels])
+        return LsmVersion.build([d.values() for d in levels])
 
     def check_levels(self, source: str) -> None:
         """Levels 1+ must not overlap (the inspection tool reports the same)."""

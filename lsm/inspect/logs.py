@@ -13,12 +13,12 @@ from lsm.inspect.common import READ_ERRORS, Problem, render_bytes
 from lsm.keys import kind_name
 from lsm.manifest import FileMeta, VersionEdit, read_current
 from lsm.options import Options
-from lsm.record_log import HEADER_SIZE, ReadResult, read_log
-from lsm.version import Version
+from lsm.record_log import HEADER_SIZE, LogContents, read_log
+from lsm.version import LsmVersion
 from lsm.wal import decode_batch
 
 
-def _not_ours(result: ReadResult, what: str) -> str:
+def _not_ours(result: LogContents, what: str) -> str:
     d = result.damage
     if d is not None and not d.torn and not result.records and d.offset == 0:
         return f" (not a ringkv {what})"
@@ -183,7 +183,7 @@ def manifest(fs: FileSystem, target: str) -> ManifestReport:
 def _replay(report: ManifestReport) -> None:
     added = [level for e in report.edits for level, _ in e.edit.added]
     num_levels = max([Options().num_levels, *(n + 1 for n in added)])
-    version = Version.empty(num_levels)
+    version = LsmVersion.empty(num_levels)
     for info in report.edits:
         e = info.edit
         try:

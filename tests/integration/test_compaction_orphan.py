@@ -2,7 +2,7 @@
 its file numbers are never handed out again.
 
 Regression test: after a SIGKILL of the engine process (a shard worker killed
-with -9), its compaction child (``python -m lsm.compactor``) went on writing
+with -9), its compaction child (``python -m lsm.table_writer``) went on writing
 tables under file numbers that were reserved only in the dead process's
 memory, for seconds with 8 MiB outputs. The restarted engine handed the same
 numbers out again (seen: both wrote 000022.sst and 000023.sst), so whichever

@@ -3,7 +3,7 @@ from __future__ import annotations
 from lsm import compaction as policy
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.options import Options
-from lsm.version import Version
+from lsm.version import LsmVersion
 
 
 def meta(number: int, smallest: bytes, largest: bytes, size: int = 100, seq: int = 0) -> FileMeta:
@@ -17,12 +17,12 @@ OPTS = Options(l0_compaction_trigger=2, level1_bytes=1000, level_fanout=10, num_
 
 
 def test_nothing_to_do_on_small_levels() -> None:
-    v = Version.build([[meta(1, b"a", b"b")], [meta(2, b"a", b"z", size=500)], [], []])
+    v = LsmVersion.build([[meta(1, b"a", b"b")], [meta(2, b"a", b"z", size=500)], [], []])
     assert policy.pick_compaction(v, OPTS) is None
 
 
 def test_level0_takes_every_file_and_overlapping_level1() -> None:
-    v = Version.build([
+    v = LsmVersion.build([
         [meta(1, b"c", b"f", seq=1), meta(2, b"a", b"d", seq=2)],
         [meta(3, b"a", b"b"), meta(4, b"e", b"g"), meta(5, b"x", b"y")],
         [], [],
@@ -36,7 +36,7 @@ def test_level0_takes_every_file_and_overlapping_level1() -> None:
 
 def test_level_over_target_picks_round_robin_after_pointer() -> None:
     files = [meta(n, bytes([97 + 2 * n]), bytes([98 + 2 * n]), size=400) for n in range(1, 5)]
-    v = Version.build([[], files, [meta(9, b"a", b"z")], []])
+    v = LsmVersion.build([[], files, [meta(9, b"a", b"z")], []])
     first = policy.pick_compaction(v, OPTS)
     assert first is not None and first.level == 1 and first.inputs[0].number == 1
     after = policy.pick_compaction(v, OPTS, {1: first.inputs[0].largest})
@@ -45,19 +45,20 @@ def test_level_over_target_picks_round_robin_after_pointer() -> None:
 
 
 def test_not_bottommost_when_deeper_level_overlaps() -> None:
-    v = Version.build([[meta(1, b"a", b"c"), meta(2, b"b", b"d")], [], [meta(3, b"c", b"c")], []])
+    v = LsmVersion.build([[meta(1, b"a", b"c"), meta(2, b"b", b"d")], [],
+                          [meta(3, b"c", b"c")], []])
     task = policy.pick_compaction(v, OPTS)
     assert task is not None and not task.bottommost
 
 
 def test_trivial_move_and_result_edits_apply() -> None:
-    v = Version.build([[], [meta(1, b"a", b"b", size=5000)], [], []])
+    v = LsmVersion.build([[], [meta(1, b"a", b"b", size=5000)], [], []])
     task = policy.pick_compaction(v, OPTS)
     assert task is not None and task.is_trivial_move
     moved = v.apply(policy.trivial_move_edit(task))
     assert [f.number for f in moved.levels[2]] == [1] and not moved.levels[1]
 
-    v2 = Version.build([[meta(1, b"a", b"m", seq=5), meta(2, b"k", b"z", seq=6)], [], [], []])
+    v2 = LsmVersion.build([[meta(1, b"a", b"m", seq=5), meta(2, b"k", b"z", seq=6)], [], [], []])
     t2 = policy.pick_compaction(v2, OPTS)
     assert t2 is not None
     done = v2.apply(policy.result_edit(t2, [meta(7, b"a", b"z")]))
@@ -65,19 +66,19 @@ def test_trivial_move_and_result_edits_apply() -> None:
 
 
 def test_manual_level0_task_takes_all_level0_files() -> None:
-    v = Version.build([[meta(1, b"a", b"b"), meta(2, b"x", b"z")], [], [], []])
+    v = LsmVersion.build([[meta(1, b"a", b"b"), meta(2, b"x", b"z")], [], [], []])
     task = policy.manual_tasks_for_level(v, 0, b"a", b"a")
     assert task is not None and len(task.inputs) == 2
 
 
 def test_version_lookup_and_overlap_checks() -> None:
-    v = Version.build([[], [meta(1, b"a", b"c"), meta(2, b"e", b"g")], [], []])
+    v = LsmVersion.build([[], [meta(1, b"a", b"c"), meta(2, b"e", b"g")], [], []])
     found = v.find_in_level(1, b"f")
     assert found is not None and found.number == 2
     assert v.find_in_level(1, b"d") is None
     assert v.find_in_level(1, b"z") is None
     v.check_levels("test")
-    bad = Version.build([[], [meta(1, b"a", b"f"), meta(2, b"e", b"g")], [], []])
+    bad = LsmVersion.build([[], [meta(1, b"a", b"f"), meta(2, b"e", b"g")], [], []])
     try:
         bad.check_levels("test")
     except Exception as exc:
@@ -89,7 +90,7 @@ def test_version_lookup_and_overlap_checks() -> None:
 
 
 def test_debt_grows_with_excess() -> None:
-    small = Version.build([[], [meta(1, b"a", b"b", size=500)], [], []])
-    big = Version.build([[], [meta(1, b"a", b"b", size=5000)], [], []])
+    small = LsmVersion.build([[], [meta(1, b"a", b"b", size=500)], [], []])
+    big = LsmVersion.build([[], [meta(1, b"a", b"b", size=5000)], [], []])
     assert policy.compaction_debt_bytes(small, OPTS) == 0
     assert policy.compaction_debt_bytes(big, OPTS) > 0

@@ -1,11 +1,13 @@
-"""Executing compactions: merge input tables into new ones, in a thread or in
-a child process.
+"""Writing SSTables: the outputs of a compaction (input tables merged into
+new ones, in a thread or in a child process) and of a flush
+(:func:`write_tables`). The choice of what to compact is ``lsm.compaction``'s
+(pure); this module does the writing.
 
 Python runs one thread at a time, so a compaction on a background thread
 takes its CPU time straight out of the writers' (the merge, block building
 and bloom filters cost several microseconds per entry, paid again at every
 level). With the database on a real file system the engine therefore runs
-each compaction in a child interpreter (``python -m lsm.compactor``): the
+each compaction in a child interpreter (``python -m lsm.table_writer``): the
 child reads the input tables, writes the outputs under file numbers the
 parent reserved, and returns their metadata; the parent installs the result
 in the manifest as before. Flushes stay on their thread (see lsm.jobs).
@@ -36,7 +38,7 @@ from lsm.manifest import FileMeta
 from lsm.options import Options
 from lsm.sstable import TableBuilder, TableReader
 
-log = logging.getLogger("lsm.compactor")
+log = logging.getLogger("lsm.table_writer")
 
 _ABORT_CHECK_EVERY = 1024
 _POLL_S = 0.1
@@ -207,7 +209,7 @@ def can_run_in_child(job: CompactionJob) -> bool:
 def run_in_child(
     job: CompactionJob, should_abort: Callable[[], bool]
 ) -> CompactionOutput:
-    """Run ``job`` in a child interpreter (``python -m lsm.compactor``); kill
+    """Run ``job`` in a child interpreter (``python -m lsm.table_writer``); kill
     it and clean up if ``should_abort`` turns true meanwhile. Errors come back
     as the engine's own types. A plain subprocess rather than
     multiprocessing, so the embedding program's ``__main__`` is never
@@ -218,7 +220,7 @@ def run_in_child(
     # -P: no current directory on sys.path, so the child imports this very
     # lsm package (via PYTHONPATH) even when the cwd holds another one.
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "lsm.compactor", str(os.getpid())],
+        [sys.executable, "-P", "-m", "lsm.table_writer", str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )
     request: bytes | None = pickle.dumps(job)
@@ -324,8 +326,8 @@ def _rebuild_error(payload: Any) -> LSMError:
 
 
 if __name__ == "__main__":
-    # Run the copy imported as lsm.compactor, so that pickled results name
-    # lsm.compactor classes rather than __main__ ones.
-    from lsm.compactor import _child_main as child_main
+    # Run the copy imported as lsm.table_writer, so that pickled results name
+    # lsm.table_writer classes rather than __main__ ones.
+    from lsm.table_writer import _child_main as child_main
 
     child_main()

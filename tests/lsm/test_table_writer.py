@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lsm import compactor, filenames
+from lsm import filenames, table_writer
 from lsm.errors import CorruptionError
 from lsm.fs import OsFileSystem
 from lsm.keys import KIND_DELETE, KIND_VALUE
@@ -24,7 +24,7 @@ def _table(dirname: str, number: int, entries: list[tuple[bytes, int, int, bytes
     f.close()
 
 
-def _job(dirname: str, bottommost: bool) -> compactor.CompactionJob:
+def _job(dirname: str, bottommost: bool) -> table_writer.CompactionJob:
     newer = [(b"k%03d" % i, 1000 + i, KIND_VALUE, b"new%d" % i) for i in range(0, 200, 2)]
     newer.append((b"k999", 2000, KIND_DELETE, b""))
     older = [(b"k%03d" % i, i + 1, KIND_VALUE, b"old%d" % i) for i in range(200)]
@@ -32,7 +32,7 @@ def _job(dirname: str, bottommost: bool) -> compactor.CompactionJob:
     _table(dirname, 1, newer)
     _table(dirname, 2, older)
     options = Options(block_bytes=512, target_file_bytes=2048)
-    return compactor.CompactionJob(dirname, ((1,), (2,)), bottommost, 10, 40, options)
+    return table_writer.CompactionJob(dirname, ((1,), (2,)), bottommost, 10, 40, options)
 
 
 def _outputs(dirname: str) -> list[str]:
@@ -42,7 +42,7 @@ def _outputs(dirname: str) -> list[str]:
 
 def test_child_merges_newest_first_and_drops_tombstones_at_the_bottom(tmp_path: str) -> None:
     dirname = str(tmp_path)
-    out = compactor.run_in_child(_job(dirname, bottommost=True), lambda: False)
+    out = table_writer.run_in_child(_job(dirname, bottommost=True), lambda: False)
     assert len(out.files) > 1  # split at the target size
     assert [filenames.table_name(f.number) for f in out.files] == _outputs(dirname)
     merged = []
@@ -59,11 +59,11 @@ def test_child_and_thread_write_the_same_entries(tmp_path: str) -> None:
     a, b = os.path.join(tmp_path, "a"), os.path.join(tmp_path, "b")
     os.makedirs(a)
     os.makedirs(b)
-    in_child = compactor.run_in_child(_job(a, bottommost=False), lambda: False)
+    in_child = table_writer.run_in_child(_job(a, bottommost=False), lambda: False)
     job = _job(b, bottommost=False)
     fs = OsFileSystem()
     readers = {n: TableReader.open(fs, filenames.table_path(b, n)) for n in (1, 2)}
-    in_thread = compactor.execute(job, fs, readers.__getitem__, lambda: False)
+    in_thread = table_writer.execute(job, fs, readers.__getitem__, lambda: False)
     for r in readers.values():
         r.close()
     strip = [(f.number, f.smallest, f.largest, f.entries, f.tombstones) for f in in_child.files]
@@ -82,8 +82,8 @@ def test_abort_kills_the_child_and_removes_its_outputs(tmp_path: str) -> None:
         polls.append(1)
         return True
 
-    with pytest.raises(compactor.Aborted):
-        compactor.run_in_child(job, abort)
+    with pytest.raises(table_writer.Aborted):
+        table_writer.run_in_child(job, abort)
     assert polls == [1]
     assert _outputs(dirname) == []
 
@@ -98,6 +98,6 @@ def test_corrupt_input_comes_back_as_corruption_error(tmp_path: str) -> None:
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(CorruptionError) as info:
-        compactor.run_in_child(job, lambda: False)
+        table_writer.run_in_child(job, lambda: False)
     assert info.value.path == path and info.value.offset == 0
     assert _outputs(dirname) == []
