@@ -220,7 +220,9 @@ def run_in_child(
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lsm.compactor"],
+        # -P: not the working directory first on the path, which could hold
+        # another checkout's lsm and so another Options than the one pickled.
+        [sys.executable, "-P", "-m", "lsm.compactor"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )
     request: bytes | None = pickle.dumps(job)

@@ -435,28 +435,12 @@ class DB:
             raise ClosedError(f"database {self.path} is closed")
         while True:
             state = self._state
-            mem, imms, version = state
-            hit = mem.get(key)
-            if hit is None:
-                for imm in imms:
-                    hit = imm.get(key)
-                    if hit is not None:
-                        break
             try:
-                if hit is None:
-                    hit = self._get_from_tables(version, key)
-                    if hit is None:
-                        return None
-                kind = hit[1]
-                if kind == KIND_VALUE:
-                    return hit[2]
-                if kind == KIND_DELETE:
-                    return None
-                return resolve(self.options.merge_operator, key, self._hits(state, key, False))
+                return self._lookup(state, key, False)
             except (StorageIOError, FileNotFoundError):
                 # A compaction may have deleted a file of the version we read;
                 # retry on the newer version, or fail if nothing changed.
-                if self._state[2] is version:
+                if self._state[2] is state[2]:
                     raise
 
     def get_cached(self, key: bytes) -> bytes | NotCached | None:
@@ -468,32 +452,52 @@ class DB:
         if self._closed:
             raise ClosedError(f"database {self.path} is closed")
         try:
-            return resolve(self.options.merge_operator, key, self._hits(self._state, key, True))
+            return self._lookup(self._state, key, True)
         except _NeedsRead:
             self.counters["get_not_cached"] += 1
             return NOT_CACHED
 
-    def _get_from_tables(self, version: Version, key: bytes) -> Hit | None:
-        """The newest table entry of ``key`` (the common case of :meth:`_hits`,
-        without a generator)."""
+    def _lookup(self, state: State, key: bytes, cached: bool) -> bytes | None:
+        """The value of ``key`` in ``state``: the newest entry decides unless
+        it is a merge operand, which takes the slower walk of :meth:`_hits`.
+        ``cached``: raise ``_NeedsRead`` where a file would be read."""
+        mem, imms, version = state
+        hit = mem.get(key)
+        if hit is None:
+            for imm in imms:
+                hit = imm.get(key)
+                if hit is not None:
+                    break
+            else:
+                hit = self._get_from_tables(version, key, cached)
+                if hit is None:
+                    return None
+        kind = hit[1]
+        if kind == KIND_VALUE:
+            return hit[2]
+        if kind == KIND_DELETE:
+            return None
+        return resolve(self.options.merge_operator, key, self._hits(state, key, cached))
+
+    def _get_from_tables(self, version: Version, key: bytes, cached: bool) -> Hit | None:
+        """The newest table entry of ``key``."""
         tables = self.tables
         for f in version.levels[0]:
             if f.smallest <= key <= f.largest:
-                hit = tables.get(f.number).get(key)
+                hit = _probe(tables, f.number, key) if cached else tables.get(f.number).get(key)
                 if hit is not None:
                     return hit
         for level in version.deep_levels:
             f2 = version.find_in_level(level, key)
             if f2 is not None:
-                hit = tables.get(f2.number).get(key)
+                hit = _probe(tables, f2.number, key) if cached else tables.get(f2.number).get(key)
                 if hit is not None:
                     return hit
         return None
 
     def _hits(self, state: State, key: bytes, cached: bool) -> Iterator[Hit]:
         """Every entry of ``key``, newest first: memtables, level-0 tables,
-        then one table per deeper level. ``cached``: raise ``_NeedsRead``
-        where a file would have to be read."""
+        then one table per deeper level (the walk a merge operand needs)."""
         mem, imms, version = state
         for m in (mem, *imms):
             hit = m.get(key)
@@ -506,17 +510,9 @@ class DB:
                 files.append(f2)
         tables = self.tables
         for f in files:
-            found: Hit | None
-            if cached:
-                reader = tables.if_open(f.number)
-                probe = NOT_CACHED if reader is None else reader.get_cached(key)
-                if probe is NOT_CACHED:
-                    raise _NeedsRead
-                found = probe
-            else:
-                found = tables.get(f.number).get(key)
-            if found is not None:
-                yield found
+            hit = _probe(tables, f.number, key) if cached else tables.get(f.number).get(key)
+            if hit is not None:
+                yield hit
 
     def scan(
         self, start: bytes | None = None, end: bytes | None = None
@@ -676,6 +672,17 @@ class DB:
 
 class _NeedsRead(Exception):
     """``get_cached`` would have to read a file."""
+
+
+def _probe(tables: TableCache, number: int, key: bytes) -> Hit | None:
+    """A table lookup that reads no file, or ``_NeedsRead``."""
+    reader = tables.if_open(number)
+    if reader is None:
+        raise _NeedsRead
+    hit = reader.get_cached(key)
+    if hit is NOT_CACHED:
+        raise _NeedsRead
+    return hit
 
 
 def _check_value(value: bytes) -> None:
