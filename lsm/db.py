@@ -59,7 +59,7 @@ from lsm.keys import (
 )
 from lsm.manifest import ManifestWriter, VersionEdit, read_current, read_manifest, set_current
 from lsm.memtable import MemTable
-from lsm.merging import NOT_CACHED, NotCached, resolve
+from lsm.merging import NOT_CACHED, NotCached, finish
 from lsm.options import Options
 from lsm.recovery import recover
 from lsm.stats import collect as collect_stats
@@ -458,8 +458,8 @@ class DB:
             return NOT_CACHED
 
     def _lookup(self, state: State, key: bytes, cached: bool) -> bytes | None:
-        """The value of ``key`` in ``state``: the newest entry decides unless
-        it is a merge operand, which takes the slower walk of :meth:`_hits`.
+        """The value of ``key`` in ``state``: the newest entry decides, unless
+        it is a merge operand (then the walk goes on down to a base).
         ``cached``: raise ``_NeedsRead`` where a file would be read."""
         mem, imms, version = state
         hit = mem.get(key)
@@ -469,50 +469,49 @@ class DB:
                 if hit is not None:
                     break
             else:
-                hit = self._get_from_tables(version, key, cached)
-                if hit is None:
-                    return None
+                return self._from_tables(version, key, cached, None)
         kind = hit[1]
         if kind == KIND_VALUE:
             return hit[2]
         if kind == KIND_DELETE:
             return None
-        return resolve(self.options.merge_operator, key, self._hits(state, key, cached))
+        operands: list[bytes] = []  # a memtable operand: walk every source again
+        for m in (mem, *imms):
+            hit = m.get(key)
+            if hit is not None:
+                if hit[1] != KIND_MERGE:
+                    return finish(self.options.merge_operator, key, hit, operands)
+                operands.append(hit[2])
+        return self._from_tables(version, key, cached, operands)
 
-    def _get_from_tables(self, version: Version, key: bytes, cached: bool) -> Hit | None:
-        """The newest table entry of ``key``."""
+    def _from_tables(
+        self, version: Version, key: bytes, cached: bool, operands: list[bytes] | None
+    ) -> bytes | None:
+        """The value of ``key`` from the tables, newest first, on top of the
+        merge ``operands`` (newest first) found above them, if any."""
         tables = self.tables
         for f in version.levels[0]:
             if f.smallest <= key <= f.largest:
                 hit = _probe(tables, f.number, key) if cached else tables.get(f.number).get(key)
                 if hit is not None:
-                    return hit
+                    if hit[1] != KIND_MERGE:
+                        return self._settle(key, hit, operands)
+                    operands = _push(operands, hit[2])
         for level in version.deep_levels:
             f2 = version.find_in_level(level, key)
             if f2 is not None:
                 hit = _probe(tables, f2.number, key) if cached else tables.get(f2.number).get(key)
                 if hit is not None:
-                    return hit
-        return None
+                    if hit[1] != KIND_MERGE:
+                        return self._settle(key, hit, operands)
+                    operands = _push(operands, hit[2])
+        return None if operands is None else finish(self.options.merge_operator, key, None,
+                                                    operands)
 
-    def _hits(self, state: State, key: bytes, cached: bool) -> Iterator[Hit]:
-        """Every entry of ``key``, newest first: memtables, level-0 tables,
-        then one table per deeper level (the walk a merge operand needs)."""
-        mem, imms, version = state
-        for m in (mem, *imms):
-            hit = m.get(key)
-            if hit is not None:
-                yield hit
-        files = [f for f in version.levels[0] if f.smallest <= key <= f.largest]
-        for level in version.deep_levels:
-            f2 = version.find_in_level(level, key)
-            if f2 is not None:
-                files.append(f2)
-        tables = self.tables
-        for f in files:
-            hit = _probe(tables, f.number, key) if cached else tables.get(f.number).get(key)
-            if hit is not None:
-                yield hit
+    def _settle(self, key: bytes, base: Hit, operands: list[bytes] | None) -> bytes | None:
+        if operands is None:
+            return base[2] if base[1] == KIND_VALUE else None
+        return finish(self.options.merge_operator, key, base, operands)
 
     def scan(
         self, start: bytes | None = None, end: bytes | None = None
@@ -672,6 +671,13 @@ class DB:
 
 class _NeedsRead(Exception):
     """``get_cached`` would have to read a file."""
+
+
+def _push(operands: list[bytes] | None, operand: bytes) -> list[bytes]:
+    if operands is None:
+        return [operand]
+    operands.append(operand)
+    return operands
 
 
 def _probe(tables: TableCache, number: int, key: bytes) -> Hit | None:

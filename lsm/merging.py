@@ -12,7 +12,7 @@ Where entries meet:
 
 * memtable: a MERGE added on top of the key's entry is combined at once
   (:func:`combine`), so a memtable still holds one entry per key;
-* point reads (:func:`resolve`) and scans (``lsm.iterators.merge_resolving``
+* point reads (:func:`finish`) and scans (``lsm.iterators.merge_resolving``
   with ``bottom=True``): every older entry is at hand, so the result is
   always a value (or ``None``);
 * compactions: a run that reaches a base, or any run when the output is the
@@ -26,7 +26,6 @@ functions here are pure; callers pass the operator in.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from lsm.errors import InvalidArgumentError
@@ -83,22 +82,16 @@ def combine(op: MergeOperator | None, key: bytes, old: Hit, new: Hit) -> Hit:
     return oseq, KIND_VALUE, need(op).full_merge(key, base, [ovalue])
 
 
-def resolve(op: MergeOperator | None, key: bytes, hits: Iterable[Hit]) -> bytes | None:
-    """The value of ``key`` from its entries, newest first, one per source
-    (memtables, then tables level by level)."""
-    operands: list[bytes] = []
-    base: bytes | None = None
-    for _seq, kind, value in hits:
-        if kind == KIND_MERGE:
-            operands.append(value)
-            continue
-        if kind == KIND_VALUE:
-            base = value
-        break
+def finish(op: MergeOperator | None, key: bytes, base: Hit | None,
+           operands: list[bytes]) -> bytes | None:
+    """The value of ``key`` from a point read: ``operands`` are the merge
+    operands met newest first (reversed in place), ``base`` the VALUE or
+    DELETE that ended the walk, or ``None`` when it reached the end."""
+    value = base[2] if base is not None and base[1] == KIND_VALUE else None
     if not operands:
-        return base
+        return value
     operands.reverse()
-    return need(op).full_merge(key, base, operands)
+    return need(op).full_merge(key, value, operands)
 
 
 def fold(op: MergeOperator | None, head: Entry, operands: list[bytes], base: Entry | None,

@@ -22,7 +22,7 @@ from lsm.iterators import (
 from lsm.keys import KIND_DELETE, KIND_MERGE, KIND_VALUE, Entry, kind_name, pack_trailer
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.memtable import MemTable
-from lsm.merging import fold, resolve
+from lsm.merging import finish, fold
 from lsm.options import Decision, Options
 from lsm.sstable import TableReader
 from lsm.wal import decode_batch, encode_batch
@@ -78,15 +78,13 @@ def test_memtable_late_older_entry_goes_under_newer_operands() -> None:
 
 
 # -- resolution -------------------------------------------------------------------
-def test_resolve_walks_operands_down_to_a_base() -> None:
-    hits = [(9, KIND_MERGE, b"c"), (8, KIND_MERGE, b"b"), (5, KIND_VALUE, b"base"),
-            (2, KIND_MERGE, b"hidden")]
-    assert resolve(APPEND, b"k", hits) == b"base|b|c"
-    assert resolve(APPEND, b"k", [(9, KIND_MERGE, b"c"), (3, KIND_DELETE, b"")]) == b"~|c"
-    assert resolve(APPEND, b"k", [(9, KIND_MERGE, b"c")]) == b"~|c"
-    assert resolve(APPEND, b"k", [(3, KIND_DELETE, b""), (2, KIND_VALUE, b"x")]) is None
-    assert resolve(None, b"k", [(3, KIND_VALUE, b"x")]) == b"x"
-    assert resolve(APPEND, b"k", []) is None
+def test_finish_applies_operands_oldest_first_onto_the_base() -> None:
+    assert finish(APPEND, b"k", (5, KIND_VALUE, b"base"), [b"c", b"b"]) == b"base|b|c"
+    assert finish(APPEND, b"k", (3, KIND_DELETE, b""), [b"c"]) == b"~|c"
+    assert finish(APPEND, b"k", None, [b"c"]) == b"~|c"
+    assert finish(APPEND, b"k", (3, KIND_DELETE, b""), []) is None
+    assert finish(None, b"k", (3, KIND_VALUE, b"x"), []) == b"x"
+    assert finish(APPEND, b"k", None, []) is None
 
 
 def test_fold_partial_above_the_bottom_full_at_the_bottom() -> None:
