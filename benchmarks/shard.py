@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write_docs:
-        harness.publish("Shard worker", args.quick, info, text)
+        title = "Engine write paths (merge operands)" if args.merge_only else "Shard worker"
+        harness.publish(title, args.quick, info, text)
     return 0
 
 
