@@ -47,19 +47,11 @@ from lsm.errors import (
 from lsm.filenames import FileType
 from lsm.iterators import live_items, merge_newest, merge_resolving
 from lsm.jobs import Jobs
-from lsm.keys import (
-    KIND_DELETE,
-    KIND_MERGE,
-    KIND_VALUE,
-    MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
-    Entry,
-    Hit,
-    Op,
-)
+from lsm.keys import KIND_DELETE, KIND_MERGE, KIND_VALUE, MAX_KEY_BYTES, MAX_VALUE_BYTES, Entry, Op
+from lsm.lookup import NeedsRead, State, lookup
 from lsm.manifest import ManifestWriter, VersionEdit, read_current, read_manifest, set_current
 from lsm.memtable import MemTable
-from lsm.merging import NOT_CACHED, NotCached, finish
+from lsm.merging import NOT_CACHED, NotCached
 from lsm.options import Options
 from lsm.recovery import recover
 from lsm.stats import collect as collect_stats
@@ -71,7 +63,6 @@ log = logging.getLogger("lsm.db")
 
 _RESUME_INTERVAL_S = 0.05
 
-State = tuple[MemTable, tuple[MemTable, ...], Version]
 
 
 class DB:
@@ -436,7 +427,7 @@ class DB:
         while True:
             state = self._state
             try:
-                return self._lookup(state, key, False)
+                return lookup(state, self.tables, self.options.merge_operator, key, False)
             except (StorageIOError, FileNotFoundError):
                 # A compaction may have deleted a file of the version we read;
                 # retry on the newer version, or fail if nothing changed.
@@ -452,66 +443,10 @@ class DB:
         if self._closed:
             raise ClosedError(f"database {self.path} is closed")
         try:
-            return self._lookup(self._state, key, True)
-        except _NeedsRead:
+            return lookup(self._state, self.tables, self.options.merge_operator, key, True)
+        except NeedsRead:
             self.counters["get_not_cached"] += 1
             return NOT_CACHED
-
-    def _lookup(self, state: State, key: bytes, cached: bool) -> bytes | None:
-        """The value of ``key`` in ``state``: the newest entry decides, unless
-        it is a merge operand (then the walk goes on down to a base).
-        ``cached``: raise ``_NeedsRead`` where a file would be read."""
-        mem, imms, version = state
-        hit = mem.get(key)
-        if hit is None:
-            for imm in imms:
-                hit = imm.get(key)
-                if hit is not None:
-                    break
-            else:
-                return self._from_tables(version, key, cached, None)
-        kind = hit[1]
-        if kind == KIND_VALUE:
-            return hit[2]
-        if kind == KIND_DELETE:
-            return None
-        operands: list[bytes] = []  # a memtable operand: walk every source again
-        for m in (mem, *imms):
-            hit = m.get(key)
-            if hit is not None:
-                if hit[1] != KIND_MERGE:
-                    return finish(self.options.merge_operator, key, hit, operands)
-                operands.append(hit[2])
-        return self._from_tables(version, key, cached, operands)
-
-    def _from_tables(
-        self, version: Version, key: bytes, cached: bool, operands: list[bytes] | None
-    ) -> bytes | None:
-        """The value of ``key`` from the tables, newest first, on top of the
-        merge ``operands`` (newest first) found above them, if any."""
-        tables = self.tables
-        for f in version.levels[0]:
-            if f.smallest <= key <= f.largest:
-                hit = _probe(tables, f.number, key) if cached else tables.get(f.number).get(key)
-                if hit is not None:
-                    if hit[1] != KIND_MERGE:
-                        return self._settle(key, hit, operands)
-                    operands = _push(operands, hit[2])
-        for level in version.deep_levels:
-            f2 = version.find_in_level(level, key)
-            if f2 is not None:
-                hit = _probe(tables, f2.number, key) if cached else tables.get(f2.number).get(key)
-                if hit is not None:
-                    if hit[1] != KIND_MERGE:
-                        return self._settle(key, hit, operands)
-                    operands = _push(operands, hit[2])
-        return None if operands is None else finish(self.options.merge_operator, key, None,
-                                                    operands)
-
-    def _settle(self, key: bytes, base: Hit, operands: list[bytes] | None) -> bytes | None:
-        if operands is None:
-            return base[2] if base[1] == KIND_VALUE else None
-        return finish(self.options.merge_operator, key, base, operands)
 
     def scan(
         self, start: bytes | None = None, end: bytes | None = None
@@ -667,28 +602,6 @@ class DB:
             compact_pointers=tuple(sorted(self._pointers.items())),
             merge_operator=None if op is None else op.name,
         )
-
-
-class _NeedsRead(Exception):
-    """``get_cached`` would have to read a file."""
-
-
-def _push(operands: list[bytes] | None, operand: bytes) -> list[bytes]:
-    if operands is None:
-        return [operand]
-    operands.append(operand)
-    return operands
-
-
-def _probe(tables: TableCache, number: int, key: bytes) -> Hit | None:
-    """A table lookup that reads no file, or ``_NeedsRead``."""
-    reader = tables.if_open(number)
-    if reader is None:
-        raise _NeedsRead
-    hit = reader.get_cached(key)
-    if hit is NOT_CACHED:
-        raise _NeedsRead
-    return hit
 
 
 def _check_value(value: bytes) -> None:
