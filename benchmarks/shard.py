@@ -12,6 +12,15 @@ durability: every write reaches the OS, no fsync per write):
 - client, batched: ``--concurrency`` calls in flight, which the client packs
   into shared frames (DESIGN §2).
 
+A second table compares ways to apply a replica write in the engine (each
+key written 4 times, every version superseding the last): a blind ``put``
+(no version merge at all: the ceiling), ``merge`` of the encoded version
+with a sibling-set merge operator (lsm merge operands, resolved where they
+meet), the same through ``try_write`` (what a worker would call inline on
+its event loop), and get + ``merge_sets`` + put (today's read before write);
+then gets of the merged keys before and after a full compaction.
+``--merge-only`` runs just that table.
+
     python3 benchmarks/shard.py --quick
     python3 benchmarks/shard.py --ops 50000 --write-docs
 """
@@ -29,13 +38,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import harness
+from sibling_merge import SiblingSetMerge
 
+from lsm import NOT_CACHED
+from lsm.batch import WriteBatch
 from lsm.db import DB
 from lsm.options import Options
 from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.vclock import ActorId, VClock
-from shardserver.protocol.versions import Version
+from shardserver.protocol.versions import Version, decode_siblings, encode_siblings, merge_sets
 from shardserver.storage import ShardStore
 
 ACTOR = ActorId(b"bench#1")
@@ -52,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dir", default=None, help="parent of the scratch directory")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--write-docs", action="store_true", help="append the results to docs")
+    p.add_argument("--merge-only", action="store_true",
+                   help="only the table of write paths (put, merge, read before write)")
     args = p.parse_args(argv)
     if args.ops is None:
         args.ops = 5000 if args.quick else 40000
@@ -109,6 +123,84 @@ def bench_store(args: argparse.Namespace, path: str) -> dict[str, float]:
     return {"write": put, "read": get}
 
 
+def _merge_options() -> Options:
+    # Compactions run in a child process, which must import the operator.
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    return Options(fsync="interval", merge_operator=SiblingSetMerge())
+
+
+def bench_write_paths(args: argparse.Namespace, scratch: str) -> str:
+    keys, values = workload(args)
+    distinct = [p.to_bytes(2, "big") + k for p, k in keys[: max(1, len(keys) // 4)]]
+    n = len(keys)
+    writes = [(distinct[i % len(distinct)], encode_siblings((version(i, values[i % 256]),)))
+              for i in range(n)]
+    order = distinct[:]
+    random.Random(args.seed + 1).shuffle(order)
+    rows: list[list[str]] = []
+    base: dict[str, float] = {}
+
+    def timed(label: str, fn: Callable[[bytes, bytes], object], what: str) -> None:
+        t, c = time.perf_counter(), time.process_time()
+        for key, raw in writes:
+            fn(key, raw)
+        base[label] = rate(n, time.perf_counter() - t)
+        cpu = (time.process_time() - c) / n * 1e6
+        rows.append([label, harness.fmt_rate(base[label]), f"{cpu:.1f}",
+                     harness.fmt_ratio(base[label] / base["put"]), what])
+
+    def reads(label: str, db: DB) -> None:
+        t, c = time.perf_counter(), time.process_time()
+        for key in order:
+            db.get(key)
+        r = rate(len(order), time.perf_counter() - t)
+        cpu = (time.process_time() - c) / len(order) * 1e6
+        cached = sum(1 for key in order if db.get_cached(key) is not NOT_CACHED)
+        rows.append([label, harness.fmt_rate(r), f"{cpu:.1f}", "",
+                     f"get_cached answered {cached / len(order):.0%} afterwards"])
+
+    with DB.open(os.path.join(scratch, "put"), Options(fsync="interval")) as db:
+        timed("put", db.put, "blind overwrite, no version merge")
+    with DB.open(os.path.join(scratch, "merge"), _merge_options()) as db:
+        timed("merge", db.merge, "blind; siblings joined where entries meet")
+        db.wait_for_compactions()
+        reads("get after merges", db)
+        db.compact_range(bottommost=True)
+        reads("get after full compaction", db)
+        newest = decode_siblings(db.get(writes[-1][0]) or b"")
+        if [v.hlc for v in newest] != [make_hlc(1_700_000_000_000 + n - 1)]:
+            raise RuntimeError(f"merged siblings are wrong: {newest}")
+    with DB.open(os.path.join(scratch, "inline"), _merge_options()) as db:
+        inline = 0
+
+        def try_merge(key: bytes, raw: bytes) -> None:
+            nonlocal inline
+            batch = WriteBatch().merge(key, raw)
+            if db.try_write(batch):
+                inline += 1
+            else:
+                db.write(batch)
+
+        timed("merge via try_write", try_merge, "")
+        rows[-1][-1] = f"{inline / n:.1%} applied inline, the rest by write"
+    with DB.open(os.path.join(scratch, "rbw"), Options(fsync="interval")) as db:
+
+        def read_merge_write(key: bytes, raw: bytes) -> None:
+            old = db.get(key)
+            current = () if old is None else decode_siblings(old)
+            db.put(key, encode_siblings(merge_sets(current, decode_siblings(raw)).siblings))
+
+        timed("get + merge_sets + put", read_merge_write, "read before write (today)")
+        db.wait_for_compactions()
+        reads("get after read-before-write", db)
+    note = (f"{n} writes over {len(distinct)} keys, {args.value_bytes}-byte values, "
+            "fsync=interval, one thread; ops/s by the wall clock, CPU µs per op of this "
+            "process (compactions run in child processes and are not counted).")
+    return harness.table(["engine path", "ops/s", "CPU µs/op", "vs put", "notes"], rows) + (
+        "\n\n" + note)
+
+
 def start_worker(sock: str, data: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
@@ -164,6 +256,9 @@ async def bench_client(
 
 
 def run(args: argparse.Namespace, scratch: str) -> str:
+    merge_table = bench_write_paths(args, os.path.join(scratch, "paths"))
+    if args.merge_only:
+        return merge_table
     rows: dict[str, dict[str, float]] = {}
     rows["engine (in-process)"] = bench_engine(args, os.path.join(scratch, "engine"))
     rows["store (in-process)"] = bench_store(args, os.path.join(scratch, "store"))
@@ -192,7 +287,7 @@ def run(args: argparse.Namespace, scratch: str) -> str:
         f"{args.ops} keys per row, {args.value_bytes}-byte values, fsync=interval; "
         "client rows talk to one worker process over a unix socket."
     )
-    return harness.table(header, table) + "\n\n" + note
+    return harness.table(header, table) + "\n\n" + note + "\n\n" + merge_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write_docs:
-        harness.publish("Shard worker", args.quick, info, text)
+        title = "Engine write paths (merge operands)" if args.merge_only else "Shard worker"
+        harness.publish(title, args.quick, info, text)
     return 0
 
 

@@ -28,6 +28,10 @@ from lsm.inspect import sst as lib_sst
 from lsm.inspect import text
 from lsm.inspect.common import READ_ERRORS, Exit, Problem, jsonable, parse_key
 
+# Entry kinds whose bytes are a sibling set in a shard table (merge operands
+# too, once the shard layer writes them).
+_CARRIES_SIBLINGS = ("value", "merge")
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 hex_option = click.option(
     "--hex", "hex_", is_flag=True,
@@ -178,12 +182,12 @@ def scan(file: str, *, start: str | None, end: str | None, prefix: str | None,
             if as_json:
                 entries.append(
                     dict(jsonable(e, hex_), **jsonable(decode.entry_json(
-                        e.key, e.value if e.kind == "value" else None), hex_))
+                        e.key, e.value if e.kind in _CARRIES_SIBLINGS else None), hex_))
                     if ringkv else e
                 )
             elif ringkv:
-                shown = (f"value {decode.value_text(e.value, hex_)}" if e.kind == "value"
-                         else e.kind)
+                shown = (f"{e.kind} {decode.value_text(e.value, hex_)}"
+                         if e.kind in _CARRIES_SIBLINGS else e.kind)
                 click.echo(f"{decode.key_text(e.key, hex_)} @{e.seq} {shown}")
             else:
                 click.echo(text.scan_entry(e, hex_))

@@ -35,6 +35,17 @@ class BlockCache:
             self._items.move_to_end(key)
         return item[0]
 
+    def peek(self, key: tuple[int, int]) -> Any:
+        """:meth:`get` for a probe that falls back to a read on a miss: a
+        hit counts, a miss does not (the read that follows counts it)."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self.hits += 1
+        with contextlib.suppress(KeyError):
+            self._items.move_to_end(key)
+        return item[0]
+
     def put(self, key: tuple[int, int], value: Any, charge: int) -> None:
         charge += ENTRY_OVERHEAD
         if charge > self.capacity:

@@ -9,7 +9,10 @@ readers take it with a single attribute read and never lock.
 
 Background work runs in :mod:`lsm.jobs` on two threads (flush, compaction)
 plus a WAL syncer in ``interval`` mode. Lock order: ``_manifest_lock`` ->
-``_mu`` -> ``_sync_lock``.
+``_mu`` -> ``_sync_lock``. Threads may hold ``_mu`` across I/O (a writer
+switching to a new WAL creates it and syncs the directory, ``close`` syncs
+the WALs), so the calls for an event loop (``try_write``, ``get_cached``)
+never wait for it: they try it without blocking, or read ``_state`` only.
 
 Failure model
 -------------
@@ -42,11 +45,13 @@ from lsm.errors import (
     StorageIOError,
 )
 from lsm.filenames import FileType
-from lsm.iterators import live_items, merge_newest
+from lsm.iterators import live_items, merge_newest, merge_resolving
 from lsm.jobs import Jobs
-from lsm.keys import KIND_DELETE, KIND_VALUE, MAX_KEY_BYTES, MAX_VALUE_BYTES, Entry
+from lsm.keys import KIND_DELETE, KIND_MERGE, KIND_VALUE, MAX_KEY_BYTES, MAX_VALUE_BYTES, Entry, Op
+from lsm.lookup import NeedsRead, State, lookup
 from lsm.manifest import ManifestWriter, VersionEdit, read_current, read_manifest, set_current
 from lsm.memtable import MemTable
+from lsm.merging import NOT_CACHED, NotCached
 from lsm.options import Options
 from lsm.recovery import recover
 from lsm.stats import collect as collect_stats
@@ -58,7 +63,6 @@ log = logging.getLogger("lsm.db")
 
 _RESUME_INTERVAL_S = 0.05
 
-State = tuple[MemTable, tuple[MemTable, ...], LsmVersion]
 
 
 class DB:
@@ -168,27 +172,80 @@ class DB:
     # -- writes ---------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:
         _check_key(key)
-        if len(value) > MAX_VALUE_BYTES:
-            raise InvalidArgumentError(f"value too large ({len(value)} > {MAX_VALUE_BYTES} bytes)")
-        self._write([(KIND_VALUE, key, value)])
+        _check_value(value)
+        self._write([(KIND_VALUE, key, value)], False)
 
     def delete(self, key: bytes) -> None:
         _check_key(key)
-        self._write([(KIND_DELETE, key, b"")])
+        self._write([(KIND_DELETE, key, b"")], False)
+
+    def merge(self, key: bytes, operand: bytes) -> None:
+        """Apply ``operand`` to the value of ``key`` with
+        ``Options.merge_operator`` (lsm.merging), without reading it."""
+        _check_key(key)
+        _check_value(operand)
+        self._check_merge_operator()
+        self._write([(KIND_MERGE, key, operand)], True)
 
     def write(self, batch: WriteBatch) -> None:
         """Apply every operation of ``batch`` atomically (one WAL record)."""
         if not len(batch):
             return
+        self._write(list(batch.ops), self._check_batch(batch))
+
+    def try_write(self, batch: WriteBatch) -> bool:
+        """:meth:`write` for a caller on an event loop: applies ``batch`` and
+        returns True only if that needs no waiting: the write lock is free
+        (threads hold it across I/O), no fsync of its own (``fsync="always"``
+        refuses), the memtable has room without switching to a new WAL, level
+        0 is below the slowdown trigger, and the engine is not read-only. The
+        WAL append (a ``write(2)`` to the page cache) is done. Otherwise
+        returns False having applied nothing: call :meth:`write` from a
+        thread. Bad input raises as :meth:`write` does."""
+        if not len(batch):
+            return True
+        merges = self._check_batch(batch)
+        opts = self.options
+        if opts.fsync == "always":
+            return False
+        mu = self._mu
+        if not mu.acquire(blocking=False):
+            self.counters["try_write_refused"] += 1
+            return False
+        try:
+            mem, _, version = self._state
+            if (
+                self._error is not None or self._closed or self._closing
+                or mem.approx_bytes >= opts.memtable_bytes
+                or len(version.levels[0]) >= opts.l0_slowdown_trigger
+            ):
+                self.counters["try_write_refused"] += 1
+                return False
+            self._append(mem, list(batch.ops), merges)
+        finally:
+            mu.release()
+        return True
+
+    def _check_batch(self, batch: WriteBatch) -> bool:
+        """Validate every operation; True if the batch holds merge operands."""
+        merges = False
         for kind, key, value in batch.ops:
             _check_key(key)
-            if kind == KIND_VALUE and len(value) > MAX_VALUE_BYTES:
-                raise InvalidArgumentError(
-                    f"value too large ({len(value)} > {MAX_VALUE_BYTES} bytes)"
-                )
-        self._write(list(batch.ops))
+            if kind != KIND_DELETE:
+                _check_value(value)
+                if kind == KIND_MERGE:
+                    merges = True
+        if merges:
+            self._check_merge_operator()
+        return merges
 
-    def _write(self, ops: list[tuple[int, bytes, bytes]]) -> None:
+    def _check_merge_operator(self) -> None:
+        if self.options.merge_operator is None:
+            raise InvalidArgumentError(
+                f"merge needs a merge operator: open {self.path} with Options.merge_operator set"
+            )
+
+    def _write(self, ops: list[Op], merges: bool) -> None:
         with self._mu:
             if self._error is not None or self._closed:
                 self._check_writable()
@@ -196,18 +253,8 @@ class DB:
             if mem.approx_bytes >= self.options.memtable_bytes or self._l0_pressure():
                 self._make_room()
                 mem = self._state[0]
-            seq = self._last_seq + 1
-            wal = self._wal
-            try:
-                wal.append([encode_batch(seq, ops)])
-                wal.flush()
-            except StorageIOError as exc:
-                wal.discard_buffer()
-                self._latch(exc, "wal")
-                raise
-            self._last_seq = seq + len(ops) - 1
-            mem.add_batch(seq, ops)
-            target = self._wal_good = wal.size()
+            wal = self._append(mem, ops, merges)
+            target = self._wal_good
         if self.options.fsync == "always":
             self.sync_wal(wal.number, target)
         elif (
@@ -215,6 +262,28 @@ class DB:
             and 0 < self.options.wal_bytes_per_sync <= target - self._synced.get(wal.number, 0)
         ):
             self._jobs.wake_syncer()
+
+    def _append(self, mem: MemTable, ops: list[Op], merges: bool) -> WalWriter:
+        """Log ``ops`` in the WAL and apply them to ``mem`` (``_mu`` held).
+        Merge operands are combined before anything is logged, so an
+        operator that raises leaves no trace."""
+        seq = self._last_seq + 1
+        staged = mem.stage(seq, ops) if merges else None
+        wal = self._wal
+        try:
+            wal.append([encode_batch(seq, ops)])
+            wal.flush()
+        except StorageIOError as exc:
+            wal.discard_buffer()
+            self._latch(exc, "wal")
+            raise
+        self._last_seq = seq + len(ops) - 1
+        if staged is None:
+            mem.add_batch(seq, ops)
+        else:
+            mem.commit(staged, ops)
+        self._wal_good = wal.size()
+        return wal
 
     def sync_wal(self, number: int, upto: int) -> None:
         """Group commit: make the WAL durable up to ``upto``. Whoever gets the
@@ -321,7 +390,7 @@ class DB:
         self._wal = wal
         self._wal_good = 0
         mem, imms, version = self._state
-        self._state = (MemTable(number), (mem, *imms), version)
+        self._state = (MemTable(number, self.options.merge_operator), (mem, *imms), version)
         self._jobs.wake()
 
     def _new_file_number(self) -> int:
@@ -388,37 +457,27 @@ class DB:
             raise ClosedError(f"database {self.path} is closed")
         while True:
             state = self._state
-            mem, imms, version = state
-            hit = mem.get(key)
-            if hit is None:
-                for imm in imms:
-                    hit = imm.get(key)
-                    if hit is not None:
-                        break
-            if hit is not None:
-                return hit[2] if hit[1] == KIND_VALUE else None
             try:
-                return self._get_from_tables(version, key)
+                return lookup(state, self.tables, self.options.merge_operator, key, False)
             except (StorageIOError, FileNotFoundError):
                 # A compaction may have deleted a file of the version we read;
                 # retry on the newer version, or fail if nothing changed.
-                if self._state[2] is version:
+                if self._state[2] is state[2]:
                     raise
 
-    def _get_from_tables(self, version: LsmVersion, key: bytes) -> bytes | None:
-        tables = self.tables
-        for f in version.levels[0]:
-            if f.smallest <= key <= f.largest:
-                hit = tables.get(f.number).get(key)
-                if hit is not None:
-                    return hit[2] if hit[1] == KIND_VALUE else None
-        for level in version.deep_levels:
-            f2 = version.find_in_level(level, key)
-            if f2 is not None:
-                hit = tables.get(f2.number).get(key)
-                if hit is not None:
-                    return hit[2] if hit[1] == KIND_VALUE else None
-        return None
+    def get_cached(self, key: bytes) -> bytes | NotCached | None:
+        """:meth:`get` for a caller on an event loop: the answer if the
+        memtables, bloom filters and block cache give it without reading a
+        file, else ``lsm.NOT_CACHED`` (then call :meth:`get` from a thread,
+        which reads the blocks and leaves them cached). Never waits on a
+        lock or the disk."""
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+        try:
+            return lookup(self._state, self.tables, self.options.merge_operator, key, True)
+        except NeedsRead:
+            self.counters["get_not_cached"] += 1
+            return NOT_CACHED
 
     def scan(
         self, start: bytes | None = None, end: bytes | None = None
@@ -455,7 +514,11 @@ class DB:
                 files = [f for f in version.levels[level] if start is None or f.largest >= start]
                 if files:
                     sources.append(self._level_iter(files, start))
-            yield from merge_newest(sources)
+            op = self.options.merge_operator
+            if op is None:
+                yield from merge_newest(sources)
+            else:
+                yield from merge_resolving(sources, op, bottom=True)
         finally:
             self.unpin(pinned)
 
@@ -572,13 +635,20 @@ class DB:
         log.warning("%s: switched to manifest %d after a failed append", self.path, number)
 
     def snapshot_edit(self, version: LsmVersion, log_number: int) -> VersionEdit:
+        op = self.options.merge_operator
         return VersionEdit(
             log_number=log_number,
             next_file_number=self._next_file,
             last_seq=self._last_seq,
             added=tuple((n, f) for n, files in enumerate(version.levels) for f in files),
             compact_pointers=tuple(sorted(self._pointers.items())),
+            merge_operator=None if op is None else op.name,
         )
+
+
+def _check_value(value: bytes) -> None:
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidArgumentError(f"value too large ({len(value)} > {MAX_VALUE_BYTES} bytes)")
 
 
 def _check_key(key: bytes) -> None:

@@ -274,6 +274,7 @@ class Jobs:
         db.counters["compaction_bytes_written"] += written
         db.counters["compaction_dropped_tombstones"] += out.dropped_tombstones
         db.counters["compaction_filtered"] += out.filtered
+        db.counters["compaction_merge_operands"] += out.merge_operands
         log.debug(
             "%s: compacted L%d->L%d (%s) in a %s: %d files %d bytes -> %d files %d bytes "
             "in %.2fs",

@@ -3,15 +3,21 @@
 ``MANIFEST-NNNNNN`` uses the record_log frame format; each frame's payload
 is one version edit, a msgpack map (format in docs/formats/manifest.md)::
 
-    {"v": 1,                         format version of the edit
+    {"v": 1,                         format version of the edit (2: see below)
      "log": int,                     optional: WALs below this number are obsolete
      "next": int,                    optional: next file number to hand out
      "seq": int,                     optional: last sequence number in use
      "add": [[level, file], ...],    tables added; file = [number, size,
                                      smallest, largest, smallest_seq,
-                                     largest_seq, entries, tombstones]
+                                     largest_seq, entries, tombstones
+                                     (, merge operands)]
      "del": [[level, number], ...],  tables removed
-     "ptr": [[level, key], ...]}     round-robin compaction pointers
+     "ptr": [[level, key], ...],     round-robin compaction pointers
+     "merge": str}                   optional: name of the merge operator
+
+An edit that names a merge operator or adds a table holding merge operands
+(a ninth file field, written only when non-zero) is format 2, which readers
+of format 1 refuse instead of misreading; every other edit stays format 1.
 
 A new manifest starts with a snapshot edit that adds every live table, so
 manifests never grow without bound: the engine writes a fresh one on every
@@ -34,6 +40,7 @@ from lsm.fs import FileSystem, WritableFile
 from lsm.record_log import HEADER_SIZE, encode_frame, read_log
 
 EDIT_FORMAT = 1
+EDIT_FORMAT_MERGE = 2
 
 log = logging.getLogger("lsm.manifest")
 
@@ -50,26 +57,30 @@ class FileMeta:
     largest_seq: int
     entries: int
     tombstones: int
+    merges: int = 0  # merge operand entries
 
     def encode(self) -> list[Any]:
-        return [
+        out = [
             self.number, self.size, self.smallest, self.largest,
             self.smallest_seq, self.largest_seq, self.entries, self.tombstones,
         ]
+        return [*out, self.merges] if self.merges else out
 
     @classmethod
     def decode(cls, raw: Any) -> FileMeta:
-        if not isinstance(raw, list) or len(raw) != 8:
-            raise ValueError(f"file entry must be a list of 8 fields, got {raw!r:.80}")
-        number, size, smallest, largest, sseq, lseq, entries, tombs = raw
+        if not isinstance(raw, list) or len(raw) not in (8, 9):
+            raise ValueError(f"file entry must be a list of 8 or 9 fields, got {raw!r:.80}")
+        number, size, smallest, largest, sseq, lseq, entries, tombs, *rest = raw
+        merges = rest[0] if rest else 0
         for name, v in (("number", number), ("size", size), ("smallest_seq", sseq),
-                        ("largest_seq", lseq), ("entries", entries), ("tombstones", tombs)):
+                        ("largest_seq", lseq), ("entries", entries), ("tombstones", tombs),
+                        ("merges", merges)):
             _nonneg(v, f"file field {name}")
         if not isinstance(smallest, bytes) or not isinstance(largest, bytes):
             raise ValueError("file key range must be bytes")
         if smallest > largest:
             raise ValueError(f"file {number}: smallest key sorts after largest key")
-        return cls(number, size, smallest, largest, sseq, lseq, entries, tombs)
+        return cls(number, size, smallest, largest, sseq, lseq, entries, tombs, merges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +91,13 @@ class VersionEdit:
     added: tuple[tuple[int, FileMeta], ...] = ()
     deleted: tuple[tuple[int, int], ...] = ()
     compact_pointers: tuple[tuple[int, bytes], ...] = ()
+    # The merge operator configured when the database was opened (snapshot
+    # edits only): operands found on the next open must belong to it.
+    merge_operator: str | None = None
 
     def encode(self) -> bytes:
-        body: dict[str, Any] = {"v": EDIT_FORMAT}
+        merges = self.merge_operator is not None or any(f.merges for _, f in self.added)
+        body: dict[str, Any] = {"v": EDIT_FORMAT_MERGE if merges else EDIT_FORMAT}
         if self.log_number is not None:
             body["log"] = self.log_number
         if self.next_file_number is not None:
@@ -95,6 +110,8 @@ class VersionEdit:
             body["del"] = [[level, number] for level, number in self.deleted]
         if self.compact_pointers:
             body["ptr"] = [[level, key] for level, key in self.compact_pointers]
+        if self.merge_operator is not None:
+            body["merge"] = self.merge_operator
         return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
@@ -106,9 +123,9 @@ class VersionEdit:
             raise ValueError(f"edit is not valid msgpack: {exc}") from None
         if not isinstance(body, dict):
             raise ValueError(f"edit must be a map, got {type(body).__name__}")
-        if body.get("v") != EDIT_FORMAT:
+        if body.get("v") not in (EDIT_FORMAT, EDIT_FORMAT_MERGE):
             raise ValueError(f"unsupported edit format {body.get('v')!r}")
-        unknown = set(body) - {"v", "log", "next", "seq", "add", "del", "ptr"}
+        unknown = set(body) - {"v", "log", "next", "seq", "add", "del", "ptr", "merge"}
         if unknown:
             raise ValueError(f"edit has unknown fields {sorted(map(str, unknown))}")
         return cls(
@@ -118,12 +135,20 @@ class VersionEdit:
             added=tuple((_level(p), FileMeta.decode(p[1])) for p in _pairs(body, "add")),
             deleted=tuple((_level(p), _nonneg(p[1], "deleted file")) for p in _pairs(body, "del")),
             compact_pointers=tuple((_level(p), _bytes(p[1])) for p in _pairs(body, "ptr")),
+            merge_operator=_opt_str(body, "merge"),
         )
 
 
 def _opt_int(body: dict[str, Any], name: str) -> int | None:
     v = body.get(name)
     return None if v is None else _nonneg(v, name)
+
+
+def _opt_str(body: dict[str, Any], name: str) -> str | None:
+    v = body.get(name)
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"{name} must be a string, got {type(v).__name__}")
+    return v
 
 
 def _nonneg(v: Any, name: str) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from lsm.errors import InvalidArgumentError
 from lsm.fs import FileSystem, OsFileSystem
 
 FsyncMode = Literal["always", "interval", "never"]
+
+MAX_MERGE_OPERATOR_NAME = 200
 
 
 def wall_clock_ms() -> int:
@@ -28,6 +30,36 @@ class Decision:
 #: ``filter(key, value) -> (decision, new_value)``; called for the newest
 #: visible value of each key during compaction. Tombstones are not offered.
 CompactionFilter = Callable[[bytes, bytes], tuple[int, bytes | None]]
+
+
+class MergeOperator(Protocol):
+    """How merge operands combine (RocksDB's MergeOperator), for
+    ``DB.merge``. See lsm.merging for where each method is called.
+
+    ``full_merge(key, base, operands)`` is the value of ``key`` when
+    ``operands`` (oldest first, at least one) apply on top of ``base``, the
+    value below them, or ``None`` when the key was deleted or never written.
+    ``partial_merge(key, older, newer)`` combines two adjacent operands into
+    one that has the same effect; it must be associative, because operands
+    are combined in whatever groups meet (in the memtable, in each
+    compaction). Both must be deterministic and must accept every operand
+    the caller passes to ``merge``: an exception raised while a compaction
+    runs stops compactions until the database is reopened with a fixed
+    operator.
+
+    ``name`` is recorded in the manifest and in tables holding operands; a
+    database holding operands does not open without an operator of that name.
+    Instances are pickled to reach compactions in a child process, so define
+    the class at module level of an importable module (otherwise those
+    compactions run on the compaction thread).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def full_merge(self, key: bytes, base: bytes | None, operands: list[bytes]) -> bytes: ...
+
+    def partial_merge(self, key: bytes, older: bytes, newer: bytes) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -66,6 +98,9 @@ class Options:
     # Engine tombstones are dropped when they reach the bottom level; the shard
     # layer's own tombstones (with their grace period) go through this filter.
     compaction_filter: CompactionFilter | None = None
+    # Needed to write merge operands (``DB.merge``) and to open a database
+    # that holds some; set it before ``DB.open``.
+    merge_operator: MergeOperator | None = None
 
     background_threads: bool = True
     # Run compactions in a child process when the file system is the real one
@@ -93,3 +128,14 @@ class Options:
             )
         if self.num_levels < 2 or self.level_fanout < 2:
             raise InvalidArgumentError("need num_levels >= 2 and level_fanout >= 2")
+        op = self.merge_operator
+        if op is not None:
+            name = getattr(op, "name", None)
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_MERGE_OPERATOR_NAME:
+                raise InvalidArgumentError(
+                    f"merge_operator.name must be a string of 1..{MAX_MERGE_OPERATOR_NAME} "
+                    f"characters, not {name!r:.80}"
+                )
+            for method in ("full_merge", "partial_merge"):
+                if not callable(getattr(op, method, None)):
+                    raise InvalidArgumentError(f"merge_operator {name!r} has no {method} method")

@@ -4,13 +4,15 @@ Steps, in order:
 
 1. No CURRENT: create an empty database (refused if tables or WALs exist,
    since that means CURRENT was lost, not that the directory is new).
-2. Replay the manifest named by CURRENT into a LsmVersion; check that levels
-   1+ do not overlap and that every table it names exists.
+2. Replay the manifest named by CURRENT into an LsmVersion; check that levels
+   1+ do not overlap and that every table it names exists. If tables hold
+   merge operands, the configured merge operator must have the name the
+   manifest recorded (InvalidArgumentError otherwise).
 3. Replay every WAL numbered >= the manifest's log number, oldest first, each
-   into its own memtable; truncate a torn tail (the WAL module warns) and
-   fsync what is left. The recovered memtables become immutable and are
-   flushed in the background, so opening costs one read of the WALs, not a
-   rewrite of them.
+   into its own memtable (merge operands in it are checked the same way);
+   truncate a torn tail (the WAL module warns) and fsync what is left. The
+   recovered memtables become immutable and are flushed in the background,
+   so opening costs one read of the WALs, not a rewrite of them.
 4. Start a new WAL, write a fresh manifest holding a snapshot of the version,
    switch CURRENT to it, and delete what nothing references any more.
 """
@@ -20,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lsm import filenames
 from lsm.errors import CorruptionError, InvalidArgumentError
 from lsm.filenames import FileType
+from lsm.keys import KIND_MERGE, Op
 from lsm.manifest import (
     ManifestWriter,
     VersionEdit,
@@ -38,6 +42,7 @@ from lsm.wal import WalWriter, replay_file
 
 if TYPE_CHECKING:
     from lsm.db import DB
+    from lsm.options import MergeOperator
 
 log = logging.getLogger("lsm.recovery")
 
@@ -66,6 +71,7 @@ def recover(db: DB) -> None:
     log_number = 0
     next_file = 2
     last_seq = 0
+    recorded_operator: str | None = None
     for edit in read_manifest(fs, manifest_path):
         version = version.apply(edit, manifest_path)
         if edit.log_number is not None:
@@ -76,7 +82,12 @@ def recover(db: DB) -> None:
             last_seq = max(last_seq, edit.last_seq)
         for level, key in edit.compact_pointers:
             db._pointers[level] = key
+        if edit.merge_operator is not None:
+            recorded_operator = edit.merge_operator
     version.check_levels(manifest_path)
+    merge_check = _MergeCheck(path, recorded_operator, options.merge_operator)
+    if any(f.merges for files in version.levels for f in files):
+        merge_check.found("its tables hold")
     for files in version.levels:
         for f in files:
             if filenames.table_name(f.number) not in names:
@@ -93,9 +104,9 @@ def recover(db: DB) -> None:
     recovered: list[MemTable] = []
     empty_wals: list[int] = []
     for number in wal_numbers:
-        mem = MemTable(number)
+        mem = MemTable(number, options.merge_operator)
         wal_path = filenames.wal_path(path, number)
-        result = replay_file(fs, wal_path, mem.add_batch)
+        result = replay_file(fs, wal_path, merge_check.guard(mem.add_batch, wal_path))
         last_seq = max(last_seq, result.last_seq)
         if result.torn_tail is not None:
             fs.truncate(wal_path, result.valid_end)
@@ -117,7 +128,8 @@ def recover(db: DB) -> None:
         wal = WalWriter(fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number)
         wal.sync()
         db._wals[mem.wal_number] = wal
-    db._state = (MemTable(wal_number), tuple(reversed(recovered)), version)
+    db._state = (MemTable(wal_number, options.merge_operator), tuple(reversed(recovered)),
+                 version)
 
     oldest_needed = recovered[0].wal_number if recovered else wal_number
     manifest_number = db._new_file_number()
@@ -144,6 +156,50 @@ def recover(db: DB) -> None:
             with contextlib.suppress(FileNotFoundError):
                 fs.remove(os.path.join(path, name))
     fs.sync_dir(path)
+
+
+class _MergeCheck:
+    """Operands found on open must belong to the configured merge operator:
+    the one whose name the manifest recorded at the open that wrote them."""
+
+    def __init__(self, path: str, recorded: str | None, configured: MergeOperator | None) -> None:
+        self._path = path
+        self._recorded = recorded
+        self._configured = None if configured is None else configured.name
+
+    @property
+    def ok(self) -> bool:
+        return self._configured is not None and self._recorded in (None, self._configured)
+
+    def found(self, what: str) -> None:
+        if self.ok:
+            return
+        written = ("an unrecorded merge operator" if self._recorded is None
+                   else f"merge operator {self._recorded!r}")
+        if self._configured is None:
+            wanted = (f"open it with Options.merge_operator named {self._recorded!r}"
+                      if self._recorded is not None else "open it with that merge operator")
+            raise InvalidArgumentError(
+                f"{self._path}: {what} merge operands of {written}, and "
+                f"Options.merge_operator is not set; {wanted}"
+            )
+        raise InvalidArgumentError(
+            f"{self._path}: {what} merge operands of {written}, but "
+            f"Options.merge_operator is named {self._configured!r}"
+        )
+
+    def guard(
+        self, apply: Callable[[int, list[Op]], None], wal_path: str
+    ) -> Callable[[int, list[Op]], None]:
+        if self.ok:
+            return apply
+
+        def checked(first_seq: int, ops: list[Op]) -> None:
+            if any(op[0] == KIND_MERGE for op in ops):
+                self.found(f"its WAL {os.path.basename(wal_path)} holds")
+            apply(first_seq, ops)
+
+        return checked
 
 
 def _create(db: DB) -> None:

@@ -20,7 +20,8 @@ File layout (byte-level detail in docs/formats/sstable.md)::
 
 Each key appears at most once per table (the newest version; flushes and
 compactions drop older ones), so a lookup is: bloom filter, bisect of the
-index, bisect inside one block.
+index, bisect inside one block. A table holding merge operands is written as
+format version 2 (see lsm.table_meta); any other as version 1.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from lsm.bloom import Filter
 from lsm.cache import BlockCache
 from lsm.errors import CorruptionError
 from lsm.fs import FileSystem, RandomAccessFile, WritableFile
-from lsm.keys import KIND_DELETE, KIND_VALUE, Entry, pack_trailer, unpack_trailer
+from lsm.keys import KIND_DELETE, KIND_MERGE, Entry, Hit, pack_trailer, unpack_trailer
+from lsm.merging import NOT_CACHED, NotCached
 from lsm.options import Options
 from lsm.table_meta import (
     FOOTER_SIZE,
     FORMAT_VERSION,
+    FORMAT_VERSION_MERGE,
     HANDLE,
     MAGIC,
     Footer,
@@ -66,6 +69,8 @@ class TableBuilder:
         self._last: bytes | None = None
         self._first: bytes | None = None
         self._tombstones = 0
+        self._merges = 0
+        self._merge_operator = options.merge_operator
         self._min_seq = 1 << 62
         self._max_seq = 0
         self._raw_keys = 0
@@ -88,6 +93,8 @@ class TableBuilder:
         self._raw_values += len(value)
         if kind == KIND_DELETE:
             self._tombstones += 1
+        elif kind == KIND_MERGE:
+            self._merges += 1
         self._min_seq = min(self._min_seq, seq)
         self._max_seq = max(self._max_seq, seq)
         if self._block.raw_size >= self._block_bytes:
@@ -111,7 +118,9 @@ class TableBuilder:
         self._keys += keys
         self._raw_keys += sum(map(len, keys))
         self._raw_values += sum(map(len, values))
-        self._tombstones += sum(1 for e in entries if e[2] == KIND_DELETE)
+        kinds = [e[2] for e in entries]
+        self._tombstones += kinds.count(KIND_DELETE)
+        self._merges += kinds.count(KIND_MERGE)
         seqs = [e[1] for e in entries]
         lo, hi = min(seqs), max(seqs)
         self._min_seq = min(self._min_seq, lo)
@@ -162,6 +171,8 @@ class TableBuilder:
         bloom = Filter.build(self._keys, self._error_rate)
         filter_handle = self._write(self._codec.seal(bloom.encode(), compress=False))
         index_handle = self._write(self._codec.seal(self._index.finish(), self._compress))
+        version = FORMAT_VERSION_MERGE if self._merges else FORMAT_VERSION
+        op = self._merge_operator
         props = TableProperties(
             entries=len(self._keys),
             tombstones=self._tombstones,
@@ -176,15 +187,17 @@ class TableBuilder:
             raw_value_bytes=self._raw_values,
             num_blocks=self._blocks,
             file_bytes=0,  # not stored: the reader knows the file size
-            format_version=FORMAT_VERSION,
+            format_version=version,
             bloom_bits_per_key=round(bloom.bits_per_key, 3),
             compression=f"zstd-{self._compressed_blocks}/{self._blocks}"
             if self._compress
             else "none",
             created_ms=self._clock_ms(),
+            merge_operands=self._merges,
+            merge_operator=op.name if self._merges and op is not None else "",
         )
         props_handle = self._write(self._codec.seal(props.encode(), compress=False))
-        self._write(Footer(filter_handle, index_handle, props_handle, FORMAT_VERSION).encode())
+        self._write(Footer(filter_handle, index_handle, props_handle, version).encode())
         self._keys = []
         return with_size(props, self._offset)
 
@@ -324,24 +337,45 @@ class TableReader:
             cache.put(cache_key, block, block.charge())
         return block
 
-    def get(self, key: bytes) -> tuple[int, int, bytes] | None:
+    def get(self, key: bytes) -> Hit | None:
         """``(seq, kind, value)`` of ``key`` in this table, or ``None``."""
-        self.bloom_checks += 1
-        if not self._bloom.may_contain(key):
-            self.bloom_negatives += 1
-            return None
-        i = bisect.bisect_left(self._index_keys, key)
-        if i == len(self._index_keys):
+        i = self._block_for(key)
+        if i < 0:
             return None
         cache = self._cache
         block = None if cache is None else cache.get((self.number, self._handles[i][0]))
         if block is None:
             block = self.read_block(i, lookup=False)
+        return self._find(block, i, key)
+
+    def get_cached(self, key: bytes) -> Hit | NotCached | None:
+        """:meth:`get` without reading the file: ``NOT_CACHED`` when the
+        data block that may hold ``key`` is not in the block cache."""
+        i = self._block_for(key)
+        if i < 0:
+            return None
+        cache = self._cache
+        block = None if cache is None else cache.peek((self.number, self._handles[i][0]))
+        if block is None:
+            return NOT_CACHED
+        return self._find(block, i, key)
+
+    def _block_for(self, key: bytes) -> int:
+        """The data block that may hold ``key``, or -1 when the bloom filter
+        rules it out or it sorts after the last block."""
+        self.bloom_checks += 1
+        if not self._bloom.may_contain(key):
+            self.bloom_negatives += 1
+            return -1
+        i = bisect.bisect_left(self._index_keys, key)
+        return -1 if i == len(self._index_keys) else i
+
+    def _find(self, block: Block, i: int, key: bytes) -> Hit | None:
         j = block.find(key)
         if j < 0:
             return None
         seq, kind = unpack_trailer(block.trailers[j])
-        if kind not in (KIND_VALUE, KIND_DELETE):
+        if kind > KIND_MERGE:
             raise CorruptionError(
                 self.path, self._handles[i][0], f"entry {j} has unknown kind {kind}"
             )

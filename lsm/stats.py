@@ -20,6 +20,7 @@ def collect(db: DB) -> dict[str, Any]:
             "bytes": sum(f.size for f in files),
             "entries": sum(f.entries for f in files),
             "tombstones": sum(f.tombstones for f in files),
+            "merge_operands": sum(f.merges for f in files),
             "target_bytes": policy.level_target_bytes(options, n) if n else None,
         }
         for n, files in enumerate(version.levels)

@@ -31,6 +31,11 @@ class TableCache:
                 self._readers[number] = reader
             return reader
 
+    def if_open(self, number: int) -> TableReader | None:
+        """The reader of table ``number`` if it is already open (opening one
+        reads the file)."""
+        return self._readers.get(number)
+
     def evict(self, number: int) -> None:
         with self._lock:
             reader = self._readers.pop(number, None)

@@ -23,6 +23,10 @@ from lsm.coding import crc32c
 
 MAGIC = b"RINGKVST"
 FORMAT_VERSION = 1
+#: Written for tables that hold merge operands (kind 2), which a reader of
+#: version 1 would take for unknown data; tables without any stay version 1.
+FORMAT_VERSION_MERGE = 2
+READABLE_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_MERGE)
 FOOTER = struct.Struct("<QIQIQIII8s")
 FOOTER_SIZE = FOOTER.size  # 52
 HANDLE = struct.Struct("<QI")
@@ -48,9 +52,16 @@ class TableProperties:
     bloom_bits_per_key: float
     compression: str
     created_ms: int
+    # Format 2 only (absent from version-1 tables, read as 0 and ""): merge
+    # operand entries and the name of the operator that wrote them.
+    merge_operands: int = 0
+    merge_operator: str = ""
 
     def encode(self) -> bytes:
-        return msgpack.packb(asdict(self), use_bin_type=True)  # type: ignore[no-any-return]
+        body = asdict(self)
+        if not self.merge_operands:
+            del body["merge_operands"], body["merge_operator"]
+        return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
     def decode(cls, data: bytes) -> TableProperties:
@@ -61,7 +72,8 @@ class TableProperties:
         if not isinstance(raw, dict):
             raise ValueError("properties must be a map")
         try:
-            props = cls(**{f.name: raw[f.name] for f in fields(cls)})
+            props = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw
+                           or f.name not in _OPTIONAL})
         except KeyError as exc:
             raise ValueError(f"properties lack field {exc}") from None
         for f in fields(cls):
@@ -102,9 +114,10 @@ class Footer:
             raise ValueError(
                 f"footer checksum mismatch (expected {crc:#010x}, found {found:#010x})"
             )
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+                f"unsupported format version {version} (this build reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))})"
             )
         limit = file_size - FOOTER_SIZE
         for name, off, size in (
@@ -121,6 +134,9 @@ class Footer:
                 f"({i_off}, {i_size}), properties ({p_off}, {p_size}), footer at {limit}"
             )
         return cls((f_off, f_size), (i_off, i_size), (p_off, p_size), version)
+
+
+_OPTIONAL = frozenset({"merge_operands", "merge_operator"})
 
 
 def with_size(props: TableProperties, size: int) -> TableProperties:

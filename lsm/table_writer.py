@@ -13,8 +13,8 @@ parent reserved, and returns their metadata; the parent installs the result
 in the manifest as before. Flushes stay on their thread (see lsm.jobs).
 The parent never waits on the child while holding a lock that writers need.
 The in-memory test file system cannot be shared with another process, so
-there (and for compaction filters that cannot be pickled) the same code runs
-on the compaction thread.
+there (and for compaction filters or merge operators that cannot be
+pickled) the same code runs on the compaction thread.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from lsm import filenames
 from lsm.errors import CorruptionError, DiskFullError, LSMError, StorageIOError
 from lsm.fs import FileSystem, OsFileSystem, WritableFile
-from lsm.iterators import CompactionStats, compaction_stream, merge_newest
+from lsm.iterators import CompactionStats, compaction_stream, merge_newest, merge_resolving
 from lsm.keys import Entry
 from lsm.manifest import FileMeta
 from lsm.options import Options
@@ -68,6 +68,7 @@ class CompactionOutput:
     files: list[FileMeta]
     dropped_tombstones: int
     filtered: int
+    merge_operands: int = 0  # folded into another entry
 
 
 def reserve_count(input_bytes: int, options: Options) -> int:
@@ -150,6 +151,7 @@ def _finish(builder: TableBuilder, f: WritableFile, number: int) -> FileMeta:
         largest_seq=props.largest_seq,
         entries=props.entries,
         tombstones=props.tombstones,
+        merges=props.merge_operands,
     )
 
 
@@ -183,8 +185,12 @@ def execute(
             raise LSMError(f"compaction needed more than {job.reserved} output files") from None
 
     stats = CompactionStats()
+    sources: list[Iterable[Entry]] = [chain(s) for s in job.sources]
+    op = job.options.merge_operator
+    merged = (merge_newest(sources) if op is None
+              else merge_resolving(sources, op, job.bottommost, stats))
     stream = compaction_stream(
-        merge_newest([chain(s) for s in job.sources]),
+        merged,
         job.bottommost,
         job.options.compaction_filter,
         stats,
@@ -193,7 +199,7 @@ def execute(
         fs, job.dirname, job.options, stream,
         split=True, next_number=next_number, should_abort=should_abort,
     )
-    return CompactionOutput(files, stats.dropped_tombstones, stats.filtered)
+    return CompactionOutput(files, stats.dropped_tombstones, stats.filtered, stats.merge_operands)
 
 
 def can_run_in_child(job: CompactionJob) -> bool:

@@ -7,9 +7,9 @@ payload is one write batch::
     0       8     first_seq    sequence number of the first operation, u64
     8       4     count        number of operations, u32
     12      ...   count operations, each:
-                  0   1  kind       0 = delete, 1 = value
+                  0   1  kind       0 = delete, 1 = value, 2 = merge
                   1   4  key_len    u32
-                  5   4  value_len  u32 (0 for a delete)
+                  5   4  value_len  u32 (0 for a delete; a merge's value is its operand)
                   9   .. key, then value
 
 Operation i of the batch has sequence number ``first_seq + i``. A batch is
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from lsm.errors import CorruptionError
 from lsm.fs import FileSystem, WritableFile
-from lsm.keys import KIND_DELETE, KIND_VALUE
+from lsm.keys import KIND_MERGE, Op
 from lsm.record_log import HEADER_SIZE, Damage, encode_frame, read_log
 
 log = logging.getLogger("lsm.wal")
@@ -33,8 +33,6 @@ log = logging.getLogger("lsm.wal")
 BATCH_HEADER = struct.Struct("<QI")
 OP_HEADER = struct.Struct("<BII")
 _ONE_OP = struct.Struct("<QIBII")  # batch header + op header, for the common case
-
-Op = tuple[int, bytes, bytes]  # (kind, key, value)
 
 
 def encode_batch(first_seq: int, ops: list[Op]) -> bytes:
@@ -63,7 +61,7 @@ def decode_batch(payload: bytes, where: str = "WAL record") -> tuple[int, list[O
             raise ValueError(f"{where}: operation {i} of {count} header runs past the record")
         kind, klen, vlen = unpack(payload, pos)
         pos += OP_HEADER.size
-        if kind not in (KIND_DELETE, KIND_VALUE):
+        if kind > KIND_MERGE:
             raise ValueError(f"{where}: operation {i} has unknown kind {kind}")
         if pos + klen + vlen > end:
             raise ValueError(f"{where}: operation {i} of {count} runs past the record")

@@ -116,6 +116,7 @@ def _check_table(
         ("smallest key", meta.smallest, p.smallest_key),
         ("largest key", meta.largest, p.largest_key),
         ("entries", meta.entries, p.entries),
+        ("merge operands", meta.merges, p.merge_operands),
     ):
         if said != found:
             ok = False

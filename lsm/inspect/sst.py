@@ -16,8 +16,9 @@ from lsm.block import TRAILER_SIZE, ZSTD
 from lsm.errors import CorruptionError
 from lsm.fs import FileSystem
 from lsm.inspect.common import READ_ERRORS, Problem, render_bytes
-from lsm.keys import KIND_DELETE, KIND_VALUE, kind_name
+from lsm.keys import KIND_DELETE, KIND_MERGE, KIND_VALUE, kind_name
 from lsm.sstable import FOOTER_SIZE, MAGIC, Footer, TableProperties, TableReader
+from lsm.table_meta import FORMAT_VERSION_MERGE
 
 #: Problems listed per file before the rest are only counted.
 MAX_PROBLEMS = 20
@@ -226,7 +227,8 @@ def _check_blocks(reader: TableReader, result: VerifyResult, progress: Progress 
     p = reader.properties
     prev_last: bytes | None = None
     first_key: bytes | None = None
-    tombstones = 0
+    tombstones = merges = 0
+    merge_ok = p.format_version >= FORMAT_VERSION_MERGE
     raw_keys = raw_values = 0
     min_seq, max_seq = 1 << 62, 0
     bloom_misses = 0
@@ -266,8 +268,11 @@ def _check_blocks(reader: TableReader, result: VerifyResult, progress: Progress 
             seq = t >> 8
             if kind == KIND_DELETE:
                 tombstones += 1
+            elif kind == KIND_MERGE and merge_ok:
+                merges += 1
             elif kind != KIND_VALUE:
-                result.add(off, f"data block {i} entry {j}: unknown kind {kind}")
+                why = " (a merge operand needs format version 2)" if kind == KIND_MERGE else ""
+                result.add(off, f"data block {i} entry {j}: unknown kind {kind}{why}")
             min_seq = min(min_seq, seq)
             max_seq = max(max_seq, seq)
         raw_keys += sum(map(len, keys))
@@ -296,6 +301,7 @@ def _check_blocks(reader: TableReader, result: VerifyResult, progress: Progress 
     for what, said, found in (
         ("entries", p.entries, result.entries),
         ("tombstones", p.tombstones, tombstones),
+        ("merge operands", p.merge_operands, merges),
         ("raw key bytes", p.raw_key_bytes, raw_keys),
         ("raw value bytes", p.raw_value_bytes, raw_values),
     ):

@@ -49,6 +49,9 @@ def table_properties(p: TableProperties, hex_: bool, ratio: float | None = None)
         ("file size", f"{p.file_bytes} bytes"),
         ("created", f"{_when(p.created_ms)} ({p.created_ms})"),
     ]
+    if p.merge_operands:
+        rows.insert(2, ("merge operands", f"{p.merge_operands} (operator "
+                                          f"{p.merge_operator or '(not recorded)'})"))
     return [f"  {k:<15} {v}" for k, v in rows]
 
 
@@ -58,9 +61,13 @@ def props_report(r: PropertiesReport, hex_: bool) -> list[str]:
 
 def scan_entry(e: ScanEntry, hex_: bool) -> str:
     key = render_bytes(e.key, hex_)
-    if e.kind == "value":
-        return f"{key} @{e.seq} value {render_value(e.value, hex_)}"
+    if e.kind in _HAS_VALUE:
+        return f"{key} @{e.seq} {e.kind} {render_value(e.value, hex_)}"
     return f"{key} @{e.seq} {e.kind}"
+
+
+# Kinds whose entries carry bytes worth showing (a merge entry's is its operand).
+_HAS_VALUE = ("value", "merge")
 
 
 def get_result(r: GetResult, hex_: bool) -> list[str]:
@@ -75,6 +82,9 @@ def get_result(r: GetResult, hex_: bool) -> list[str]:
         lines.append("lookup: not found")
     elif f.kind == "value":
         lines.append(f"lookup: found @{f.seq} value {render_value(f.value, hex_)}")
+    elif f.kind == "merge":
+        lines.append(f"lookup: found @{f.seq} merge operand {render_value(f.value, hex_)} "
+                     "(applies on top of older entries in other tables)")
     else:
         lines.append(f"lookup: found @{f.seq} {f.kind} (the key was deleted)")
     if r.problem is not None:
@@ -120,7 +130,7 @@ def wal_report(r: WalReport, hex_: bool, records: bool) -> list[str]:
                 f"record at {rec.offset}: batch of {len(rec.ops)} from seq {rec.first_seq}"
             )
             for op in rec.ops:
-                size = f" ({op.value_bytes} bytes)" if op.kind == "value" else ""
+                size = f" ({op.value_bytes} bytes)" if op.kind in _HAS_VALUE else ""
                 lines.append(f"  @{op.seq} {op.kind:<6} {render_bytes(op.key, hex_)}{size}")
     lines.append(f"{r.path}: {r.record_count} records, {r.operations} operations, "
                  f"last seq {r.last_seq}, {r.valid_end} of {r.file_bytes} bytes good")
@@ -139,7 +149,8 @@ def _file(level: int | None, f: FileMeta, hex_: bool) -> str:
     where = "" if level is None else f"L{level} "
     return (f"{where}#{f.number} {f.size} bytes [{render_bytes(f.smallest, hex_)} .. "
             f"{render_bytes(f.largest, hex_)}] seq {f.smallest_seq}..{f.largest_seq} "
-            f"{f.entries} entries ({f.tombstones} tombstones)")
+            f"{f.entries} entries ({f.tombstones} tombstones"
+            + (f", {f.merges} merge operands)" if f.merges else ")"))
 
 
 def _edit(e: VersionEdit, hex_: bool) -> list[str]:
@@ -152,6 +163,8 @@ def _edit(e: VersionEdit, hex_: bool) -> list[str]:
     out += [f"  delete L{level} #{n}" for level, n in e.deleted]
     out += [f"  compact pointer L{level} {render_bytes(k, hex_)}"
             for level, k in e.compact_pointers]
+    if e.merge_operator is not None:
+        out.append(f"  merge operator {e.merge_operator}")
     return out
 
 

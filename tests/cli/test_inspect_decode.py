@@ -8,10 +8,19 @@ import os
 from click.testing import CliRunner
 
 from cli.main import cli
+from lsm.keys import KIND_MERGE
 from lsm.options import Options
 from shardserver.protocol.vclock import VClock, make_actor
-from shardserver.protocol.versions import Context, Version, new_version_for_context, plain_version
+from shardserver.protocol.versions import (
+    Context,
+    Version,
+    encode_siblings,
+    new_version_for_context,
+    plain_version,
+)
 from shardserver.storage import ShardStore
+from tests.lsm.helpers import write_table
+from tests.lsm.merge_ops import AppendOperator
 
 
 def _version(actor: str, hlc: int, value: bytes | None) -> Version:
@@ -50,3 +59,21 @@ def test_scan_decodes_partition_key_and_siblings(tmp_path: str) -> None:
     assert first["siblings"][0]["floor"] == [5 << 16, "n1#1"]
     raw = runner.invoke(cli, ["sst", "scan", os.path.join(path, table)])
     assert raw.output.splitlines()[0].startswith("\\x00\\x03user:1 @")
+
+
+def test_scan_decodes_merge_operands_too(tmp_path: str) -> None:
+    """A merge entry's operand is a sibling set as well (what the shard
+    layer's merge operator will write); --decode shows it with its kind."""
+    path = os.path.join(tmp_path, "000001.sst")
+    operand = encode_siblings((_version("n1", 7 << 16, b"blind"),))
+    write_table(path, [(b"\x00\x03user:9", 11, KIND_MERGE, operand)],
+                Options(merge_operator=AppendOperator()))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["sst", "scan", "--decode", "ringkv", path])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith(
+        "p=3 user:9 @11 merge 1 sibling [n1#1 hlc=7.0 clock={} plain blind]")
+    doc = json.loads(runner.invoke(cli, ["sst", "scan", "--decode", "ringkv", "--json", path])
+                     .output)
+    assert doc["entries"][0]["kind"] == "merge"
+    assert doc["entries"][0]["siblings"][0]["value"] == "blind"

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
-TABLES = ["good", "bad_magic", "truncated", "bad_block_crc", "out_of_order"]
+TABLES = ["good", "bad_magic", "truncated", "bad_block_crc", "out_of_order", "merge"]
 WALS = ["fixtures/torn_tail.log", "fixtures/corrupt_mid.log", "fixtures/db/000014.log",
-        "fixtures/good.sst"]
+        "fixtures/good.sst", "fixtures/merge.log"]
 DIRS = ["fixtures/db", "fixtures/db_missing_sst", "fixtures"]
 
 
@@ -119,6 +119,8 @@ def test_exit_codes_follow_the_documented_scheme() -> None:
         codes[name] = int(re.search(r"^exit: (\d+)$", text, re.M).group(1))
         assert "Traceback" not in text, name
     assert codes["sst-verify-good"] == 0
+    assert codes["sst-verify-merge"] == 0
+    assert codes["wal-verify-merge_log"] == 0
     assert codes["wal-verify-torn_tail_log"] == 0  # a torn tail is not corruption
     for bad in ("bad_magic", "truncated", "bad_block_crc", "out_of_order"):
         assert codes[f"sst-verify-{bad}"] == 1

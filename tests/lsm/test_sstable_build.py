@@ -8,22 +8,12 @@ import random
 from lsm.fs import OsFileSystem
 from lsm.keys import Entry
 from lsm.options import Options
-from lsm.sstable import TableBuilder, TableReader
+from lsm.sstable import TableReader
+from tests.lsm.helpers import write_table
 
 
 def _build(path: str, entries: list[Entry], sorted_run: bool) -> bytes:
-    fs = OsFileSystem()
-    f = fs.create(path)
-    opts = Options(block_bytes=700, clock_ms=lambda: 1)
-    builder = TableBuilder(f, opts)
-    if sorted_run:
-        builder.add_sorted(entries)
-    else:
-        for entry in entries:
-            builder.add(*entry)
-    builder.finish()
-    f.sync()
-    f.close()
+    write_table(path, entries, Options(block_bytes=700, clock_ms=lambda: 1), sorted_run)
     with open(path, "rb") as src:
         return src.read()
 
