@@ -19,6 +19,7 @@ from shardserver.protocol import messages
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.pool import partition_ranges
 from shardserver.protocol.versions import Version, encode_siblings
+from shardserver.protocol.worker_stats import WorkerStats
 from shardserver.storage import ShardStore
 from tests.cluster import Cluster, local_read, local_read_many, local_write, wait_for
 
@@ -131,13 +132,13 @@ def test_bit_rot_is_found_and_fixed_by_the_background_task(tmp_path: Path) -> No
                  interval=0.2)
         assert all(local_read(c, i, key) == healthy for i in range(3))
         stats = asyncio.run(_worker_stats(c, victim, worker))
-        assert stats["store"].get("identity_conflicts", 0) >= 1  # replaced, not merged
+        assert stats.store.get("identity_conflicts", 0) >= 1  # replaced, not merged
         assert differing(c, keys) == set()
     finally:
         c.close()
 
 
-async def _worker_stats(c: Cluster, i: int, worker: int) -> dict[str, Any]:
+async def _worker_stats(c: Cluster, i: int, worker: int) -> WorkerStats:
     path = c.members[i].data_dir / "run" / f"worker-{worker}.sock"
     async with ShardClient(str(path), timeout_s=10) as client:
         return await client.stats()
