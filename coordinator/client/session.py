@@ -12,19 +12,17 @@ it sent after wait ``AUTH_DELAY_BASE_S`` doubling with each failure up to
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hmac
 import logging
 import re
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, PONG, RespReply
 from coordinator.config import NodeConfig
-from coordinator.data.quorum import Consistency, check_levels
+from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
 from coordinator.errors import CommandError, NoAuthError, WrongPassError
 from coordinator.ratelimit import LimitedLog
 
@@ -47,12 +45,9 @@ class ClientSession:
     proto: int = 2
     authenticated: bool = False
     name: str = ""
-    consistency: Consistency = field(default_factory=Consistency)
-    last_active: float = field(default_factory=time.monotonic)
+    consistency: Consistency = NO_LEVELS  # set by CONSISTENCY
     auth_failures: int = 0
     hold_s: float = 0.0  # read and answer nothing more for this long (failed AUTH)
-    # key -> the connection's latest unfinished command on it (server._submit)
-    key_tails: dict[bytes, asyncio.Future[RespReply]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -81,11 +76,14 @@ class SessionCommands:
         self._command_count = command_count
         self._password = config.requirepass.encode()
         self._auth_log = LimitedLog(log)
+        #: The node config's levels (checked when it was loaded).
+        self.node_levels = Consistency(r=config.r, w=config.w, pr=config.pr, pw=config.pw)
 
     def defaults(self, session: ClientSession) -> Consistency:
         """The session's levels, unset ones from the node config."""
-        c = self.config
-        return session.consistency.merged(Consistency(r=c.r, w=c.w, pr=c.pr, pw=c.pw))
+        if session.consistency is NO_LEVELS:
+            return self.node_levels
+        return session.consistency.merged(self.node_levels)
 
     # -- handlers ---------------------------------------------------------
     def ping(self, session: ClientSession, c: Command) -> RespReply:
