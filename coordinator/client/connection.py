@@ -28,7 +28,11 @@ Limits (docs/protocol.md, *Limits and abusive clients*):
 - A connection with nothing to do that sent nothing and was sent nothing for
   ``idle_timeout_s`` is closed without a reply, as Redis does.
 - A failed AUTH may hold the connection (``ClientSession.hold_s``): its
-  reply and every later request wait for a timer; others are served.
+  reply and every later request wait for a timer; others are served. An
+  AUTH from an address with many recent failures waits for that address's
+  next slot before it is checked (coordinator.client.auth_guard).
+- Before AUTH, reading pauses while the parser holds more than about one
+  request (16.5 KiB), e.g. while a connection is held.
 - A protocol error is answered, after the replies before it, and the
   connection closed; so is QUIT, and a client's end of stream once its
   requests are answered.
@@ -49,7 +53,7 @@ from coordinator.client.commands import CommandSpec
 from coordinator.client.data_commands import Backend
 from coordinator.client.parsing import NO_COMMAND, Command, Limits
 from coordinator.client.replies import Error, RespReply, encode_reply
-from coordinator.client.resp import RequestParser
+from coordinator.client.resp import UNAUTHENTICATED_MAX_REQUEST, RequestParser
 from coordinator.client.session import ClientSession, ClientStats, SessionCommands
 from coordinator.config import NodeConfig
 from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
@@ -72,6 +76,21 @@ MAX_PENDING = 256
 # of up to max_reply_bytes) runs alone.
 MAX_PENDING_BYTES = 16 << 20
 WRITE_CHUNK = 256 * 1024  # replies leave in writes of about this size
+# A command charged at most this runs on a connection with nothing queued
+# even when the node's budget (max_node_reply_bytes) is full: a GET is never
+# refused because others ask for huge MGETs.
+SMALL_COST = 1 << 20
+
+# What _admit says of a command's charge.
+_RUN, _WAIT, _REFUSE = range(3)
+
+#: Commands that may carry a password (coordinator.client.auth_guard).
+_AUTHS = frozenset({"AUTH", "HELLO"})
+
+
+def _nothing() -> None:
+    pass
+
 
 #: ``(command, levels, outcome, seconds)`` for every command that reached
 #: storage; outcome is "ok", "noquorum" or "error".
@@ -92,6 +111,24 @@ class Shared:
     client_log: LimitedLog
     connections: set[ClientConnection] = field(default_factory=set)
     next_id: int = 0
+    #: Bytes charged by every connection's FIFO (max_node_reply_bytes bounds it).
+    in_flight: int = 0
+    #: Connections waiting for in_flight to go down, and whether a wake-up of
+    #: them is scheduled.
+    blocked: set[ClientConnection] = field(default_factory=set)
+    waking: bool = False
+
+    def released(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bytes left the node's budget: let the waiting connections try."""
+        if self.blocked and not self.waking:
+            self.waking = True
+            loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self.waking = False
+        blocked, self.blocked = self.blocked, set()
+        for conn in blocked:
+            conn._pump()
 
 
 class _Slot:
@@ -132,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self._tails: dict[bytes, _Slot] = {}
         self._deferred: tuple[list[bytes], CommandSpec | None, int] | None = None
         self._held = False  # a failed AUTH holds the connection
+        self._auth_slot = False  # the deferred request is an AUTH whose slot has come
         self._closing = False  # answer what is queued, then close
         self._eof = False
         self._lost = False
@@ -161,7 +199,8 @@ class ClientConnection(asyncio.Protocol):
         shared.next_id += 1
         peer = transport.get_extra_info("peername")
         self.session = ClientSession(shared.next_id,
-                                     f"{peer[0]}:{peer[1]}" if peer else "?")
+                                     f"{peer[0]}:{peer[1]}" if peer else "?",
+                                     host=str(peer[0]) if peer else "?")
         self.session.authenticated = not shared.config.requirepass
         if not self.session.authenticated:
             self._parser.restrict()
@@ -195,7 +234,12 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The client is gone: stop its commands and timers."""
         self._lost = True
-        self._shared.connections.discard(self)
+        shared = self._shared
+        shared.connections.discard(self)
+        shared.blocked.discard(self)
+        shared.in_flight -= self._queued
+        self._queued = 0
+        shared.released(self._loop)
         for handle in (self._pump_handle, self._idle_handle, self._slow_handle,
                        self._hold_handle):
             if handle is not None:
@@ -233,9 +277,11 @@ class ClientConnection(asyncio.Protocol):
         while not (self._closing or self._held):
             if self._deferred is not None:
                 request, spec, cost = self._deferred
-                if not self._room(cost):
+                verdict = self._admit(cost)
+                if verdict == _WAIT:
                     return
                 self._deferred = None
+                slot_came, self._auth_slot = self._auth_slot, False
             else:
                 item = parser.gets()
                 if item is None:
@@ -245,19 +291,71 @@ class ClientConnection(asyncio.Protocol):
                 if isinstance(item, RespProtocolError):
                     self._protocol_error(item)
                     return
-                request = item
+                request, slot_came = item, False
                 spec = commands.lookup(request)
                 bound = (commands.REPLY_SLACK if spec is None
                          else spec.reply_bound(request, self._shared.limits))
                 cost = sum(map(len, request)) + bound
-                if not self._room(cost):
+                verdict = self._admit(cost)
+                if verdict == _WAIT:
                     self._deferred = (request, spec, cost)
                     return
+            if verdict == _REFUSE:
+                self._overloaded()
+                continue
+            if (spec is not None and spec.name in _AUTHS and not slot_came
+                    and self._auth_waits(request, spec, cost)):
+                continue
             self._handle(request, spec, cost)
 
-    def _room(self, cost: int) -> bool:
-        fifo = self._fifo
-        return not fifo or (len(fifo) < MAX_PENDING and self._queued + cost <= MAX_PENDING_BYTES)
+    def _auth_waits(self, request: list[bytes], spec: CommandSpec, cost: int) -> bool:
+        """An AUTH from an address with too many recent failures: hold the
+        connection until the address's next slot and check it then, or
+        refuse it unchecked (coordinator.client.auth_guard). True if it is
+        not to be handled now."""
+        shared = self._shared
+        if not shared.config.requirepass or (
+                spec.name == "HELLO" and not any(a.upper() == b"AUTH" for a in request[2:])):
+            return False
+        host = self.session.host
+        wait = shared.session_commands.auth_guard.wait_s(host, time.monotonic())
+        if wait is None:
+            shared.stats.commands_processed += 1
+            slot = self._add(cost)
+            slot.data = encode_reply(Error(
+                f"ERR too many failed AUTHs from {host}; try again later"), self.session.proto)
+            return True
+        if not wait:
+            return False
+        self._deferred, self._auth_slot = (request, spec, cost), True
+        self._pause_for(wait, _nothing)
+        return True
+
+    def _admit(self, cost: int) -> int:
+        """Whether a command charged ``cost`` runs now, waits for replies to
+        leave (reading pauses), or is refused: past the connection's budget
+        it waits (unless nothing is queued: then it runs alone); past the
+        node's, a connection with replies queued waits, one without runs a
+        small command and is refused a big one."""
+        fifo, shared = self._fifo, self._shared
+        if fifo and (len(fifo) >= MAX_PENDING or self._queued + cost > MAX_PENDING_BYTES):
+            return _WAIT
+        if (shared.in_flight + cost <= shared.config.max_node_reply_bytes
+                or (not fifo and cost <= SMALL_COST)):
+            return _RUN
+        if fifo:
+            shared.blocked.add(self)
+            return _WAIT
+        return _REFUSE
+
+    def _overloaded(self) -> None:
+        shared = self._shared
+        shared.stats.commands_processed += 1
+        shared.stats.overloaded_refused += 1
+        slot = self._add(0)
+        slot.data = encode_reply(Error(
+            "OVERLOADED replies in flight on this node are at max_node_reply_bytes "
+            f"({shared.config.max_node_reply_bytes}); retry later"), self.session.proto)
 
     def _protocol_error(self, error: RespProtocolError) -> None:
         shared = self._shared
@@ -272,6 +370,7 @@ class ClientConnection(asyncio.Protocol):
         slot = _Slot(self, cost)
         self._fifo.append(slot)
         self._queued += cost
+        self._shared.in_flight += cost
         return slot
 
     def _handle(self, request: list[bytes], spec: CommandSpec | None, cost: int) -> None:
@@ -320,12 +419,21 @@ class ClientConnection(asyncio.Protocol):
         """After a failed AUTH: answer it, and go on with the connection,
         only once ``session.hold_s`` has passed."""
         delay, self.session.hold_s = self.session.hold_s, 0.0
+
+        def answer() -> None:
+            slot.data = data
+
+        self._pause_for(delay, answer)
+
+    def _pause_for(self, delay: float, then: Callable[[], None]) -> None:
+        """Run nothing more of this connection (and read nothing) for
+        ``delay`` seconds, then ``then()`` and go on."""
         self._held = True
 
         def release() -> None:
             self._hold_handle = None
             self._held = False
-            slot.data = data
+            then()
             self._pump()
 
         self._hold_handle = self._loop.call_later(delay, release)
@@ -429,6 +537,7 @@ class ClientConnection(asyncio.Protocol):
                 continue
             fifo.popleft()
             self._queued -= slot.cost
+            self._shared.in_flight -= slot.cost
             written += 1
             out.append(data)
             size += len(data)
@@ -438,6 +547,8 @@ class ClientConnection(asyncio.Protocol):
         if out:
             self._send(out)
         self._last_active = self._loop.time()
+        if written:
+            self._shared.released(self._loop)
         return written
 
     def _send(self, out: list[bytes | memoryview]) -> None:
@@ -455,7 +566,10 @@ class ClientConnection(asyncio.Protocol):
                 transport.close()
             want = False
         else:
-            want = not (self._held or self._deferred is not None)
+            # Before AUTH, no more than about one request is held (resp.py).
+            want = not (self._held or self._deferred is not None or (
+                not self.session.authenticated
+                and self._parser.buffered > UNAUTHENTICATED_MAX_REQUEST))
         if want != self._reading and not self._eof:
             self._reading = want
             if want:
