@@ -195,7 +195,7 @@ def test_bottommost_compaction_runs_the_filter_over_bottom_level_data(tmp_path: 
             db.put(b"doomed%03d" % i, b"x" * 50)
             db.put(b"kept%03d" % i, b"y" * 50)
         db.compact_range()  # everything now sits at the bottom level
-        db.options.compaction_filter = _drop_doomed
+        db.set_options(compaction_filter=_drop_doomed)
         db.compact_range()
         assert db.get(b"doomed001") == b"x" * 50  # bottom files were not rewritten
         db.compact_range(bottommost=True)
