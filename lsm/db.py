@@ -12,6 +12,10 @@ its state:
 :mod:`lsm.recovery`        builds the version set and the write path's start
 =========================  ===================================================
 
+Each part counts its own events; :meth:`DB.stats` adds the counts up. The
+options are frozen: :meth:`DB.set_options` swaps in a validated copy and
+hands it to the parts that read run-time knobs (write path, jobs).
+
 Reads take the write path's ``state`` (memtable, immutable memtables,
 version) with one attribute read and never lock (:mod:`lsm.lookup`).
 
@@ -79,18 +83,17 @@ class DB:
         self._options = options
         self._options_lock = threading.Lock()
         self._lock_handle = lock
-        self._counters: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()  # reads the event loop sent to a thread
         self._block_cache = BlockCache(options.block_cache_bytes)
         self._tables = TableCache(options.fs, path, self._block_cache)
         self._versions = recovered.versions
-        self._wals = WalSet(recovered.wals, self._counters)
+        self._wals = WalSet(recovered.wals)
         self._jobs = Jobs(
             path, options,
             versions=self._versions, wals=self._wals, tables=self._tables,
-            counters=self._counters,
         )
         self._writes = WritePath(
-            path, options, self._versions, self._wals, self._counters,
+            path, options, self._versions, self._wals,
             wal=recovered.wal,
             state=(recovered.memtable, recovered.immutables, self._versions.current),
             last_seq=recovered.last_seq,
@@ -346,7 +349,10 @@ class DB:
     def stats(self) -> dict[str, Any]:
         return collect_stats(
             path=self.path, options=self._options, writes=self._writes, wals=self._wals,
-            tables=self._tables, block_cache=self._block_cache, counters=self._counters,
+            tables=self._tables, block_cache=self._block_cache,
+            counters=(
+                self._counters, self._writes.counters, self._wals.counters, self._jobs.counters
+            ),
         )
 
 

@@ -55,7 +55,6 @@ class Jobs:
         versions: VersionSet,
         wals: WalSet,
         tables: TableCache,
-        counters: Counter[str],
     ) -> None:
         self._path = path
         self._options = options
@@ -63,7 +62,7 @@ class Jobs:
         self._versions = versions
         self._wals = wals
         self._tables = tables
-        self._counters = counters
+        self._counters: Counter[str] = Counter()  # flushes, compactions, their bytes
         self._writes: WritePath  # given to start(): it needs this object's wake()
         self._flush_wake = threading.Event()
         self._compact_wake = threading.Event()
@@ -71,7 +70,7 @@ class Jobs:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._compaction_lock = threading.Lock()
-        self.busy = False
+        self._busy = False  # a compaction is running
         self._use_child = options.compaction_in_process
         # pause(): no new flush or compaction starts; _active counts running ones.
         self._idle = threading.Condition()
@@ -99,6 +98,10 @@ class Jobs:
             t.join()
         self._threads.clear()
 
+    @property
+    def counters(self) -> Counter[str]:
+        return self._counters
+
     def reconfigure(self, options: Options) -> None:
         """Use ``options`` (run-time knobs changed) from the next job on."""
         self._options = options
@@ -121,7 +124,7 @@ class Jobs:
 
     def has_work(self) -> bool:
         """A compaction is due or running (no lock taken)."""
-        return self.busy or self._versions.pick_compaction(self._options) is not None
+        return self._busy or self._versions.pick_compaction(self._options) is not None
 
     def _begin(self) -> bool:
         with self._idle:
@@ -222,7 +225,7 @@ class Jobs:
                     task = self._versions.pick_compaction(self._options)
                     if task is None or not self._begin():
                         break
-                    self.busy = True
+                    self._busy = True
                     try:
                         self._run(task)
                         backoff = _BACKOFF_MIN_S
@@ -239,7 +242,7 @@ class Jobs:
                         )
                         break
                     finally:
-                        self.busy = False
+                        self._busy = False
                         self._end()
             if writes.failed("compaction"):
                 self._wait(self._compact_wake, backoff)

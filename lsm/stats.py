@@ -4,6 +4,7 @@ through the engine's public read-only views."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from lsm import compaction as policy
@@ -22,7 +23,7 @@ def collect(
     wals: WalSet,
     tables: TableCache,
     block_cache: BlockCache,
-    counters: Counter[str],
+    counters: Iterable[Counter[str]],
 ) -> dict[str, Any]:
     mem, imms, version = writes.state
     levels = [
@@ -37,7 +38,9 @@ def collect(
         }
         for n, files in enumerate(version.levels)
     ]
-    figures = dict(counters)
+    figures: dict[str, int] = {}
+    for part in counters:  # each part of the engine counts its own events
+        figures.update(part)
     error = writes.error
     bloom_checks, bloom_negatives = tables.bloom_counts()
     return {

@@ -27,11 +27,15 @@ log = logging.getLogger("lsm.wal_set")
 
 
 class WalSet:
-    def __init__(self, wals: Iterable[WalWriter], counters: Counter[str]) -> None:
+    def __init__(self, wals: Iterable[WalWriter]) -> None:
         self._lock = threading.Lock()
         self._wals = {wal.number: wal for wal in wals}
         self._synced: dict[int, int] = {}
-        self._counters = counters
+        self._counters: Counter[str] = Counter()  # fsyncs and their time
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._counters
 
     def add(self, wal: WalWriter) -> None:
         with self._lock:

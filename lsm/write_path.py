@@ -49,7 +49,6 @@ class WritePath:
         options: Options,
         versions: VersionSet,
         wals: WalSet,
-        counters: Counter[str],
         *,
         wal: WalWriter,
         state: State,
@@ -62,7 +61,7 @@ class WritePath:
         self._fs = options.fs
         self._versions = versions
         self._wals = wals
-        self._counters = counters
+        self._counters: Counter[str] = Counter()  # stalls, refusals, errors
         self._wake = wake  # background work: a memtable waits, or writers stall
         self._wake_syncer = wake_syncer
         self._mu = threading.Lock()
@@ -93,6 +92,10 @@ class WritePath:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._counters
 
     def reconfigure(self, options: Options) -> None:
         """Use ``options`` (run-time knobs changed) from the next write on;
