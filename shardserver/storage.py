@@ -174,8 +174,8 @@ class ShardStore:
             held = self._held
             if held is not None and dropping:
                 held = held - dropping
-        self.db.options.compaction_filter = ShardCompactionFilter(
-            held, self.grace_ms, self._clock_ms()
+        self.db.set_options(
+            compaction_filter=ShardCompactionFilter(held, self.grace_ms, self._clock_ms())
         )
 
     def drop_partition(self, partition: int, if_mark: int | None = None) -> None:
