@@ -121,21 +121,39 @@ class Gossiper:
         addrs.update(self.seeds)
         return self._rng.choice(sorted(addrs)) if addrs else None
 
-    async def round(self, addr: str | None = None) -> bool:
-        """One exchange with ``addr`` (default: a random peer). True if it answered."""
+    # -- one exchange, sans-IO: begin, then answered or unanswered -------
+    def begin_round(self, addr: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """Beat, pick the peer (default: a random one) and build what we send
+        it; None when there is nobody to gossip with. The caller carries the
+        payload and reports back with :meth:`answered` or :meth:`unanswered`
+        (the simulator in benchmarks/ drives rounds this way, without sockets)."""
         self.beat()
         addr = addr or self._pick()
         if addr is None:
-            return False
+            return None
         self.rounds += 1
-        try:
-            answer = await self._send(addr, self.payload())
-            self._merge(answer)
-        except Exception as exc:  # any failure is "no answer this round"
-            self.failures += 1
-            log.debug("gossip with %s failed: %s", addr, exc)
-            return False
+        return addr, self.payload()
+
+    def answered(self, addr: str, answer: dict[str, Any]) -> None:
+        """Merge the peer's answer; raises like :meth:`receive` on bad input."""
+        self._merge(answer)
         self._answered.add(addr)
+
+    def unanswered(self, addr: str, exc: BaseException) -> None:
+        self.failures += 1
+        log.debug("gossip with %s failed: %s", addr, exc)
+
+    async def round(self, addr: str | None = None) -> bool:
+        """One exchange with ``addr`` (default: a random peer). True if it answered."""
+        started = self.begin_round(addr)
+        if started is None:
+            return False
+        addr, payload = started
+        try:
+            self.answered(addr, await self._send(addr, payload))
+        except Exception as exc:  # any failure is "no answer this round"
+            self.unanswered(addr, exc)
+            return False
         return True
 
     async def run(self) -> None:
