@@ -199,8 +199,9 @@ class ClusterView:
         # an equal ring, which changes nothing, so skip the O(Q) decode.
         same = raw is None or raw == self._encoded_ring()
         theirs = None if same else ringmod.decode_ring(raw)
-        self._apply(mb.RingReceived(theirs, self._members()))
-        self._apply(mb.MembersSeen(self._members()))
+        members = self._members()
+        self._apply(mb.RingReceived(theirs, members))
+        self._apply(mb.MembersSeen(members))
 
     def _apply(self, event: mb.Event) -> None:
         self._state, effects = mb.apply(self._state, event)
