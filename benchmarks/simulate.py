@@ -206,6 +206,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.plot(xs, ys, marker="o", label=label)
     ax.plot(xs, [math.log2(x) for x in xs], linestyle="--", color="grey", label="log2(nodes)")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("simulated nodes")
     ax.set_ylabel("gossip rounds (1 s each)")
@@ -216,6 +217,37 @@ def plot(result: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def simulate_all(args: argparse.Namespace, result: dict[str, Any], log: Any) -> None:
+    sizes = [int(x) for x in args.nodes.split(",")]
+    qs = [int(x) for x in args.partitions.split(",")]
+    net = NetSettings(args.latency_ms / 1000, args.jitter_ms / 1000, args.loss)
+    if not args.no_ring:
+        for q in qs:
+            for k in sizes:
+                print(f"ring: {k} nodes, Q={q} ...", file=log, flush=True)
+                result["ring"].append(simring.ring_figures(k, q))
+    if not args.no_gossip:
+        for k in sizes:
+            print(f"gossip: {k} nodes ...", file=log, flush=True)
+            result["gossip"].append(gossip_figures(
+                k, args.gossip_partitions, seed=args.seed, net=net,
+                limit_rounds=args.limit_rounds, partition=k <= args.cut_up_to))
+
+
+def merged(paths: list[str]) -> dict[str, Any]:
+    """Several --json results as one (the params of the first; runs split to use two cores)."""
+    out: dict[str, Any] = {"ring": [], "gossip": []}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+        out.setdefault("params", part["params"])
+        out["ring"] += part["ring"]
+        out["gossip"] += part["gossip"]
+    out["ring"].sort(key=lambda r: (r["q"], r["nodes"]))
+    out["gossip"].sort(key=lambda g: g["nodes"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,32 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ring", action="store_true", help="skip the ring figures")
     ap.add_argument("--no-gossip", action="store_true", help="skip the gossip runs")
     ap.add_argument("--quick", action="store_true", help="50 and 100 nodes, Q=64,1024")
+    ap.add_argument("--from-json", metavar="PATHS",
+                    help="report (and plot) the results of earlier --json runs, comma-separated, "
+                         "instead of simulating")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     ap.add_argument("--plot", metavar="PNG", help="plot convergence rounds vs nodes")
     ap.add_argument("--write-docs", action="store_true", help="section in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.nodes, args.partitions = "50,100", "64,1024"
-    sizes = [int(x) for x in args.nodes.split(",")]
-    qs = [int(x) for x in args.partitions.split(",")]
-    net = NetSettings(args.latency_ms / 1000, args.jitter_ms / 1000, args.loss)
     result: dict[str, Any] = {
         "params": {"seed": args.seed, "loss": args.loss, "latency_ms": args.latency_ms,
                    "jitter_ms": args.jitter_ms, "gossip_q": args.gossip_partitions,
                    "interval_s": INTERVAL_S, "n": 3, "zones": simring.ZONES},
         "ring": [], "gossip": []}
     log = sys.stderr if args.json == "-" else sys.stdout
-    if not args.no_ring:
-        for q in qs:
-            for k in sizes:
-                print(f"ring: {k} nodes, Q={q} ...", file=log, flush=True)
-                result["ring"].append(simring.ring_figures(k, q))
-    if not args.no_gossip:
-        for k in sizes:
-            print(f"gossip: {k} nodes ...", file=log, flush=True)
-            result["gossip"].append(gossip_figures(
-                k, args.gossip_partitions, seed=args.seed, net=net,
-                limit_rounds=args.limit_rounds, partition=k <= args.cut_up_to))
+    if args.from_json:
+        result = merged(args.from_json.split(","))
+    else:
+        simulate_all(args, result, log)
     text = report(result)
     print(text, file=log)
     if args.json == "-":
