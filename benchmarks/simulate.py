@@ -81,7 +81,7 @@ def build(k: int, q: int, seed: int, net: NetSettings, n: int = 3) -> Cluster:
 
 
 def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds: float,
-                   partition: bool = True) -> dict[str, Any]:
+                   partition: bool = True, join_only: bool = False) -> dict[str, Any]:
     limit = limit_rounds * INTERVAL_S
     t0 = time.process_time()
     with simring.shared_ring_math() as shared:
@@ -113,6 +113,9 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
         final = cluster.nodes[0].view.ring
         out["join_epoch"] = final.epoch if final else None
 
+        if join_only:
+            return _finish(out, cluster, shared, t0)
+
         # -- node down --------------------------------------------------------------
         victim = rng.choice(cluster.nodes[SEEDS:k])
         victim.alive = False
@@ -137,12 +140,17 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
             out["heal_up_rounds"] = _rounds(cluster.run_until(
                 lambda: all(x.view.is_up(y.name) for x in alive for y in alive), limit))
 
-        out["payload_bytes"] = _payload_bytes(alive[0])
-        out["messages"] = cluster.net.sent
-        out["dropped"] = cluster.net.dropped
-        out["simulated_s"] = round(cluster.sim.now, 2)
-        out["cpu_s"] = round(time.process_time() - t0, 1)
-        out["ring_cpu_s_once"] = {f: round(s, 3) for f, s in shared.cpu_s.items()}
+        return _finish(out, cluster, shared, t0)
+
+
+def _finish(out: dict[str, Any], cluster: Cluster, shared: simring.RingMath,
+            t0: float) -> dict[str, Any]:
+    out["payload_bytes"] = _payload_bytes(cluster.live()[0])
+    out["messages"] = cluster.net.sent
+    out["dropped"] = cluster.net.dropped
+    out["simulated_s"] = round(cluster.sim.now, 2)
+    out["cpu_s"] = round(time.process_time() - t0, 1)
+    out["ring_cpu_s_once"] = {f: round(s, 3) for f, s in shared.cpu_s.items()}
     return out
 
 
@@ -174,7 +182,7 @@ def report(result: dict[str, Any]) -> str:
          "leave: replicas moved", "join/leave CPU s"], ring_rows)
     gossip_rows = [[
         str(g["nodes"]), _fmt(g["join_known_rounds"]), _fmt(g["join_ring_rounds"]),
-        _fmt(g["down_rounds"]), _fmt(g["remove_rounds"]), _fmt(g.get("cut_down_rounds")),
+        _fmt(g.get("down_rounds")), _fmt(g.get("remove_rounds")), _fmt(g.get("cut_down_rounds")),
         _fmt(g.get("heal_up_rounds")), f'{math.log2(g["nodes"]):.1f}',
         str(g["join_ring_computations"].get("rebalance", 0)), str(g["join_ring_adoptions"]),
         f'{g["payload_bytes"]["total"]:,} ({g["payload_bytes"]["ring"]:,} ring)',
@@ -202,7 +210,7 @@ def plot(result: dict[str, Any], path: str) -> None:
                        ("join_ring_rounds", "join: every node holds the new ring"),
                        ("remove_rounds", "remove: every node holds the ring without it"),
                        ("down_rounds", "node down: every node marks it down (phi)")):
-        ys = [g[key] if g[key] is not None else float("nan") for g in rows]
+        ys = [g[key] if g.get(key) is not None else float("nan") for g in rows]
         ax.plot(xs, ys, marker="o", label=label)
     ax.plot(xs, [math.log2(x) for x in xs], linestyle="--", color="grey", label="log2(nodes)")
     ax.set_xscale("log")
@@ -233,7 +241,8 @@ def simulate_all(args: argparse.Namespace, result: dict[str, Any], log: Any) -> 
             print(f"gossip: {k} nodes ...", file=log, flush=True)
             result["gossip"].append(gossip_figures(
                 k, args.gossip_partitions, seed=args.seed, net=net,
-                limit_rounds=args.limit_rounds, partition=k <= args.cut_up_to))
+                limit_rounds=args.limit_rounds, partition=k <= args.cut_up_to,
+                join_only=0 < args.join_only_from <= k))
 
 
 def merged(paths: list[str]) -> dict[str, Any]:
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-rounds", type=float, default=60.0)
     ap.add_argument("--cut-up-to", type=int, default=400,
                     help="run the zone-cut scenario for clusters up to this size (CPU bound)")
+    ap.add_argument("--join-only-from", type=int, default=0, metavar="NODES",
+                    help="clusters this large simulate only the join (0: none; CPU bound)")
     ap.add_argument("--no-ring", action="store_true", help="skip the ring figures")
     ap.add_argument("--no-gossip", action="store_true", help="skip the gossip runs")
     ap.add_argument("--quick", action="store_true", help="50 and 100 nodes, Q=64,1024")
