@@ -129,11 +129,11 @@ class Cluster:
                 self.root / f"{name}.toml", self.root / f"{name}.log",
                 self.addresses[i] if self.addresses else host,
             ))
-        seeds = ", ".join(f'"{m.host}:{m.peer_port}"' for m in self.members)
+        seeds = [f"{m.host}:{m.peer_port}" for m in self.members]
         for m in self.members:
             sections: dict[str, dict[str, Any]] = {
                 "node": {"id": m.name, "data_dir": str(m.data_dir)},
-                "network": {"bind": m.host, "client_port": m.client_port,
+                "network": {"bind": m.host, "seeds": seeds, "client_port": m.client_port,
                             "peer_port": m.peer_port, "metrics_port": m.metrics_port},
                 "cluster": {"n": self.n, "r": min(2, self.n), "w": min(2, self.n),
                             "secret": SECRET, "request_timeout_ms": 2000},
@@ -147,7 +147,6 @@ class Cluster:
             for section, values in sections.items():
                 lines.append(f"[{section}]")
                 lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-            lines.insert(lines.index("[network]") + 1, f"seeds = [{seeds}]")
             m.config.write_text("\n".join(lines) + "\n")
 
     # -- processes ------------------------------------------------------------
@@ -256,6 +255,8 @@ class Cluster:
 
 
 def _toml(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(map(_toml, v)) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from coordinator.cluster import ring as ringmod
 from tests import netns
 from tests.cluster import ROOT, Cluster, local_read_many, ring_of, wait_for
 
@@ -31,20 +32,26 @@ def hosts() -> Iterator[netns.Hosts]:
     why = netns.unavailable()
     if why is not None:
         pytest.skip(why)
-    with netns.hosts(3) as h:
+    with netns.hosts(4) as h:
         yield h
+
+
+def on_hosts(hosts: netns.Hosts, root: Path, nodes: int) -> Cluster:
+    """Node i on host i + 1; the first three hosts are the seeds."""
+    return Cluster(
+        root, nodes=nodes, n=3,
+        addresses=tuple(hosts.address(k) for k in range(1, nodes + 1)), ports=PORTS,
+        run_in=lambda i: hosts.run_in(i + 1),
+        settings={"cluster": {"request_timeout_ms": 3000},
+                  "network": {"seeds": [f"{hosts.address(k)}:{PORTS[1]}" for k in (1, 2, 3)]}},
+        # n2 listens on every address of its host and says which one is its.
+        node_settings={"n2": {"network": {"bind": "0.0.0.0", "advertise": hosts.address(2)}}},
+    )
 
 
 @pytest.fixture
 def cluster(hosts: netns.Hosts, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
-        tmp_path, nodes=3, n=3,
-        addresses=tuple(hosts.address(k) for k in (1, 2, 3)), ports=PORTS,
-        run_in=lambda i: hosts.run_in(i + 1),
-        settings={"cluster": {"request_timeout_ms": 3000}},
-        # n2 listens on every address of its host and says which one is its.
-        node_settings={"n2": {"network": {"bind": "0.0.0.0", "advertise": hosts.address(2)}}},
-    )
+    c = on_hosts(hosts, tmp_path, 3)
     try:
         c.start(timeout=120)
         yield c
@@ -139,3 +146,34 @@ def test_three_hosts_lose_nothing_when_one_is_unplugged(
         pipe.execute_command("GET", key, "R", "3")
     assert pipe.execute() == [k[::-1] for k in acked]
 
+
+
+def test_a_fourth_host_joins_and_gets_its_partitions(hosts: netns.Hosts, tmp_path: Path) -> None:
+    c = on_hosts(hosts, tmp_path, 4)
+    try:
+        for i in range(3):
+            c.start_node(i, wait=False)
+        for i in range(3):
+            c.wait_serving(i, 120)
+        c.wait_all_up(120)
+        keys = write(c.client(0, socket_timeout=30), [b"k-%d" % j for j in range(2 * BATCH)])
+        assert len(keys) == 2 * BATCH
+        formed = ring_of(c).epoch
+
+        c.start_node(3, timeout=120)
+        c.wait_all_up(60)
+
+        def joined() -> bool:
+            rings = [ring_of(c, i) for i in range(4)]
+            return all(r.epoch > formed and len(r.nodes) == 4 and r == rings[0] for r in rings)
+
+        wait_for("every node has the ring with n4", joined, 60)
+        wait_for("partitions handed to n4", lambda: hint_backlog(c, (0, 1, 2, 3)) == 0, 120)
+        ring = ring_of(c)
+        mine = [k for k in keys if "n4" in ringmod.primaries(ring, ring.partition_of(k))]
+        assert len(mine) > BATCH  # N=3 of 4 nodes: about 3/4 of the keys
+        held = local_read_many(c, 3, mine)
+        missing = [k for k, got in held.items() if [v.value for v in got] != [k[::-1]]]
+        assert not missing, f"{len(missing)} keys missing on n4, e.g. {missing[:3]}"
+    finally:
+        c.close()
