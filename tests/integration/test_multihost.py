@@ -128,9 +128,9 @@ def test_three_hosts_lose_nothing_when_one_is_unplugged(
                if [v.value for v in got] != [k[::-1]]]
     assert not missing, f"{len(missing)} hinted keys missing on n3, e.g. {missing[:3]}"
 
-    # What only n1 and n2 took before they noticed: repair, run on host 1
-    # by an operator there, over the bridge.
-    repaired = run_on(hosts, 1, "-m", "cli", "repair", "--config", str(c.members[0].config),
+    # What only n1 and n2 took before they noticed: repair, as an operator
+    # on host 2 runs it (its config binds 0.0.0.0), forwarded to n3.
+    repaired = run_on(hosts, 2, "-m", "cli", "repair", "--config", str(c.members[1].config),
                       "--node", "n3", "--json")
     assert repaired.returncode == 0, repaired.stderr
     report = json.loads(repaired.stdout)
@@ -177,3 +177,28 @@ def test_a_fourth_host_joins_and_gets_its_partitions(hosts: netns.Hosts, tmp_pat
         assert not missing, f"{len(missing)} keys missing on n4, e.g. {missing[:3]}"
     finally:
         c.close()
+
+
+def test_what_a_dead_run_left_behind_is_removed() -> None:
+    why = netns.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    dead = next(p for p in range(4_000_000, 4_100_000) if not Path(f"/proc/{p}").exists())
+    left = netns.Hosts(1, "10.231.251", f"{dead:06x}")
+    left.build()
+    sleeper = subprocess.Popen([*left.run_in(1), "sleep", "600"])
+    try:
+        with netns.hosts(1) as fresh:
+            assert fresh.namespace(1) != left.namespace(1)
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                    check=True).stdout
+            assert left.namespace(1) not in listed
+            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True,
+                                   check=True).stdout
+            assert left.bridge not in links and left.veth(1) not in links
+            assert sleeper.wait(10) == -9  # killed with its namespace
+    finally:
+        left.destroy()
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(10)
