@@ -238,15 +238,16 @@ def _check_addresses(c: NodeConfig) -> None:
     another machine (it would dial its own loopback)."""
     if _ip(c.bind, "is_unspecified") and not c.advertise:
         raise ConfigError(
-            f"bind {c.bind} listens on every address, so it cannot tell peers where to "
-            "connect: set network.advertise to this node's address on the cluster network")
+            f"bind {c.bind or repr(c.bind)} listens on every address, so it cannot tell "
+            "peers where to connect: set network.advertise to this node's address on the "
+            "cluster network")
     if c.advertise and _ip(c.advertise, "is_unspecified"):
         raise ConfigError(f"advertise must be an address peers can connect to, got {c.advertise}")
     if not _ip(c.advertised_host(), "is_loopback"):
         return
     for seed in c.seeds:
         host = seed.rpartition(":")[0].strip("[]")
-        if _ip(host, "is_unspecified") is False and _ip(host, "is_loopback") is False:
+        if _ip(host, "is_loopback") is False and not _ip(host, "is_unspecified"):
             raise ConfigError(
                 f"seed {seed} is another machine, but this node would tell it to connect to "
                 f"{c.advertised_host()} (its own loopback): set network.bind (or "

@@ -100,7 +100,7 @@ def test_the_storage_defaults_are_the_workers_own() -> None:
     ("network", "message"),
     [
         ({"bind": "0.0.0.0"}, "bind 0.0.0.0 listens on every address"),
-        ({"bind": ""}, "bind  listens on every address"),
+        ({"bind": ""}, "bind '' listens on every address"),
         ({"bind": "0.0.0.0", "advertise": "0.0.0.0"}, "advertise must be an address peers"),
         ({"seeds": ("10.0.0.12:17379",)}, "seed 10.0.0.12:17379 is another machine"),
         ({"bind": "localhost", "seeds": ("10.0.0.12:17379",)}, "connect to localhost"),
