@@ -33,6 +33,9 @@ Limits (docs/protocol.md, *Limits and abusive clients*):
   next slot before it is checked (coordinator.client.auth_guard).
 - Before AUTH, reading pauses while the parser holds more than about one
   request (16.5 KiB), e.g. while a connection is held.
+- A bulk past the parser's limit (a little over ``max_value_bytes``), up to
+  512 MiB, is dropped as it streams in and its request answered "value too
+  large"; the connection stays.
 - A protocol error is answered, after the replies before it, and the
   connection closed; so is QUIT, and a client's end of stream once its
   requests are answered.
@@ -53,7 +56,7 @@ from coordinator.client.commands import CommandSpec
 from coordinator.client.data_commands import Backend
 from coordinator.client.parsing import NO_COMMAND, Command, Limits
 from coordinator.client.replies import Error, RespReply, encode_reply
-from coordinator.client.resp import UNAUTHENTICATED_MAX_REQUEST, RequestParser
+from coordinator.client.resp import UNAUTHENTICATED_MAX_REQUEST, Discarded, RequestParser
 from coordinator.client.session import ClientSession, ClientStats, SessionCommands
 from coordinator.config import NodeConfig
 from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
@@ -63,6 +66,7 @@ from coordinator.errors import (
     NoQuorumError,
     RespProtocolError,
     UnavailableError,
+    ValueTooLargeError,
 )
 from coordinator.ratelimit import LimitedLog
 
@@ -291,6 +295,9 @@ class ClientConnection(asyncio.Protocol):
                 if isinstance(item, RespProtocolError):
                     self._protocol_error(item)
                     return
+                if isinstance(item, Discarded):
+                    self._too_large(item)
+                    continue
                 request, slot_came = item, False
                 spec = commands.lookup(request)
                 bound = (commands.REPLY_SLACK if spec is None
@@ -356,6 +363,15 @@ class ClientConnection(asyncio.Protocol):
         slot.data = encode_reply(Error(
             "OVERLOADED replies in flight on this node are at max_node_reply_bytes "
             f"({shared.config.max_node_reply_bytes}); retry later"), self.session.proto)
+
+    def _too_large(self, request: Discarded) -> None:
+        """A request with a bulk past the parser's limit, dropped as it came."""
+        shared = self._shared
+        shared.stats.commands_processed += 1
+        shared.stats.values_discarded += 1
+        slot = self._add(0)
+        slot.data = encode_reply(Error(str(ValueTooLargeError(
+            request.size, shared.config.max_value_bytes))), self.session.proto)
 
     def _protocol_error(self, error: RespProtocolError) -> None:
         shared = self._shared
