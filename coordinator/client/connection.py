@@ -63,7 +63,6 @@ from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
 from coordinator.errors import (
     CommandError,
     NoAuthError,
-    NoQuorumError,
     RespProtocolError,
     UnavailableError,
     ValueTooLargeError,
@@ -97,8 +96,11 @@ def _nothing() -> None:
 
 
 #: ``(command, levels, outcome, seconds)`` for every command that reached
-#: storage; outcome is "ok", "noquorum" or "error".
+#: storage; outcome is "ok" or the error's class: "noquorum", "readonly",
+#: "unavailable" (the node drains, the ring is not formed), or "error" (the
+#: client's: bad arguments, a value too large ...; and internal errors).
 Observe = Callable[[CommandSpec, Consistency, str, float], None]
+_OUTCOMES = {"NOQUORUM": "noquorum", "READONLY": "readonly", "UNAVAILABLE": "unavailable"}
 
 
 @dataclass(slots=True)
@@ -254,6 +256,11 @@ class ClientConnection(asyncio.Protocol):
         self._fifo.clear()
         self._tails.clear()
         self._deferred = None
+
+    @property
+    def pending(self) -> int:
+        """Requests read and not yet answered (their replies not yet written)."""
+        return len(self._fifo)
 
     def close(self) -> None:
         """Close at once (the server stops)."""
@@ -480,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
             aw: Awaitable[RespReply] = spec.run(backend, slot.command, slot.levels)
             fut = asyncio.ensure_future(aw)
         except CommandError as exc:
-            self._complete(slot, Error(str(exc)), "error")
+            self._complete(slot, Error(str(exc)), _OUTCOMES.get(exc.code, "error"))
             return
         slot.fut = fut
         fut.add_done_callback(slot.done)
@@ -492,8 +499,7 @@ class ClientConnection(asyncio.Protocol):
         if exc is None:
             self._complete(slot, fut.result(), "ok")
         elif isinstance(exc, CommandError):
-            self._complete(slot, Error(str(exc)),
-                           "noquorum" if isinstance(exc, NoQuorumError) else "error")
+            self._complete(slot, Error(str(exc)), _OUTCOMES.get(exc.code, "error"))
         else:
             assert slot.spec is not None
             log.error("%s failed", slot.spec.name, exc_info=exc)

@@ -88,3 +88,14 @@ class ClientServer:
     @property
     def clients(self) -> int:
         return len(self._shared.connections)
+
+    @property
+    def pending(self) -> int:
+        """Requests read and not yet answered, over every connection (any
+        thread: the set is copied in one step)."""
+        return sum(conn.pending for conn in list(self._shared.connections))
+
+    @property
+    def reply_bytes_in_flight(self) -> int:
+        """What the connections' budgets charge now (max_node_reply_bytes bounds it)."""
+        return self._shared.in_flight

@@ -32,6 +32,8 @@ from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock, ClockStats
 from coordinator.data.datapath import DataPath, DataStats
 from coordinator.data.router import Router
+from coordinator.ops.health import RingHealth, ring_health
+from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from coordinator.repair.handoff import Handoff, HintBacklog
 from coordinator.repair.hints import HintStore
@@ -39,17 +41,14 @@ from shardserver.protocol.errors import ShardError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 STATS_INTERVAL_S = 2.0
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (``/proc/self/statm``; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
+@dataclass(frozen=True, slots=True)
+class WorkerUsage:
+    worker: int
+    pid: int | None
+    ready: bool
+    inflight: int  # calls sent to it and not yet answered
+    cpu_s: float
+    resident_bytes: int
 
 # -- storage: the workers' figures summed ------------------------------------------
 
@@ -196,6 +195,11 @@ class NodeSnapshot:
     worker_restarts: int
     storage: StorageTotals
     repair: RepairReport
+    last_repair_ms: int  # wall clock of the last partition anti-entropy finished; 0: never
+    pending_requests: int  # client requests read and not yet answered
+    reply_bytes_in_flight: int
+    noquorum: dict[tuple[str, str], int]  # (op, cause) -> NOQUORUM answers
+    disk: DiskSpace
 
 
 class StatusSource:
@@ -255,7 +259,30 @@ class StatusSource:
             storage=storage_totals(self.worker_stats.latest if workers is None else workers),
             repair=dataclasses.replace(self.anti_entropy.total,
                                        errors=list(self.anti_entropy.total.errors)),
+            last_repair_ms=self.anti_entropy.last_repair_ms,
+            pending_requests=server.pending,
+            reply_bytes_in_flight=server.reply_bytes_in_flight,
+            noquorum=dict(self.data.noquorum),
+            disk=disk_space(self.config.data_dir),
         )
+
+    def health(self) -> RingHealth:
+        """Each partition's primaries up and losses to quorum loss, at the
+        node's current W and R (``ops.health``)."""
+        config = self.clients.config
+        return ring_health(self.view.ring, self.view.is_up, config.w, config.r)
+
+    def workers_usage(self) -> list[WorkerUsage]:
+        """Each worker's queue, CPU and memory (read from /proc, any thread)."""
+        inflight = self.router.worker_inflight()
+        out = []
+        for w in self.router.pool.status():
+            pid = w.pid
+            out.append(WorkerUsage(
+                w.worker, pid, w.ready,
+                inflight[w.worker] if w.worker < len(inflight) else 0,
+                cpu_seconds(pid) if pid else 0.0, resident_bytes(pid) if pid else 0))
+        return out
 
     def _replication(self) -> ReplicationStatus:
         h = self.handoff
