@@ -158,6 +158,7 @@ class Node:
             await self.stop()
 
     async def stop(self) -> None:
+        self.metrics.stop()
         await self.client_server.stop()
         await self.data.close()
         for task in list(self._tasks):

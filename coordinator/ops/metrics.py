@@ -14,11 +14,13 @@ global state); prometheus-client serves it from its own thread.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
+from http.server import ThreadingHTTPServer
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,7 +33,8 @@ from prometheus_client.samples import Sample
 from coordinator.client.commands import CommandSpec, level_label
 from coordinator.data.quorum import Consistency
 from coordinator.histogram import BUCKETS, Histograms, Series
-from coordinator.ops import metric_groups
+from coordinator.ops import metric_groups, status_page, web
+from coordinator.ops.recent import Recent
 from coordinator.ops.status import NodeSnapshot, StatusSource, StorageTotals
 
 log = logging.getLogger("ringkv.metrics")
@@ -108,14 +111,34 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         self.requests = RequestCounts()
         self.observe = self.requests.observe  # the client server's hook
+        self.recent = Recent(self.requests.latency)
+        self._source: StatusSource | None = None
+        self._server: ThreadingHTTPServer | None = None
 
     def collect(self, source: StatusSource) -> None:
         """Render the request counts and ``source``'s snapshot at every scrape."""
+        self._source = source
         self.registry.register(NodeCollector(source, self.requests))
 
     def serve(self, addr: str, port: int) -> None:
-        start_http_server(port, addr, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", addr, port)
+        """``/metrics`` and the status page ``/`` on ``port`` (ops.web), and
+        the status page's request samples, in daemon threads."""
+        self._server = web.serve(addr, port, self.registry, self.page)
+        threading.Thread(target=self.recent.run, name="metrics-recent", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics, status page on http://%s:%d/",
+                 addr, port, addr, port)
+
+    def stop(self) -> None:
+        self.recent.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def page(self) -> str:
+        source = self._source
+        if source is None:
+            return "<!DOCTYPE html><p>starting</p>"
+        return status_page.render(source.snapshot(), source.health(), self.recent.intervals())
 
 
 def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:

@@ -200,3 +200,46 @@ def test_alerts_and_dashboard_queries_have_data_and_under_replication_goes_pendi
                  interval=0.5)
     print("alerts:", sorted((a["labels"]["alertname"], a["state"]) for a in
                             prometheus.get("/api/v1/alerts")["data"]["alerts"]))
+
+
+# -- the status page ----------------------------------------------------------------
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", "--virtual-time-budget=2000", *args],
+        check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_status_page_in_headless_chromium_shows_the_node_down(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium not installed (Debian's chromium package; scripts/test.sh)")
+    one_node_down(cluster)
+    m = cluster.members[0]
+    url = f"http://{m.host}:{m.metrics_port}/"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        page = resp.read().decode()
+        assert resp.headers["Content-Type"].startswith("text/html")
+    # No external assets (works offline) and no scripts.
+    for fetch in ("src=", "href=", "url(", "@import", "<script", "http://", "https://"):
+        assert fetch not in page, fetch
+    with urllib.request.urlopen(url + "metrics", timeout=10) as resp:
+        assert b"ringkv_partitions_under_replicated" in resp.read()
+
+    shot = tmp_path / "status.png"
+    out = chromium(f"--screenshot={shot}", "--window-size=1280,1600", url)
+    assert shot.exists() and shot.stat().st_size > 10_000, out.stderr[-2000:]
+    out = chromium("--dump-dom", url)
+    dom = out.stdout
+    down = cluster.members[DOWN].name
+    assert f"data-node=\"{down}\" data-state=\"down\"" in dom, dom[:3000]
+    for i in (0, 1):
+        name = cluster.members[i].name
+        assert f"data-node=\"{name}\" data-state=\"up\"" in dom
+    assert "<svg" in dom and "data-partition=" in dom  # the ring
+    under = re.search(r'data-figure="under-replicated">(\d+)<', dom)
+    assert under is not None and int(under.group(1)) > 0
+    print(f"screenshot {shot} ({shot.stat().st_size} bytes)")
