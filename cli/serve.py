@@ -276,7 +276,7 @@ def up(timeout: float, **opts: Any) -> None:
                    f"W={min(2, n)}), data in {data}")
         for i in range(nodes):
             click.echo(f"  node{i + 1}  redis-cli -p {port + i}    "
-                       f"metrics http://127.0.0.1:{port + 1000 + i}/metrics    "
+                       f"status http://127.0.0.1:{port + 1000 + i}/    "
                        f"log {data}/node{i + 1}.log")
         click.echo(f"Connect with: redis-cli -p {port}   Ctrl-C stops the cluster.")
         _wait_for_signal(procs, [os.path.join(data, f"node{i + 1}.toml") for i in range(nodes)])

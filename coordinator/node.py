@@ -84,7 +84,7 @@ class Node:
         self.client_server = ClientServer(
             config, self.cluster_commands,
             lambda section: self.status.info_text(section),  # noqa: PLW0108 - made next
-            self.metrics.observe)
+            self.metrics.observe, lambda: self.status.reset_stats())  # noqa: PLW0108
         self.status = StatusSource(
             config=config, incarnation=incarnation, view=view, router=self.router,
             data=self.data, handoff=self.handoff, hints=hints, anti_entropy=self.anti_entropy,
@@ -158,6 +158,7 @@ class Node:
             await self.stop()
 
     async def stop(self) -> None:
+        self.metrics.stop()
         await self.client_server.stop()
         await self.data.close()
         for task in list(self._tasks):

@@ -7,12 +7,16 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # tests; redis-server as the reference target of `ringkv bench`'s tests
 # (tests/integration/test_bench.py); iptables for the fault tests' cut-offs
 # (tests/faults, docs/testing.md); ip (iproute2) for the network namespaces of
-# the multi-host test (tests/integration/test_multihost.py).
+# the multi-host test (tests/integration/test_multihost.py); prometheus (with
+# promtool) and chromium for the shipped alerts, dashboard and status page
+# (tests/integration/test_dashboards.py).
 missing=()
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -33,6 +33,9 @@ Limits (docs/protocol.md, *Limits and abusive clients*):
   next slot before it is checked (coordinator.client.auth_guard).
 - Before AUTH, reading pauses while the parser holds more than about one
   request (16.5 KiB), e.g. while a connection is held.
+- A bulk past the parser's limit (a little over ``max_value_bytes``), up to
+  512 MiB, is dropped as it streams in and its request answered "value too
+  large"; the connection stays.
 - A protocol error is answered, after the replies before it, and the
   connection closed; so is QUIT, and a client's end of stream once its
   requests are answered.
@@ -53,16 +56,16 @@ from coordinator.client.commands import CommandSpec
 from coordinator.client.data_commands import Backend
 from coordinator.client.parsing import NO_COMMAND, Command, Limits
 from coordinator.client.replies import Error, RespReply, encode_reply
-from coordinator.client.resp import UNAUTHENTICATED_MAX_REQUEST, RequestParser
+from coordinator.client.resp import UNAUTHENTICATED_MAX_REQUEST, Discarded, RequestParser
 from coordinator.client.session import ClientSession, ClientStats, SessionCommands
 from coordinator.config import NodeConfig
 from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
 from coordinator.errors import (
     CommandError,
     NoAuthError,
-    NoQuorumError,
     RespProtocolError,
     UnavailableError,
+    ValueTooLargeError,
 )
 from coordinator.ratelimit import LimitedLog
 
@@ -93,8 +96,11 @@ def _nothing() -> None:
 
 
 #: ``(command, levels, outcome, seconds)`` for every command that reached
-#: storage; outcome is "ok", "noquorum" or "error".
+#: storage; outcome is "ok" or the error's class: "noquorum", "readonly",
+#: "unavailable" (the node drains, the ring is not formed), or "error" (the
+#: client's: bad arguments, a value too large ...; and internal errors).
 Observe = Callable[[CommandSpec, Consistency, str, float], None]
+_OUTCOMES = {"NOQUORUM": "noquorum", "READONLY": "readonly", "UNAVAILABLE": "unavailable"}
 
 
 @dataclass(slots=True)
@@ -251,6 +257,11 @@ class ClientConnection(asyncio.Protocol):
         self._tails.clear()
         self._deferred = None
 
+    @property
+    def pending(self) -> int:
+        """Requests read and not yet answered (their replies not yet written)."""
+        return len(self._fifo)
+
     def close(self) -> None:
         """Close at once (the server stops)."""
         if self._transport is not None:
@@ -291,6 +302,9 @@ class ClientConnection(asyncio.Protocol):
                 if isinstance(item, RespProtocolError):
                     self._protocol_error(item)
                     return
+                if isinstance(item, Discarded):
+                    self._too_large(item)
+                    continue
                 request, slot_came = item, False
                 spec = commands.lookup(request)
                 bound = (commands.REPLY_SLACK if spec is None
@@ -356,6 +370,15 @@ class ClientConnection(asyncio.Protocol):
         slot.data = encode_reply(Error(
             "OVERLOADED replies in flight on this node are at max_node_reply_bytes "
             f"({shared.config.max_node_reply_bytes}); retry later"), self.session.proto)
+
+    def _too_large(self, request: Discarded) -> None:
+        """A request with a bulk past the parser's limit, dropped as it came."""
+        shared = self._shared
+        shared.stats.commands_processed += 1
+        shared.stats.values_discarded += 1
+        slot = self._add(0)
+        slot.data = encode_reply(Error(str(ValueTooLargeError(
+            request.size, shared.config.max_value_bytes))), self.session.proto)
 
     def _protocol_error(self, error: RespProtocolError) -> None:
         shared = self._shared
@@ -464,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
             aw: Awaitable[RespReply] = spec.run(backend, slot.command, slot.levels)
             fut = asyncio.ensure_future(aw)
         except CommandError as exc:
-            self._complete(slot, Error(str(exc)), "error")
+            self._complete(slot, Error(str(exc)), _OUTCOMES.get(exc.code, "error"))
             return
         slot.fut = fut
         fut.add_done_callback(slot.done)
@@ -476,8 +499,7 @@ class ClientConnection(asyncio.Protocol):
         if exc is None:
             self._complete(slot, fut.result(), "ok")
         elif isinstance(exc, CommandError):
-            self._complete(slot, Error(str(exc)),
-                           "noquorum" if isinstance(exc, NoQuorumError) else "error")
+            self._complete(slot, Error(str(exc)), _OUTCOMES.get(exc.code, "error"))
         else:
             assert slot.spec is not None
             log.error("%s failed", slot.spec.name, exc_info=exc)

@@ -25,6 +25,12 @@ and ours: an inline line of at most 16 KiB, a request of at most 16.5 KiB.
 While restricted it scans one request at a time, so a request that follows
 AUTH in the same read is held to the limits that apply once AUTH has run.
 
+A bulk longer than ``max_bulk`` (the server's is a little over
+``max_value_bytes``) but within Redis's proto-max-bulk-len (512 MiB) does
+not end the connection: its bytes are dropped as they arrive, so a client
+that sends a 300 MiB value costs no more memory than one read, and the
+request comes out as :class:`Discarded`, answered "value too large".
+
 Errors use Redis's wording (networking.c), prefixed ``ERR Protocol error:``.
 After one, the parser is dead: every later :meth:`RequestParser.gets` returns
 the same error, and the server replies with it once and closes the
@@ -68,6 +74,10 @@ UNAUTHENTICATED_MAX_BULK = 16 * 1024
 #: line took the coordinator from 284 to 1,118 MB).
 UNAUTHENTICATED_MAX_INLINE = 16 * 1024
 UNAUTHENTICATED_MAX_REQUEST = UNAUTHENTICATED_MAX_BULK + 512
+#: Redis's proto-max-bulk-len: a bulk past max_bulk but within this is read
+#: and dropped as it streams (the request becomes :class:`Discarded`); past
+#: it the length is a protocol error.
+MAX_DISCARD_BULK = 512 * 1024 * 1024
 
 # string2ll's grammar: an optional minus, no plus, no leading zeros, no spaces.
 _INTEGER = re.compile(rb"-?[1-9][0-9]{0,18}|0")
@@ -80,6 +90,20 @@ _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _HEX = b"0123456789abcdefABCDEF"
 
 Request = list[bytes]
+
+
+class Discarded:
+    """A request with a bulk over ``max_bulk`` (up to ``MAX_DISCARD_BULK``):
+    its bytes were dropped as they arrived, never held; ``size`` is its
+    largest bulk. The connection answers "value too large" and goes on."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"Discarded({self.size})"
 
 
 def split_inline(line: bytes) -> list[bytes] | None:
@@ -161,7 +185,7 @@ class RequestParser:
         self.max_multibulk = max_multibulk
         self.max_request = max_request
         self._buf = bytearray()
-        self._ready: deque[Request] = deque()
+        self._ready: deque[Request | Discarded] = deque()
         self._error: RespProtocolError | None = None
         # Scan state, kept across feeds so that each byte is looked at about
         # once: _start is where the current request begins in _buf, _pos how
@@ -173,6 +197,10 @@ class RequestParser:
         self._argc = 0
         self._reader = hiredis.Reader()
         self._restricted = False
+        # A request with a bulk past max_bulk: its largest bulk (0: none),
+        # and the bytes of the current such bulk (with its CRLF) still to drop.
+        self._discarding = 0
+        self._drop = 0
 
     def restrict(self) -> None:
         """Apply the limits for unauthenticated clients until :meth:`lift`."""
@@ -198,10 +226,19 @@ class RequestParser:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Bytes fed after a protocol error are dropped."""
-        if self._error is None:
-            self._buf += data
+        if self._error is not None:
+            return
+        if self._drop:  # the rest of an oversized bulk: never buffered
+            n = min(self._drop, len(data))
+            self._drop -= n
+            if not self._drop:
+                self._argc_left -= 1
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+        self._buf += data
 
-    def gets(self) -> Request | RespProtocolError | None:
+    def gets(self) -> Request | Discarded | RespProtocolError | None:
         """The next request, None if incomplete, or the (sticky) protocol error."""
         if not self._ready and self._error is None:
             self._scan()
@@ -219,7 +256,8 @@ class RequestParser:
     def _scan(self) -> None:
         """Move every complete request in the buffer to _ready (only the
         next one while restricted)."""
-        while self._start < len(self._buf) and self._error is None:
+        while self._error is None and (self._start < len(self._buf) or (
+                self._discarding and not self._drop and self._argc_left == 0)):
             if self._restricted and self._ready:
                 break
             if self._argc_left < 0 and self._buf[self._start] != 0x2A:  # not '*'
@@ -236,7 +274,8 @@ class RequestParser:
 
     def _too_big(self, kind: str, length: int) -> str | None:
         """Why a ``*`` (multibulk) or ``$`` (bulk) length is refused, if it is."""
-        if length > (self.max_multibulk if kind == "multibulk" else self.max_bulk):
+        if length > (self.max_multibulk if kind == "multibulk" else
+                     max(self.max_bulk, MAX_DISCARD_BULK)):
             return f"invalid {kind} length"
         limit = UNAUTHENTICATED_MAX_MULTIBULK if kind == "multibulk" else UNAUTHENTICATED_MAX_BULK
         if self._restricted and length > limit:
@@ -302,6 +341,18 @@ class RequestParser:
             return None
         return int(text)
 
+    def _discard(self, length: int) -> None:
+        """Drop the bulk of ``length`` whose header ends at _pos, and the
+        rest of its request as it comes (the request's kept bytes go too)."""
+        self._discarding = max(self._discarding, length, 1)
+        buf = self._buf
+        n = min(length + 2, len(buf) - self._pos)
+        del buf[self._start:self._pos + n]
+        self._pos = self._start
+        self._drop = length + 2 - n
+        if not self._drop:
+            self._argc_left -= 1
+
     def _scan_multibulk(self) -> bool:
         if self._argc_left < 0:
             self._pos = self._start
@@ -316,6 +367,8 @@ class RequestParser:
                 return True
             self._argc = self._argc_left = argc
         while self._argc_left:
+            if self._drop:
+                return False  # feed drops the rest of the oversized bulk
             pos = self._pos
             if pos >= len(self._buf):
                 return False
@@ -333,6 +386,9 @@ class RequestParser:
             if (reason := self._too_big("bulk", length)) is not None:
                 self._fail(reason)
                 return False
+            if length > self.max_bulk or self._discarding:
+                self._discard(length)
+                continue
             size = self._pos - self._start + length
             if size > self.max_request:
                 self._fail("request too large")
@@ -345,6 +401,11 @@ class RequestParser:
                 return False
             self._pos += length + 2
             self._argc_left -= 1
+        if self._discarding:
+            self._ready.append(Discarded(self._discarding))
+            self._discarding = 0
+            self._argc_left = -1
+            return True
         # The request's framing is checked end to end; hiredis cuts it up.
         # hiredis takes any buffer; its stub only admits bytes, and a copy
         # just to please the stub would double the work for large values.

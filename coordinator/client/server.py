@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from coordinator.client import commands
 from coordinator.client.connection import (
@@ -42,12 +43,14 @@ LISTEN_BACKLOG = 511  # as Redis's tcp-backlog; asyncio's default is 100
 
 class ClientServer:
     def __init__(self, config: NodeConfig, backend: Backend, info: InfoText,
-                 observe: Observe) -> None:
+                 observe: Observe, reset_stats: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.backend = backend
         self.limits = Limits.of(config)
         self.stats = ClientStats()
-        self.session_commands = SessionCommands(config, self.stats, info, len(commands.TABLE))
+        self.session_commands = SessionCommands(
+            config, self.stats, info, len(commands.TABLE), on_config=self._adopt,
+            reset_stats=reset_stats)
         # A bulk a little over the value limit still parses, so an oversized
         # value gets "value too large" and the connection stays; a bulk far
         # over it is a protocol error that closes the connection.
@@ -59,6 +62,10 @@ class ClientServer:
         self.started = time.time()
         self._server: asyncio.Server | None = None
         self.port = 0
+
+    def _adopt(self, config: NodeConfig) -> None:
+        """CONFIG SET changed a run-time setting (config_set.RUNTIME)."""
+        self.config = self._shared.config = config
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
@@ -81,3 +88,14 @@ class ClientServer:
     @property
     def clients(self) -> int:
         return len(self._shared.connections)
+
+    @property
+    def pending(self) -> int:
+        """Requests read and not yet answered, over every connection (any
+        thread: the set is copied in one step)."""
+        return sum(conn.pending for conn in list(self._shared.connections))
+
+    @property
+    def reply_bytes_in_flight(self) -> int:
+        """What the connections' budgets charge now (max_node_reply_bytes bounds it)."""
+        return self._shared.in_flight

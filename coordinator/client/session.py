@@ -1,7 +1,9 @@
 """One client connection's state, and the commands a connection answers
 itself (PING, ECHO, QUIT, SELECT, AUTH, HELLO, CLIENT, CONSISTENCY, COMMAND,
-CONFIG GET, INFO): the handlers the command table points to for kind
-``connection``. None of them touches storage.
+CONFIG, INFO, and the refusals of FUNCTION, SCRIPT, EVAL ...): the handlers
+the command table points to for kind ``connection``. None of them touches
+storage. CONFIG SET changes the settings of ``config_set.RUNTIME`` through
+the server's ``on_config``; CONFIG RESETSTAT zeroes INFO's counters.
 
 AUTH: the password is compared in constant time; a failed AUTH is counted,
 logged with the client's address, and from the second one on a connection
@@ -23,17 +25,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from coordinator.client import config_set
 from coordinator.client.auth_guard import AuthGuard
 from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, PONG, RespReply
 from coordinator.config import NodeConfig
 from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
-from coordinator.errors import CommandError, NoAuthError, WrongPassError
+from coordinator.errors import (
+    CommandError,
+    NoAuthError,
+    UnsupportedOptionError,
+    WrongPassError,
+)
 from coordinator.ratelimit import LimitedLog
 
 log = logging.getLogger("ringkv.server")
 
 VERSION = "0.1.0"
+#: The Redis version whose commands and replies ringkv follows (INFO server's
+#: redis_version, which tools such as redis-py's test harness check).
+REDIS_VERSION = "7.0.0"
 # Failed AUTHs on one connection: the first is answered at once, the n-th
 # after AUTH_DELAY_BASE_S * 2**(n-2), at most AUTH_DELAY_MAX_S.
 AUTH_DELAY_BASE_S = 0.02
@@ -65,10 +76,14 @@ class ClientStats:
     slow_readers_dropped: int = 0
     auth_failures: int = 0
     overloaded_refused: int = 0  # commands refused: max_node_reply_bytes was full
+    values_discarded: int = 0  # requests with a bulk past the limit, dropped as they came
 
 
 #: INFO's text for a section name ("default", "all", "server", ...).
 InfoText = Callable[[str], bytes]
+#: Called with the new configuration after CONFIG SET (the server adopts it).
+OnConfig = Callable[[NodeConfig], None]
+_NO_SCRIPTS = "ringkv runs no server-side scripts or functions"
 
 
 class SessionCommands:
@@ -76,11 +91,14 @@ class SessionCommands:
     its methods as handlers: ``(self, session, command) -> reply``."""
 
     def __init__(self, config: NodeConfig, stats: ClientStats, info: InfoText,
-                 command_count: int) -> None:
+                 command_count: int, *, on_config: OnConfig = lambda config: None,
+                 reset_stats: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.stats = stats
         self._info = info
         self._command_count = command_count
+        self._on_config = on_config
+        self._reset_stats = reset_stats
         self._password = config.requirepass.encode()
         self._auth_log = LimitedLog(log)
         self.auth_guard = AuthGuard()
@@ -171,15 +189,49 @@ class SessionCommands:
         sub = c.args[0].upper() if c.args else b""
         return self._command_count if sub == b"COUNT" else []
 
-    def config_get(self, session: ClientSession, c: Command) -> RespReply:
-        args = c.args
-        if args[0].upper() != b"GET" or len(args) != 2:
-            raise CommandError("ERR CONFIG is read-only here: only CONFIG GET <pattern>")
-        if len(args[1]) > MAX_CONFIG_PATTERN:
+    def not_supported(self, session: ClientSession, c: Command) -> RespReply:
+        """FUNCTION, SCRIPT, EVAL, EVALSHA, FCALL: a clear refusal."""
+        raise UnsupportedOptionError(c.name, _NO_SCRIPTS)
+
+    def config_command(self, session: ClientSession, c: Command) -> RespReply:
+        sub, args = c.args[0].upper(), c.args
+        if sub == b"GET" and len(args) == 2:
+            return self._config_get(args[1])
+        if sub == b"SET" and len(args) >= 3 and len(args) % 2 == 1:
+            new = self.config
+            for name, value in zip(args[1::2], args[2::2], strict=True):
+                new = config_set.changed(new, name, value)
+            self.adopt(new)
+            return OK
+        if sub == b"RESETSTAT" and len(args) == 1:
+            self.reset_stats()
+            return OK
+        if sub == b"REWRITE":
+            raise UnsupportedOptionError("CONFIG REWRITE", "edit the node's TOML file")
+        raise CommandError(f"ERR unknown subcommand or wrong number of arguments for "
+                           f"'{args[0].decode('utf-8', 'replace')[:32]}'. Try CONFIG GET, "
+                           f"CONFIG SET or CONFIG RESETSTAT")
+
+    def adopt(self, config: NodeConfig) -> None:
+        """Run with ``config`` from now on (CONFIG SET)."""
+        old, self.config = self.config, config
+        self.node_levels = Consistency(r=config.r, w=config.w, pr=config.pr, pw=config.pw)
+        changes = {k: v for k, v in asdict(config).items() if getattr(old, k) != v}
+        log.info("CONFIG SET: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
+        self._on_config(config)
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: INFO's counters from 0."""
+        for name in asdict(self.stats):
+            setattr(self.stats, name, 0)
+        self._reset_stats()
+
+    def _config_get(self, pattern: bytes) -> RespReply:
+        if len(pattern) > MAX_CONFIG_PATTERN:
             raise CommandError(
-                f"ERR CONFIG GET pattern too long ({len(args[1])} > {MAX_CONFIG_PATTERN} bytes)")
+                f"ERR CONFIG GET pattern too long ({len(pattern)} > {MAX_CONFIG_PATTERN} bytes)")
         # Compiled here, not through fnmatch's cache of 32,768 patterns.
-        match = re.compile(fnmatch.translate(args[1].decode("utf-8", "replace").lower())).match
+        match = re.compile(fnmatch.translate(pattern.decode("utf-8", "replace").lower())).match
         shown = {
             k: str(v) for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")
         }
@@ -189,6 +241,7 @@ class SessionCommands:
             save="",
             appendonly="yes",
             appendfsync={"always": "always", "interval": "everysec"}.get(self.config.fsync, "no"),
+            **{redis: shown[ours] for redis, ours in config_set.REDIS_NAMES.items()},
         )
         return {k: v for k, v in shown.items() if match(k)}
 

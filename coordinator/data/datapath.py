@@ -53,6 +53,7 @@ from coordinator.data.quorum import (
     write_tally,
 )
 from coordinator.errors import CommandError, ReadOnlyError
+from coordinator.histogram import Histograms
 from coordinator.ratelimit import TokenBucket
 from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.messages import (
@@ -140,12 +141,16 @@ class Round:
     calls still open a second after the request timeout are given up
     (cancelled). One timer per round covers both."""
 
-    __slots__ = ("_loop", "_on_decided", "_open", "_then", "_timer", "calls", "decided",
-                 "decoded", "finished", "late", "read_only", "replies", "tally")
+    __slots__ = ("_hops", "_loop", "_on_decided", "_open", "_started", "_then", "_timer",
+                 "calls", "decided", "decoded", "finished", "late", "read_only", "replies",
+                 "tally")
 
     def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target],
-                 timeout_s: float, on_decided: Callable[[Round], None]) -> None:
+                 timeout_s: float, on_decided: Callable[[Round], None],
+                 hops: Histograms[str] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._hops = hops  # replica call latency by node, for the metrics
         self.tally = tally
         self.calls = calls
         self.replies: dict[NodeId, ShardReply] = {}
@@ -180,6 +185,8 @@ class Round:
     def _take(self, fut: asyncio.Future[ShardReply]) -> None:
         target = self.calls[fut]
         exc = fut.exception()
+        if exc is None and self._hops is not None:
+            self._hops.observe(target.node, self._loop.time() - self._started)
         if isinstance(exc, ShardUnavailable):
             self.tally.fail(target.node, f"down ({exc.reason})")
             return
@@ -303,6 +310,10 @@ class DataPath:
         self.sibling_cap = sibling_cap
         self.hinted_handoff = hinted_handoff  # off: fallbacks take writes but keep no hints
         self.stats = DataStats()
+        # Counting hooks for the metrics (ops.metrics reads them at scrape time).
+        self.noquorum: dict[tuple[str, str], int] = {}  # (op, Tally.cause()) -> count
+        self.partition_requests: dict[int, int] = {}  # keys read or written, by partition
+        self.hops: Histograms[str] = Histograms()  # replica call latency, by node
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
         # key -> the calls, by replica, of the last context write of that key
@@ -327,9 +338,11 @@ class DataPath:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
             return _failed(exc)
+        self.partition_requests[partition] = self.partition_requests.get(partition, 0) + 1
         tally = read_tally(p, levels.r or 1, levels.pr or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_reads += 1
+            self._failed_quorum("read", tally)
             return _failed(error)
         out: asyncio.Future[SiblingSet] = asyncio.get_running_loop().create_future()
         request = ReplicaRead(partition, key)
@@ -342,6 +355,7 @@ class DataPath:
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_reads += 1
+            self._failed_quorum("read", tally)
             if not out.done():
                 out.set_exception(tally.error())
             return
@@ -462,9 +476,11 @@ class DataPath:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
             return _failed(exc)
+        self.partition_requests[partition] = self.partition_requests.get(partition, 0) + 1
         tally = write_tally(p, levels.w or 1, levels.pw or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_writes += 1
+            self._failed_quorum("write", tally)
             return _failed(error)
         hinted = self.hinted_handoff
 
@@ -491,6 +507,7 @@ class DataPath:
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1
+            self._failed_quorum("write", tally)
             # Read-only refusals alone made the quorum impossible (whether or
             # not the others had answered yet): READONLY, as Redis names it.
             if rnd.read_only and len(rnd.read_only) == len(tally.failed):
@@ -522,4 +539,8 @@ class DataPath:
                 calls[submit(t.node, request(t))] = t
             else:
                 calls[send_after(before, functools.partial(submit, t.node, request(t)))] = t
-        return Round(tally, calls, self.timeout_s, on_decided)
+        return Round(tally, calls, self.timeout_s, on_decided, self.hops)
+
+    def _failed_quorum(self, op: str, tally: Tally) -> None:
+        key = (op, tally.cause())
+        self.noquorum[key] = self.noquorum.get(key, 0) + 1

@@ -169,6 +169,17 @@ class Tally:
         replicas += [f"{p} primary down" for p in self.plan.down_primaries]
         return NoQuorumError(needed, have, replicas, what, before_sending=True)
 
+    def cause(self) -> str:
+        """Why the request failed, for the metrics: ``replica_down``,
+        ``timeout``, ``read_only`` or ``other``, the most common reason among
+        the failed replicas (nothing failed: too few up, nothing sent)."""
+        counts = dict.fromkeys(CAUSES, 0)
+        for reason in self.failed.values():
+            counts[_cause_of(reason)] += 1
+        if not self.failed:
+            return "replica_down"
+        return max(CAUSES, key=lambda c: counts[c])  # ties: the first in CAUSES
+
     def error(self) -> NoQuorumError:
         """The NOQUORUM error naming every replica and what became of it."""
         got, got_primaries, could, could_primaries = self._reach()
@@ -185,6 +196,20 @@ class Tally:
             replicas.append(f"{t.node} {_role(t)} {state}")
         replicas += [f"{p} primary down" for p in self.plan.down_primaries]
         return NoQuorumError(needed, got, replicas, what)
+
+
+#: Quorum failure causes (``Tally.cause``), in the order ties are broken.
+CAUSES = ("replica_down", "timeout", "read_only", "other")
+
+
+def _cause_of(reason: str) -> str:
+    if reason.startswith("down"):
+        return "replica_down"
+    if reason.startswith("timeout"):
+        return "timeout"
+    if reason.startswith("read-only"):
+        return "read_only"
+    return "other"
 
 
 def _role(t: Target) -> str:

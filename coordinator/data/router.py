@@ -203,6 +203,10 @@ class Router:
     def workers(self) -> int:
         return self.pool.workers
 
+    def worker_inflight(self) -> list[int]:
+        """Calls sent to each worker and not yet answered, by worker index."""
+        return [client.inflight for client in list(self._workers)]
+
     def worker_ready(self, index: int) -> bool:
         return self.pool.ready(index)
 

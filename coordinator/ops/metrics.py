@@ -13,13 +13,14 @@ global state); prometheus-client serves it from its own thread.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
+from http.server import ThreadingHTTPServer
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,29 +32,26 @@ from prometheus_client.samples import Sample
 
 from coordinator.client.commands import CommandSpec, level_label
 from coordinator.data.quorum import Consistency
+from coordinator.histogram import BUCKETS, Histograms, Series
+from coordinator.ops import metric_groups, status_page, web
+from coordinator.ops.recent import Recent
 from coordinator.ops.status import NodeSnapshot, StatusSource, StorageTotals
 
 log = logging.getLogger("ringkv.metrics")
 
-BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
 
 class RequestCounts:
     """Data commands counted and timed as they finish, in plain Python: a
-    dict entry per (command, consistency, outcome) and an array of bucket
-    counts per (command, consistency). prometheus-client's Counter and
-    Histogram took a lock and a label lookup per call, about as much as the
-    rest of a command's bookkeeping; these are read at scrape time instead
-    (:meth:`families`), under the same names, labels and buckets."""
+    dict entry per (command, consistency, outcome) and a histogram per
+    (command, consistency) (``coordinator.histogram``), read at scrape time
+    (:meth:`families`). Also feeds the status page's recent rate and
+    latency (``ops.recent``)."""
 
     def __init__(self) -> None:
         self._labels: dict[tuple[str, Consistency], str] = {}
         self._counts: dict[tuple[str, str, str], int] = {}
         self._created: dict[tuple[str, str, str], float] = {}
-        # (command, consistency) -> counts per bucket of BUCKETS, then +Inf
-        self._buckets: dict[tuple[str, str], list[int]] = {}
-        self._sums: dict[tuple[str, str], float] = {}
-        self._series_created: dict[tuple[str, str], float] = {}
+        self.latency: Histograms[tuple[str, str]] = Histograms()
 
     def observe(self, spec: CommandSpec, levels: Consistency, outcome: str,
                 seconds: float) -> None:
@@ -67,40 +65,39 @@ class RequestCounts:
             self._created[key] = time.time()
             count = 0
         self._counts[key] = count + 1
-        series = (name, label)
-        buckets = self._buckets.get(series)
-        if buckets is None:
-            buckets = self._buckets[series] = [0] * (len(BUCKETS) + 1)
-            self._sums[series] = 0.0
-            self._series_created[series] = time.time()
-        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self._sums[series] += seconds
+        self.latency.observe((name, label), seconds)
 
     def families(self) -> Iterator[Metric]:
         """``ringkv_requests`` and ``ringkv_request_seconds`` now. Runs on
         the scrape thread: it copies each table in one step (atomic under
         the GIL) before reading it."""
         requests = CounterMetricFamily(
-            "ringkv_requests", "Data commands by command, consistency level and outcome",
+            "ringkv_requests", "Data commands by command, consistency level and outcome "
+            "(ok, or the error class: noquorum, readonly, unavailable, error)",
             labels=["command", "consistency", "outcome"])
         created = dict(self._created)
         for key, count in list(self._counts.items()):
             requests.add_metric(list(key), count, created=created.get(key))
         yield requests
-        latency = HistogramMetricFamily(
-            "ringkv_request_seconds", "Data command latency at the coordinator",
-            labels=["command", "consistency"])
-        sums, created_at = dict(self._sums), dict(self._series_created)
-        for series, counts in list(self._buckets.items()):
-            cumulative = list(itertools.accumulate(list(counts)))
-            latency.add_metric(list(series), list(zip(_LE, cumulative, strict=True)),
-                               sums.get(series, 0.0))
-            if series in created_at:  # as prometheus-client's Histogram has it
-                latency.samples.append(Sample(
-                    "ringkv_request_seconds_created",
-                    dict(zip(("command", "consistency"), series, strict=True)),
-                    created_at[series]))
-        yield latency
+        yield histogram_family("ringkv_request_seconds", "Data command latency at the coordinator",
+                               ["command", "consistency"], self.latency.series(),
+                               list)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def histogram_family(name: str, doc: str, labels: list[str], series: list[Series[K]],
+                     values: Callable[[K], list[str]]) -> Metric:
+    """A Prometheus histogram of plain-Python ``series`` (with their
+    ``_created`` samples, as prometheus-client's Histogram has them)."""
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for s in series:
+        label_values = values(s.key)
+        family.add_metric(label_values, list(zip(_LE, s.cumulative, strict=True)), s.sum)
+        family.samples.append(Sample(f"{name}_created", dict(zip(labels, label_values,
+                                                                  strict=True)), s.created))
+    return family
 
 
 #: The ``le`` labels, as prometheus-client writes them (repr for these values).
@@ -110,16 +107,38 @@ _LE = [*(repr(b) for b in BUCKETS), "+Inf"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds ...
+        ProcessCollector(registry=self.registry)
         self.requests = RequestCounts()
         self.observe = self.requests.observe  # the client server's hook
+        self.recent = Recent(self.requests.latency)
+        self._source: StatusSource | None = None
+        self._server: ThreadingHTTPServer | None = None
 
     def collect(self, source: StatusSource) -> None:
         """Render the request counts and ``source``'s snapshot at every scrape."""
+        self._source = source
         self.registry.register(NodeCollector(source, self.requests))
 
     def serve(self, addr: str, port: int) -> None:
-        start_http_server(port, addr, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", addr, port)
+        """``/metrics`` and the status page ``/`` on ``port`` (ops.web), and
+        the status page's request samples, in daemon threads."""
+        self._server = web.serve(addr, port, self.registry, self.page)
+        threading.Thread(target=self.recent.run, name="metrics-recent", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics, status page on http://%s:%d/",
+                 addr, port, addr, port)
+
+    def stop(self) -> None:
+        self.recent.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def page(self) -> str:
+        source = self._source
+        if source is None:
+            return "<!DOCTYPE html><p>starting</p>"
+        return status_page.render(source.snapshot(), source.health(), self.recent.intervals())
 
 
 def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
@@ -134,7 +153,8 @@ def _counter(name: str, doc: str, value: float) -> Metric:
 
 #: Anti-entropy totals exported as ``ringkv_repair_<name>``: name -> field.
 REPAIR_FIGURES = {"partitions": "partitions", "keys_compared": "keys_compared",
-                  "keys_repaired": "keys_repaired", "bytes_sent": "bytes_sent",
+                  "keys_differing": "keys_differing", "keys_repaired": "keys_repaired",
+                  "bytes_sent": "bytes_sent",
                   "corrupt_fixed": "corrupt_fixed", "errors": "error_count"}
 
 
@@ -153,11 +173,12 @@ class NodeCollector(Collector):
         yield from self._hints(snap)
         yield from self._storage(snap.storage)
         d = snap.data
-        failures = CounterMetricFamily("ringkv_quorum_failures", "NOQUORUM answers by operation",
-                                       labels=["op"])
-        failures.add_metric(["read"], d.noquorum_reads)
-        failures.add_metric(["write"], d.noquorum_writes)
-        yield failures
+        yield from metric_groups.user_facing(self.source, snap)
+        yield from metric_groups.safety(self.source, snap)
+        yield from metric_groups.saturation(self.source, snap)
+        yield histogram_family("ringkv_replica_call_seconds",
+                               "Replica call latency from this coordinator, by node (the hop)",
+                               ["node"], self.source.data.hops.series(), lambda node: [node])
         yield _counter("ringkv_read_repairs", "Replicas sent a merged set after a read",
                        d.read_repairs)
         yield _counter("ringkv_late_acks", "Replica acks after the client's reply", d.late_acks)

@@ -15,19 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import platform
+import secrets
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from coordinator.client.server import ClientServer
-from coordinator.client.session import VERSION, ClientStats
+from coordinator.client.session import REDIS_VERSION, VERSION, ClientStats
 from coordinator.cluster.ring import NodeId
 from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock, ClockStats
 from coordinator.data.datapath import DataPath, DataStats
 from coordinator.data.router import Router
+from coordinator.ops.health import RingHealth, ring_health
+from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from coordinator.repair.handoff import Handoff, HintBacklog
 from coordinator.repair.hints import HintStore
@@ -35,7 +41,14 @@ from shardserver.protocol.errors import ShardError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 STATS_INTERVAL_S = 2.0
-
+@dataclass(frozen=True, slots=True)
+class WorkerUsage:
+    worker: int
+    pid: int | None
+    ready: bool
+    inflight: int  # calls sent to it and not yet answered
+    cpu_s: float
+    resident_bytes: int
 
 # -- storage: the workers' figures summed ------------------------------------------
 
@@ -158,6 +171,9 @@ class ReplicationStatus:
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     node_id: str
+    process_id: int
+    run_id: str  # random per process, as Redis's
+    used_memory: int  # the coordinator's resident bytes
     tcp_port: int
     uptime_s: int
     connected_clients: int
@@ -179,6 +195,11 @@ class NodeSnapshot:
     worker_restarts: int
     storage: StorageTotals
     repair: RepairReport
+    last_repair_ms: int  # wall clock of the last partition anti-entropy finished; 0: never
+    pending_requests: int  # client requests read and not yet answered
+    reply_bytes_in_flight: int
+    noquorum: dict[tuple[str, str], int]  # (op, cause) -> NOQUORUM answers
+    disk: DiskSpace
 
 
 class StatusSource:
@@ -197,6 +218,14 @@ class StatusSource:
         self.clock = clock
         self.worker_stats = worker_stats
         self.clients = clients
+        self.run_id = secrets.token_hex(20)
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: the data path's INFO counters from 0 (the
+        client server zeroes its own)."""
+        stats = self.data.stats
+        for f in dataclasses.fields(stats):
+            setattr(stats, f.name, 0)
 
     def snapshot(self, workers: Sequence[WorkerStats] | None = None) -> NodeSnapshot:
         """Everything at once; ``workers`` defaults to the latest polled."""
@@ -205,10 +234,13 @@ class StatusSource:
         pool = self.router.pool.status()
         return NodeSnapshot(
             node_id=self.config.id,
+            process_id=os.getpid(),
+            run_id=self.run_id,
+            used_memory=resident_bytes(),
             tcp_port=server.port,
             uptime_s=int(time.time() - server.started),
             connected_clients=server.clients,
-            max_clients=self.config.max_clients,
+            max_clients=server.config.max_clients,
             clients=dataclasses.replace(server.stats),
             data=dataclasses.replace(self.data.stats),
             replication=self._replication(),
@@ -227,7 +259,30 @@ class StatusSource:
             storage=storage_totals(self.worker_stats.latest if workers is None else workers),
             repair=dataclasses.replace(self.anti_entropy.total,
                                        errors=list(self.anti_entropy.total.errors)),
+            last_repair_ms=self.anti_entropy.last_repair_ms,
+            pending_requests=server.pending,
+            reply_bytes_in_flight=server.reply_bytes_in_flight,
+            noquorum=dict(self.data.noquorum),
+            disk=disk_space(self.config.data_dir),
         )
+
+    def health(self) -> RingHealth:
+        """Each partition's primaries up and losses to quorum loss, at the
+        node's current W and R (``ops.health``)."""
+        config = self.clients.config
+        return ring_health(self.view.ring, self.view.is_up, config.w, config.r)
+
+    def workers_usage(self) -> list[WorkerUsage]:
+        """Each worker's queue, CPU and memory (read from /proc, any thread)."""
+        inflight = self.router.worker_inflight()
+        out = []
+        for w in self.router.pool.status():
+            pid = w.pid
+            out.append(WorkerUsage(
+                w.worker, pid, w.ready,
+                inflight[w.worker] if w.worker < len(inflight) else 0,
+                cpu_seconds(pid) if pid else 0.0, resident_bytes(pid) if pid else 0))
+        return out
 
     def _replication(self) -> ReplicationStatus:
         h = self.handoff
@@ -269,25 +324,56 @@ def info_text(snap: NodeSnapshot, section: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
+_OS = f"{platform.system()} {platform.release()} {platform.machine()}"
+_ARCH_BITS = 64 if sys.maxsize > 1 << 32 else 32
+
+
 def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
-    """INFO's sections: server, clients, stats, replication (hints and
-    handoff), cluster, clock, storage; plain ``name: value`` maps."""
+    """INFO's sections: server, clients, memory, stats, replication (hints
+    and handoff), cluster, keyspace, clock, storage; plain ``name: value``
+    maps. The fields Redis tools read (redis_version, redis_mode, run_id,
+    used_memory, db0, cluster_enabled, role ...) are there under Redis's
+    names, docs/protocol.md says what each means here."""
     return {
         "server": {
+            "redis_version": REDIS_VERSION,
+            "redis_mode": "standalone",
             "ringkv_version": VERSION,
             "node_id": snap.node_id,
+            "os": _OS,
+            "arch_bits": _ARCH_BITS,
+            "process_id": snap.process_id,
+            "run_id": snap.run_id,
             "tcp_port": snap.tcp_port,
             "uptime_in_seconds": snap.uptime_s,
+            "uptime_in_days": snap.uptime_s // 86400,
         },
         "clients": {"connected_clients": snap.connected_clients,
                     "maxclients": snap.max_clients},
+        "memory": {"used_memory": snap.used_memory, "used_memory_rss": snap.used_memory,
+                   "used_memory_human": _human(snap.used_memory), "maxmemory": 0,
+                   "maxmemory_policy": "noeviction"},
         "stats": {**asdict(snap.clients), **asdict(snap.data)},
-        "replication": _replication(snap.replication),
-        "cluster": _cluster(snap),
+        "replication": {"role": "master", "connected_slaves": 0,
+                        **_replication(snap.replication)},
+        "cluster": {"cluster_enabled": 0, **_cluster(snap)},
+        # This node's entries (versions and tombstones not yet compacted
+        # count): an estimate of its share, not the cluster's key count.
+        "keyspace": {"db0": f"keys={snap.storage.entries},expires=0,avg_ttl=0"},
         "clock": {"max_clock_drift_ms": snap.max_clock_drift_ms,
                   "hlc_ahead_ms": snap.hlc_ahead_ms, **asdict(snap.clock)},
         "storage": _storage(snap),
     }
+
+
+def _human(n: int) -> str:
+    """Redis's used_memory_human: 1.50M."""
+    size = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024:
+            return f"{size:.2f}{unit}" if unit != "B" else f"{n}B"
+        size /= 1024
+    return f"{size:.2f}T"
 
 
 def _replication(r: ReplicationStatus) -> dict[str, Any]:

@@ -189,10 +189,10 @@ def test_endless_line_is_refused_after_64_kib(cluster: Cluster) -> None:
 @pytest.mark.parametrize(("request_bytes", "reply"), [
     (b"*1\r\n$2147483648\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
     (b"*1\r\n$" + b"9" * 30, b"-ERR Protocol error: invalid bulk length\r\n"),
-    (b"*1\r\n$1048577\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*1\r\n$536870913\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
     (b"*2147483648\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
     (b"*1\r\n$" + b"x" * 40, b"-ERR Protocol error: too big bulk count string\r\n"),
-], ids=["2GiB", "30-digits-no-CR", "1MiB+1", "2G-args", "no-CR-header"])
+], ids=["2GiB", "30-digits-no-CR", "512MiB+1", "2G-args", "no-CR-header"])
 def test_huge_length_header_is_refused_at_once_without_memory(
     cluster: Cluster, request_bytes: bytes, reply: bytes
 ) -> None:

@@ -22,7 +22,7 @@ from coordinator.client.replies import (
     integer,
     simple,
 )
-from coordinator.client.resp import RequestParser, split_inline
+from coordinator.client.resp import Discarded, RequestParser, split_inline
 from coordinator.errors import (
     CommandError,
     CoordinatorError,
@@ -254,7 +254,7 @@ def test_inline_line_at_the_limit_is_accepted() -> None:
         (b"*1\r\n$x\r\n", "ERR Protocol error: invalid bulk length"),
         (b"*1\r\n$ 1\r\n", "ERR Protocol error: invalid bulk length"),
         (b"*1\r\n$999999999999\r\n", "ERR Protocol error: invalid bulk length"),
-        (b"*1\r\n$1048577\r\n", "ERR Protocol error: invalid bulk length"),
+        (b"*1\r\n$536870913\r\n", "ERR Protocol error: invalid bulk length"),
         (b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n", "ERR Protocol error: expected '$', got 'f'"),
         (b"*1\r\n+PING\r\n", "ERR Protocol error: expected '$', got '+'"),
         (b"*1\r\n:1\r\n", "ERR Protocol error: expected '$', got ':'"),
@@ -275,7 +275,39 @@ def test_protocol_error_texts(data: bytes, text: str) -> None:
 
 def test_bulk_limit_is_configurable() -> None:
     assert parse_all(pack(b"x" * 10), max_bulk=10) == [[b"x" * 10]]
-    assert error_text(pack(b"x" * 11), max_bulk=10) == "ERR Protocol error: invalid bulk length"
+    [discarded] = parse_all(pack(b"x" * 11), max_bulk=10)
+    assert isinstance(discarded, Discarded) and discarded.size == 11
+
+
+def test_a_bulk_past_the_limit_is_dropped_as_it_streams() -> None:
+    """Past max_bulk (up to 512 MiB) a bulk is dropped as it arrives, never
+    buffered, and its request comes out as Discarded; the requests around
+    it are intact, however the bytes are cut."""
+    data = (pack(b"SET", b"k", b"x" * 100) + pack(b"PING")
+            + pack(b"SET", b"y" * 50, b"v") + pack(b"ECHO", b"ok"))
+    for step in (1, 7, 64, len(data)):
+        parser = RequestParser(max_bulk=10)
+        out: list[object] = []
+        for i in range(0, len(data), step):
+            parser.feed(data[i:i + step])
+            assert parser.buffered <= step + 40  # never the 100-byte body
+            while (item := parser.gets()) is not None:
+                out.append(item)
+        assert [x.size if isinstance(x, Discarded) else x for x in out] == [
+            100, [b"PING"], 50, [b"ECHO", b"ok"]], step
+
+
+def test_a_huge_bulk_is_dropped_without_buffering() -> None:
+    parser = RequestParser(max_bulk=1 << 20)
+    parser.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (300 << 20))
+    chunk = b"v" * (1 << 20)
+    for _ in range(300):
+        parser.feed(chunk)
+        assert parser.gets() is None and parser.buffered == 0
+    parser.feed(b"\r\n*1\r\n$4\r\nPING\r\n")
+    first = parser.gets()
+    assert isinstance(first, Discarded) and first.size == 300 << 20
+    assert parser.gets() == [b"PING"]
 
 
 def test_request_size_limit() -> None:
@@ -294,7 +326,7 @@ def test_oversized_bulk_header_rejected_before_body_arrives() -> None:
 
 def test_oversized_bulk_digits_rejected_before_the_cr() -> None:
     parser = RequestParser()
-    parser.feed(b"*1\r\n$99999999")
+    parser.feed(b"*1\r\n$999999999")  # 9 digits: past 512 MiB already
     assert isinstance(parser.gets(), RespProtocolError)
 
 

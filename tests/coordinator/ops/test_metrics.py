@@ -15,7 +15,8 @@ from prometheus_client.registry import Collector
 
 from coordinator.client.commands import COMMANDS, level_label
 from coordinator.data.quorum import Consistency
-from coordinator.ops.metrics import BUCKETS, RequestCounts
+from coordinator.histogram import BUCKETS
+from coordinator.ops.metrics import RequestCounts
 
 
 class _Families(Collector):
@@ -42,7 +43,8 @@ def _exposition(registry: CollectorRegistry) -> dict[str, float]:
 def test_a_scrape_shows_what_prometheus_client_counters_and_histograms_showed() -> None:
     reference = CollectorRegistry()
     requests = Counter("ringkv_requests", "Data commands by command, consistency level and "
-                       "outcome", ["command", "consistency", "outcome"], registry=reference)
+                       "outcome (ok, or the error class: noquorum, readonly, unavailable, error)",
+                       ["command", "consistency", "outcome"], registry=reference)
     latency = Histogram("ringkv_request_seconds", "Data command latency at the coordinator",
                         ["command", "consistency"], buckets=BUCKETS, registry=reference)
     counts = RequestCounts()
