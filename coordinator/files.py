@@ -15,6 +15,8 @@ a directory is only warned about (it may be shared).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -115,3 +117,45 @@ def tighten_file(path: str) -> None:
     if old & 0o077:
         os.chmod(path, FILE_MODE)
         log.warning("%s was open to other users (mode %03o); now %03o", path, old, FILE_MODE)
+
+
+LOCK_FILE = "LOCK"
+
+
+class DataDirLocked(CoordinatorError):
+    """Another process holds the data directory's LOCK."""
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data_dir>/LOCK``, holding our pid, for
+    as long as the node runs: two nodes on one directory would each replay
+    and rewrite the other's hints, ring and engines. The kernel drops the
+    lock when the process dies, so a node killed with ``kill -9`` leaves
+    nothing to clean up (only a stale pid in the file, never trusted)."""
+
+    def __init__(self, data_dir: str) -> None:
+        path = os.path.join(data_dir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirLocked(
+                f"data directory {data_dir} is in use by another ringkv node (pid {holder} "
+                f"holds {path}): stop that node first, or give this one another data_dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # drops the flock
