@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,17 +26,25 @@ from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
-from shardserver.supervisor import Supervisor
+from shardserver.supervisor import Supervisor, socket_path
 
-#: Unix socket paths must fit in sun_path (108 bytes on Linux).
-_MAX_SOCKET_DIR = 80
+#: A unix socket path must fit in sun_path: 108 bytes on Linux, with the NUL.
+_SUN_PATH_MAX = 107
 
 
-def _socket_dir(data_dir: str) -> str:
-    path = os.path.join(os.path.abspath(data_dir), "run")
-    if len(path) <= _MAX_SOCKET_DIR:
-        return path
-    return tempfile.mkdtemp(prefix="ringkv-")
+def socket_dir(config: NodeConfig) -> tuple[str, bool]:
+    """Where the workers' sockets go, and whether that is a directory made
+    for this run: ``<data_dir>/run``, unless the longest socket path there
+    would not fit sun_path; then a fresh directory ``/tmp/ringkv-XXXX``
+    (0700, made by mkdtemp, so nobody can have planted it), removed on exit."""
+    path = os.path.join(os.path.abspath(config.data_dir), "run")
+    longest = socket_path(path, config.effective_workers() - 1)
+    if len(os.fsencode(longest)) <= _SUN_PATH_MAX:
+        return path, False
+    short = tempfile.mkdtemp(prefix="ringkv-", dir="/tmp")
+    logging.info("worker sockets in %s: %s would be %d bytes, past the %d of a unix socket "
+                 "path", short, longest, len(os.fsencode(longest)), _SUN_PATH_MAX)
+    return short, True
 
 
 def worker_settings(config: NodeConfig) -> WorkerSettings:
@@ -48,10 +57,10 @@ def worker_settings(config: NodeConfig) -> WorkerSettings:
     )
 
 
-def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
+def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = False) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
-        _socket_dir(config.data_dir),
+        sockets,
         config.partitions,
         config.effective_workers(),
         settings=worker_settings(config),
@@ -73,7 +82,15 @@ def _raise_fd_limit(config: NodeConfig) -> None:
 
 async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> None:
     _raise_fd_limit(config)
-    node = build_node(config, insecure_no_secret=insecure_no_secret)
+    sockets, temporary = socket_dir(config)
+    try:
+        await _run(build_node(config, sockets, insecure_no_secret=insecure_no_secret), config)
+    finally:
+        if temporary:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+async def _run(node: Node, config: NodeConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

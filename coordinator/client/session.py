@@ -172,7 +172,8 @@ class SessionCommands:
         # Compiled here, not through fnmatch's cache of 32,768 patterns.
         match = re.compile(fnmatch.translate(args[1].decode("utf-8", "replace").lower())).match
         shown = {
-            k: str(v) for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")
+            k: _config_value(v) for k, v in asdict(self.config).items()
+            if k not in ("secret", "requirepass")
         }
         # Redis names that tools ask for (redis-benchmark reads save and
         # appendonly), answered with what ringkv does instead.
@@ -205,3 +206,13 @@ class SessionCommands:
         session.authenticated = True
         session.auth_failures = 0
         return OK
+
+
+def _config_value(v: object) -> str:
+    """A setting as Redis shows one: lists space-separated (as ``save``),
+    booleans yes/no."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, tuple | list):
+        return " ".join(map(str, v))
+    return str(v)
