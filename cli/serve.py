@@ -21,7 +21,7 @@ import click
 import uvloop
 
 from coordinator import files
-from coordinator.config import ConfigError, NodeConfig, load
+from coordinator.config import NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
@@ -127,8 +127,11 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
     flags["id"] = flags.pop("node_id")
     flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
     try:
+        if config_path is not None and os.path.exists(config_path):
+            # It holds the secret: whoever may rewrite it owns the cluster.
+            files.check_owned(config_path, os.stat(config_path), "config", root_ok=True)
         config = load(config_path, flags)
-    except ConfigError as exc:
+    except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     if not config.secret and not insecure_no_secret:
         raise click.ClickException(
@@ -268,8 +271,11 @@ def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
     data, nodes, port = opts["data"], opts["nodes"], opts["port"]
     os.umask(0o077)  # configs, logs and data: owner only
-    files.private_dir(data)
-    layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
+    try:
+        files.private_dir(data)
+        layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
+    except CoordinatorError as exc:
+        raise click.ClickException(str(exc)) from None
     _check_free([p for i in range(nodes) for p in (port + i, port + 1000 + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -278,7 +284,10 @@ def up(timeout: float, **opts: Any) -> None:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
             files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
-            fd = files.open_private_log(log_paths[i])
+            try:
+                fd = files.open_private_log(log_paths[i])
+            except CoordinatorError as exc:
+                raise click.ClickException(str(exc)) from None
             log = open(fd, "ab")  # noqa: SIM115 - closed in the finally below
             logs.append(log)
             procs.append(subprocess.Popen(
@@ -302,15 +311,14 @@ def up(timeout: float, **opts: Any) -> None:
 
 
 def _cluster_secret(path: str) -> str:
-    """The secret of the cluster in ``path`` (mode 0600), made on first use."""
+    """The secret of the cluster in ``path`` (mode 0600), made on first use.
+    One that another user owns or could write, or a symlink, is refused:
+    whoever planted it would know the secret."""
     try:
-        files.tighten_file(path)
-        with open(path) as f:
-            secret = f.read().strip()
-    except FileNotFoundError:
-        secret = ""
+        stored = files.read_private(path, "cluster secret")
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    secret = (stored or b"").decode("utf-8", "replace").strip()
     if not secret:
         secret = secrets.token_hex(32)
         files.write_private(path, (secret + "\n").encode())
