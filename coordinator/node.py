@@ -115,7 +115,8 @@ class Node:
         lock = files.DataDirLock(config.data_dir)
         try:
             incarnation = files.load_identity(config.data_dir, config.id)
-            clock = Clock(config.max_clock_drift_ms, offset_ms=config.clock_offset_ms)
+            clock = Clock(config.max_clock_drift_ms, offset_ms=config.clock_offset_ms,
+                          secret=config.secret.encode())
             hints = HintStore(config.data_dir)
             hints.load(clock.hint_since)
             view = ClusterView(config, load_ring(config.data_dir))

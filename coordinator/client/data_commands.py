@@ -22,6 +22,8 @@ class DataService(Protocol):
 
     async def read(self, key: bytes, levels: Consistency) -> SiblingSet: ...
 
+    async def vget(self, key: bytes, levels: Consistency) -> list[bytes]: ...
+
     async def read_many(
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]: ...
@@ -59,7 +61,7 @@ async def get(b: Backend, c: Command, levels: Consistency) -> RespReply:
 
 
 async def vget(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    return list(reconcile.vget_reply(await b.data.read(c.keys[0], levels)))
+    return await b.data.vget(c.keys[0], levels)
 
 
 async def mget(b: Backend, c: Command, levels: Consistency) -> RespReply:

@@ -104,7 +104,9 @@ class Clock(Protocol):
 
     def saw(self, ts: int, source: str = ...) -> None: ...
 
-    def context(self, raw: bytes) -> Context: ...  # CommandError if refused
+    def issue(self, key: bytes, context: bytes) -> bytes: ...  # sealed for the client
+
+    def context(self, key: bytes, token: bytes) -> Context: ...  # CommandError if refused
 
 
 @dataclass(slots=True)
@@ -336,6 +338,12 @@ class DataPath:
             with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
                 await self.routes.call(NodeId(node), req, self.timeout_s)
 
+    async def vget(self, key: bytes, levels: Consistency) -> list[bytes]:
+        """VGET: ``[context, value...]`` of ``key``, the context sealed so
+        that VSET/VDEL take back only what this cluster issued."""
+        context, *values = reconcile.vget_reply(await self.read(key, levels))
+        return [self.clock.issue(key, context), *values]
+
     # -- writes -------------------------------------------------------------
     async def write(
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
@@ -347,7 +355,7 @@ class DataPath:
             await self._finish_write(self._start_write(key, version, "lww", levels))
             return version
         # The clock adopts the context first: the dot then lies past it.
-        ctx = self.clock.context(context or b"")
+        ctx = self.clock.context(key, context or b"")
         version = reconcile.context_write(ctx, actor, self.clock.now(), value)
         rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
         calls = {t.node: fut for fut, t in rnd.calls.items()}
