@@ -53,6 +53,8 @@ __all__ = ["TAG_BYTES", "FrameOpener", "FrameSealer", "PeerIntegrityError", "Sea
 
 TAG_BYTES = 16
 _SEQ = 8
+#: Bytes a reader holds behind the handshake frames until it is sealed.
+_MAX_EARLY = 64 << 10
 
 
 class PeerIntegrityError(ProtocolError):
@@ -162,6 +164,13 @@ class SealedReader(asyncio.StreamReader):
             self._open(data)
             return
         self._held += data
+        if not self._plain_left and len(self._held) > _MAX_EARLY:
+            # A real peer sends nothing between the handshake and the seal.
+            self._failed = True
+            self._held.clear()
+            self.set_exception(PeerIntegrityError(
+                f"peer sent over {_MAX_EARLY} bytes before the handshake finished"))
+            return
         while self._plain_left and self._held:
             if self._frame_left == 0:
                 if len(self._held) < codec.HEADER.size:

@@ -17,6 +17,7 @@ from coordinator.cluster.peer_session import (
     FrameOpener,
     FrameSealer,
     PeerIntegrityError,
+    SealedReader,
 )
 from shardserver.protocol import codec
 from shardserver.protocol import messages as m
@@ -188,3 +189,18 @@ def test_reordered_and_dropped_frames_are_refused(caplog: pytest.LogCaptureFixtu
 
     run(body())
     assert caplog.text.count("peer frame 0 " + INTEGRITY) == 2
+
+
+def test_bytes_flooded_behind_the_handshake_answer_are_not_buffered_without_bound() -> None:
+    """A stranger that sends its handshake answer and then streams bytes
+    gets its connection failed at 64 KiB, not held in memory until the
+    handshake deadline."""
+    async def body() -> None:
+        reader = SealedReader(plain_frames=1, limit=1 << 16)
+        answer = codec.encode_requests([(1, m.Ping())])
+        reader.feed_data(answer + b"x" * (64 << 10))
+        reader.feed_data(b"x")
+        with pytest.raises(PeerIntegrityError, match="before the handshake finished"):
+            await reader.read(1)
+
+    run(body())
