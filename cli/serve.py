@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,22 +21,30 @@ import click
 import uvloop
 
 from coordinator import files
-from coordinator.config import ConfigError, NodeConfig, load
+from coordinator.config import NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
-from shardserver.supervisor import Supervisor
+from shardserver.supervisor import Supervisor, socket_path
 
-#: Unix socket paths must fit in sun_path (108 bytes on Linux).
-_MAX_SOCKET_DIR = 80
+#: A unix socket path must fit in sun_path: 108 bytes on Linux, with the NUL.
+_SUN_PATH_MAX = 107
 
 
-def _socket_dir(data_dir: str) -> str:
-    path = os.path.join(os.path.abspath(data_dir), "run")
-    if len(path) <= _MAX_SOCKET_DIR:
-        return path
-    return tempfile.mkdtemp(prefix="ringkv-")
+def socket_dir(config: NodeConfig) -> tuple[str, bool]:
+    """Where the workers' sockets go, and whether that is a directory made
+    for this run: ``<data_dir>/run``, unless the longest socket path there
+    would not fit sun_path; then a fresh directory ``/tmp/ringkv-XXXX``
+    (0700, made by mkdtemp, so nobody can have planted it), removed on exit."""
+    path = os.path.join(os.path.abspath(config.data_dir), "run")
+    longest = socket_path(path, config.effective_workers() - 1)
+    if len(os.fsencode(longest)) <= _SUN_PATH_MAX:
+        return path, False
+    short = tempfile.mkdtemp(prefix="ringkv-", dir="/tmp")
+    logging.info("worker sockets in %s: %s would be %d bytes, past the %d of a unix socket "
+                 "path", short, longest, len(os.fsencode(longest)), _SUN_PATH_MAX)
+    return short, True
 
 
 def worker_settings(config: NodeConfig) -> WorkerSettings:
@@ -48,10 +57,10 @@ def worker_settings(config: NodeConfig) -> WorkerSettings:
     )
 
 
-def build_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> Node:
+def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = False) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
-        _socket_dir(config.data_dir),
+        sockets,
         config.partitions,
         config.effective_workers(),
         settings=worker_settings(config),
@@ -73,7 +82,15 @@ def _raise_fd_limit(config: NodeConfig) -> None:
 
 async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> None:
     _raise_fd_limit(config)
-    node = build_node(config, insecure_no_secret=insecure_no_secret)
+    sockets, temporary = socket_dir(config)
+    try:
+        await _run(build_node(config, sockets, insecure_no_secret=insecure_no_secret), config)
+    finally:
+        if temporary:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+async def _run(node: Node, config: NodeConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,8 +129,11 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
     flags["id"] = flags.pop("node_id")
     flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
     try:
+        if config_path is not None and os.path.exists(config_path):
+            # It holds the secret: whoever may rewrite it owns the cluster.
+            files.check_owned(config_path, os.stat(config_path), "config", root_ok=True)
         config = load(config_path, flags)
-    except ConfigError as exc:
+    except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     if not config.secret and not insecure_no_secret:
         raise click.ClickException(
@@ -253,8 +273,11 @@ def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
     data, nodes, port = opts["data"], opts["nodes"], opts["port"]
     os.umask(0o077)  # configs, logs and data: owner only
-    files.private_dir(data)
-    layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
+    try:
+        files.private_dir(data)
+        layout = Layout(secret=_cluster_secret(os.path.join(data, "cluster.secret")), **opts)
+    except CoordinatorError as exc:
+        raise click.ClickException(str(exc)) from None
     _check_free([p for i in range(nodes) for p in (port + i, port + 1000 + i, port + 10000 + i)])
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -263,7 +286,10 @@ def up(timeout: float, **opts: Any) -> None:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
             files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
-            fd = files.open_private_log(log_paths[i])
+            try:
+                fd = files.open_private_log(log_paths[i])
+            except CoordinatorError as exc:
+                raise click.ClickException(str(exc)) from None
             log = open(fd, "ab")  # noqa: SIM115 - closed in the finally below
             logs.append(log)
             procs.append(subprocess.Popen(
@@ -287,15 +313,14 @@ def up(timeout: float, **opts: Any) -> None:
 
 
 def _cluster_secret(path: str) -> str:
-    """The secret of the cluster in ``path`` (mode 0600), made on first use."""
+    """The secret of the cluster in ``path`` (mode 0600), made on first use.
+    One that another user owns or could write, or a symlink, is refused:
+    whoever planted it would know the secret."""
     try:
-        files.tighten_file(path)
-        with open(path) as f:
-            secret = f.read().strip()
-    except FileNotFoundError:
-        secret = ""
+        stored = files.read_private(path, "cluster secret")
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    secret = (stored or b"").decode("utf-8", "replace").strip()
     if not secret:
         secret = secrets.token_hex(32)
         files.write_private(path, (secret + "\n").encode())

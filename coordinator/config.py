@@ -30,6 +30,10 @@ from shardserver.protocol.pool import default_worker_count
 
 #: A bound past a day would let a timestamp win for that long.
 MAX_CLOCK_DRIFT_MS = 86_400_000
+#: Each worker is a process with its own engine, sockets and threads.
+MAX_WORKERS = 256
+#: Below this a request times out before a healthy replica on loopback answers.
+MIN_REQUEST_TIMEOUT_MS = 10
 
 
 class ConfigError(CoordinatorError):
@@ -84,7 +88,8 @@ class NodeConfig:
     enable_flush: bool = False
 
     def effective_workers(self) -> int:
-        return self.workers or default_worker_count()
+        """``workers``, or for 0 one per CPU (at least 2, at most ``partitions``)."""
+        return self.workers or min(default_worker_count(), self.partitions)
 
     def advertised_host(self) -> str:
         """The address this node gives the cluster for its client and peer ports."""
@@ -115,6 +120,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "security": ("requirepass", "enable_flush"),
 }
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
+_DEFAULTS = NodeConfig()
 #: TOML keys whose field has another name (a bare "enabled" would be ambiguous).
 _FIELD_OF: dict[tuple[str, str], str] = {("handoff", "enabled"): "handoff_enabled"}
 
@@ -138,6 +144,10 @@ def load(path: str | None, overrides: Mapping[str, Any] | None = None) -> NodeCo
         if key not in _TYPES:
             raise ConfigError(f"unknown setting {key!r}")
         values[key] = value
+    for level in ("r", "w"):
+        # R and W left unset follow a smaller N (n = 1 alone is a valid config).
+        if level not in values and isinstance(values.get("n"), int):
+            values[level] = max(1, min(getattr(_DEFAULTS, level), values["n"]))
     config = NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(config)
     return config
@@ -210,21 +220,28 @@ def validate(c: NodeConfig) -> None:
         c.fsync in ("always", "interval", "never"),
         f"fsync must be always, interval or never, got {c.fsync!r}",
     )
-    need(c.workers >= 0, "workers must be >= 0 (0: one per CPU, at least 2)")
+    need(0 <= c.workers <= MAX_WORKERS,
+         f"workers must be 0..{MAX_WORKERS} (0: one per CPU, at least 2), got {c.workers}")
+    need(c.workers <= c.partitions,
+         f"workers ({c.workers}) must be <= partitions ({c.partitions}): "
+         "each worker holds at least one partition")
     need(1 <= c.max_value_bytes <= 1 << 26, "max_value_bytes must be 1..64 MiB")
     need(c.max_reply_bytes >= c.max_value_bytes,
          f"max_reply_bytes must be >= max_value_bytes ({c.max_value_bytes})")
     need(c.max_node_reply_bytes >= c.max_reply_bytes,
          f"max_node_reply_bytes must be >= max_reply_bytes ({c.max_reply_bytes})")
+    need(c.request_timeout_ms >= MIN_REQUEST_TIMEOUT_MS,
+         f"request_timeout_ms must be >= {MIN_REQUEST_TIMEOUT_MS}, got {c.request_timeout_ms}")
+    for name in ("block_cache_bytes", "tombstone_grace_s", "max_hint_window_s"):
+        need(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
     for name in (
         "fsync_interval_ms",
-        "request_timeout_ms",
         "max_clients",
         "concurrency",
         "memtable_bytes",
         "throttle_bytes_per_s",
     ):
-        need(getattr(c, name) > 0, f"{name} must be > 0")
+        need(getattr(c, name) > 0, f"{name} must be > 0, got {getattr(c, name)}")
     need(1 <= c.max_clock_drift_ms <= MAX_CLOCK_DRIFT_MS,
          f"max_clock_drift_ms must be 1..{MAX_CLOCK_DRIFT_MS} (one day), "
          f"got {c.max_clock_drift_ms}")

@@ -62,8 +62,10 @@ class Timing:
 class Node:
     def __init__(self, config: NodeConfig, pool: WorkerPool, *, incarnation: int,
                  hints: HintStore, view: ClusterView, clock: Clock,
-                 timing: Timing = Timing(), insecure_no_secret: bool = False) -> None:
+                 timing: Timing = Timing(), insecure_no_secret: bool = False,
+                 lock: files.DataDirLock | None = None) -> None:
         self.config = config
+        self._lock = lock
         self.pool = pool
         self.timing = timing
         self.view = view
@@ -107,16 +109,23 @@ class Node:
     def open(cls, config: NodeConfig, pool: WorkerPool, *, timing: Timing = Timing(),
              insecure_no_secret: bool = False) -> Node:
         """The node of ``config.data_dir``: its identity (made on first
-        use), its hints and the ring it adopted last."""
+        use), its hints and the ring it adopted last. Holds the directory's
+        LOCK until :meth:`stop` (DataDirLocked when another node has it)."""
         files.private_dir(config.data_dir)
-        incarnation = files.load_identity(config.data_dir, config.id)
-        clock = Clock(config.max_clock_drift_ms, offset_ms=config.clock_offset_ms)
-        hints = HintStore(config.data_dir)
-        hints.load(clock.hint_since)
-        view = ClusterView(config, load_ring(config.data_dir))
-        return cls(config, pool, incarnation=incarnation, hints=hints, view=view, clock=clock,
-                   timing=timing,
-                   insecure_no_secret=insecure_no_secret)
+        lock = files.DataDirLock(config.data_dir)
+        try:
+            incarnation = files.load_identity(config.data_dir, config.id)
+            clock = Clock(config.max_clock_drift_ms, offset_ms=config.clock_offset_ms,
+                          secret=config.secret.encode())
+            hints = HintStore(config.data_dir)
+            hints.load(clock.hint_since)
+            view = ClusterView(config, load_ring(config.data_dir))
+            return cls(config, pool, incarnation=incarnation, hints=hints, view=view,
+                       clock=clock, timing=timing, insecure_no_secret=insecure_no_secret,
+                       lock=lock)
+        except BaseException:
+            lock.release()
+            raise
 
     # -- life cycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -149,9 +158,23 @@ class Node:
 
     async def run(self, until: asyncio.Event,
                   ready: Callable[[Node], None] = lambda node: None) -> None:
-        """Start, call ``ready``, serve until ``until`` is set, stop."""
+        """Start, call ``ready``, serve until ``until`` is set, stop. Set
+        during startup (SIGTERM while the node waits for its seeds or its
+        workers), it cancels the start and stops what was started."""
         try:
-            await self.start()
+            starting = asyncio.ensure_future(self.start())
+            stopping = asyncio.ensure_future(until.wait())
+            try:
+                await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not starting.done():
+                    starting.cancel()
+                    log.info("node %s: stopping during startup", self.config.id)
+                    await asyncio.wait((starting,))
+            if starting.cancelled():
+                return
+            starting.result()  # raises what the start raised
             ready(self)
             await until.wait()
         finally:
@@ -170,6 +193,8 @@ class Node:
         await self.view.close()
         await self.router.close()
         await self.pool.stop()
+        if self._lock is not None:
+            self._lock.release()
 
     def _own(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=f"{self.config.id} {name}")

@@ -66,6 +66,11 @@ class WorkerState:
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def socket_path(socket_dir: str, index: int) -> str:
+    """Where worker ``index`` listens."""
+    return os.path.join(socket_dir, f"worker-{index}.sock")
+
+
 class Supervisor:
     def __init__(
         self,
@@ -91,7 +96,7 @@ class Supervisor:
         self.specs = [
             WorkerSpec(
                 i, r,
-                os.path.join(socket_dir, f"worker-{i}.sock"),
+                socket_path(socket_dir, i),
                 os.path.join(data_dir, f"worker-{i}"),
             )
             for i, r in enumerate(ranges)

@@ -30,6 +30,8 @@ class DataService(Protocol):
 
     def read(self, key: bytes, levels: Consistency) -> asyncio.Future[SiblingSet]: ...
 
+    async def vget(self, key: bytes, levels: Consistency) -> list[bytes]: ...
+
     async def read_many(
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]: ...
@@ -86,16 +88,12 @@ def _ok(_: object) -> RespReply:
     return OK
 
 
-def _vget_reply(siblings: SiblingSet) -> RespReply:
-    return list(reconcile.vget_reply(siblings))
-
-
 def get(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
     return _then(b.data.read(c.keys[0], levels), reconcile.get_reply)
 
 
-def vget(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
-    return _then(b.data.read(c.keys[0], levels), _vget_reply)
+async def vget(b: Backend, c: Command, levels: Consistency) -> RespReply:
+    return await b.data.vget(c.keys[0], levels)
 
 
 async def mget(b: Backend, c: Command, levels: Consistency) -> RespReply:

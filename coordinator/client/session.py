@@ -233,7 +233,8 @@ class SessionCommands:
         # Compiled here, not through fnmatch's cache of 32,768 patterns.
         match = re.compile(fnmatch.translate(pattern.decode("utf-8", "replace").lower())).match
         shown = {
-            k: str(v) for k, v in asdict(self.config).items() if k not in ("secret", "requirepass")
+            k: _config_value(v) for k, v in asdict(self.config).items()
+            if k not in ("secret", "requirepass")
         }
         # Redis names that tools ask for (redis-benchmark reads save and
         # appendonly), answered with what ringkv does instead.
@@ -272,3 +273,13 @@ class SessionCommands:
         session.auth_failures = 0
         self.auth_guard.succeeded(session.host)
         return OK
+
+
+def _config_value(v: object) -> str:
+    """A setting as Redis shows one: lists space-separated (as ``save``),
+    booleans yes/no."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, tuple | list):
+        return " ".join(map(str, v))
+    return str(v)

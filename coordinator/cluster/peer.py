@@ -16,6 +16,10 @@ big-endian length and a msgpack array of at most 4 KiB::
         |                            client_nonce | server_node_id)       |
         |      or ["refused", reason] + close                              |
         |  === shard request frames ===>   <=== shard reply frames ====== |
+        |      each tagged (peer_session): BLAKE2b-128 under this         |
+        |      direction's key from peer_auth.session_keys(secret,        |
+        |      nonce, client_nonce, server id, client id) over its        |
+        |      sequence number and payload                                |
 
 Every handshake step has a timeout; on the server one deadline (1 s) covers
 the whole exchange, and connections still in it have a small pool of their
@@ -26,6 +30,10 @@ that cannot prove the secret is refused by the client (PeerAuthError), so a
 process squatting on a peer's port can neither feed it writes nor answer
 its reads. A server never runs with an empty secret unless told to
 (``allow_empty_secret``): anyone can compute an HMAC under an empty key.
+After the handshake every frame carries a tag under keys derived from the
+secret and both nonces (``peer_session``), so a relay that passed the
+handshake through can neither inject, alter, drop, replay nor reorder frames:
+the side that sees one closes the connection.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import msgpack
 
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer_auth import PeerAuthError
+from coordinator.cluster.peer_session import SealedReader, SealedWriter
 from shardserver.protocol import codec
 from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.client import ShardClient
@@ -46,7 +55,7 @@ __all__ = ["PeerAuthError", "open_peer", "peer_client", "read_frame", "reconnect
            "write_frame"]
 
 HELLO = "ringkv-peer"
-VERSION = 2  # 2: the server proves the secret too
+VERSION = 3  # 2: the server proves the secret too; 3: frames tagged after the handshake
 HANDSHAKE_MAX_FRAME = 4 << 10
 MAX_NODE_ID = 256
 READ_CHUNK = 256 << 10
@@ -104,9 +113,7 @@ async def open_peer(
     where = f"{host}:{port}"
     local = None if source is None else (source, 0)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=READ_CHUNK, local_addr=local), timeout_s
-        )
+        reader, writer = await asyncio.wait_for(_connect(host, port, local), timeout_s)
     except TimeoutError:
         raise TimeoutError(f"connecting to peer {where} took over {timeout_s}s") from None
     try:
@@ -128,6 +135,9 @@ async def open_peer(
         except PeerAuthError:
             raise PeerAuthError(f"{where} (claims node id {verdict[1]!r}) does not know "
                                 "the cluster secret") from None
+        ours, theirs = peer_auth.session_keys(secret, hello[2], mine, verdict[1], node_id)
+        writer.seal(ours)
+        reader.seal(theirs)
     except asyncio.IncompleteReadError:
         writer.close()
         raise ConnectionError(f"{where} closed the connection during the handshake") from None
@@ -138,6 +148,18 @@ async def open_peer(
         writer.close()
         raise
     return reader, writer
+
+
+async def _connect(host: str, port: int, local: tuple[str, int] | None,
+                   ) -> tuple[SealedReader, SealedWriter]:
+    """``asyncio.open_connection`` with the stream classes of a peer
+    connection: the server's two handshake frames pass, then tags rule."""
+    loop = asyncio.get_running_loop()
+    reader = SealedReader(plain_frames=2, limit=READ_CHUNK)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port,
+                                                local_addr=local)
+    return reader, SealedWriter(transport, protocol, reader, loop)
 
 
 def _split_addr(addr: str) -> tuple[str, int]:

@@ -9,6 +9,11 @@ other's). The secret never crosses the wire, and a recorded proof is
 useless for another connection because the nonces differ. Each side then
 knows the other holds the secret: a node never applies data from, nor
 believes replies of, a peer without it.
+
+The proofs alone do not bind what follows them (a relay could pass the
+handshake through and then inject frames), so :func:`session_keys` derives
+a key per direction from the secret and the whole handshake, and
+``peer_session`` tags every later frame with them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import secrets
 NONCE_BYTES = 32
 CLIENT = b"ringkv-peer-v1"
 SERVER = b"ringkv-peer-v2-server"
+
+
+SESSION = b"ringkv-peer-v3-session"
 
 
 class PeerAuthError(Exception):
@@ -45,3 +53,18 @@ def verify(secret: bytes, nonce: bytes, node_id: str, proof: bytes,
         raise PeerAuthError(f"peer {node_id!r} sent a malformed proof")
     if not hmac.compare_digest(answer(secret, nonce, node_id, label), proof):
         raise PeerAuthError(f"peer {node_id!r} does not know the cluster secret")
+
+
+def session_keys(secret: bytes, server_nonce: bytes, client_nonce: bytes,
+                 server_id: str, client_id: str) -> tuple[bytes, bytes]:
+    """(client→server key, server→client key) of one connection, by
+    HMAC-SHA256 as a PRF: keyed by the secret over both nonces and both node
+    ids, then one expand step per direction (HKDF's shape, RFC 5869). Each
+    connection, and each direction of it, gets keys of its own that only
+    holders of the secret can compute."""
+    ids = server_id.encode(), client_id.encode()
+    info = b"|".join((SESSION, server_nonce, client_nonce,
+                      len(ids[0]).to_bytes(2, "big"), ids[0], ids[1]))
+    prk = hmac.new(secret, info, hashlib.sha256).digest()
+    return (hmac.new(prk, b"client->server\x01", hashlib.sha256).digest(),
+            hmac.new(prk, b"server->client\x01", hashlib.sha256).digest())

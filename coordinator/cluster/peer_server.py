@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.cluster import peer_auth
@@ -34,6 +35,7 @@ from coordinator.cluster.peer import (
     write_frame,
 )
 from coordinator.cluster.peer_gate import HandshakeGate, LogBudget, Ticket
+from coordinator.cluster.peer_session import PeerIntegrityError, SealedReader, SealedWriter
 from coordinator.streams import handler_scope
 from shardserver.protocol import codec
 from shardserver.protocol.errors import ProtocolError
@@ -69,10 +71,20 @@ def _check_answer(msg: list[Any]) -> tuple[str, bytes, bytes]:
     if (len(msg) != 3 or not isinstance(msg[0], str) or not isinstance(msg[1], bytes)
             or not isinstance(msg[2], bytes) or len(msg[2]) != peer_auth.NONCE_BYTES):
         raise PeerAuthError("malformed handshake answer: expected "
-                            "[node_id, proof, nonce] (peer protocol 2)")
+                            f"[node_id, proof, nonce] (peer protocol {VERSION})")
     if not 0 < len(msg[0]) <= MAX_NODE_ID:
         raise PeerAuthError(f"node id must be 1..{MAX_NODE_ID} characters")
     return msg[0], msg[1], msg[2]
+
+
+@dataclass(frozen=True, slots=True)
+class _Proved:
+    """A peer that proved the secret: its node id, its nonce, and the
+    connection's (client→server, server→client) keys."""
+
+    peer_id: str
+    nonce: bytes
+    keys: tuple[bytes, bytes]
 
 
 class _PeerConnection:
@@ -92,19 +104,20 @@ class _PeerConnection:
 
     async def run(self) -> None:
         decoder = codec.FrameDecoder(self.server.max_frame)
-        while True:
-            data = await self.reader.read(READ_CHUNK)  # no timeout: idle peers are normal
-            if not data:
-                return
-            decoder.feed(data)
-            try:
+        try:
+            while True:
+                # No timeout: idle peers are normal. A frame that fails its
+                # tag raises from read and drain (peer_session.PeerIntegrityError).
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    return
+                decoder.feed(data)
                 for payload in decoder.frames():
                     self._on_frame(codec.decode_requests_lenient(payload))
-            except ProtocolError as e:
-                log.warning("dropping peer %s (%s): %s", self.peer_id, self.addr, e)
-                return
-            # Backpressure: read no more while the peer does not read replies.
-            await asyncio.wait_for(self.writer.drain(), _DRAIN_TIMEOUT_S)
+                # Backpressure: read no more while the peer does not read replies.
+                await asyncio.wait_for(self.writer.drain(), _DRAIN_TIMEOUT_S)
+        except ProtocolError as e:
+            log.warning("dropping peer %s (%s): %s", self.peer_id, self.addr, e)
 
     def _on_frame(self, requests: list[tuple[int, Request | ProtocolError]]) -> None:
         limit = self.server.max_inflight_per_connection
@@ -225,9 +238,20 @@ class PeerServer:
 
     async def start(self) -> None:
         self._stopping = False
-        self._server = await asyncio.start_server(
-            self._accept, self.bind, self.port, limit=READ_CHUNK
-        )
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.StreamReaderProtocol:
+            # asyncio.start_server, with the stream classes of a peer
+            # connection: the client's one handshake frame passes, then tags rule.
+            reader = SealedReader(plain_frames=1, limit=READ_CHUNK, max_frame=self.max_frame)
+
+            def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+                return self._accept(reader, SealedWriter(w.transport, protocol, reader, loop))
+
+            protocol = asyncio.StreamReaderProtocol(reader, connected, loop=loop)
+            return protocol
+
+        self._server = await loop.create_server(connection, self.bind, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving peers on %s:%d", self.bind, self.port)
 
@@ -244,7 +268,7 @@ class PeerServer:
                 await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT_S)
             self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: SealedReader, writer: SealedWriter) -> None:
         peer = writer.get_extra_info("peername")
         host, addr = (peer[0], f"{peer[0]}:{peer[1]}") if isinstance(peer, tuple) else ("?", "?")
         task = asyncio.current_task()
@@ -257,17 +281,19 @@ class PeerServer:
                 try:
                     proved = await self._handshake(reader, writer, host, addr)
                     if proved is not None:
-                        await self._serve(*proved, addr, reader, writer)
+                        await self._serve(proved, addr, reader, writer)
                 except (OSError, asyncio.IncompleteReadError) as e:
                     log.info("peer connection from %s ended: %s", addr,
                              str(e) or type(e).__name__)
+                except PeerIntegrityError as e:  # a bad frame before the loop began
+                    log.warning("dropping peer connection from %s: %s", addr, e)
         finally:
             self._tasks.discard(task)
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, addr: str
-    ) -> tuple[str, bytes] | None:
-        """(the proved peer's node id, its nonce), or None after refusing it."""
+    ) -> _Proved | None:
+        """The proved peer, or None after refusing it."""
         t = self.handshake_timeout_s
         nonce = peer_auth.new_nonce()
         claimed: str | None = None
@@ -290,7 +316,8 @@ class PeerServer:
             reason = "closed the connection during the handshake"
         else:
             if self._authenticated < self.max_connections:
-                return claimed, theirs
+                return _Proved(claimed, theirs, peer_auth.session_keys(
+                    self.secret, nonce, theirs, self.node_id, claimed))
             reason = f"{self.max_connections} peer connections open"
         finally:
             if ticket is not None:
@@ -311,13 +338,17 @@ class PeerServer:
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.drain(), self.handshake_timeout_s)
 
-    async def _serve(self, peer_id: str, their_nonce: bytes, addr: str,
-                     reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, proved: _Proved, addr: str, reader: SealedReader,
+                     writer: SealedWriter) -> None:
         # Counted before the first await, so the limit holds against a burst.
         self._authenticated += 1
+        peer_id = proved.peer_id
         try:
             write_frame(writer, ["ok", self.node_id, peer_auth.answer(
-                self.secret, their_nonce, self.node_id, peer_auth.SERVER)])
+                self.secret, proved.nonce, self.node_id, peer_auth.SERVER)])
+            theirs, ours = proved.keys  # from here on every frame is tagged
+            writer.seal(ours)
+            reader.seal(theirs)
             await asyncio.wait_for(writer.drain(), self.handshake_timeout_s)
             conn = _PeerConnection(self, peer_id, addr, reader, writer)
             log.info("peer %s connected from %s", peer_id, addr)

@@ -9,8 +9,9 @@ future arrives, and drag every clock that adopts it):
 ==================  ==========================================  ==============
 where it enters     what                                        past the bound
 ==================  ==========================================  ==============
-client (VSET/VDEL)  every counter of the context, its floor     refused: ``ERR
-                                                                invalid context``
+client (VSET/VDEL)  the context's tag (``contexts.py``: only    refused: ``ERR
+                    what a node of this cluster issued for the  invalid context``
+                    key), then every counter of it, its floor
 replica answers     the newest HLC of what a read merged        not adopted
 peer writes         a ``ReplicaWrite``'s dot, context, floor    refused
                                                                 (BAD_REQUEST)
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 from coordinator.cluster.endpoints import Endpoint
 from coordinator.data import reconcile
+from coordinator.data.contexts import ContextSeal
 from coordinator.errors import CommandError
 from shardserver.protocol.errors import ClockDriftError
 from shardserver.protocol.hlc import HLC
@@ -46,12 +48,14 @@ _LOG_EVERY_S = 10.0
 
 @dataclass(slots=True)
 class ClockStats:
-    contexts_refused: int = 0  # VSET/VDEL contexts malformed or from the future
+    contexts_refused: int = 0  # VSET/VDEL contexts not issued here, malformed or from the future
     peer_timestamps_ignored: int = 0  # replica answers newer than the bound: not adopted
     peer_writes_refused: int = 0  # ReplicaWrites from peers past the bound
     gossip_refused: int = 0  # gossip entries with a generation past the bound
     hints_reset: int = 0  # hint records whose since_ms lay in the future
-    max_ahead_ms: int = 0  # furthest ahead of any timestamp refused or ignored
+    #: The furthest ahead of this node's clock any timestamp refused or
+    #: ignored was (contexts included); the bound is ``max_clock_drift_ms``.
+    max_ahead_ms: int = 0
 
 
 class Clock:
@@ -59,9 +63,10 @@ class Clock:
 
     def __init__(
         self, max_drift_ms: int, offset_ms: int = 0,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time, *, secret: bytes = b"",
     ) -> None:
         self.max_drift_ms = max_drift_ms
+        self._seal = ContextSeal(secret)
         self.hlc = HLC(wall, offset_ms=offset_ms, max_drift_ms=max_drift_ms)
         self.stats = ClockStats()
         self._wall = wall
@@ -86,15 +91,26 @@ class Clock:
         except ValueError:  # outside uint64: the codec lets none through
             self.stats.peer_timestamps_ignored += 1
 
-    def context(self, raw: bytes) -> Context:
-        """A client's VSET/VDEL context, checked (``reconcile.decode_context``);
+    def issue(self, key: bytes, context: bytes) -> bytes:
+        """``context`` (an encoded VGET context of ``key``) as handed to the
+        client: sealed, so that only it comes back (``contexts.py``)."""
+        return self._seal.seal(key, context)
+
+    def context(self, key: bytes, token: bytes) -> Context:
+        """A client's VSET/VDEL context for ``key``: its seal opened
+        (``contexts.py``), then checked (``reconcile.decode_context``);
         refusals are counted and raise ``CommandError``. An accepted one is
         adopted: our next timestamp comes after every counter and the floor
         of what its client saw, so a write minted from it outranks all of it
         (``versions.new_version_for_context``, which also mints past them
         should the adoption not happen: a wall clock stepped back meanwhile)."""
         try:
+            raw = self._seal.open(key, token)
             ctx = reconcile.decode_context(raw, self.hlc.physical_ms(), self.max_drift_ms)
+        except reconcile.ContextAheadError as exc:
+            self.stats.contexts_refused += 1
+            self._note("context", exc.ahead_ms, "refusing a client context")
+            raise
         except CommandError:
             self.stats.contexts_refused += 1
             raise

@@ -111,7 +111,9 @@ class Clock(Protocol):
 
     def saw(self, ts: int, source: str = ...) -> None: ...
 
-    def context(self, raw: bytes) -> Context: ...  # CommandError if refused
+    def issue(self, key: bytes, context: bytes) -> bytes: ...  # sealed for the client
+
+    def context(self, key: bytes, token: bytes) -> Context: ...  # CommandError if refused
 
 
 @dataclass(slots=True)
@@ -417,6 +419,12 @@ class DataPath:
             with contextlib.suppress(ShardUnavailable):  # gone: anti-entropy gets it
                 await self.routes.call(NodeId(node), req, self.timeout_s)
 
+    async def vget(self, key: bytes, levels: Consistency) -> list[bytes]:
+        """VGET: ``[context, value...]`` of ``key``, the context sealed so
+        that VSET/VDEL take back only what this cluster issued."""
+        context, *values = reconcile.vget_reply(await self.read(key, levels))
+        return [self.clock.issue(key, context), *values]
+
     # -- writes -------------------------------------------------------------
     def write(
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
@@ -429,7 +437,7 @@ class DataPath:
                 version = reconcile.plain_write(self.actor, self.clock.now(), value)
                 return self._start_write(key, version, "lww", levels)
             # The clock adopts the context first: the dot then lies past it.
-            ctx = self.clock.context(context or b"")
+            ctx = self.clock.context(key, context or b"")
             version = reconcile.context_write(ctx, self.actor, self.clock.now(), value)
         except CommandError as exc:
             return _failed(exc)

@@ -68,10 +68,18 @@ def decode_context(context: bytes, physical_ms: int, max_drift_ms: int) -> Conte
     for what, stamp in stamps:
         ahead = hlc_wall_ms(stamp) - physical_ms
         if ahead > max_drift_ms:
-            raise CommandError(
+            raise ContextAheadError(
                 f"ERR invalid context: {what} is {ahead} ms ahead of "
-                f"this node's clock (max_clock_drift_ms = {max_drift_ms})")
+                f"this node's clock (max_clock_drift_ms = {max_drift_ms})", ahead)
     return ctx
+
+
+class ContextAheadError(CommandError):
+    """A context's timestamp lies past the drift bound, by ``ahead_ms``."""
+
+    def __init__(self, message: str, ahead_ms: int) -> None:
+        super().__init__(message)
+        self.ahead_ms = ahead_ms
 
 
 def _show(actor: bytes) -> str:

@@ -65,6 +65,19 @@ pw = 1
         ("[cluster]\nmax_clock_drift_ms = 0\n", "max_clock_drift_ms must be 1..86400000"),
         ("[cluster]\nmax_clock_drift_ms = 86400001\n", "max_clock_drift_ms must be 1..86400000"),
         ("[node\n", "not valid TOML"),
+        ("[cluster]\npartitions = 8\n[storage]\nworkers = 16\n",
+         "workers (16) must be <= partitions (8)"),
+        ("[cluster]\npartitions = 1024\n[storage]\nworkers = 300\n",
+         "workers must be 0..256 (0: one per CPU, at least 2), got 300"),
+        ("[cluster]\npartitions = 0\n", "partitions must be a power of two up to 65536, got 0"),
+        ("[cluster]\nrequest_timeout_ms = 5\n", "request_timeout_ms must be >= 10, got 5"),
+        ("[storage]\nblock_cache_bytes = -1\n", "block_cache_bytes must be >= 0, got -1"),
+        ("[storage]\ntombstone_grace_s = -5\n", "tombstone_grace_s must be >= 0, got -5"),
+        ("[handoff]\nmax_hint_window_s = -1\n", "max_hint_window_s must be >= 0, got -1"),
+        ("[storage]\nmemtable_bytes = -1\n", "memtable_bytes must be > 0, got -1"),
+        ("[handoff]\nthrottle_bytes_per_s = 0\n", "throttle_bytes_per_s must be > 0, got 0"),
+        ("[cluster]\nn = 1\nr = 2\n", "r must be 1..n (1), got 2"),
+        ("[cluster]\nn = 2\nw = 3\n", "w must be 1..n (2), got 3"),
     ],
 )
 def test_errors_name_the_key(tmp_path: str, text: str, message: str) -> None:
@@ -122,3 +135,17 @@ def test_advertise_defaults_to_bind_and_may_be_a_host_name() -> None:
     # Loopback with loopback (or named) seeds is a cluster on one machine.
     load(None, {"seeds": ("127.0.0.2:17379", "localhost:17380")})
     load(None, {"seeds": ("db1.internal:17379",)})
+
+def test_unset_levels_follow_a_small_n(tmp_path: str) -> None:
+    """n = 1 alone used to fail with "r must be 1..n (1), got 2": the
+    defaults of R and W did not follow N. Explicit levels are still checked."""
+    c = load(write(tmp_path, "[cluster]\nn = 1\n"))
+    assert (c.n, c.r, c.w) == (1, 1, 1)
+    c = load(write(tmp_path, "[cluster]\nn = 5\n"))
+    assert (c.n, c.r, c.w) == (5, 2, 2)
+    c = load(None, {"n": 1})
+    assert (c.r, c.w) == (1, 1)
+
+
+def test_auto_workers_never_exceed_partitions() -> None:
+    assert load(None, {"partitions": 1}).effective_workers() == 1

@@ -21,12 +21,13 @@ import pytest
 import redis
 
 from coordinator.cluster.ring import partition_of
+from coordinator.data.contexts import TAG_BYTES, ContextSeal
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.hlc import hlc_wall_ms, make_hlc
 from shardserver.protocol.pool import partition_ranges
 from shardserver.protocol.vclock import MAX_COUNTER, ActorId, VClock
 from shardserver.protocol.versions import Context, decode_context, encode_context, plain_version
-from tests.cluster import Cluster, wait_for
+from tests.cluster import SECRET, Cluster, wait_for
 from tests.faults.nemesis import set_option
 from tests.integration.test_admin import scrape
 
@@ -37,6 +38,9 @@ TEN_YEARS_MS = 10 * 365 * 24 * 3600 * 1000
 #: three nodes share one machine's clock, so only the logical carry and
 #: a little scheduling (well under a second) could show.
 HONEST_LEAD_MS = 2000
+#: What a node of the cluster seals contexts with: the tests below that
+#: reach the drift checks play an insider (or a node whose clock ran ahead).
+SEAL = ContextSeal(SECRET.encode())
 DRIFT_ERROR = (r"^invalid context: counter for n1#\d+ is \d+ ms ahead of this node's clock "
                r"\(max_clock_drift_ms = 60000\)$")
 
@@ -62,13 +66,14 @@ def vset(r: redis.Redis, key: str, context: bytes, value: str) -> object:
 
 def own_counter(r: redis.Redis, key: str, node: str) -> tuple[ActorId, int]:
     """The actor of ``node`` and its counter in ``key``'s context."""
-    clock = decode_context(vget(r, key)[0]).clock
+    clock = decode_context(vget(r, key)[0][:-TAG_BYTES]).clock
     [(actor, counter)] = [(a, c) for a, c in clock.entries if a.startswith(node.encode() + b"#")]
     return actor, counter
 
 
-def forged(actor: ActorId, counter: int) -> bytes:
-    return encode_context(Context(VClock.of({actor: counter})))
+def forged(key: str, actor: ActorId, counter: int) -> bytes:
+    """A context for ``key`` sealed with the cluster secret."""
+    return SEAL.seal(key.encode(), encode_context(Context(VClock.of({actor: counter}))))
 
 
 def clock_info(cluster: Cluster, i: int) -> dict[str, int]:
@@ -93,24 +98,52 @@ def test_a_context_ten_years_ahead_is_refused_and_a_later_set_wins(cluster: Clus
     refused = clock_info(cluster, 0)["contexts_refused"]
     ahead = make_hlc(int(time.time() * 1000) + TEN_YEARS_MS)
     with pytest.raises(redis.ResponseError, match=DRIFT_ERROR):
-        vset(n1, "drift:k", forged(actor, ahead), "from the future")
-    assert clock_info(cluster, 0)["contexts_refused"] == refused + 1
+        vset(n1, "drift:k", forged("drift:k", actor, ahead), "from the future")
+    info = clock_info(cluster, 0)
+    assert info["contexts_refused"] == refused + 1
+    # The bound as configured, and how far ahead the refused context was
+    # (max_ahead_ms stayed 0 when only contexts had been refused).
+    assert info["max_clock_drift_ms"] == 60_000
+    assert TEN_YEARS_MS - 60_000 < info["max_ahead_ms"] <= TEN_YEARS_MS
     # A floor (the newest plain write the client saw) is an HLC too.
-    honest, now = vget(n1, "drift:k")[0], make_hlc(int(time.time() * 1000))
-    floored = encode_context(Context(decode_context(honest).clock, (ahead, actor)))
+    honest, now = vget(n1, "drift:k")[0][:-TAG_BYTES], make_hlc(int(time.time() * 1000))
+    floored = SEAL.seal(b"drift:k", encode_context(
+        Context(decode_context(honest).clock, (ahead, actor))))
     with pytest.raises(redis.ResponseError, match=r"^invalid context: floor of n1#\d+ is \d+ ms"):
         vset(n1, "drift:k", floored, "from the future")
     assert clock_info(cluster, 0)["contexts_refused"] == refused + 2
     assert decode_context(honest).floor is not None and decode_context(honest).floor <= (now, actor)
     # Through n2 it is another node's counter, checked the same way.
     with pytest.raises(redis.ResponseError, match=DRIFT_ERROR):
-        vset(n2, "drift:k", forged(actor, ahead), "from the future")
+        vset(n2, "drift:k", forged("drift:k", actor, ahead), "from the future")
     assert n2.set("drift:k", "after") is True
     assert n1.get("drift:k") == b"after"
     assert_not_dragged(cluster, 0, "drift:probe1")
     metrics = scrape(cluster, 0)
     assert metrics['ringkv_clock_drift_refusals_total{source="client_context"}'] >= 1
     assert metrics["ringkv_hlc_ahead_ms"] < HONEST_LEAD_MS
+
+
+def test_a_context_not_issued_by_the_cluster_is_refused_within_the_bound(
+        cluster: Cluster) -> None:
+    """Before contexts were sealed, a forged context just inside the bound
+    (50 s ahead) was adopted: each VSET dragged the node's HLC up to a
+    minute forward, and the forged version outranked later writes."""
+    n1, n2 = cluster.client(0), cluster.client(1)
+    assert n1.set("seal:k", "honest") is True
+    actor, _ = own_counter(n1, "seal:k", "n1")
+    refused = clock_info(cluster, 0)["contexts_refused"]
+    near = encode_context(Context(VClock.of({actor: make_hlc(int(time.time() * 1000) + 50_000)})))
+    for token in (near, forged("seal:k", actor, 1)[:-1] + b"\0", vget(n1, "seal:other")[0]):
+        with pytest.raises(redis.ResponseError,
+                           match=r"^invalid context: not issued by this cluster$"):
+            vset(n1, "seal:k", token, "forged")
+    assert clock_info(cluster, 0)["contexts_refused"] == refused + 3
+    assert n1.get("seal:k") == b"honest"
+    assert_not_dragged(cluster, 0, "seal:probe")
+    # What one node issued, every node of the cluster takes back.
+    assert vset(n2, "seal:k", vget(n1, "seal:k")[0], "through n2") == b"OK"
+    assert n1.get("seal:k") == b"through n2"
 
 
 def test_a_far_future_version_from_a_replica_does_not_drag_the_clock(cluster: Cluster) -> None:
@@ -148,7 +181,7 @@ def test_a_counter_near_2_64_is_refused_and_its_batch_still_goes_out(cluster: Cl
     for i in range(20):
         pipe.set(f"drift:batch:a{i}", i)
     pipe.execute_command(  # type: ignore[no-untyped-call]
-        "VSET", "drift:big", forged(actor, MAX_COUNTER), "overflow")
+        "VSET", "drift:big", forged("drift:big", actor, MAX_COUNTER), "overflow")
     for i in range(20):
         pipe.set(f"drift:batch:b{i}", i)
     started = time.monotonic()
@@ -175,7 +208,7 @@ def test_malformed_contexts_get_a_clear_error(cluster: Cluster) -> None:
     }
     for context, why in bad.items():
         with pytest.raises(redis.ResponseError, match=f"^invalid context: .*{why}"):
-            vset(n1, "drift:bad", context, "v")
+            vset(n1, "drift:bad", SEAL.seal(b"drift:bad", context), "v")
     assert n1.set("drift:bad", "fine") is True
 
 

@@ -4,11 +4,11 @@ Three coordinators with skewed clocks (the real ``coordinator.clock.Clock``,
 within ``max_clock_drift_ms``) write one key on three replicas: plain
 SET/DEL (``reconcile.plain_write``), and VSET/VDEL whose context comes from a
 read of some replicas' current, partial states (``reconcile.reconcile``,
-``vget_reply``, then ``Clock.context`` and ``reconcile.context_write``, as
-the data path does). Replicas receive each write in their own order (a
-coordinator's context writes in dot order, as the data path sends them;
-plain writes in any order) and exchange their sets (anti-entropy, read
-repair) in between.
+``vget_reply`` sealed by ``Clock.issue``, then ``Clock.context`` and
+``reconcile.context_write``, as the data path does). Replicas receive each
+write in their own order (a coordinator's context writes in dot order, as
+the data path sends them; plain writes in any order) and exchange their sets
+(anti-entropy, read repair) in between.
 
 Then the versions of the history are delivered again, as permutations and
 groupings, through ``merge``, ``merge_sets`` and ``reconcile``: the result
@@ -50,6 +50,7 @@ NOW_MS = 1_700_000_000_000
 DRIFT_MS = 60_000
 ACTORS = [make_actor(f"n{i}", 1) for i in (1, 2, 3)]
 REPLICAS = 3
+KEY = b"k"  # the one key of every history
 
 
 class Wall:
@@ -92,8 +93,8 @@ class History:
         clock = self.clocks[actor]
         if merged:  # the data path adopts the newest HLC a read returned
             clock.saw(max(s.hlc for s in merged))
-        context = reconcile.vget_reply(merged)[0]
-        ctx = clock.context(context)
+        context = clock.issue(KEY, reconcile.vget_reply(merged)[0])  # as VGET hands it out
+        ctx = clock.context(KEY, context)
         v = reconcile.context_write(ctx, actor, clock.now(), value)
         self.saw[v] = merged
         self._sent(v, merged)

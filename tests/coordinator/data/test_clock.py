@@ -140,20 +140,49 @@ def test_a_timestamp_past_the_bound_from_a_replica_is_counted_not_adopted() -> N
     assert c.stats.peer_timestamps_ignored == 2
 
 
+KEY = b"k"
+
+
 def test_a_context_is_checked_counted_and_then_adopted() -> None:
     c = clock()
-    with pytest.raises(CommandError, match="invalid context"):
-        c.context(ctx({ME: make_hlc(NOW_MS + 10 * DRIFT_MS)}))
-    with pytest.raises(CommandError, match="invalid context"):
-        c.context(b"\x01garbage")
+    with pytest.raises(CommandError, match="invalid context: counter for n1#7 is"):
+        c.context(KEY, c.issue(KEY, ctx({ME: make_hlc(NOW_MS + 10 * DRIFT_MS)})))
+    with pytest.raises(CommandError, match="invalid context: context: malformed msgpack"):
+        c.context(KEY, c.issue(KEY, b"\x01garbage"))
     assert c.stats.contexts_refused == 2 and c.lead_ms() == 0
+    assert c.stats.max_ahead_ms == 10 * DRIFT_MS  # contexts count there too
     seen = make_hlc(NOW_MS + 1000, 3)
-    assert c.context(ctx({OTHER: seen})).clock.get(OTHER) == seen
+    assert c.context(KEY, c.issue(KEY, ctx({OTHER: seen}))).clock.get(OTHER) == seen
     assert c.now() > seen  # our next write comes after what the client saw
-    assert c.context(b"") == EMPTY_CONTEXT
+    assert c.context(KEY, b"") == EMPTY_CONTEXT
     floor = make_hlc(NOW_MS + 2000, 1)
-    assert c.context(ctx({OTHER: seen}, (floor, OTHER))).floor == (floor, OTHER)
+    sealed = c.issue(KEY, ctx({OTHER: seen}, (floor, OTHER)))
+    assert c.context(KEY, sealed).floor == (floor, OTHER)
     assert c.now() > floor  # and after the floor it saw
+
+
+def test_only_contexts_this_cluster_issued_for_the_key_are_taken() -> None:
+    """A forged context within the drift bound used to be adopted: a client
+    could drag the HLC forward a bound at a time. Now only sealed ones go."""
+    c = Clock(DRIFT_MS, wall=Wall(), secret=b"cluster secret")
+    peer = Clock(DRIFT_MS, wall=Wall(), secret=b"cluster secret")
+    stranger = Clock(DRIFT_MS, wall=Wall(), secret=b"another cluster")
+    near = ctx({ME: make_hlc(NOW_MS + DRIFT_MS - 1)})
+    sealed = peer.issue(KEY, near)  # any node of the cluster may have issued it
+    forged = [
+        near,  # unsealed
+        stranger.issue(KEY, near),  # sealed by another cluster
+        peer.issue(b"other key", near),  # sealed for another key
+        sealed[:-1] + bytes([sealed[-1] ^ 1]),  # tag altered
+        ctx({ME: make_hlc(NOW_MS + DRIFT_MS - 2)}) + sealed[len(near):],  # body altered
+        sealed[-16:],  # a tag alone
+    ]
+    for token in forged:
+        with pytest.raises(CommandError, match=r"^ERR invalid context: not issued by this "
+                                               r"cluster$"):
+            c.context(KEY, token)
+    assert c.stats.contexts_refused == len(forged) and c.lead_ms() == 0
+    assert c.context(KEY, sealed).clock.get(ME) == make_hlc(NOW_MS + DRIFT_MS - 1)
 
 
 def test_a_context_write_outranks_its_context_even_when_the_clock_lags() -> None:
@@ -163,7 +192,7 @@ def test_a_context_write_outranks_its_context_even_when_the_clock_lags() -> None
     c = clock()
     seen = {OTHER: make_hlc(NOW_MS + DRIFT_MS, 9), ME: make_hlc(NOW_MS - 5)}
     floor = (make_hlc(NOW_MS + DRIFT_MS, 7), OTHER)
-    context = c.context(ctx(seen, floor))
+    context = c.context(KEY, c.issue(KEY, ctx(seen, floor)))
     write = context_write(context, ME, c.now(), b"v")
     assert write.lww_key() > max((h, a) for a, h in seen.items()) and write.lww_key() > floor
     assert write.floor == floor and write.clock == VClock.of(seen)
