@@ -53,6 +53,32 @@ class AdminClient:
         except ProtocolError as exc:
             fail(1, f"{self.addr} sent a reply this ringkv cannot read: {exc}")
 
+    def call_each(self, request: api.AdminRequest, reply: type[R],
+                  nodes: list[str]) -> dict[str, R | str]:
+        """``request`` run on each of ``nodes`` at once (forwarded by the node
+        asked): each node's reply record, or the one-line error it got."""
+        assert reply is api.reply_type(request), (request, reply)
+
+        async def each() -> list[R | str]:
+            async with peer_client(self.addr, "admin-cli", self.secret,
+                                   timeout_s=10) as client:
+                async def one(node: str) -> R | str:
+                    try:
+                        got = await client.call(m.Admin(api.encode_request(request, node)),
+                                                timeout=ADMIN_TIMEOUT_S)
+                    except ShardUnavailable as exc:
+                        return f"cannot reach the node at {self.addr}: {exc.reason}"
+                    if not got.ok:
+                        return got.message
+                    try:
+                        return records.from_wire(reply, got.payload)
+                    except ProtocolError as exc:
+                        return f"a reply this ringkv cannot read: {exc}"
+
+                return list(await asyncio.gather(*map(one, nodes)))
+
+        return dict(zip(nodes, asyncio.run(each()), strict=True))
+
     async def _call(self, payload: dict[str, Any]) -> object:
         async with peer_client(self.addr, "admin-cli", self.secret, timeout_s=10) as client:
             try:

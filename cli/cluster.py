@@ -48,6 +48,9 @@ def status(target: AdminClient) -> None:
         )
     asked = next(n for n in doc.nodes if n.node == doc.asked)
     lines.append("")
+    if read_only := [n.node for n in doc.nodes
+                     if isinstance(n, api.NodeStatus) and n.read_only_mode]:
+        lines.append(f"read-only (operator's kill switch): {', '.join(read_only)}")
     if isinstance(asked, api.NodeStatus):
         lines.append(f"as seen by {doc.asked}: " + ", ".join(
             f"{k} {v.state} (phi {v.phi})" + (" removed" if v.status == "removed" else "")

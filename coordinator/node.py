@@ -42,6 +42,7 @@ from coordinator.ops.admin import AdminHandler
 from coordinator.ops.cluster_commands import ClusterCommands
 from coordinator.ops.metrics import Metrics
 from coordinator.ops.peer_service import PeerService
+from coordinator.ops.read_only import ReadOnlySwitch
 from coordinator.ops.status import StatusSource, WorkerStatsPoller
 from coordinator.repair.anti_entropy import AntiEntropy
 from coordinator.repair.handoff import Handoff
@@ -63,8 +64,10 @@ class Node:
     def __init__(self, config: NodeConfig, pool: WorkerPool, *, incarnation: int,
                  hints: HintStore, view: ClusterView, clock: Clock,
                  timing: Timing = Timing(), insecure_no_secret: bool = False,
-                 lock: files.DataDirLock | None = None) -> None:
+                 lock: files.DataDirLock | None = None,
+                 read_only: ReadOnlySwitch | None = None) -> None:
         self.config = config
+        self.read_only = read_only or ReadOnlySwitch(config.id, config.data_dir)
         self._lock = lock
         self.pool = pool
         self.timing = timing
@@ -81,7 +84,7 @@ class Node:
                                         sibling_cap=DEFAULT_SIBLING_CAP)
         self.worker_stats = WorkerStatsPoller(self.router)
         self.cluster_commands = ClusterCommands(config, view, self.router, self.data,
-                                                self.worker_stats)
+                                                self.worker_stats, read_only=self.read_only)
         self.metrics = Metrics()
         self.client_server = ClientServer(
             config, self.cluster_commands,
@@ -90,10 +93,12 @@ class Node:
         self.status = StatusSource(
             config=config, incarnation=incarnation, view=view, router=self.router,
             data=self.data, handoff=self.handoff, hints=hints, anti_entropy=self.anti_entropy,
-            clock=clock, worker_stats=self.worker_stats, clients=self.client_server)
+            clock=clock, worker_stats=self.worker_stats, clients=self.client_server,
+            read_only=self.read_only)
         self.metrics.collect(self.status)
         admin = AdminHandler(config, view=view, router=self.router, handoff=self.handoff,
-                             hints=hints, anti_entropy=self.anti_entropy, status=self.status)
+                             hints=hints, anti_entropy=self.anti_entropy, status=self.status,
+                             read_only=self.read_only)
         service = PeerService(config, view=view, router=self.router, admin=admin,
                               cluster_commands=self.cluster_commands,
                               worker_stats=self.worker_stats)
@@ -120,9 +125,11 @@ class Node:
             hints = HintStore(config.data_dir)
             hints.load(clock.hint_since)
             view = ClusterView(config, load_ring(config.data_dir))
+            read_only = ReadOnlySwitch(config.id, config.data_dir)
+            read_only.load()  # the operator's kill switch outlives restarts
             return cls(config, pool, incarnation=incarnation, hints=hints, view=view,
                        clock=clock, timing=timing, insecure_no_secret=insecure_no_secret,
-                       lock=lock)
+                       lock=lock, read_only=read_only)
         except BaseException:
             lock.release()
             raise

@@ -63,6 +63,7 @@ from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
 from coordinator.errors import (
     CommandError,
     NoAuthError,
+    ReadOnlyError,
     RespProtocolError,
     UnavailableError,
     ValueTooLargeError,
@@ -482,8 +483,11 @@ class ClientConnection(asyncio.Protocol):
         assert spec is not None and spec.run is not None
         slot.started = time.perf_counter()
         try:
-            if spec.write and (why := backend.draining) is not None:
-                raise UnavailableError(why)
+            if spec.write:
+                if (why := backend.draining) is not None:
+                    raise UnavailableError(why)
+                if (why := backend.read_only) is not None:
+                    raise ReadOnlyError(why)
             aw: Awaitable[RespReply] = spec.run(backend, slot.command, slot.levels)
             fut = asyncio.ensure_future(aw)
         except CommandError as exc:

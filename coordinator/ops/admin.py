@@ -1,7 +1,8 @@
 """Operator commands a node answers over the authenticated peer channel.
 
 The admin CLI (``ringkv status``, ``ring``, ``compact``, ``repair``,
-``hints``, ``transfers``, ``flush``, ``drain``, ``remove``) connects like a
+``hints``, ``transfers``, ``flush``, ``drain``, ``remove``, ``readonly``,
+``rollout``) connects like a
 peer, proving it holds the cluster secret, and sends ``Admin(payload)``: a
 request of the admin API (``ops.admin_api``), decoded here into its record.
 A request with ``"node": id`` for another node is forwarded to that node, so
@@ -20,9 +21,10 @@ from coordinator.cluster.ring import NodeId, Ring
 from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.router import Router
-from coordinator.errors import RingError, UnavailableError
+from coordinator.errors import CoordinatorError, RingError, UnavailableError
 from coordinator.ops import admin_api as api
 from coordinator.ops.admin_api import AdminError
+from coordinator.ops.read_only import ReadOnlySwitch
 from coordinator.ops.status import StatusSource, StorageTotals, storage_totals
 from coordinator.repair.anti_entropy import AntiEntropy
 from coordinator.repair.handoff import Handoff
@@ -33,12 +35,15 @@ from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes
+_MAX_REASON = 200
 
 
 class AdminHandler:
     def __init__(self, config: NodeConfig, *, view: ClusterView, router: Router, handoff: Handoff,
-                 hints: HintStore, anti_entropy: AntiEntropy, status: StatusSource) -> None:
+                 hints: HintStore, anti_entropy: AntiEntropy, status: StatusSource,
+                 read_only: ReadOnlySwitch) -> None:
         self.config = config
+        self.read_only = read_only
         self.id = NodeId(config.id)
         self.view = view
         self.router = router
@@ -81,6 +86,8 @@ class AdminHandler:
                 return self.remove(gone)
             case api.TransfersRequest():
                 return self.transfers()
+            case api.ReadOnlyRequest(on, reason):
+                return await self.set_read_only(on, reason)
         raise AdminError(f"unexpected admin request {request!r}")
 
     async def _forward(self, target: str, payload: object) -> m.Reply:
@@ -143,6 +150,7 @@ class AdminHandler:
             workers_ready=sum(1 for i in range(self.router.workers)
                               if self.router.worker_ready(i)),
             last_repair_ms=self.anti_entropy.last_repair_ms,
+            read_only_mode=snap.read_only_mode,
         )
 
     async def cluster_status(self) -> api.ClusterStatus:
@@ -258,6 +266,20 @@ class AdminHandler:
                      if ringmod.primaries(old, p) != ringmod.primaries(new, p))
         return api.RemoveReply(self.id, gone, old is new, was_up, old.epoch, new.epoch, moving,
                                new.node_ids)
+
+    async def set_read_only(self, on: bool, reason: str) -> api.ReadOnlyReply:
+        """The kill switch: client writes refused (on) or taken again (off),
+        durably in the data directory before the reply."""
+        if len(reason) > _MAX_REASON:
+            raise AdminError(f"the reason is at most {_MAX_REASON} characters")
+        try:
+            changed = await self.read_only.set(on, reason)
+        except (OSError, CoordinatorError) as exc:
+            raise AdminError(f"cannot save the read-only mode in {self.read_only.path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        state = self.read_only.state
+        return api.ReadOnlyReply(self.id, state is not None, changed,
+                                 state.reason if state else "", state.since_ms if state else 0)
 
     def transfers(self) -> api.TransfersReply:
         h = self.handoff

@@ -76,9 +76,17 @@ class TransfersRequest:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOnlyRequest:
+    """The operator's kill switch (``ops.read_only``) on or off on this node."""
+
+    on: bool
+    reason: str = ""
+
+
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
-    | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest
+    | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | ReadOnlyRequest
 )
 
 #: Wire name of each request.
@@ -86,7 +94,7 @@ COMMAND_OF: dict[type[Any], str] = {
     StatusRequest: "status", RingRequest: "ring", CompactRequest: "compact",
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
-    TransfersRequest: "transfers",
+    TransfersRequest: "transfers", ReadOnlyRequest: "read_only",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -147,6 +155,7 @@ class NodeStatus:
     workers: int
     workers_ready: int
     last_repair_ms: int
+    read_only_mode: str | None = None  # the kill switch: why client writes are off
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +296,18 @@ class TransfersReply:
     failed: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOnlyReply:
+    node: str
+    on: bool
+    changed: bool  # False: it was so already
+    reason: str
+    since_ms: int  # when it was turned on; 0 when off
+
+
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
-    | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply
+    | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply | ReadOnlyReply
 )
 
 
@@ -304,4 +322,5 @@ _REPLIES: dict[type[Any], type[Any]] = {
     RingRequest: RingReply, CompactRequest: CompactReply, FlushRequest: FlushReply,
     DrainRequest: DrainReply, RepairRequest: RepairReply, RepairPlanRequest: RepairPlanReply,
     HintsRequest: HintsReply, RemoveRequest: RemoveReply, TransfersRequest: TransfersReply,
+    ReadOnlyRequest: ReadOnlyReply,
 }

@@ -1,6 +1,7 @@
 """The client commands that act on the whole cluster rather than on a key
 (DBSIZE, FLUSHALL/FLUSHDB), and the rest of what the client server's
-``Backend`` asks of the node: the data path and whether it drains.
+``Backend`` asks of the node: the data path, whether it drains and whether
+the operator turned writes off (``ops.read_only``).
 
 DBSIZE is an estimate: entries in every engine of the nodes that are up,
 over N (versions and tombstones not yet compacted away count too).
@@ -20,6 +21,7 @@ from coordinator.data.datapath import DataPath
 from coordinator.data.router import Router
 from coordinator.errors import CommandError, UnavailableError
 from coordinator.ops.admin import ADMIN_TIMEOUT_S
+from coordinator.ops.read_only import ReadOnlySwitch
 from coordinator.ops.status import WorkerStatsPoller, storage_totals
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
@@ -29,8 +31,9 @@ from shardserver.protocol.worker_stats import WorkerStats
 
 class ClusterCommands:
     def __init__(self, config: NodeConfig, view: ClusterView, router: Router, data: DataPath,
-                 worker_stats: WorkerStatsPoller) -> None:
+                 worker_stats: WorkerStatsPoller, *, read_only: ReadOnlySwitch) -> None:
         self.config = config
+        self._read_only = read_only
         self.view = view
         self.router = router
         self._data = data
@@ -43,6 +46,10 @@ class ClusterCommands:
     @property
     def draining(self) -> str | None:
         return self.view.draining
+
+    @property
+    def read_only(self) -> str | None:
+        return self._read_only.refusal
 
     async def dbsize(self) -> int:
         ring = self.view.ring

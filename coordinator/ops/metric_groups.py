@@ -101,6 +101,9 @@ def saturation(source: StatusSource, snap: NodeSnapshot) -> Iterator[Metric]:
     yield _gauge("ringkv_read_only_engines",
                  "Worker engines refusing writes (disk full or I/O error)",
                  len(snap.storage.read_only))
+    yield _gauge("ringkv_read_only_mode",
+                 "1 while the operator's kill switch refuses client writes (ringkv readonly)",
+                 int(snap.read_only_mode is not None))
     yield _gauge("ringkv_wal_replay_estimate_seconds",
                  "Estimated time to replay the live WALs after a crash",
                  snap.storage.wal_bytes / WAL_REPLAY_BYTES_PER_S)

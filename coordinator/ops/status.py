@@ -34,6 +34,7 @@ from coordinator.data.datapath import DataPath, DataStats
 from coordinator.data.router import Router
 from coordinator.ops.health import RingHealth, ring_health
 from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
+from coordinator.ops.read_only import ReadOnlySwitch
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from coordinator.repair.handoff import Handoff, HintBacklog
 from coordinator.repair.hints import HintStore
@@ -200,14 +201,16 @@ class NodeSnapshot:
     reply_bytes_in_flight: int
     noquorum: dict[tuple[str, str], int]  # (op, cause) -> NOQUORUM answers
     disk: DiskSpace
+    read_only_mode: str | None  # the operator's kill switch: why writes are off, None: on
 
 
 class StatusSource:
     def __init__(self, *, config: NodeConfig, incarnation: int, view: ClusterView, router: Router,
                  data: DataPath, handoff: Handoff, hints: HintStore,
                  anti_entropy: AntiEntropy, clock: Clock, worker_stats: WorkerStatsPoller,
-                 clients: ClientServer) -> None:
+                 clients: ClientServer, read_only: ReadOnlySwitch) -> None:
         self.config = config
+        self.read_only = read_only
         self.incarnation = incarnation
         self.view = view
         self.router = router
@@ -264,6 +267,7 @@ class StatusSource:
             reply_bytes_in_flight=server.reply_bytes_in_flight,
             noquorum=dict(self.data.noquorum),
             disk=disk_space(self.config.data_dir),
+            read_only_mode=self.read_only.refusal,
         )
 
     def health(self) -> RingHealth:
@@ -347,6 +351,8 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
             "tcp_port": snap.tcp_port,
             "uptime_in_seconds": snap.uptime_s,
             "uptime_in_days": snap.uptime_s // 86400,
+            "read_only_mode": "off" if snap.read_only_mode is None
+                              else f"on: {snap.read_only_mode}",
         },
         "clients": {"connected_clients": snap.connected_clients,
                     "maxclients": snap.max_clients},
