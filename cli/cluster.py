@@ -55,6 +55,9 @@ def status(target: AdminClient) -> None:
         lines.append(f"as seen by {doc.asked}: " + ", ".join(
             f"{k} {v.state} (phi {v.phi})" + (" removed" if v.status == "removed" else "")
             for k, v in asked.peers.items()))
+        lines.append("peer protocol / release: " + ", ".join(
+            f"{k} {v.peer_protocol or '?'} / {v.release or '?'}"
+            for k, v in asked.peers.items()))
     target.show(doc, lines)
 
 

@@ -9,7 +9,7 @@ back to a default.
         "bind", "advertise", "client_port", "peer_port", "seeds", "max_clients",
         "idle_timeout_s", "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms,
-               max_clock_drift_ms
+               max_clock_drift_ms, max_peer_protocol
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
                memtable_bytes, block_cache_bytes, tombstone_grace_s
     [handoff]  enabled, max_hint_window_s, throttle_bytes_per_s, concurrency
@@ -68,6 +68,7 @@ class NodeConfig:
     secret: str = field(default="", repr=False)
     request_timeout_ms: int = 2000
     max_clock_drift_ms: int = 60_000  # timestamps further ahead are refused
+    max_peer_protocol: int = 0  # 0: the newest this build speaks (rolling upgrades, tests)
     # [storage]
     workers: int = 0  # 0: max(2, CPU count)
     fsync: str = "interval"
@@ -104,7 +105,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "cluster": (
         "partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms",
-        "max_clock_drift_ms",
+        "max_clock_drift_ms", "max_peer_protocol",
     ),
     "storage": (
         "workers",
@@ -246,6 +247,10 @@ def validate(c: NodeConfig) -> None:
          f"max_clock_drift_ms must be 1..{MAX_CLOCK_DRIFT_MS} (one day), "
          f"got {c.max_clock_drift_ms}")
     need(c.idle_timeout_s >= 0, "idle_timeout_s must be >= 0 (0: never)")
+    # The upper bound is the build's (coordinator.cluster.peer_versions.local_range).
+    need(c.max_peer_protocol == 0 or c.max_peer_protocol >= 3,
+         "max_peer_protocol must be 0 (the newest) or 3 or more: 3 is the oldest sealed "
+         f"peer protocol, got {c.max_peer_protocol}")
     for seed in c.seeds:
         host, _, port = seed.rpartition(":")
         need(bool(host) and port.isdigit(), f"seed {seed!r} must be host:port")

@@ -32,6 +32,7 @@ from coordinator import files
 from coordinator.client.server import ClientServer
 from coordinator.cluster.endpoints import Endpoint, MemberStatus
 from coordinator.cluster.peer_server import PeerServer
+from coordinator.cluster.peer_versions import RELEASE
 from coordinator.cluster.ring import NodeId
 from coordinator.cluster.view import ClusterView, load_ring
 from coordinator.config import NodeConfig
@@ -105,7 +106,7 @@ class Node:
         self.peer_server = PeerServer(
             config.id, config.secret.encode(), service.handle, bind=config.bind,
             port=config.peer_port, fast=self.router.from_peer,
-            allow_empty_secret=insecure_no_secret,
+            allow_empty_secret=insecure_no_secret, versions=self.router.versions,
         )
         self._clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -146,10 +147,12 @@ class Node:
             f"{config.advertised_host()}:{config.client_port}",
             f"{config.advertised_host()}:{self.peer_server.port}",
             self.view.ring.epoch if self.view.ring else 0, config.zone,
+            self.router.versions.hi, RELEASE,
         )
         self._own(self.view.start_gossip(
             me, self.router.gossip, interval_s=self.timing.gossip_interval_s,
             on_restart=self._peer_restarted, accept=self._clock.endpoint_ok,
+            protocol_of=self.router.protocol_of,
         ), "gossip")
         if self.view.ring is None:
             await self.view.form(self.timing.formation_timeout_s)

@@ -11,6 +11,13 @@ the higher ring epoch wins.
 Liveness (UP/DOWN) is *not* gossiped: each node decides it locally with its
 failure detector (DESIGN §9); ``status`` is what a node says about its own
 intent (joining, up, leaving, removed).
+
+From peer protocol 4 an entry also says which peer protocol and software
+release the node runs (for ``ringkv status`` and a rolling upgrade). A
+protocol-3 node cannot decode such entries, so they go only to peers that
+negotiated 4 (:func:`encode`'s ``protocol``); an entry that came without
+them (relayed by a protocol-3 node) keeps what was known for the same
+generation, since a node changes release only by restarting.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class Endpoint:
     peer_addr: str  # host:port for coordinators
     ring_epoch: int
     zone: str = ""  # failure zone from the node's config ("" = none)
+    peer_protocol: int = 0  # the newest peer protocol it speaks; 0: not told (protocol 3)
+    release: str = ""  # its software version; "": not told
 
     def newer_than(self, other: Endpoint) -> bool:
         return (self.generation, self.version) > (other.generation, other.version)
@@ -60,12 +69,15 @@ Members = Mapping[NodeId, Endpoint]
 
 
 def merge(mine: Members, theirs: Members) -> dict[NodeId, Endpoint]:
-    """Per node, the entry with the larger (generation, version)."""
+    """Per node, the entry with the larger (generation, version); one that
+    lacks the versions keeps those known for its generation."""
     out = dict(mine)
     for node, ep in theirs.items():
         have = out.get(node)
         if have is None or ep.newer_than(have):
-            out[node] = ep
+            out[node] = (replace(ep, peer_protocol=have.peer_protocol, release=have.release)
+                         if (not ep.peer_protocol and have is not None and have.peer_protocol
+                             and have.generation == ep.generation) else ep)
     return out
 
 
@@ -106,8 +118,10 @@ def newer_for(members: Members, peer_digest: Mapping[str, list[int]]) -> list[En
     return out
 
 
-def encode(ep: Endpoint) -> list[Any]:
-    return [
+def encode(ep: Endpoint, protocol: int = 3) -> list[Any]:
+    """The wire form for a peer speaking ``protocol``: 8 fields for 3, and
+    the node's peer protocol and release behind them from 4."""
+    out: list[Any] = [
         ep.node,
         ep.generation,
         ep.version,
@@ -117,13 +131,21 @@ def encode(ep: Endpoint) -> list[Any]:
         ep.ring_epoch,
         ep.zone,
     ]
+    if protocol >= 4:
+        out += [ep.peer_protocol, ep.release]
+    return out
 
 
 def decode(raw: object) -> Endpoint:
-    if not isinstance(raw, list) or len(raw) not in (7, 8):
-        raise MembershipError(f"endpoint must be a list of 7 or 8 fields, got {raw!r:.80}")
+    if not isinstance(raw, list) or not (len(raw) in (7, 8) or 10 <= len(raw) <= 64):
+        raise MembershipError(f"endpoint must be a list of 7, 8 or 10 fields, got {raw!r:.80}")
     node, generation, version, status, client_addr, peer_addr, epoch = raw[:7]
-    zone = raw[7] if len(raw) == 8 else ""
+    zone = raw[7] if len(raw) >= 8 else ""
+    proto, release = raw[8:10] if len(raw) >= 10 else (0, "")
+    if (not isinstance(proto, int) or isinstance(proto, bool) or not 0 <= proto < 1 << 16
+            or not isinstance(release, str) or len(release) > 64):
+        raise MembershipError("endpoint peer protocol must be 0..65535 and its release a "
+                              "string of at most 64 chars")
     if not isinstance(zone, str) or len(zone) > 256:
         raise MembershipError("endpoint zone must be a string of at most 256 chars")
     if not isinstance(node, str) or not node:
@@ -136,4 +158,5 @@ def decode(raw: object) -> Endpoint:
     st = _STATUSES.get(status) if isinstance(status, str) else None
     if st is None:
         raise MembershipError(f"unknown endpoint status {status!r:.40}")
-    return Endpoint(NodeId(node), generation, version, st, client_addr, peer_addr, epoch, zone)
+    return Endpoint(NodeId(node), generation, version, st, client_addr, peer_addr, epoch, zone,
+                    proto, release)

@@ -8,6 +8,11 @@ that node's phi-accrual detector, which decides UP/DOWN locally (DESIGN §9).
 
 The peer is picked among every other known node, up or down (a down node
 is how we notice it came back), plus seed addresses not yet tied to a node.
+
+Entries go out in the form the peer's protocol reads (``endpoints.encode``):
+``protocol_of(addr)`` says what our connection to that address negotiated
+(3 until one did), and the payload says which form it is in (``"proto"``,
+absent for 3), so the answer comes back in the same form.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Gossiper:
         extra_in: Callable[[dict[str, Any]], None] = lambda payload: None,
         on_restart: Callable[[NodeId], None] = lambda node: None,
         accept: Callable[[Endpoint], bool] = lambda ep: True,
+        protocol_of: Callable[[str], int] = lambda addr: 3,
     ) -> None:
         self.me = me.node
         self.members: dict[NodeId, Endpoint] = {me.node: me}
@@ -62,7 +68,9 @@ class Gossiper:
         self._on_restart = on_restart
         self._accept = accept  # False: a peer's entry is ignored (e.g. from the future)
         self._answered: set[str] = set()  # peer addresses that ever answered
-        self._wire: dict[NodeId, tuple[Endpoint, list[Any]]] = {}  # see _encoded
+        self._protocol_of = protocol_of
+        # see _encoded: per (node, protocol form) the entry last encoded
+        self._wire: dict[tuple[NodeId, int], tuple[Endpoint, list[Any]]] = {}
 
     # -- liveness ---------------------------------------------------------
     def is_up(self, node: NodeId) -> bool:
@@ -87,22 +95,30 @@ class Gossiper:
         return None if ep is None else ep.peer_addr
 
     # -- state exchange ---------------------------------------------------
-    def payload(self) -> dict[str, Any]:
-        out = {"from": self.me, "members": [self._encoded(e) for e in self.members.values()]}
+    def payload(self, protocol: int = 3) -> dict[str, Any]:
+        """Our state, in the form a peer on ``protocol`` reads."""
+        form = 4 if protocol >= 4 else 3
+        out: dict[str, Any] = {"from": self.me, "members": [self._encoded(e, form)
+                                                            for e in self.members.values()]}
+        if form >= 4:
+            out["proto"] = form
         out.update(self._extra_out())
         return out
 
-    def _encoded(self, ep: Endpoint) -> list[Any]:
+    def _encoded(self, ep: Endpoint, form: int) -> list[Any]:
         """The wire form of an entry, encoded once per version of it."""
-        hit = self._wire.get(ep.node)
+        hit = self._wire.get((ep.node, form))
         if hit is None or hit[0] is not ep:
-            hit = self._wire[ep.node] = (ep, endpoints.encode(ep))
+            hit = self._wire[(ep.node, form)] = (ep, endpoints.encode(ep, form))
         return hit[1]
 
     def receive(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Merge a peer's state; return ours (the answer to its gossip)."""
+        """Merge a peer's state; return ours (the answer to its gossip), in
+        the form it sent (never newer than we speak)."""
         self._merge(payload)
-        return self.payload()
+        asked = payload.get("proto")
+        mine = self.members[self.me].peer_protocol or 3
+        return self.payload(min(asked, mine) if type(asked) is int else 3)
 
     def _merge(self, payload: dict[str, Any]) -> None:
         raw = payload.get("members")
@@ -147,7 +163,7 @@ class Gossiper:
         if addr is None:
             return None
         self.rounds += 1
-        return addr, self.payload()
+        return addr, self.payload(self._protocol_of(addr))
 
     def answered(self, addr: str, answer: dict[str, Any]) -> None:
         """Merge the peer's answer; raises like :meth:`receive` on bad input."""

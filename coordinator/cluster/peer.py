@@ -8,7 +8,7 @@ the cluster secret (``peer_auth``); each of its frames is a 4-byte
 big-endian length and a msgpack array of at most 4 KiB::
 
     connecting node (client)                      accepting node (server)
-        |  <-- ["ringkv-peer", 2, nonce: 32 bytes]  ----------------------|
+        |  <-- ["ringkv-peer", 3, nonce: 32 bytes]  ----------------------|
         |  --- [node_id, proof, client_nonce: 32 bytes] ----------------->|
         |        proof = HMAC(secret, "ringkv-peer-v1" | nonce | node_id)   |
         |  <-- ["ok", server_node_id, server_proof]                        |
@@ -19,7 +19,9 @@ big-endian length and a msgpack array of at most 4 KiB::
         |      each tagged (peer_session): BLAKE2b-128 under this         |
         |      direction's key from peer_auth.session_keys(secret,        |
         |      nonce, client_nonce, server id, client id) over its        |
-        |      sequence number and payload                                |
+        |      sequence number and payload; the first request is          |
+        |      hello: each side's peer protocol range, the highest        |
+        |      common version wins (peer_versions)                        |
 
 Every handshake step has a timeout; on the server one deadline (1 s) covers
 the whole exchange, and connections still in it have a small pool of their
@@ -34,11 +36,17 @@ After the handshake every frame carries a tag under keys derived from the
 secret and both nonces (``peer_session``), so a relay that passed the
 handshake through can neither inject, alter, drop, replay nor reorder frames:
 the side that sees one closes the connection.
+
+A connection made for a given node (``expect``: replica traffic, admin
+forwarding) refuses a server that answers with another node id: a stale DNS
+entry or a reused address would otherwise hand one node's replica writes to
+another. Gossip and the admin CLI dial addresses and learn the id.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -46,16 +54,29 @@ import msgpack
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer_auth import PeerAuthError
 from coordinator.cluster.peer_session import SealedReader, SealedWriter
+from coordinator.cluster.peer_versions import (
+    LEGACY,
+    RELEASE,
+    Negotiated,
+    PeerVersionError,
+    VersionRange,
+    local_range,
+    negotiate,
+)
 from shardserver.protocol import codec
+from shardserver.protocol import messages as m
 from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.errors import ProtocolError
 
-__all__ = ["PeerAuthError", "open_peer", "peer_client", "read_frame", "reconnect_backoff",
-           "write_frame"]
+__all__ = ["PeerAuthError", "PeerIdentityError", "open_peer", "peer_client", "read_frame",
+           "reconnect_backoff", "write_frame"]
 
 HELLO = "ringkv-peer"
-VERSION = 3  # 2: the server proves the secret too; 3: frames tagged after the handshake
+#: The handshake's version: 2 the server proves the secret too; 3 frames
+#: sealed after it. Later versions are negotiated inside the seal
+#: (``peer_versions``), so this field stays 3 for every release that seals.
+VERSION = 3
 HANDSHAKE_MAX_FRAME = 4 << 10
 MAX_NODE_ID = 256
 READ_CHUNK = 256 << 10
@@ -98,17 +119,27 @@ async def _step(reader: asyncio.StreamReader, timeout_s: float, what: str) -> li
 # --- client side ---------------------------------------------------------------
 
 
+class PeerIdentityError(PeerAuthError):
+    """The node that answered is not the node we meant to reach."""
+
+
 async def open_peer(
     host: str, port: int, node_id: str, secret: bytes, timeout_s: float = 5.0,
-    *, source: str | None = None,
+    *, source: str | None = None, expect: str | None = None,
+    versions: VersionRange | None = None,
+    on_hello: Callable[[Negotiated], None] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect and authenticate; returns the stream ready for shard frames.
+    """Connect, authenticate and agree on the peer protocol; returns the
+    stream ready for shard frames.
 
     Raises OSError when it cannot connect (ConnectionError when the server
     closes or does not speak the handshake), PeerAuthError when refused (the
-    message includes the server's reason), TimeoutError on a stalled handshake.
-    ``source`` is the local address to connect from (a node's bind address,
-    so peers and firewall rules see which node connects).
+    message includes the server's reason; PeerIdentityError when the server
+    is not node ``expect``), PeerVersionError when the two share no protocol
+    version, TimeoutError on a stalled handshake. ``source`` is the local
+    address to connect from (a node's bind address, so peers and firewall
+    rules see which node connects); ``versions`` the range we offer
+    (default: all this build speaks); ``on_hello`` hears what was agreed.
     """
     where = f"{host}:{port}"
     local = None if source is None else (source, 0)
@@ -135,9 +166,17 @@ async def open_peer(
         except PeerAuthError:
             raise PeerAuthError(f"{where} (claims node id {verdict[1]!r}) does not know "
                                 "the cluster secret") from None
+        if expect is not None and verdict[1] != expect:
+            raise PeerIdentityError(
+                f"{where} is node {verdict[1]!r}, not {expect!r}: refusing to send it "
+                f"{expect}'s traffic (a stale address? gossip will bring {expect}'s new one)")
         ours, theirs = peer_auth.session_keys(secret, hello[2], mine, verdict[1], node_id)
         writer.seal(ours)
         reader.seal(theirs)
+        agreed = await _hello(reader, writer, node_id=node_id, ours=versions or local_range(),
+                              where=where, server=verdict[1], timeout_s=timeout_s)
+        if on_hello is not None:
+            on_hello(agreed)
     except asyncio.IncompleteReadError:
         writer.close()
         raise ConnectionError(f"{where} closed the connection during the handshake") from None
@@ -148,6 +187,48 @@ async def open_peer(
         writer.close()
         raise
     return reader, writer
+
+
+async def _hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, node_id: str,
+                 ours: VersionRange, where: str, server: str, timeout_s: float) -> Negotiated:
+    """The first sealed exchange: our range out, the version to speak back.
+    A server that does not know ``hello`` predates it and speaks 3 alone."""
+    request = m.Hello({"versions": ours.to_wire(), "node": node_id, "release": RELEASE})
+    writer.write(codec.encode_requests([(0, request)]))
+    await asyncio.wait_for(writer.drain(), timeout_s)
+    header = await _within(reader.readexactly(codec.HEADER.size), timeout_s, where)
+    (length,) = codec.HEADER.unpack(header)
+    if not 0 < length <= HANDSHAKE_MAX_FRAME:
+        raise ProtocolError(f"hello reply of {length} bytes")
+    payload = await _within(reader.readexactly(length), timeout_s, where)
+    replies = codec.decode_replies(payload)
+    if len(replies) != 1:
+        raise ProtocolError(f"hello reply: expected 1 reply, got {len(replies)}")
+    reply = replies[0][1]
+    who = f"{where} (node {server})"
+    if reply.status is m.Status.BAD_REQUEST and "unknown op" in reply.message:
+        return Negotiated(negotiate(ours, LEGACY, who=who), LEGACY, server, "")
+    if not reply.ok:
+        raise PeerVersionError(f"{who} refused us: {reply.message}")
+    p = reply.payload
+    if not isinstance(p, dict):
+        raise ProtocolError("hello reply: expected a map")
+    theirs = VersionRange.from_wire(p.get("versions"))
+    use = negotiate(ours, theirs, who=who)
+    if p.get("use") != use:
+        raise PeerVersionError(f"{who} chose peer protocol {p.get('use')!r} of {theirs}, "
+                               f"we {use} of {ours}")
+    release = p.get("release")
+    return Negotiated(use, theirs, server, release if isinstance(release, str) else "")
+
+
+async def _within(aw: Any, timeout_s: float, where: str) -> bytes:
+    try:
+        data: bytes = await asyncio.wait_for(aw, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"peer handshake: no hello reply from {where} within "
+                           f"{timeout_s}s") from None
+    return data
 
 
 async def _connect(host: str, port: int, local: tuple[str, int] | None,
@@ -182,12 +263,15 @@ def reconnect_backoff() -> Backoff:
 def peer_client(
     addr: str, node_id: str, secret: bytes, *, name: str | None = None,
     timeout_s: float = 2.0, max_inflight: int = 4096, source: str | None = None,
-    backoff: Backoff | None = None,
+    backoff: Backoff | None = None, expect: str | None = None,
+    versions: VersionRange | None = None,
+    on_hello: Callable[[Negotiated], None] | None = None,
 ) -> ShardClient:
     """A ShardClient whose connector is ``open_peer`` to ``addr`` ("host:port").
 
     ``name`` (default ``"peer <addr>"``) appears in error messages. A refused
-    handshake surfaces from calls as ShardUnavailable, as a failed connect does.
+    handshake surfaces from calls as ShardUnavailable, as a failed connect
+    does. ``expect``, ``versions``, ``on_hello``: as ``open_peer``'s.
     """
     host, port = _split_addr(addr)
     backoff = backoff or reconnect_backoff()
@@ -202,7 +286,8 @@ def peer_client(
                 f"not retrying for {wait:.1f}s after: {backoff.last_error}"
             )
         try:
-            streams = await open_peer(host, port, node_id, secret, timeout_s, source=source)
+            streams = await open_peer(host, port, node_id, secret, timeout_s, source=source,
+                                      expect=expect, versions=versions, on_hello=on_hello)
         except PeerAuthError as e:
             backoff.failed(str(e))
             # ShardClient turns OSError (only) into ShardUnavailable. Raising

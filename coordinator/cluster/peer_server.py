@@ -36,6 +36,14 @@ from coordinator.cluster.peer import (
 )
 from coordinator.cluster.peer_gate import HandshakeGate, LogBudget, Ticket
 from coordinator.cluster.peer_session import PeerIntegrityError, SealedReader, SealedWriter
+from coordinator.cluster.peer_versions import (
+    LEGACY,
+    RELEASE,
+    PeerVersionError,
+    VersionRange,
+    local_range,
+    negotiate,
+)
 from coordinator.streams import handler_scope
 from shardserver.protocol import codec
 from shardserver.protocol.errors import ProtocolError
@@ -45,6 +53,7 @@ from shardserver.protocol.messages import (
     DropPartition,
     Flush,
     FlushAll,
+    Hello,
     Reply,
     Request,
     Status,
@@ -101,6 +110,9 @@ class _PeerConnection:
         self._futures: set[asyncio.Future[Reply]] = set()  # fast-path requests
         self._replies: list[tuple[int, Reply]] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: The peer protocol of this connection: 3 until the peer's hello
+        #: says more (a peer from before the negotiation never sends one).
+        self.protocol: int | None = None
 
     async def run(self) -> None:
         decoder = codec.FrameDecoder(self.server.max_frame)
@@ -124,6 +136,10 @@ class _PeerConnection:
         for rid, req in requests:
             if isinstance(req, ProtocolError):
                 self._reply(rid, Reply(Status.BAD_REQUEST, str(req)))
+            elif isinstance(req, Hello):
+                self._reply(rid, self._hello(req))
+            elif self.protocol is None and (no := self._legacy()) is not None:
+                self._reply(rid, no)
             elif len(self._tasks) + len(self._futures) >= limit:
                 self._reply(rid, Reply(Status.OVERLOADED, f"{limit} peer requests in flight"))
             elif (fut := self._fast(req)) is not None:
@@ -133,6 +149,28 @@ class _PeerConnection:
                 task = asyncio.create_task(self._execute(rid, req))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _hello(self, req: Hello) -> Reply:
+        """Agree on the version: the highest both ranges hold."""
+        ours = self.server.versions
+        try:
+            theirs = VersionRange.from_wire(req.payload.get("versions"))
+            self.protocol = negotiate(ours, theirs, who=f"peer {self.peer_id}")
+        except PeerVersionError as e:
+            log.warning("refusing peer %s (%s): %s", self.peer_id, self.addr, e)
+            return Reply(Status.BAD_REQUEST, str(e))
+        return Reply(Status.OK, {"versions": ours.to_wire(), "use": self.protocol,
+                                 "node": self.server.node_id, "release": RELEASE})
+
+    def _legacy(self) -> Reply | None:
+        """A request before any hello comes from a release that speaks 3
+        alone: refused (naming both) if this node no longer speaks 3."""
+        try:
+            self.protocol = negotiate(self.server.versions, LEGACY,
+                                      who=f"peer {self.peer_id} (no hello)")
+        except PeerVersionError as e:
+            return Reply(Status.BAD_REQUEST, str(e))
+        return None
 
     def _fast(self, req: Request) -> asyncio.Future[Reply] | None:
         fast = self.server.fast
@@ -208,13 +246,14 @@ class PeerServer:
         port: int = 0, max_connections: int = 256, max_handshakes: int = 32,
         max_inflight_per_connection: int = 4096, handshake_timeout_s: float = 1.0,
         max_frame: int = codec.DEFAULT_MAX_FRAME, fast: FastPath | None = None,
-        allow_empty_secret: bool = False,
+        allow_empty_secret: bool = False, versions: VersionRange | None = None,
     ) -> None:
         if not secret and not allow_empty_secret:
             # With an empty key anyone can compute the proof: the port would
             # obey whoever reaches it (ringkv serve --insecure-no-secret).
             raise ValueError("a peer server needs a cluster secret")
         self.node_id = node_id
+        self.versions = versions or local_range()
         self.fast = fast
         self.secret = secret
         self.handler = handler

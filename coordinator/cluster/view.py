@@ -122,23 +122,26 @@ class ClusterView:
     # -- life cycle ---------------------------------------------------------------
     def start_gossip(self, me: Endpoint, send: Send, *, interval_s: float,
                      on_restart: Callable[[NodeId], None],
-                     accept: Callable[[Endpoint], bool]) -> Coroutine[Any, Any, None]:
+                     accept: Callable[[Endpoint], bool],
+                     protocol_of: Callable[[str], int] = lambda addr: 3,
+                     ) -> Coroutine[Any, Any, None]:
         """Make the gossiper; returns its loop for the caller to own."""
         return self.attach_gossip(me, send, interval_s=interval_s, on_restart=on_restart,
-                                  accept=accept).run()
+                                  accept=accept, protocol_of=protocol_of).run()
 
     def attach_gossip(self, me: Endpoint, send: Send, *, interval_s: float,
                       on_restart: Callable[[NodeId], None],
                       accept: Callable[[Endpoint], bool],
                       clock: Callable[[], float] = time.monotonic,
                       rng: random.Random | None = None,
-                      settings: DetectorSettings | None = None) -> Gossiper:
+                      settings: DetectorSettings | None = None,
+                      protocol_of: Callable[[str], int] = lambda addr: 3) -> Gossiper:
         """Make the gossiper without running it (the simulator drives its
         rounds on simulated time with ``clock`` and a seeded ``rng``)."""
         self.gossip = Gossiper(
             me, self.config.seeds, send, interval_s=interval_s, extra_out=self._ring_out,
             extra_in=self._ring_in, on_restart=on_restart, accept=accept, clock=clock,
-            rng=rng, settings=settings,
+            rng=rng, settings=settings, protocol_of=protocol_of,
         )
         return self.gossip
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from coordinator.cluster.peer import peer_client, reconnect_backoff
+from coordinator.cluster.peer_versions import Negotiated, local_range
 from coordinator.cluster.ring import NodeId, Ring
 from coordinator.cluster.ring import preference_list as preference_list_of
 from coordinator.config import NodeConfig
@@ -92,8 +93,13 @@ class Router:
         self._refuse_write = refuse_write
         self._secret = config.secret.encode()
         self._workers: list[ShardClient] = []  # one per worker, by index
-        self._peers: dict[str, ShardClient] = {}
+        # Replica traffic dials a node (its connection refuses another node
+        # at that address); gossip dials an address and learns who answers.
+        self._peers: dict[tuple[str, NodeId | None], ShardClient] = {}
         self._backoffs: dict[str, Backoff] = {}
+        self.versions = local_range(config.max_peer_protocol)
+        #: What the last handshake with each peer address agreed.
+        self.negotiated: dict[str, Negotiated] = {}
         self._plans: dict[int, Plan] = {}
         self._plans_at = 0.0
         self._plans_of: tuple[Ring | None, str | None] = (None, None)
@@ -170,19 +176,31 @@ class Router:
         addr = self.cluster.addr_of(node)
         if addr is None:
             raise ShardUnavailable(f"peer {node}", "address unknown")
-        return self._peer_at(addr)
+        return self._peer_at(addr, node)
 
-    def _peer_at(self, addr: str) -> ShardClient:
-        client = self._peers.get(addr)
+    def _peer_at(self, addr: str, expect: NodeId | None = None) -> ShardClient:
+        client = self._peers.get((addr, expect))
         if client is None:
             backoff = self._backoffs.get(addr) or reconnect_backoff()
             self._backoffs[addr] = backoff
+
+            def heard(agreed: Negotiated) -> None:
+                self.negotiated[addr] = agreed
+
             # Connect from our bind address: with one loopback address per
             # node, a peer (and a fault test's firewall rule) sees who it is.
             client = peer_client(addr, self.config.id, self._secret, timeout_s=self.timeout_s,
-                                 source=self.config.bind, backoff=backoff)
-            self._peers[addr] = client
+                                 source=self.config.bind, backoff=backoff, expect=expect,
+                                 versions=self.versions, on_hello=heard,
+                                 name=f"peer {expect} at {addr}" if expect else None)
+            self._peers[(addr, expect)] = client
         return client
+
+    def protocol_of(self, addr: str) -> int:
+        """The peer protocol our last connection to ``addr`` agreed on (3,
+        which every sealed release reads, until one did)."""
+        agreed = self.negotiated.get(addr)
+        return agreed.version if agreed is not None else self.versions.lo
 
     def peer_restarted(self, node: NodeId) -> None:
         """Gossip brought a new generation of ``node``: dial it again now,

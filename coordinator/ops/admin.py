@@ -17,6 +17,7 @@ import asyncio
 import time
 
 from coordinator.cluster import ring as ringmod
+from coordinator.cluster.peer_versions import RELEASE
 from coordinator.cluster.ring import NodeId, Ring
 from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
@@ -135,9 +136,9 @@ class AdminHandler:
             uptime_s=snap.uptime_s,
             ring_epoch=snap.ring_epoch,
             peers={
-                str(n): api.PeerView("up" if view.is_up(n) else "down", ep.status.value,
-                                     round(view.phi(n), 2), ep.client_addr)
-                for n, ep in sorted(view.members.items())
+                mv.node: api.PeerView("up" if mv.up else "down", mv.status, round(mv.phi, 2),
+                                      mv.client_addr, mv.peer_protocol, mv.release)
+                for mv in snap.members if mv.node in view.members
             },
             partitions_primary=len(primary),
             partitions_fallback=len(hinted - set(primary)),
@@ -151,6 +152,8 @@ class AdminHandler:
                               if self.router.worker_ready(i)),
             last_repair_ms=self.anti_entropy.last_repair_ms,
             read_only_mode=snap.read_only_mode,
+            peer_protocols=snap.peer_protocols,
+            release=RELEASE,
         )
 
     async def cluster_status(self) -> api.ClusterStatus:

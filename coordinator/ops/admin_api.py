@@ -136,6 +136,8 @@ class PeerView:
     status: str  # what the peer says of itself: up, leaving, removed
     phi: float
     client_addr: str
+    peer_protocol: int = 0  # the newest peer protocol it speaks; 0: unknown
+    release: str = ""  # its software version; "": unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,8 @@ class NodeStatus:
     workers_ready: int
     last_repair_ms: int
     read_only_mode: str | None = None  # the kill switch: why client writes are off
+    peer_protocols: tuple[int, ...] = ()  # (oldest, newest) peer protocol it offers
+    release: str = ""  # its software version
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,8 @@ class MemberView:
     phi: float
     client_addr: str  # "?" when gossip has not told it yet
     status: str  # what the node says of itself: up, leaving, removed ("?": unknown)
+    peer_protocol: int = 0  # the newest it speaks (gossip, else our handshake); 0: unknown
+    release: str = ""  # its software version; "": unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,7 @@ class NodeSnapshot:
     noquorum: dict[tuple[str, str], int]  # (op, cause) -> NOQUORUM answers
     disk: DiskSpace
     read_only_mode: str | None  # the operator's kill switch: why writes are off, None: on
+    peer_protocols: tuple[int, int]  # the range this node offers peers (max_peer_protocol)
 
 
 class StatusSource:
@@ -268,6 +271,7 @@ class StatusSource:
             noquorum=dict(self.data.noquorum),
             disk=disk_space(self.config.data_dir),
             read_only_mode=self.read_only.refusal,
+            peer_protocols=(self.router.versions.lo, self.router.versions.hi),
         )
 
     def health(self) -> RingHealth:
@@ -302,9 +306,14 @@ class StatusSource:
         out = []
         for n in ids:
             ep = members.get(NodeId(n))
+            # A protocol-3 node does not gossip its versions: what our own
+            # handshake with it heard stands in.
+            heard = self.router.negotiated.get(ep.peer_addr) if ep else None
+            proto = (ep.peer_protocol if ep else 0) or (heard.theirs.hi if heard else 0)
+            release = (ep.release if ep else "") or (heard.release if heard else "")
             out.append(MemberView(n, view.is_up(NodeId(n)), view.phi(NodeId(n)),
                                   ep.client_addr if ep else "?",
-                                  ep.status.value if ep else "?"))
+                                  ep.status.value if ep else "?", proto, release))
         return tuple(out)
 
     def info_text(self, section: str) -> bytes:
@@ -344,6 +353,8 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
             "redis_mode": "standalone",
             "ringkv_version": VERSION,
             "node_id": snap.node_id,
+            "peer_protocol": snap.peer_protocols[1],
+            "peer_protocol_min": snap.peer_protocols[0],
             "os": _OS,
             "arch_bits": _ARCH_BITS,
             "process_id": snap.process_id,
@@ -420,7 +431,8 @@ def _cluster(snap: NodeSnapshot) -> dict[str, Any]:
     }
     for m in snap.members:
         out[f"node_{m.node}"] = (f"state={'up' if m.up else 'down'},phi={m.phi:.1f},"
-                                 f"addr={m.client_addr}")
+                                 f"addr={m.client_addr},peer_protocol={m.peer_protocol or '?'},"
+                                 f"release={m.release or '?'}")
     return out
 
 

@@ -225,7 +225,7 @@ def _d_write(a: list[Any]) -> Request:
 
 
 def _d_map(cls: Callable[[Any], Request], op: str) -> Callable[[list[Any]], Request]:
-    """Decoder of an op whose only arg is a plain map (gossip, admin)."""
+    """Decoder of an op whose only arg is a plain map (gossip, admin, hello)."""
 
     def decode(a: list[Any]) -> Request:
         (payload,) = _args(a, 1, op)
@@ -334,6 +334,7 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "tree_level": _d_tree_level,
     "bucket_digests": _d_bucket_digests,
     "repair_set": _d_repair_set,
+    "hello": _d_map(m.Hello, "hello"),
 }
 
 
@@ -527,7 +528,7 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _key(item[0], f"bucket_digests reply [{j}].key")
                 size = versions.DIGEST_BYTES
                 _bytes(item[1], f"bucket_digests reply [{j}].digest", size, size)
-        case m.Ping() | m.Stats() | m.Gossip() | m.Admin():
+        case m.Ping() | m.Stats() | m.Gossip() | m.Admin() | m.Hello():
             if not isinstance(p, dict):
                 raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")
         case _:

@@ -23,6 +23,8 @@ message saying what went wrong)::
     Admin           map: the admin API's reply record (peer-only; workers
                     answer BAD_REQUEST; coordinator/ops/admin_api.py)
     FlushAll        None (peer-only; workers answer BAD_REQUEST)
+    Hello           map: the peer protocol both sides will speak (peer-only,
+                    answered by the peer server itself; coordinator/cluster/peer_versions.py)
     TreeLevel       bytes: 16 bytes (big-endian) per node asked for, in order
     BucketDigests   [[key, digest (8 bytes)], ...] in key order
     ReplicaRepairSet bytes: encode_siblings of the key's resulting sibling set
@@ -49,6 +51,7 @@ __all__ = [
     "Flush",
     "FlushAll",
     "Gossip",
+    "Hello",
     "Ping",
     "ReplicaRead",
     "ReplicaRepairSet",
@@ -191,6 +194,16 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class Hello:
+    """Peer-only, the first request of a peer connection (protocol 4 on):
+    ``{"versions": [lo, hi], "node": id, "release": str}``; the answer says
+    the same of the other side plus ``"use"``, the version both speak.
+    Workers answer BAD_REQUEST, as does a peer from before it (protocol 3)."""
+
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class FlushAll:
     """Peer-only: FLUSHALL's part on the receiving node: drop every
     partition of its own workers (each node knows its own worker split).
@@ -252,6 +265,7 @@ Request: TypeAlias = (
     | TreeLevel
     | BucketDigests
     | ReplicaRepairSet
+    | Hello
 )
 
 #: Op code on the wire for each request type.
@@ -272,6 +286,7 @@ OP_OF: dict[type[Any], str] = {
     TreeLevel: "tree_level",
     BucketDigests: "bucket_digests",
     ReplicaRepairSet: "repair_set",
+    Hello: "hello",
 }
 OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
 

@@ -26,6 +26,9 @@ pytestmark = pytest.mark.integration
 
 INTEGRITY = "failed its integrity check"
 
+#: The client frame the relay tampers with: the first request after the hello.
+FIRST = 2
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -65,7 +68,8 @@ def test_a_frame_injected_after_a_relayed_handshake_is_not_applied(cluster: Clus
     injected = codec.encode_requests([(424242, _write(cluster, b"injected", b"forged"))])
 
     def inject(index: int, frame: bytes) -> list[bytes]:
-        return [injected, frame] if index == 1 else [frame]  # 0: the handshake answer
+        # 0: the handshake answer, 1: the hello, 2: the write
+        return [injected, frame] if index == FIRST else [frame]
 
     outcome = _through_relay(cluster, inject, m.Ping())
     assert isinstance(outcome, ShardUnavailable), outcome
@@ -75,7 +79,7 @@ def test_a_frame_injected_after_a_relayed_handshake_is_not_applied(cluster: Clus
 
 def test_a_write_rewritten_on_the_way_is_not_applied(cluster: Cluster) -> None:
     def rewrite(index: int, frame: bytes) -> list[bytes]:
-        return [frame.replace(b"value-A", b"value-B")] if index == 1 else [frame]
+        return [frame.replace(b"value-A", b"value-B")] if index == FIRST else [frame]
 
     outcome = _through_relay(cluster, rewrite, _write(cluster, b"rewritten", b"value-A"))
     assert isinstance(outcome, ShardUnavailable), outcome

@@ -33,6 +33,9 @@ from tests.coordinator.cluster.test_peer import (
 from tests.relay import Relay, Tamper
 
 INTEGRITY = "failed its integrity check"
+#: The client's frames through the relay: 0 the handshake answer, 1 the
+#: hello (the first sealed frame), then the requests.
+FIRST = 2
 
 
 class Recorder(Handler):
@@ -124,7 +127,7 @@ def test_an_injected_frame_is_refused_and_closes_the_connection(
     caplog.set_level(logging.WARNING, "ringkv.peer")
 
     def inject(index: int, frame: bytes) -> list[bytes]:
-        return [_request_frame(99, b"injected"), frame] if index == 1 else [frame]
+        return [_request_frame(99, b"injected"), frame] if index == FIRST else [frame]
 
     handler, outcomes = _attack(inject)
     assert b"injected" not in handler.keys and handler.keys == []
@@ -136,24 +139,24 @@ def test_a_modified_frame_is_refused(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "ringkv.peer")
 
     def modify(index: int, frame: bytes) -> list[bytes]:
-        return [frame.replace(b"honest", b"HONEST")] if index == 1 else [frame]
+        return [frame.replace(b"honest", b"HONEST")] if index == FIRST else [frame]
 
     handler, outcomes = _attack(modify)
     assert handler.keys == [] and isinstance(outcomes[0], ShardUnavailable)
-    assert "peer frame 0 " + INTEGRITY in caplog.text
+    assert "peer frame 1 " + INTEGRITY in caplog.text  # frame 0: the hello
 
 
 def test_a_replayed_frame_is_refused(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "ringkv.peer")
 
     def replay(index: int, frame: bytes) -> list[bytes]:
-        return [frame, frame] if index == 1 else [frame]
+        return [frame, frame] if index == FIRST else [frame]
 
     handler, _ = _attack(replay)
     # Never the copy; the original too is dropped when both arrive in one
     # read (a bad frame discards the rest of what came with it).
     assert handler.keys in ([], [b"honest-0"])
-    assert "peer frame 1 " + INTEGRITY in caplog.text
+    assert "peer frame 2 " + INTEGRITY in caplog.text
 
 
 def test_reordered_and_dropped_frames_are_refused(caplog: pytest.LogCaptureFixture) -> None:
@@ -161,13 +164,13 @@ def test_reordered_and_dropped_frames_are_refused(caplog: pytest.LogCaptureFixtu
     held: list[bytes] = []
 
     def reorder(index: int, frame: bytes) -> list[bytes]:
-        if index == 1:  # hold the first request until the second is sent
+        if index == FIRST:  # hold the first request until the second is sent
             held.append(frame)
             return []
-        return [frame, *held] if index == 2 else [frame]
+        return [frame, *held] if index == FIRST + 1 else [frame]
 
     def drop(index: int, frame: bytes) -> list[bytes]:
-        return [] if index == 1 else [frame]
+        return [] if index == FIRST else [frame]
 
     async def two_calls(tamper: Tamper) -> Recorder:
         handler = Recorder()
@@ -188,7 +191,7 @@ def test_reordered_and_dropped_frames_are_refused(caplog: pytest.LogCaptureFixtu
         assert (await two_calls(drop)).keys == []
 
     run(body())
-    assert caplog.text.count("peer frame 0 " + INTEGRITY) == 2
+    assert caplog.text.count("peer frame 1 " + INTEGRITY) == 2
 
 
 def test_bytes_flooded_behind_the_handshake_answer_are_not_buffered_without_bound() -> None:
