@@ -29,6 +29,7 @@ from coordinator.config import ConfigError, load
 from coordinator.ops import admin_api as api
 from shardserver.protocol import messages as m
 from shardserver.protocol import records
+from shardserver.protocol.client import ShardClient
 from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,25 +58,11 @@ class AdminClient:
                   nodes: list[str]) -> dict[str, R | str]:
         """``request`` run on each of ``nodes`` at once (forwarded by the node
         asked): each node's reply record, or the one-line error it got."""
-        assert reply is api.reply_type(request), (request, reply)
-
         async def each() -> list[R | str]:
             async with peer_client(self.addr, "admin-cli", self.secret,
                                    timeout_s=10) as client:
-                async def one(node: str) -> R | str:
-                    try:
-                        got = await client.call(m.Admin(api.encode_request(request, node)),
-                                                timeout=ADMIN_TIMEOUT_S)
-                    except ShardUnavailable as exc:
-                        return f"cannot reach the node at {self.addr}: {exc.reason}"
-                    if not got.ok:
-                        return got.message
-                    try:
-                        return records.from_wire(reply, got.payload)
-                    except ProtocolError as exc:
-                        return f"a reply this ringkv cannot read: {exc}"
-
-                return list(await asyncio.gather(*map(one, nodes)))
+                return list(await asyncio.gather(*(
+                    ask(client, request, reply, node=node) for node in nodes)))
 
         return dict(zip(nodes, asyncio.run(each()), strict=True))
 
@@ -98,6 +85,23 @@ class AdminClient:
             click.echo(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable))
         else:
             click.echo("\n".join(lines))
+
+
+async def ask(client: ShardClient, request: api.AdminRequest, reply: type[R], *,
+              node: str | None = None, timeout_s: float = ADMIN_TIMEOUT_S) -> R | str:
+    """``request`` over ``client`` (forwarded to ``node`` when given): the
+    reply record, or the one-line error it got instead."""
+    assert reply is api.reply_type(request), (request, reply)
+    try:
+        got = await client.call(m.Admin(api.encode_request(request, node)), timeout=timeout_s)
+    except ShardUnavailable as exc:
+        return f"cannot reach {client.path}: {exc.reason}"
+    if not got.ok:
+        return got.message
+    try:
+        return records.from_wire(reply, got.payload)
+    except ProtocolError as exc:
+        return f"a reply this ringkv cannot read: {exc}"
 
 
 def _jsonable(obj: object) -> object:

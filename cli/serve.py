@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import click
 import uvloop
@@ -80,14 +80,32 @@ def _raise_fd_limit(config: NodeConfig) -> None:
             logging.warning("open file limit %d is below max_clients + 256 = %d", new, want)
 
 
-async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> None:
+async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> bool:
+    """Serve until SIGTERM/SIGINT (False) or until the admin API asked for a
+    restart (True: the caller executes the process again)."""
     _raise_fd_limit(config)
     sockets, temporary = socket_dir(config)
     try:
-        await _run(build_node(config, sockets, insecure_no_secret=insecure_no_secret), config)
+        node = build_node(config, sockets, insecure_no_secret=insecure_no_secret)
+        await _run(node, config)
+        return node.restart_requested
     finally:
         if temporary:
             shutil.rmtree(sockets, ignore_errors=True)
+
+
+def restart_self() -> NoReturn:
+    """Replace this process with ``python -m cli`` and the same arguments
+    (``ringkv serve --config …`` as it was started, whether as the ``ringkv``
+    script or ``python -m cli``): same pid, environment and working
+    directory, so ``ringkv up``, systemd or a shell keep supervising it,
+    and the code that runs next is the code installed now."""
+    argv = [sys.executable, "-m", "cli", *sys.argv[1:]]
+    logging.info("executing %s", " ".join(argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 async def _run(node: Node, config: NodeConfig) -> None:
@@ -154,11 +172,13 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
             "reaches %s:%d can read, write and drop data and run admin commands",
             config.bind, config.peer_port)
     try:
-        uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
+        restart = uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
     except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start node {config.id}: {exc}") from None
+    if restart:
+        restart_self()
 
 
 # --- ringkv up ---------------------------------------------------------------

@@ -59,6 +59,15 @@ class Histograms(Generic[K]):
                 for key, counts in list(self._counts.items())]
 
 
+def total(series: list[Series[K]]) -> tuple[int, ...]:
+    """The cumulative bucket counts of every series summed (all commands)."""
+    out = [0] * (len(BUCKETS) + 1)
+    for s in series:
+        for i, c in enumerate(s.cumulative):
+            out[i] += c
+    return tuple(out)
+
+
 def quantile(q: float, cumulative: tuple[int, ...] | list[int]) -> float | None:
     """The ``q`` quantile of a histogram's cumulative bucket counts, linearly
     interpolated inside its bucket as Prometheus's histogram_quantile does

@@ -99,7 +99,8 @@ class Node:
         self.metrics.collect(self.status)
         admin = AdminHandler(config, view=view, router=self.router, handoff=self.handoff,
                              hints=hints, anti_entropy=self.anti_entropy, status=self.status,
-                             read_only=self.read_only)
+                             read_only=self.read_only, restart=self.request_restart,
+                             requests=self.metrics.requests.totals)
         service = PeerService(config, view=view, router=self.router, admin=admin,
                               cluster_commands=self.cluster_commands,
                               worker_stats=self.worker_stats)
@@ -110,6 +111,10 @@ class Node:
         )
         self._clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Set by the admin API's restart: stop, then the process executes
+        #: itself again (cli.serve); ``_stopping`` ends :meth:`run`.
+        self.restart_requested = False
+        self._stopping = asyncio.Event()
 
     @classmethod
     def open(cls, config: NodeConfig, pool: WorkerPool, *, timing: Timing = Timing(),
@@ -173,7 +178,7 @@ class Node:
         workers), it cancels the start and stops what was started."""
         try:
             starting = asyncio.ensure_future(self.start())
-            stopping = asyncio.ensure_future(until.wait())
+            stopping = asyncio.ensure_future(self._until(until))
             try:
                 await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -186,9 +191,25 @@ class Node:
                 return
             starting.result()  # raises what the start raised
             ready(self)
-            await until.wait()
+            await self._until(until)
         finally:
             await self.stop()
+
+    async def _until(self, until: asyncio.Event) -> None:
+        """Until ``until`` is set or a restart is asked for."""
+        waits = [asyncio.ensure_future(until.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def request_restart(self) -> None:
+        """Stop as on SIGTERM; the caller of :meth:`run` then starts the
+        process again with the same command line (``restart_requested``)."""
+        log.info("node %s: restart asked for: stopping, then executing again", self.config.id)
+        self.restart_requested = True
+        self._stopping.set()
 
     async def stop(self) -> None:
         self.metrics.stop()

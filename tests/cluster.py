@@ -274,6 +274,14 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
         c.close()
 
 
+def secret_file(c: Cluster) -> Path:
+    """The cluster secret in a file, for the admin CLI's --secret-file."""
+    path = c.root / "cluster.secret"
+    if not path.exists():
+        path.write_text(SECRET + "\n")
+    return path
+
+
 def scrape(c: Cluster, i: int) -> dict[str, float]:
     """Node ``i``'s Prometheus metrics: ``name{labels}`` -> value."""
     url = f"http://{c.members[i].host}:{c.members[i].metrics_port}/metrics"

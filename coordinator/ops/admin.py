@@ -14,7 +14,9 @@ one line.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Callable
 
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.peer_versions import RELEASE
@@ -36,14 +38,19 @@ from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes
+#: ``() -> (commands, errors, cumulative latency buckets)`` (``metrics.RequestCounts.totals``).
+RequestTotals = Callable[[], tuple[int, int, tuple[int, ...]]]
 _MAX_REASON = 200
 
 
 class AdminHandler:
     def __init__(self, config: NodeConfig, *, view: ClusterView, router: Router, handoff: Handoff,
                  hints: HintStore, anti_entropy: AntiEntropy, status: StatusSource,
-                 read_only: ReadOnlySwitch) -> None:
+                 read_only: ReadOnlySwitch, restart: Callable[[], None],
+                 requests: RequestTotals) -> None:
         self.config = config
+        self._restart = restart
+        self._requests = requests
         self.read_only = read_only
         self.id = NodeId(config.id)
         self.view = view
@@ -89,6 +96,12 @@ class AdminHandler:
                 return self.transfers()
             case api.ReadOnlyRequest(on, reason):
                 return await self.set_read_only(on, reason)
+            case api.RestartRequest():
+                # After this reply has left: the node stops, then executes itself.
+                asyncio.get_running_loop().call_soon(self._restart)
+                return api.RestartReply(self.id, os.getpid())
+            case api.LoadRequest():
+                return self.load()
         raise AdminError(f"unexpected admin request {request!r}")
 
     async def _forward(self, target: str, payload: object) -> m.Reply:
@@ -137,7 +150,8 @@ class AdminHandler:
             ring_epoch=snap.ring_epoch,
             peers={
                 mv.node: api.PeerView("up" if mv.up else "down", mv.status, round(mv.phi, 2),
-                                      mv.client_addr, mv.peer_protocol, mv.release)
+                                      mv.client_addr, mv.peer_protocol, mv.release,
+                                      mv.peer_addr)
                 for mv in snap.members if mv.node in view.members
             },
             partitions_primary=len(primary),
@@ -283,6 +297,12 @@ class AdminHandler:
         state = self.read_only.state
         return api.ReadOnlyReply(self.id, state is not None, changed,
                                  state.reason if state else "", state.since_ms if state else 0)
+
+    def load(self) -> api.LoadReply:
+        commands, errors, buckets = self._requests()
+        return api.LoadReply(self.id, int(time.time() * 1000), commands, errors,
+                             sum(self.status.data.noquorum.values()), buckets,
+                             self.status.health().under_replicated)
 
     def transfers(self) -> api.TransfersReply:
         h = self.handoff

@@ -84,9 +84,22 @@ class ReadOnlyRequest:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RestartRequest:
+    """Stop cleanly, then run again with the same command line (``ringkv
+    rollout``): the process executes itself, so it keeps its pid under
+    ``ringkv up``, systemd or a shell, and picks up the installed code."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """The node's request figures since start (two readings make a window)."""
+
+
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
     | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | ReadOnlyRequest
+    | RestartRequest | LoadRequest
 )
 
 #: Wire name of each request.
@@ -94,7 +107,8 @@ COMMAND_OF: dict[type[Any], str] = {
     StatusRequest: "status", RingRequest: "ring", CompactRequest: "compact",
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
-    TransfersRequest: "transfers", ReadOnlyRequest: "read_only",
+    TransfersRequest: "transfers", ReadOnlyRequest: "read_only", RestartRequest: "restart",
+    LoadRequest: "load",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -138,6 +152,7 @@ class PeerView:
     client_addr: str
     peer_protocol: int = 0  # the newest peer protocol it speaks; 0: unknown
     release: str = ""  # its software version; "": unknown
+    peer_addr: str = ""  # host:port of its peer port ("": not known yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +324,27 @@ class ReadOnlyReply:
     since_ms: int  # when it was turned on; 0 when off
 
 
+@dataclass(frozen=True, slots=True)
+class RestartReply:
+    node: str
+    pid: int  # the process that executes itself again (the same pid after)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReply:
+    node: str
+    at_ms: int  # wall clock of the reading
+    commands: int  # data commands finished since start
+    errors: int  # of them answered with an error
+    quorum_failures: int  # NOQUORUM answers since start
+    latency_buckets: tuple[int, ...]  # cumulative, per coordinator.histogram.BUCKETS, then +Inf
+    under_replicated: int  # partitions with fewer than N primaries up, as this node sees it
+
+
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
     | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply | ReadOnlyReply
+    | RestartReply | LoadReply
 )
 
 
@@ -326,5 +359,5 @@ _REPLIES: dict[type[Any], type[Any]] = {
     RingRequest: RingReply, CompactRequest: CompactReply, FlushRequest: FlushReply,
     DrainRequest: DrainReply, RepairRequest: RepairReply, RepairPlanRequest: RepairPlanReply,
     HintsRequest: HintsReply, RemoveRequest: RemoveReply, TransfersRequest: TransfersReply,
-    ReadOnlyRequest: ReadOnlyReply,
+    ReadOnlyRequest: ReadOnlyReply, RestartRequest: RestartReply, LoadRequest: LoadReply,
 }

@@ -32,7 +32,7 @@ from prometheus_client.samples import Sample
 
 from coordinator.client.commands import CommandSpec, level_label
 from coordinator.data.quorum import Consistency
-from coordinator.histogram import BUCKETS, Histograms, Series
+from coordinator.histogram import BUCKETS, Histograms, Series, total
 from coordinator.ops import metric_groups, status_page, web
 from coordinator.ops.recent import Recent
 from coordinator.ops.status import NodeSnapshot, StatusSource, StorageTotals
@@ -66,6 +66,14 @@ class RequestCounts:
             count = 0
         self._counts[key] = count + 1
         self.latency.observe((name, label), seconds)
+
+    def totals(self) -> tuple[int, int, tuple[int, ...]]:
+        """(commands, of them failed, cumulative latency buckets of all) since
+        start: two readings a window apart give its error rate and p99
+        (``ringkv rollout``'s gates). Safe from any thread, as :meth:`families`."""
+        counts = list(self._counts.items())
+        return (sum(c for _, c in counts), sum(c for (_, _, out), c in counts if out != "ok"),
+                total(self.latency.series()))
 
     def families(self) -> Iterator[Metric]:
         """``ringkv_requests`` and ``ringkv_request_seconds`` now. Runs on

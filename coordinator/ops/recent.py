@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from coordinator.histogram import BUCKETS, Histograms, quantile
+from coordinator.histogram import Histograms, quantile, total
 
 SAMPLE_S = 10.0
 SAMPLES = 37  # six minutes of intervals
@@ -38,11 +38,7 @@ class Recent:
         self._stop = threading.Event()
 
     def sample(self) -> None:
-        total = [0] * (len(BUCKETS) + 1)
-        for s in self._latency.series():
-            for i, c in enumerate(s.cumulative):
-                total[i] += c
-        self._samples.append(Sample(time.time(), tuple(total)))
+        self._samples.append(Sample(time.time(), total(self._latency.series())))
 
     def intervals(self) -> list[Interval]:
         """Oldest first, one per pair of consecutive samples."""

@@ -154,6 +154,7 @@ class MemberView:
     status: str  # what the node says of itself: up, leaving, removed ("?": unknown)
     peer_protocol: int = 0  # the newest it speaks (gossip, else our handshake); 0: unknown
     release: str = ""  # its software version; "": unknown
+    peer_addr: str = ""  # "" when gossip has not told it yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +314,8 @@ class StatusSource:
             release = (ep.release if ep else "") or (heard.release if heard else "")
             out.append(MemberView(n, view.is_up(NodeId(n)), view.phi(NodeId(n)),
                                   ep.client_addr if ep else "?",
-                                  ep.status.value if ep else "?", proto, release))
+                                  ep.status.value if ep else "?", proto, release,
+                                  ep.peer_addr if ep else ""))
         return tuple(out)
 
     def info_text(self, section: str) -> bytes:

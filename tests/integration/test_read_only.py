@@ -13,33 +13,28 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.cluster import SECRET, Cluster, scrape
+from tests.cluster import Cluster, running_cluster, scrape, secret_file
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(Path(tmp_path_factory.mktemp("ro")), nodes=3, n=3)
-    (c.root / "cluster.secret").write_text(SECRET + "\n")
-    try:
-        c.start()
+    with running_cluster(Path(tmp_path_factory.mktemp("ro")), nodes=3, n=3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def readonly(c: Cluster, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["readonly", *args, "--addr",
                                       f"127.0.0.1:{c.members[0].peer_port}",
-                                      "--secret-file", str(c.root / "cluster.secret")])
+                                      "--secret-file", str(secret_file(c))])
     return result.exit_code, result.output
 
 
 def status(c: Cluster) -> dict[str, dict]:  # type: ignore[type-arg]
     result = CliRunner().invoke(cli, ["status", "--json", "--addr",
                                       f"127.0.0.1:{c.members[1].peer_port}",
-                                      "--secret-file", str(c.root / "cluster.secret")])
+                                      "--secret-file", str(secret_file(c))])
     assert result.exit_code == 0, result.output
     return {n["node"]: n for n in json.loads(result.output)["nodes"]}
 

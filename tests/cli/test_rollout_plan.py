@@ -1,0 +1,56 @@
+"""``ringkv rollout``'s decisions (pure): which node may go down, and the
+gates over a window compared with the baseline."""
+
+from __future__ import annotations
+
+from cli.rollout.plan import Figures, Gates, judge, ring_of, unsafe, window
+from coordinator.cluster import ring as ringmod
+from coordinator.cluster.ring import NodeId, NodeInfo
+from coordinator.histogram import BUCKETS
+from coordinator.ops import admin_api as api
+
+
+def _ring(nodes: int, n: int) -> api.RingReply:
+    ring = ringmod.claim([NodeInfo(NodeId(f"n{i}")) for i in range(1, nodes + 1)], 64, n)
+    return api.RingReply(1, ring.q, ring.n,
+                         tuple(api.RingMember(i.node_id, None, "up", 0, 0) for i in ring.nodes),
+                         ring.owners)
+
+
+def test_a_node_may_go_down_only_if_no_down_node_shares_a_partition() -> None:
+    three = ring_of(_ring(3, 3))
+    assert unsafe(three, "n1", []) is None
+    assert unsafe(three, "n1", ["n1"]) is None  # itself
+    assert unsafe(three, "n1", ["n3"]) == (
+        "refusing to take n1 down: n3 is down and they share 64 partitions (N=3), which "
+        "would have two replicas down at once; bring n3 back first")
+    # N=1: nobody shares a partition, anything goes.
+    assert unsafe(ring_of(_ring(3, 1)), "n1", ["n2", "n3"]) is None
+
+
+def _load(node: str, at_ms: int, commands: int, errors: int, latency: tuple[int, int] = (0, 0),
+          *, noquorum: int = 0, under: int = 0) -> api.LoadReply:
+    fast, slow = latency
+    counts = [0] * (len(BUCKETS) + 1)
+    counts[1] += fast  # <= 1 ms
+    counts[8] += slow  # <= 250 ms
+    cumulative = tuple(sum(counts[:i + 1]) for i in range(len(counts)))
+    return api.LoadReply(node, at_ms, commands, errors, noquorum, cumulative, under)
+
+
+def test_the_window_sums_every_node_and_the_gates_name_their_figures() -> None:
+    base = window([_load("n1", 0, 0, 0), _load("n2", 0, 0, 0)],
+                  [_load("n1", 5000, 500, 0, (500, 0)), _load("n2", 5000, 500, 0, (500, 0))])
+    assert (base.commands, base.errors, base.seconds) == (1000, 0, 5.0)
+    assert base.p99_ms is not None and base.p99_ms <= 1.0
+    assert judge(base, base, Gates()) == []
+    bad = window([_load("n1", 0, 0, 0)],
+                 [_load("n1", 5000, 1000, 20, (900, 100), noquorum=3, under=64)])
+    failed = judge(base, bad, Gates())
+    assert failed[0].startswith("p99 2") and failed[0].endswith("ms over the window vs "
+                                                                "1.0 ms before (limit 7.0 ms)")
+    assert failed[1:] == ["error rate 2.00% (20 of 1000) vs 0.00% before (limit 0.10%)",
+                          "3 quorum failures in the window (limit 0)",
+                          "64 under-replicated partitions as n1 sees them (limit 0)"]
+    idle = Figures(5.0, 0, 0, 0, None, {"n1": 0})
+    assert judge(idle, idle, Gates()) == []  # no traffic: nothing to compare

@@ -1,0 +1,129 @@
+"""``ringkv rollout`` on a live 3-node cluster (N=3, W=2, R=2): a dry run,
+the safety check with a node down, and a rollout of every node under steady
+``ringkv bench`` load with zero client errors and every acknowledged write
+present after. Clients use the nodes that are not being restarted (the
+runbook's rule: take a node out of the clients' list before its rollout),
+so each node's rollout runs beside a bench against the other two; each
+node keeps its pid (it executes itself) and comes back as a new process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.cluster import ROOT, Cluster, running_cluster, secret_file, wait_for
+
+pytestmark = pytest.mark.integration
+
+BENCH_S = 45  # longer than one node's rollout (measured: about 15-25 s here)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(Path(tmp_path_factory.mktemp("rollout")), nodes=3, n=3) as c:
+        yield c
+
+
+def rollout(c: Cluster, *args: str, via: int = 0) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["rollout", *args, "--addr",
+                                      f"127.0.0.1:{c.members[via].peer_port}",
+                                      "--secret-file", str(secret_file(c))])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_dry_run_and_the_safety_check(cluster: Cluster) -> None:
+    code, out, _ = rollout(cluster, "--dry-run")
+    assert code == 0 and out.startswith("would restart n1, n2, n3 one at a time"), out
+    cluster.kill(2)
+    cluster.wait_seen(2, "down")
+    try:
+        code, out, err = rollout(cluster, "--nodes", "n1", "--window", "1")
+        assert code == 2, (out, err)
+        assert "refusing to take n1 down: n3 is down and they share 64 partitions" in err
+        assert "draining" not in err  # nothing was done
+    finally:
+        cluster.start_node(2)
+        cluster.wait_all_up()
+
+
+class Writer(threading.Thread):
+    """Unique SETs at W=2 against the given nodes, no retries; records
+    what was acknowledged and what failed."""
+
+    def __init__(self, c: Cluster, nodes: list[int], tag: str) -> None:
+        super().__init__(daemon=True)
+        self.clients = [c.client(i, socket_timeout=5) for i in nodes]
+        self.tag, self.acked, self.failed = tag, [], []  # type: ignore[var-annotated]
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set() and i < 100_000:
+            key = f"{self.tag}:{i}"
+            try:
+                self.clients[i % len(self.clients)].set(key, str(i))
+                self.acked.append(key)
+            except redis.RedisError as exc:
+                self.failed.append(f"{key}: {exc}")
+            i += 1
+            self.stop.wait(0.01)
+
+
+def test_a_rollout_under_load_has_no_client_errors_and_loses_nothing(cluster: Cluster) -> None:
+    pids = [m.proc.pid for m in cluster.members if m.proc]
+    writers = []
+    for x in range(3):
+        others = [i for i in range(3) if i != x]
+        ports = [f"127.0.0.1:{cluster.members[i].client_port}" for i in others]
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "cli", "bench", "--json", "-q", "--rate", "300",
+             "--duration", str(BENCH_S), "--warmup", "1", "-c", "8", "--keys", "2000",
+             "--read-ratio", "0.5",
+             *(a for p in ports for a in ("--port", p))],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        writer = Writer(cluster, others, f"roll{x}")
+        writer.start()
+        writers.append(writer)
+        try:
+            code, out, err = rollout(cluster, "--nodes", f"n{x + 1}", "--window", "4",
+                                     "--p99-factor", "10", "--p99-slack-ms", "50",
+                                     "--json", via=others[0])
+        finally:
+            writer.stop.set()
+            writer.join(10)
+            stdout, _ = bench.communicate(timeout=BENCH_S + 60)
+        assert code == 0, (out, err)
+        doc = json.loads(out)
+        assert doc["ok"] and [n["node"] for n in doc["nodes"]] == [f"n{x + 1}"]
+        gate = doc["nodes"][0]["gate"]
+        assert gate["errors"] == 0 and gate["quorum_failures"] == 0, gate
+        assert f"n{x + 1}: draining" in err and "gate ok" in err
+        report = json.loads(stdout)
+        print(f"n{x + 1} rolled: {doc['nodes'][0]}; bench {report['answered']} answered, "
+              f"errors {report['errors']}, timeouts {report['timeouts']}, "
+              f"disconnects {report['disconnects']}; writer {len(writer.acked)} acked")
+        assert report["answered"] > 0 and not report["errors"] and not report["timeouts"], report
+        assert not report["disconnects"] and not report["dropped"], report
+        assert not writer.failed, writer.failed[:5]
+    # Every node ran again as the same process (exec), now a new one.
+    assert [m.proc.pid for m in cluster.members if m.proc] == pids
+    for i, m in enumerate(cluster.members):
+        assert "executing" in m.log.read_text(), cluster.log_tail(i)
+    cluster.wait_all_up()
+    wait_for("no hints left", lambda: all(
+        int(cluster.info(i, "replication")["hint_partitions"]) == 0 for i in range(3)), 60)
+    for w in writers:
+        assert w.acked
+        for i in range(3):
+            got = cluster.client(i).mget(w.acked)
+            missing = [k for k, v in zip(w.acked, got, strict=True) if v is None]
+            assert not missing, (i, missing[:10])
