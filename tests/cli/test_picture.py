@@ -3,14 +3,13 @@ from hand-made ring replies: markers, wrapping and colour."""
 
 from __future__ import annotations
 
-import re
-
 import click
 import pytest
 
 from cli import picture
 from coordinator.errors import RingError
 from coordinator.ops import admin_api as api
+from tests.cli.maps import map_rows
 
 # Q=16 owned round robin by a..d: partition p's primaries are the owners of
 # p, p+1, p+2, so a (owner of 0, 4, ...) is a replica of 2 and 3 and holds
@@ -25,20 +24,6 @@ def reply(down: tuple[str, ...] = (), owners: tuple[str, ...] = OWNERS,
     return api.RingReply(1, len(owners), 3, nodes, owners, placement)
 
 
-def rows(lines: list[str]) -> dict[str, str]:
-    """Each row's characters, joined across the wrapped blocks."""
-    out: dict[str, str] = {}
-    label = 0
-    for line in lines:
-        if ruler := re.match(r"partitions +", line):
-            label = ruler.end()
-            continue
-        if label and line:
-            name, cells = line[:label].strip(), line[label:]
-            out[name] = out.get(name, "") + cells
-    return out
-
-
 def draw(r: api.RingReply, width: int = 80, colour: bool = False) -> list[str]:
     health = picture.health_of(r)
     return picture.partition_map(health, "abcd", width=width, colour=colour,
@@ -46,7 +31,7 @@ def draw(r: api.RingReply, width: int = 80, colour: bool = False) -> list[str]:
 
 
 def test_markers_follow_the_preference_lists() -> None:
-    got = rows(draw(reply()))
+    got = map_rows(draw(reply()))
     assert got["a"] == "P.rr" * 4
     assert got["b"] == "rP.r" * 4
     assert got["d"] == ".rrP" * 4
@@ -55,7 +40,7 @@ def test_markers_follow_the_preference_lists() -> None:
 
 
 def test_a_down_node_is_marked_and_its_partitions_under_replicated() -> None:
-    got = rows(draw(reply(down=("c",))))
+    got = map_rows(draw(reply(down=("c",))))
     assert got["c"] == "xxX." * 4
     assert got["a"] == "P.rr" * 4  # the others keep their markers
     # Every partition c is a primary of (3 of each 4) has fewer than N up.
@@ -63,8 +48,11 @@ def test_a_down_node_is_marked_and_its_partitions_under_replicated() -> None:
 
 
 def test_the_key_row_marks_one_partition() -> None:
-    got = rows(draw(reply(key=9)))
-    assert got["key"].rstrip() == " " * 9 + "^"
+    got = map_rows(draw(reply(key=9)))
+    assert got["key"] == " " * 9 + "^" + " " * 6
+    owners = tuple("abcd"[p % 4] for p in range(64))
+    narrow = map_rows(draw(reply(owners=owners, key=50), width=40))
+    assert narrow["key"].index("^") == 50 and len(narrow["key"]) == 64
 
 
 def test_wraps_at_the_width_in_whole_ticks() -> None:
@@ -74,7 +62,7 @@ def test_wraps_at_the_width_in_whole_ticks() -> None:
     rulers = [line for line in lines if line.startswith("partitions")]
     # 40 columns less an 11-column label leave 29: three ticks of 8.
     assert [r.split()[1] for r in rulers] == ["0", "24", "48"]
-    got = rows(lines)
+    got = map_rows(lines)
     assert {len(v) for k, v in got.items()} == {64}
     assert got["a"] == "P.rr" * 16
 
@@ -90,7 +78,7 @@ def test_colour_only_when_asked() -> None:
     assert "\x1b[" not in plain
     painted = draw(reply(down=("c",)), colour=True)
     assert any("\x1b[31m" in line for line in painted)  # red for the down node
-    assert rows([click.unstyle(line) for line in painted]) == rows(
+    assert map_rows([click.unstyle(line) for line in painted]) == map_rows(
         draw(reply(down=("c",))))
 
 
