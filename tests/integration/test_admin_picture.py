@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from tests.cli.maps import map_rows
-from tests.cluster import SECRET, Cluster, wait_for
+from tests.cluster import SECRET, Cluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,8 @@ Q = 64
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(Path(tmp_path_factory.mktemp("pic")), nodes=4, n=3)
-    try:
-        c.start()
+    with running_cluster(Path(tmp_path_factory.mktemp("pic")), nodes=4, n=3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def run(cluster: Cluster, *args: str, columns: int = 80) -> str:
