@@ -40,6 +40,15 @@ def status(target: AdminClient, no_map: bool) -> None:
     if not target.as_json:  # the JSON document stays the status reply alone
         answer = target.call_or_refusal(api.RingRequest(), api.RingReply)
         ring = None if isinstance(answer, Refused) else answer
+    lines = _nodes_table(doc, ring)
+    if ring is not None and not no_map:
+        lines += ["", *_map(ring)]
+    target.show(doc, lines)
+
+
+def _nodes_table(doc: api.ClusterStatus, ring: api.RingReply | None) -> list[str]:
+    """One row per node like nodetool status, then its storage and repair,
+    then notes (why a node is unreachable or read-only)."""
     asked = next(n for n in doc.nodes if n.node == doc.asked)
     peers = asked.peers if isinstance(asked, api.NodeStatus) else {}
     members = {m.node: m for m in ring.nodes} if ring else {}
@@ -48,33 +57,27 @@ def status(target: AdminClient, no_map: bool) -> None:
              + f"{up}/{len(doc.nodes)} nodes up as seen by {doc.asked}",
              f"{'node':<10} {'state':<11} {'phi':>6} {'load':>10} {'primary':>7} "
              f"{'replica':>7} {'owns':>6} {'hints':>6} {'workers':>7}"]
+    storage = ["", f"{'node':<10} {'fallback':>8} {'debt':>10}  sstables / last repair"]
     notes: list[str] = []
     for n in doc.nodes:
-        phi = f"{peers[n.node].phi:.1f}" if n.node in peers else "-"
-        ring_cols = _ownership(members.get(n.node), ring.q if ring else 0)
+        head = (f"{n.node:<10} {n.state.capitalize():<11} "
+                f"{f'{peers[n.node].phi:.1f}' if n.node in peers else '-':>6}")
+        owns = _ownership(members.get(n.node), ring.q if ring else 0)
         if isinstance(n, api.NodeUnreachable):
-            lines.append(f"{n.node:<10} {n.state.capitalize():<11} {phi:>6} {'?':>10} "
-                         f"{ring_cols}")
+            lines.append(f"{head} {'?':>10} {owns}")
             if n.error:
                 notes.append(f"{n.node}: {n.error}")
             continue
         hints = sum(b.writes for b in n.hint_backlog.values())
-        lines.append(f"{n.node:<10} {n.state.capitalize():<11} {phi:>6} "
-                     f"{_size(n.disk_bytes):>10} {ring_cols} {hints:>6} "
+        lines.append(f"{head} {_size(n.disk_bytes):>10} {owns} {hints:>6} "
                      f"{f'{n.workers_ready}/{n.workers}':>7}")
+        repair = n.last_repair_ms
+        storage.append(
+            f"{n.node:<10} {n.partitions_fallback:>8} {_size(n.compaction_debt_bytes):>10}  "
+            f"{_levels(n.sstables)} / "
+            f"{'never' if not repair else f'{max(0, int(time.time() - repair / 1000))}s ago'}")
         notes += [f"{n.node}: read-only: {why}" for why in n.read_only]
-    lines += ["", f"{'node':<10} {'fallback':>8} {'debt':>10}  sstables / last repair"]
-    for n in doc.nodes:
-        if isinstance(n, api.NodeStatus):
-            repair = n.last_repair_ms
-            lines.append(
-                f"{n.node:<10} {n.partitions_fallback:>8} {_size(n.compaction_debt_bytes):>10}  "
-                f"{_levels(n.sstables)} / "
-                f"{'never' if not repair else f'{max(0, int(time.time() - repair / 1000))}s ago'}")
-    lines += notes
-    if ring is not None and not no_map:
-        lines += ["", *_map(ring)]
-    target.show(doc, lines)
+    return lines + storage + notes
 
 
 def _ownership(member: api.RingMember | None, q: int) -> str:
@@ -119,7 +122,7 @@ def ring(target: AdminClient, key: str | None, no_map: bool) -> None:
                   f"  fallbacks: {', '.join(k.fallbacks) or '-'}",
                   "  a request now goes to: " + ", ".join(
                       t.node + ("" if t.primary else f" (for {t.hint_for})") for t in k.targets)]
-    if not no_map:
+    if not no_map and not target.as_json:
         lines += ["", *_map(doc)]
     target.show(doc, lines)
 
