@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coordinator.errors import CoordinatorError
-from shardserver.protocol.pool import default_worker_count
 
 #: A bound past a day would let a timestamp win for that long.
 MAX_CLOCK_DRIFT_MS = 86_400_000
@@ -62,7 +61,7 @@ class NodeConfig:
     request_timeout_ms: int = 2000
     max_clock_drift_ms: int = 60_000  # timestamps further ahead are refused
     # [storage]
-    workers: int = 0  # 0: max(2, CPU count)
+    workers: int = 0  # 0: as first run, else by cores (shardserver.worker_count)
     fsync: str = "interval"
     fsync_interval_ms: int = 1000
     max_value_bytes: int = 65536
@@ -79,9 +78,6 @@ class NodeConfig:
     # [security]
     requirepass: str = field(default="", repr=False)
     enable_flush: bool = False
-
-    def effective_workers(self) -> int:
-        return self.workers or default_worker_count()
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -203,7 +199,7 @@ def validate(c: NodeConfig) -> None:
         c.fsync in ("always", "interval", "never"),
         f"fsync must be always, interval or never, got {c.fsync!r}",
     )
-    need(c.workers >= 0, "workers must be >= 0 (0: one per CPU, at least 2)")
+    need(c.workers >= 0, "workers must be >= 0 (0: by cores)")
     need(1 <= c.max_value_bytes <= 1 << 26, "max_value_bytes must be 1..64 MiB")
     need(c.max_reply_bytes >= c.max_value_bytes,
          f"max_reply_bytes must be >= max_value_bytes ({c.max_value_bytes})")
