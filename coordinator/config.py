@@ -7,7 +7,7 @@ back to a default.
 
     [node]     id, data_dir, zone, clock_offset_ms
     [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
-               metrics_port, max_reply_bytes
+               metrics_port, max_reply_bytes, max_node_reply_bytes
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms,
                max_clock_drift_ms
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
@@ -50,6 +50,7 @@ class NodeConfig:
     idle_timeout_s: float = 300.0
     metrics_port: int = 0  # Prometheus endpoint; 0: off
     max_reply_bytes: int = 64 << 20  # one MGET's values together
+    max_node_reply_bytes: int = 256 << 20  # replies in flight over all connections
     # [cluster]
     partitions: int = 64
     n: int = 3
@@ -84,7 +85,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "node": ("id", "data_dir", "zone", "clock_offset_ms"),
     "network": (
         "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
-        "metrics_port", "max_reply_bytes",
+        "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
     ),
     "cluster": (
         "partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms",
@@ -203,6 +204,8 @@ def validate(c: NodeConfig) -> None:
     need(1 <= c.max_value_bytes <= 1 << 26, "max_value_bytes must be 1..64 MiB")
     need(c.max_reply_bytes >= c.max_value_bytes,
          f"max_reply_bytes must be >= max_value_bytes ({c.max_value_bytes})")
+    need(c.max_node_reply_bytes >= c.max_reply_bytes,
+         f"max_node_reply_bytes must be >= max_reply_bytes ({c.max_reply_bytes})")
     for name in (
         "fsync_interval_ms",
         "request_timeout_ms",

@@ -3,12 +3,18 @@
 calls of the quorum data path or of the cluster-wide commands, and their
 result into a RESP reply. What they need is named by the :class:`Backend`
 Protocol; the node hands one in.
+
+The single-key commands (GET, VGET, SET, VSET, VDEL) are plain functions
+returning the future of their reply, chained to the data path's round: no
+coroutine and no task per command on the hot path. The multi-key and admin
+commands are coroutines; the server runs each as a task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, RespReply
@@ -16,20 +22,22 @@ from coordinator.data import reconcile
 from coordinator.data.quorum import Consistency
 from shardserver.protocol.versions import SiblingSet, Version
 
+T = TypeVar("T")
+
 
 class DataService(Protocol):
     """Quorum reads and writes (``coordinator.data.datapath.DataPath``)."""
 
-    async def read(self, key: bytes, levels: Consistency) -> SiblingSet: ...
+    def read(self, key: bytes, levels: Consistency) -> asyncio.Future[SiblingSet]: ...
 
     async def read_many(
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
     ) -> dict[bytes, bytes | None]: ...
 
-    async def write(
+    def write(
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
         context: bytes | None = None,
-    ) -> Version: ...
+    ) -> asyncio.Future[Version]: ...
 
     async def write_many(
         self, pairs: Sequence[tuple[bytes, bytes]], levels: Consistency
@@ -54,12 +62,40 @@ class Backend(Protocol):
     async def flushall(self) -> None: ...
 
 
-async def get(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    return reconcile.get_reply(await b.data.read(c.keys[0], levels))
+def _then(fut: asyncio.Future[T], shape: Callable[[T], RespReply]) -> asyncio.Future[RespReply]:
+    """The future of ``shape(fut's result)``; an error passes through."""
+    out: asyncio.Future[RespReply] = asyncio.get_running_loop().create_future()
+
+    def done(f: asyncio.Future[T]) -> None:
+        if f.cancelled():
+            out.cancel()
+            return
+        exc = f.exception()  # retrieved even when nobody waits any more
+        if out.done():
+            return
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(shape(f.result()))
+
+    fut.add_done_callback(done)
+    return out
 
 
-async def vget(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    return list(reconcile.vget_reply(await b.data.read(c.keys[0], levels)))
+def _ok(_: object) -> RespReply:
+    return OK
+
+
+def _vget_reply(siblings: SiblingSet) -> RespReply:
+    return list(reconcile.vget_reply(siblings))
+
+
+def get(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
+    return _then(b.data.read(c.keys[0], levels), reconcile.get_reply)
+
+
+def vget(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
+    return _then(b.data.read(c.keys[0], levels), _vget_reply)
 
 
 async def mget(b: Backend, c: Command, levels: Consistency) -> RespReply:
@@ -72,19 +108,17 @@ async def exists(b: Backend, c: Command, levels: Consistency) -> RespReply:
     return sum(1 for k in c.keys if found[k] is not None)
 
 
-async def set_(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    await b.data.write(c.keys[0], c.values[0], levels, lww=True)
-    return OK
+def set_(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
+    return _then(b.data.write(c.keys[0], c.values[0], levels, lww=True), _ok)
 
 
-async def vset(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    await b.data.write(c.keys[0], c.values[0], levels, lww=False, context=c.context)
-    return OK
+def vset(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
+    return _then(b.data.write(c.keys[0], c.values[0], levels, lww=False, context=c.context),
+                 _ok)
 
 
-async def vdel(b: Backend, c: Command, levels: Consistency) -> RespReply:
-    await b.data.write(c.keys[0], None, levels, lww=False, context=c.context)
-    return OK
+def vdel(b: Backend, c: Command, levels: Consistency) -> Awaitable[RespReply]:
+    return _then(b.data.write(c.keys[0], None, levels, lww=False, context=c.context), _ok)
 
 
 async def mset(b: Backend, c: Command, levels: Consistency) -> RespReply:

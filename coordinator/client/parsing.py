@@ -10,10 +10,10 @@ honour are refused with the reason, never ignored (DESIGN §5).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from coordinator.config import NodeConfig
-from coordinator.data.quorum import Consistency
+from coordinator.data.quorum import NO_LEVELS, Consistency
 from coordinator.errors import (
     CommandError,
     KeyTooLargeError,
@@ -56,10 +56,13 @@ class Command:
     name: str  # upper case, as dispatched
     keys: tuple[bytes, ...] = ()
     values: tuple[bytes, ...] = ()
-    consistency: Consistency = field(default_factory=Consistency)
+    consistency: Consistency = NO_LEVELS
     context: bytes | None = None  # VSET/VDEL
     args: tuple[bytes, ...] = ()  # anything else, verbatim
 
+
+#: A placeholder for "no command" (a reply slot of a connection command).
+NO_COMMAND = Command("")
 
 Parser = Callable[[str, list[bytes], Limits], Command]
 
@@ -98,7 +101,7 @@ def _levels(options: list[bytes], allowed: tuple[str, ...], what: str) -> Consis
             raise SyntaxError_()
         found[opt.lower()] = _int(options[i + 1])
         i += 2
-    return Consistency(**found)
+    return Consistency(**found) if found else NO_LEVELS
 
 
 def simple(name: str, args: list[bytes], limits: Limits) -> Command:

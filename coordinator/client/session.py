@@ -7,24 +7,27 @@ AUTH: the password is compared in constant time; a failed AUTH is counted,
 logged with the client's address, and from the second one on a connection
 holds that connection (``ClientSession.hold_s``): its reply and everything
 it sent after wait ``AUTH_DELAY_BASE_S`` doubling with each failure up to
-``AUTH_DELAY_MAX_S`` (the server goes on serving everyone else).
+``AUTH_DELAY_MAX_S`` (the server goes on serving everyone else). Failures
+are also counted per source address (``auth_guard``), which slows an address
+that guesses over many connections. Only the ``default`` user exists: any
+other user name fails like a wrong password, as in Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hmac
 import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from coordinator.client.auth_guard import AuthGuard
 from coordinator.client.parsing import Command
 from coordinator.client.replies import OK, PONG, RespReply
 from coordinator.config import NodeConfig
-from coordinator.data.quorum import Consistency, check_levels
+from coordinator.data.quorum import NO_LEVELS, Consistency, check_levels
 from coordinator.errors import CommandError, NoAuthError, WrongPassError
 from coordinator.ratelimit import LimitedLog
 
@@ -44,15 +47,13 @@ class ClientSession:
 
     id: int
     peer: str
+    host: str = ""  # the client's address without the port (AUTH failures are counted by it)
     proto: int = 2
     authenticated: bool = False
     name: str = ""
-    consistency: Consistency = field(default_factory=Consistency)
-    last_active: float = field(default_factory=time.monotonic)
+    consistency: Consistency = NO_LEVELS  # set by CONSISTENCY
     auth_failures: int = 0
     hold_s: float = 0.0  # read and answer nothing more for this long (failed AUTH)
-    # key -> the connection's latest unfinished command on it (server._submit)
-    key_tails: dict[bytes, asyncio.Future[RespReply]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class ClientStats:
     protocol_errors: int = 0
     slow_readers_dropped: int = 0
     auth_failures: int = 0
+    overloaded_refused: int = 0  # commands refused: max_node_reply_bytes was full
 
 
 #: INFO's text for a section name ("default", "all", "server", ...).
@@ -81,11 +83,15 @@ class SessionCommands:
         self._command_count = command_count
         self._password = config.requirepass.encode()
         self._auth_log = LimitedLog(log)
+        self.auth_guard = AuthGuard()
+        #: The node config's levels (checked when it was loaded).
+        self.node_levels = Consistency(r=config.r, w=config.w, pr=config.pr, pw=config.pw)
 
     def defaults(self, session: ClientSession) -> Consistency:
         """The session's levels, unset ones from the node config."""
-        c = self.config
-        return session.consistency.merged(Consistency(r=c.r, w=c.w, pr=c.pr, pw=c.pw))
+        if session.consistency is NO_LEVELS:
+            return self.node_levels
+        return session.consistency.merged(self.node_levels)
 
     # -- handlers ---------------------------------------------------------
     def ping(self, session: ClientSession, c: Command) -> RespReply:
@@ -99,7 +105,10 @@ class SessionCommands:
         return OK
 
     def auth(self, session: ClientSession, c: Command) -> RespReply:
-        return self._auth(session, c.args[-1])
+        """``AUTH password`` or ``AUTH user password``."""
+        if len(c.args) > 2:
+            raise CommandError("ERR syntax error")
+        return self._auth(session, c.args[-1], c.args[0] if len(c.args) == 2 else b"default")
 
     def hello(self, session: ClientSession, c: Command) -> RespReply:
         args = list(c.args)
@@ -117,7 +126,7 @@ class SessionCommands:
             while rest:
                 opt = rest[0].upper()
                 if opt == b"AUTH" and len(rest) >= 3:
-                    self._auth(session, rest[2])
+                    self._auth(session, rest[2], rest[1])
                     rest = rest[3:]
                 elif opt == b"SETNAME" and len(rest) >= 2:
                     session.name = rest[1].decode("utf-8", "replace")
@@ -187,13 +196,17 @@ class SessionCommands:
         return self._info(c.args[0].decode("utf-8", "replace") if c.args else "default")
 
     # -- AUTH -----------------------------------------------------------------
-    def _auth(self, session: ClientSession, password: bytes) -> RespReply:
+    def _auth(self, session: ClientSession, password: bytes, user: bytes) -> RespReply:
         if not self.config.requirepass:
             raise CommandError(
                 "ERR AUTH <password> called without any password configured for the "
                 "default user. Are you sure your configuration is correct?"
             )
-        if not hmac.compare_digest(password, self._password):
+        # The password is compared whoever the user is: the time taken does
+        # not say whether the name was right.
+        right = hmac.compare_digest(password, self._password)
+        if not (right and user == b"default"):
+            self.auth_guard.failed(session.host, time.monotonic())
             session.auth_failures += 1
             self.stats.auth_failures += 1
             if session.auth_failures > 1:
@@ -204,4 +217,5 @@ class SessionCommands:
             raise WrongPassError()
         session.authenticated = True
         session.auth_failures = 0
+        self.auth_guard.succeeded(session.host)
         return OK

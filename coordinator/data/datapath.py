@@ -61,6 +61,7 @@ from shardserver.protocol.messages import (
     ReplicaWriteSet,
     Request,
     Status,
+    WriteMode,
 )
 from shardserver.protocol.messages import Reply as ShardReply
 from shardserver.protocol.vclock import ActorId
@@ -74,14 +75,19 @@ from shardserver.protocol.versions import (
 
 log = logging.getLogger("ringkv.datapath")
 
-#: MGET and EXISTS read this many distinct keys at once.
-READ_MANY_CHUNK = 1000
+#: MGET and EXISTS read this many distinct keys at once: as many as one
+#: connection may pipeline, as for writes below. With 1,000, eight clients
+#: looping MGETs of 512 64 KiB values kept every worker's queue so long
+#: that other clients' GETs timed out behind them.
+READ_MANY_CHUNK = 256
 #: MSET and DEL write this many keys at once: as many as one connection may
 #: pipeline (server.MAX_PENDING), so an MSET weighs on the replicas no more
 #: than a client pipelining SETs. With 1,000, a 10,000-pair MSET on a loaded
 #: machine still timed out (each chunk must be written within the request
 #: timeout) and other clients waited longer behind each chunk.
 WRITE_MANY_CHUNK = 256
+#: Calls still open this long after the request timeout are given up.
+GIVE_UP_S = 1.0
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -126,34 +132,50 @@ def _reason(reply: ShardReply) -> str:
 
 class Round:
     """One request's calls to its targets and what came back, driven by
-    done-callbacks (no task per call): ``decided`` resolves when the tally
-    succeeds or fails, ``finished`` when every call has ended."""
+    done-callbacks (no task per call, no coroutine per request).
 
-    def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target]) -> None:
-        loop = asyncio.get_running_loop()
+    ``on_decided(round)`` runs once, as soon as the tally succeeds or fails,
+    or at the request timeout (open calls then count as ``timeout``).
+    Callbacks given to :meth:`when_finished` run once every call has ended;
+    calls still open a second after the request timeout are given up
+    (cancelled). One timer per round covers both."""
+
+    __slots__ = ("_loop", "_on_decided", "_open", "_then", "_timer", "calls", "decided",
+                 "decoded", "finished", "late", "read_only", "replies", "tally")
+
+    def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target],
+                 timeout_s: float, on_decided: Callable[[Round], None]) -> None:
+        self._loop = asyncio.get_running_loop()
         self.tally = tally
         self.calls = calls
         self.replies: dict[NodeId, ShardReply] = {}
         self.decoded: dict[str, SiblingSet | None] = {}  # replies' payloads, decoded once
         self.read_only: list[str] = []
         self.late = 0  # successful replies after the decision
-        self.decided: asyncio.Future[None] = loop.create_future()
-        self.finished: asyncio.Future[None] = loop.create_future()
+        self.decided = False
+        self.finished = False
+        self._on_decided: Callable[[Round], None] | None = on_decided
+        self._then: list[Callable[[], None]] = []
         self._open = len(calls)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout_s, self._expire)
+        on_done = self._on_done
         for fut in calls:
-            fut.add_done_callback(self._on_done)
+            fut.add_done_callback(on_done)
 
     def _on_done(self, fut: asyncio.Future[ShardReply]) -> None:
         self._open -= 1
         if not fut.cancelled():
-            before = len(self.replies)
-            self._take(fut)
-            if self.decided.done() and len(self.replies) > before:
-                self.late += 1
-        if self.tally.outcome() is not Outcome.PENDING or self._open == 0:
-            _resolve(self.decided)
+            if self.decided:
+                before = len(self.replies)
+                self._take(fut)
+                self.late += len(self.replies) - before
+            else:
+                self._take(fut)
+        if not self.decided and (self._open == 0
+                                 or self.tally.outcome() is not Outcome.PENDING):
+            self._decide()
         if self._open == 0:
-            _resolve(self.finished)
+            self._finish()
 
     def _take(self, fut: asyncio.Future[ShardReply]) -> None:
         target = self.calls[fut]
@@ -173,6 +195,38 @@ class Round:
             if reply.status is Status.READ_ONLY:
                 self.read_only.append(f"{target.node}: {reply.message}")
             self.tally.fail(target.node, _reason(reply))
+
+    def _decide(self) -> None:
+        self.decided = True
+        decided, self._on_decided = self._on_decided, None
+        if decided is not None:
+            decided(self)
+
+    def _expire(self) -> None:
+        """The request timeout: decide now if still undecided, and give the
+        calls one more second to end."""
+        if not self.decided:
+            for fut, target in self.calls.items():
+                if not fut.done():
+                    self.tally.fail(target.node, "timeout")
+            self._decide()
+        self._timer = None if self.finished else self._loop.call_later(GIVE_UP_S, self.cancel)
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        then, self._then = self._then, []
+        for callback in then:
+            callback()
+
+    def when_finished(self, then: Callable[[], None]) -> None:
+        """Run ``then`` once every call has ended (now, if they have)."""
+        if self.finished:
+            then()
+        else:
+            self._then.append(then)
 
     def cancel(self) -> None:
         for fut in self.calls:
@@ -225,16 +279,19 @@ async def in_chunks(
         yield chunk, cast(list[T], results)  # no exceptions left
 
 
-def _nothing() -> None:
-    pass
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
 
 
 class DataPath:
+    """Quorum reads and writes. :meth:`read` and :meth:`write` start their
+    round at once and return its future (no coroutine, no task): the
+    client server fills a reply slot from its done-callback; coroutines
+    await it as they would a coroutine. Errors arrive through the future,
+    also those known before anything is sent."""
+
     def __init__(self, routes: Routes, clock: Clock, actor: ActorId, *, timeout_s: float,
                  max_reply_bytes: int, sibling_cap: int = DEFAULT_SIBLING_CAP,
                  hinted_handoff: bool = True, read_repair_per_s: float = 1000.0) -> None:
@@ -263,26 +320,37 @@ class DataPath:
         task.add_done_callback(self._background.discard)
 
     # -- reads --------------------------------------------------------------
-    async def read(self, key: bytes, levels: Consistency) -> SiblingSet:
+    def read(self, key: bytes, levels: Consistency) -> asyncio.Future[SiblingSet]:
         """Merged sibling set of ``key`` from R replicas (PR primaries)."""
         self.stats.reads += 1
-        partition, p = self.routes.plan_for(key)
+        try:
+            partition, p = self.routes.plan_for(key)
+        except CommandError as exc:
+            return _failed(exc)
         tally = read_tally(p, levels.r or 1, levels.pr or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_reads += 1
-            raise error
-        rnd = self._send(p, tally, lambda t: ReplicaRead(partition, key))
-        await self._wait(rnd)
+            return _failed(error)
+        out: asyncio.Future[SiblingSet] = asyncio.get_running_loop().create_future()
+        request = ReplicaRead(partition, key)
+        self._send(p, tally, lambda t: request,
+                   functools.partial(self._read_decided, partition, key, out))
+        return out
+
+    def _read_decided(self, partition: int, key: bytes, out: asyncio.Future[SiblingSet],
+                      rnd: Round) -> None:
+        tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_reads += 1
-            self._when_finished(rnd, _nothing)
-            raise tally.error()
-        answers = self._answers(rnd)
-        merged = reconcile.reconcile(answers, self.sibling_cap).merged
+            if not out.done():
+                out.set_exception(tally.error())
+            return
+        merged = reconcile.reconcile(self._answers(rnd), self.sibling_cap).merged
         if merged:
             self.clock.saw(max(v.hlc for v in merged))
-        self._when_finished(rnd, functools.partial(self._check_replicas, partition, key, rnd))
-        return merged
+        if not out.done():
+            out.set_result(merged)
+        rnd.when_finished(functools.partial(self._check_replicas, partition, key, rnd))
 
     async def read_many(
         self, keys: Sequence[bytes], levels: Consistency, sized: bool
@@ -317,10 +385,9 @@ class DataPath:
     def _check_replicas(self, partition: int, key: bytes, rnd: Round) -> None:
         """Once every replica answered (or the time is up): send the merged
         set to the replicas whose answer lacked part of it (read repair)."""
-        answers = self._answers(rnd)
-        if len(answers) < 2:
+        if len(rnd.replies) < 2:
             return
-        result = reconcile.reconcile(answers, self.sibling_cap)
+        result = reconcile.reconcile(self._answers(rnd), self.sibling_cap)
         if result.stale:
             self._spawn(self._repair(partition, key, result.merged, result.stale))
 
@@ -337,29 +404,22 @@ class DataPath:
                 await self.routes.call(NodeId(node), req, self.timeout_s)
 
     # -- writes -------------------------------------------------------------
-    async def write(
+    def write(
         self, key: bytes, value: bytes | None, levels: Consistency, *, lww: bool,
         context: bytes | None = None,
-    ) -> Version:
-        actor = self.actor
-        if lww:
-            version = reconcile.plain_write(actor, self.clock.now(), value)
-            await self._finish_write(self._start_write(key, version, "lww", levels))
-            return version
-        # The clock adopts the context first: the dot then lies past it.
-        ctx = self.clock.context(context or b"")
-        version = reconcile.context_write(ctx, actor, self.clock.now(), value)
-        rnd = self._start_write(key, version, "merge", levels, self._context_calls.get(key))
-        calls = {t.node: fut for fut, t in rnd.calls.items()}
-        self._context_calls[key] = calls
-
-        def forget(_: object) -> None:
-            if self._context_calls.get(key) is calls:
-                del self._context_calls[key]
-
-        rnd.finished.add_done_callback(forget)
-        await self._finish_write(rnd)
-        return version
+    ) -> asyncio.Future[Version]:
+        """Write ``value`` (None: a tombstone) to ``key``: last-writer-wins
+        (``lww``, SET/DEL) or superseding the client's ``context``."""
+        try:
+            if lww:
+                version = reconcile.plain_write(self.actor, self.clock.now(), value)
+                return self._start_write(key, version, "lww", levels)
+            # The clock adopts the context first: the dot then lies past it.
+            ctx = self.clock.context(context or b"")
+            version = reconcile.context_write(ctx, self.actor, self.clock.now(), value)
+        except CommandError as exc:
+            return _failed(exc)
+        return self._start_write(key, version, "merge", levels, self._context_calls.get(key))
 
     async def delete(self, key: bytes, levels: Consistency) -> int:
         """DEL of one key: 1 if it had a visible value at R replicas just
@@ -390,39 +450,60 @@ class DataPath:
         return deleted
 
     def _start_write(
-        self, key: bytes, version: Version, mode: str, levels: Consistency,
+        self, key: bytes, version: Version, mode: WriteMode, levels: Consistency,
         after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
-    ) -> Round:
+    ) -> asyncio.Future[Version]:
         """Send ``version`` to the plan's targets (to a node in ``after``
-        once that call has ended), or raise NOQUORUM with nothing sent when
-        too few are up."""
+        once that call has ended), or fail with NOQUORUM and nothing sent
+        when too few are up. A context write (``mode`` merge) becomes the
+        key's latest, which the next one waits for (module doc)."""
         self.stats.writes += 1
-        partition, p = self.routes.plan_for(key)
+        try:
+            partition, p = self.routes.plan_for(key)
+        except CommandError as exc:
+            return _failed(exc)
         tally = write_tally(p, levels.w or 1, levels.pw or 0)
         if (error := tally.unreachable()) is not None:
             self.stats.noquorum_writes += 1
-            raise error
+            return _failed(error)
+        hinted = self.hinted_handoff
 
         def request(t: Target) -> Request:
-            hint = t.hint_for if self.hinted_handoff else None
-            return ReplicaWrite(partition, key, version, mode, hint)  # type: ignore[arg-type]
+            return ReplicaWrite(partition, key, version, mode, t.hint_for if hinted else None)
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
-        return self._send(p, tally, request, after)
+        out: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
+        rnd = self._send(p, tally, request, functools.partial(self._write_decided, version, out),
+                         after)
+        if mode == "merge":
+            calls = {t.node: fut for fut, t in rnd.calls.items()}
+            self._context_calls[key] = calls
 
-    async def _finish_write(self, rnd: Round) -> None:
-        """Until W acks (PW primaries) or the answer that they will not come."""
+            def forget() -> None:
+                if self._context_calls.get(key) is calls:
+                    del self._context_calls[key]
+
+            rnd.when_finished(forget)
+        return out
+
+    def _write_decided(self, version: Version, out: asyncio.Future[Version], rnd: Round) -> None:
+        """W acks (PW primaries) came, or the answer that they will not."""
         tally = rnd.tally
-        await self._wait(rnd)
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1
-            self._when_finished(rnd, _nothing)
             # Read-only refusals alone made the quorum impossible (whether or
             # not the others had answered yet): READONLY, as Redis names it.
             if rnd.read_only and len(rnd.read_only) == len(tally.failed):
-                raise ReadOnlyError("disk full or I/O error on " + "; ".join(rnd.read_only))
-            raise tally.error()
-        self._when_finished(rnd, functools.partial(self._count_late, rnd))
+                error: CommandError = ReadOnlyError(
+                    "disk full or I/O error on " + "; ".join(rnd.read_only))
+            else:
+                error = tally.error()
+            if not out.done():
+                out.set_exception(error)
+            return
+        if not out.done():
+            out.set_result(version)
+        rnd.when_finished(functools.partial(self._count_late, rnd))
 
     def _count_late(self, rnd: Round) -> None:
         self.stats.late_acks += rnd.late
@@ -430,47 +511,15 @@ class DataPath:
     # -- rounds -------------------------------------------------------------
     def _send(
         self, p: Plan, tally: Tally, request: Callable[[Target], Request],
+        on_decided: Callable[[Round], None],
         after: dict[NodeId, asyncio.Future[ShardReply]] | None = None,
     ) -> Round:
-        calls = {}
+        submit = self.routes.submit
+        calls: dict[asyncio.Future[ShardReply], Target] = {}
         for t in p.targets:
-            send = functools.partial(self.routes.submit, t.node, request(t))
             before = after.get(t.node) if after else None
-            calls[send() if before is None else send_after(before, send)] = t
-        return Round(tally, calls)
-
-    async def _wait(self, rnd: Round) -> None:
-        """Until the tally decides or the request timeout passes."""
-        await self._until(rnd.decided, self.timeout_s, rnd)
-        if rnd.tally.outcome() is Outcome.PENDING:
-            for fut, target in rnd.calls.items():
-                if not fut.done():
-                    rnd.tally.fail(target.node, "timeout")
-
-    def _when_finished(self, rnd: Round, then: Callable[[], None]) -> None:
-        """Run ``then`` once every call of ``rnd`` has ended; calls still
-        open a second after the request timeout are given up. A timer and a
-        callback, not a task per request."""
-        if rnd.finished.done():
-            then()
-            return
-        timer = asyncio.get_running_loop().call_later(self.timeout_s + 1, rnd.cancel)
-
-        def finished(_: object) -> None:
-            timer.cancel()
-            then()
-
-        rnd.finished.add_done_callback(finished)
-
-    @staticmethod
-    async def _until(event: asyncio.Future[None], timeout: float, rnd: Round) -> None:
-        if event.done():
-            return
-        handle = asyncio.get_running_loop().call_later(timeout, _resolve, event)
-        try:
-            await event
-        except asyncio.CancelledError:
-            rnd.cancel()  # the client went away: stop waiting for replicas
-            raise
-        finally:
-            handle.cancel()
+            if before is None:
+                calls[submit(t.node, request(t))] = t
+            else:
+                calls[send_after(before, functools.partial(submit, t.node, request(t)))] = t
+        return Round(tally, calls, self.timeout_s, on_decided)

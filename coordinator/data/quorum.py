@@ -38,6 +38,11 @@ class Consistency:
         )
 
 
+#: No level given (a command without options, a connection without
+#: CONSISTENCY): one shared value, so the hot path tells it by identity.
+NO_LEVELS = Consistency()
+
+
 def check_levels(levels: Consistency, n: int) -> None:
     """Reject levels no request could meet, before sending anything."""
     for name, value, low in (

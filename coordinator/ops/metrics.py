@@ -1,8 +1,9 @@
 """Prometheus metrics of a node (DESIGN §12), served on ``metrics_port``.
 
-Request counts and latency histograms are recorded as requests finish
+Request counts and latency histograms are counted as requests finish
 (labels: command, the consistency level as the command table labels it,
-outcome). Everything else is rendered at scrape time from the node's status
+outcome), in plain Python (``RequestCounts``), and read at scrape time.
+Everything else is rendered at scrape time from the node's status
 snapshot (``ops.status``), the one INFO and ``ringkv status`` render too:
 hint backlog per target, handoff and repair progress, SSTables and bytes per
 level, compaction debt and stalls, WAL bytes and fsync time, bloom filter
@@ -12,12 +13,21 @@ global state); prometheus-client serves it from its own thread.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from coordinator.client.commands import CommandSpec, level_label
 from coordinator.data.quorum import Consistency
@@ -28,27 +38,84 @@ log = logging.getLogger("ringkv.metrics")
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "ringkv_requests", "Data commands by command, consistency level and outcome",
-            ["command", "consistency", "outcome"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "ringkv_request_seconds", "Data command latency at the coordinator",
-            ["command", "consistency"], buckets=BUCKETS, registry=self.registry,
-        )
+class RequestCounts:
+    """Data commands counted and timed as they finish, in plain Python: a
+    dict entry per (command, consistency, outcome) and an array of bucket
+    counts per (command, consistency). prometheus-client's Counter and
+    Histogram took a lock and a label lookup per call, about as much as the
+    rest of a command's bookkeeping; these are read at scrape time instead
+    (:meth:`families`), under the same names, labels and buckets."""
 
-    def collect(self, source: StatusSource) -> None:
-        """Render ``source``'s snapshot at every scrape."""
-        self.registry.register(NodeCollector(source))
+    def __init__(self) -> None:
+        self._labels: dict[tuple[str, Consistency], str] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._created: dict[tuple[str, str, str], float] = {}
+        # (command, consistency) -> counts per bucket of BUCKETS, then +Inf
+        self._buckets: dict[tuple[str, str], list[int]] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+        self._series_created: dict[tuple[str, str], float] = {}
 
     def observe(self, spec: CommandSpec, levels: Consistency, outcome: str,
                 seconds: float) -> None:
-        label = level_label(spec, levels)
-        self.requests.labels(spec.name, label, outcome).inc()
-        self.latency.labels(spec.name, label).observe(seconds)
+        name = spec.name
+        label = self._labels.get((name, levels))
+        if label is None:
+            label = self._labels[(name, levels)] = level_label(spec, levels)
+        key = (name, label, outcome)
+        count = self._counts.get(key)
+        if count is None:
+            self._created[key] = time.time()
+            count = 0
+        self._counts[key] = count + 1
+        series = (name, label)
+        buckets = self._buckets.get(series)
+        if buckets is None:
+            buckets = self._buckets[series] = [0] * (len(BUCKETS) + 1)
+            self._sums[series] = 0.0
+            self._series_created[series] = time.time()
+        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self._sums[series] += seconds
+
+    def families(self) -> Iterator[Metric]:
+        """``ringkv_requests`` and ``ringkv_request_seconds`` now. Runs on
+        the scrape thread: it copies each table in one step (atomic under
+        the GIL) before reading it."""
+        requests = CounterMetricFamily(
+            "ringkv_requests", "Data commands by command, consistency level and outcome",
+            labels=["command", "consistency", "outcome"])
+        created = dict(self._created)
+        for key, count in list(self._counts.items()):
+            requests.add_metric(list(key), count, created=created.get(key))
+        yield requests
+        latency = HistogramMetricFamily(
+            "ringkv_request_seconds", "Data command latency at the coordinator",
+            labels=["command", "consistency"])
+        sums, created_at = dict(self._sums), dict(self._series_created)
+        for series, counts in list(self._buckets.items()):
+            cumulative = list(itertools.accumulate(list(counts)))
+            latency.add_metric(list(series), list(zip(_LE, cumulative, strict=True)),
+                               sums.get(series, 0.0))
+            if series in created_at:  # as prometheus-client's Histogram has it
+                latency.samples.append(Sample(
+                    "ringkv_request_seconds_created",
+                    dict(zip(("command", "consistency"), series, strict=True)),
+                    created_at[series]))
+        yield latency
+
+
+#: The ``le`` labels, as prometheus-client writes them (repr for these values).
+_LE = [*(repr(b) for b in BUCKETS), "+Inf"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = RequestCounts()
+        self.observe = self.requests.observe  # the client server's hook
+
+    def collect(self, source: StatusSource) -> None:
+        """Render the request counts and ``source``'s snapshot at every scrape."""
+        self.registry.register(NodeCollector(source, self.requests))
 
     def serve(self, addr: str, port: int) -> None:
         start_http_server(port, addr, registry=self.registry)
@@ -75,10 +142,12 @@ class NodeCollector(Collector):
     """Renders the node's :class:`~coordinator.ops.status.NodeSnapshot` at
     scrape time."""
 
-    def __init__(self, source: StatusSource) -> None:
+    def __init__(self, source: StatusSource, requests: RequestCounts) -> None:
         self.source = source
+        self.requests = requests
 
     def collect(self) -> Iterator[Metric]:
+        yield from self.requests.families()
         snap = self.source.snapshot()
         yield from self._cluster(snap)
         yield from self._hints(snap)
