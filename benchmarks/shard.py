@@ -6,7 +6,8 @@ durability: every write reaches the OS, no fsync per write):
 
 - engine: ``DB.put`` / ``DB.get`` in this process (the ceiling);
 - store: ``ShardStore.write`` / ``read`` in this process (adds the
-  read-merge-write and the sibling-set encoding);
+  version check and its encoding as a merge operand: a blind write; before
+  issue 19.2 it was a read-merge-write);
 - client, unbatched: one call at a time to a worker process over its unix
   socket (round-trip latency bound);
 - client, batched: ``--concurrency`` calls in flight, which the client packs
@@ -17,8 +18,8 @@ key written 4 times, every version superseding the last): a blind ``put``
 (no version merge at all: the ceiling), ``merge`` of the encoded version
 with a sibling-set merge operator (lsm merge operands, resolved where they
 meet), the same through ``try_write`` (what a worker would call inline on
-its event loop), and get + ``merge_sets`` + put (today's read before write);
-then gets of the merged keys before and after a full compaction.
+its event loop), and get + ``merge_sets`` + put (the read before write
+the store did before issue 19.2); then gets of the merged keys before and after a full compaction.
 ``--merge-only`` runs just that table.
 
     python3 benchmarks/shard.py --quick
@@ -214,7 +215,7 @@ def bench_write_paths(args: argparse.Namespace, scratch: str) -> str:
             current = () if old is None else decode_siblings(old)
             db.put(key, encode_siblings(merge_sets(current, decode_siblings(raw)).siblings))
 
-        timed("get + merge_sets + put", read_merge_write, "read before write (today)")
+        timed("get + merge_sets + put", read_merge_write, "read before write (before 19.2)")
         db.wait_for_compactions()
         reads("get after read-before-write", db)
     note = (f"{n} writes over {len(distinct)} keys, {args.value_bytes}-byte values, "
