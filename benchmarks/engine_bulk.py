@@ -21,7 +21,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import harness
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, scratch: str) -> tuple[str, dict[str, Any]]:
 
     options = Options(fsync=args.fsync)
     if args.memtable_mib:
-        options.memtable_bytes = int(args.memtable_mib * MIB)
+        options = replace(options, memtable_bytes=int(args.memtable_mib * MIB))
     entry = args.key_bytes + args.value_bytes
     n = max(10, int(args.gib * 1024 * MIB) // entry)
     path = os.path.join(scratch, "ringkv")

@@ -95,6 +95,8 @@ async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> N
 @click.option("--id", "node_id", help="Node id (node.id).")
 @click.option("--data-dir", help="Data directory (node.data_dir).")
 @click.option("--bind", help="Address to listen on (network.bind).")
+@click.option("--advertise", help="Address other nodes and clients reach this one at "
+                                  "(network.advertise; default: --bind).")
 @click.option("--port", "client_port", type=int, help="Client (Redis) port.")
 @click.option("--peer-port", type=int, help="Port for other nodes.")
 @click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")

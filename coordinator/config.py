@@ -6,8 +6,8 @@ wrong types are errors that name the key, so a typo never silently falls
 back to a default.
 
     [node]     id, data_dir, zone, clock_offset_ms
-    [network]  bind, client_port, peer_port, seeds, max_clients, idle_timeout_s,
-               metrics_port, max_reply_bytes, max_node_reply_bytes
+        "bind", "advertise", "client_port", "peer_port", "seeds", "max_clients",
+        "idle_timeout_s", "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
     [cluster]  partitions, n, r, w, pr, pw, secret, request_timeout_ms,
                max_clock_drift_ms
     [storage]  workers, fsync, fsync_interval_ms, max_value_bytes,
@@ -19,6 +19,7 @@ back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -43,6 +44,7 @@ class NodeConfig:
     clock_offset_ms: int = 0  # fault injection: skew this node's HLC (tests only)
     # [network]
     bind: str = "127.0.0.1"
+    advertise: str = ""  # the address peers and clients reach us at; "": bind
     client_port: int = 7379
     peer_port: int = 17379
     seeds: tuple[str, ...] = ()
@@ -80,12 +82,16 @@ class NodeConfig:
     requirepass: str = field(default="", repr=False)
     enable_flush: bool = False
 
+    def advertised_host(self) -> str:
+        """The address this node gives the cluster for its client and peer ports."""
+        return self.advertise or self.bind
+
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "node": ("id", "data_dir", "zone", "clock_offset_ms"),
     "network": (
-        "bind", "client_port", "peer_port", "seeds", "max_clients", "idle_timeout_s",
-        "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
+        "bind", "advertise", "client_port", "peer_port", "seeds", "max_clients",
+        "idle_timeout_s", "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
     ),
     "cluster": (
         "partitions", "n", "r", "w", "pr", "pw", "secret", "request_timeout_ms",
@@ -222,6 +228,39 @@ def validate(c: NodeConfig) -> None:
     for seed in c.seeds:
         host, _, port = seed.rpartition(":")
         need(bool(host) and port.isdigit(), f"seed {seed!r} must be host:port")
+    _check_addresses(c)
+
+
+def _check_addresses(c: NodeConfig) -> None:
+    """The address the node advertises must reach it from its peers: not a
+    wildcard (peers would dial themselves), and not loopback when a seed is
+    another machine (it would dial its own loopback)."""
+    if _ip(c.bind, "is_unspecified") and not c.advertise:
+        raise ConfigError(
+            f"bind {c.bind or repr(c.bind)} listens on every address, so it cannot tell "
+            "peers where to connect: set network.advertise to this node's address on the "
+            "cluster network")
+    if c.advertise and _ip(c.advertise, "is_unspecified"):
+        raise ConfigError(f"advertise must be an address peers can connect to, got {c.advertise}")
+    if not _ip(c.advertised_host(), "is_loopback"):
+        return
+    for seed in c.seeds:
+        host = seed.rpartition(":")[0].strip("[]")
+        if _ip(host, "is_loopback") is False and not _ip(host, "is_unspecified"):
+            raise ConfigError(
+                f"seed {seed} is another machine, but this node would tell it to connect to "
+                f"{c.advertised_host()} (its own loopback): set network.bind (or "
+                "network.advertise) to this node's address on the cluster network")
+
+
+def _ip(host: str, kind: str) -> bool | None:
+    """``ipaddress``'s ``kind`` test of ``host`` ("" binds every address);
+    None when it is a host name other than localhost."""
+    literal = {"": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host)
+    try:
+        return bool(getattr(ipaddress.ip_address(literal), kind))
+    except ValueError:
+        return None
 
 
 def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:

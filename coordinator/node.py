@@ -127,7 +127,8 @@ class Node:
         config = self.config
         me = Endpoint(
             self.view.id, int(time.time() * 1000), 0, MemberStatus.UP,
-            f"{config.bind}:{config.client_port}", f"{config.bind}:{self.peer_server.port}",
+            f"{config.advertised_host()}:{config.client_port}",
+            f"{config.advertised_host()}:{self.peer_server.port}",
             self.view.ring.epoch if self.view.ring else 0, config.zone,
         )
         self._own(self.view.start_gossip(

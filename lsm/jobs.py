@@ -3,8 +3,16 @@
 Each runs on its own thread, owned by :class:`Jobs` and joined on close. A
 flush never waits for a compaction, so writes keep going while level 0 is
 being merged (until the stop trigger says otherwise). Failures latch the
-database read-only and are retried with backoff; the first success clears
+write path read-only and are retried with backoff; the first success clears
 the latch.
+
+Jobs talk to the rest of the engine through methods: the write path gives
+the memtables to flush and takes new versions, the version set picks
+compactions, hands out file numbers and logs edits, the WAL set syncs and
+retires WALs, the table cache says which tables may be deleted.
+``_compaction_lock`` is held across a whole compaction (pick, run, install),
+so a manual compaction and the background one never overlap; the engine's
+lock order is written in lsm.db.
 """
 
 from __future__ import annotations
@@ -12,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from lsm import compaction as policy
 from lsm import filenames, table_writer
@@ -21,9 +29,12 @@ from lsm.errors import StorageIOError
 from lsm.keys import Entry
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.memtable import MemTable
-
-if TYPE_CHECKING:
-    from lsm.db import DB
+from lsm.options import Options
+from lsm.table_cache import TableCache
+from lsm.version import LsmVersion
+from lsm.version_set import VersionSet
+from lsm.wal_set import WalSet
+from lsm.write_path import WritePath
 
 log = logging.getLogger("lsm.jobs")
 
@@ -36,26 +47,42 @@ class _Aborted(Exception):
 
 
 class Jobs:
-    def __init__(self, db: DB) -> None:
-        self.db = db
+    def __init__(
+        self,
+        path: str,
+        options: Options,
+        *,
+        versions: VersionSet,
+        wals: WalSet,
+        tables: TableCache,
+    ) -> None:
+        self._path = path
+        self._options = options
+        self._fs = options.fs
+        self._versions = versions
+        self._wals = wals
+        self._tables = tables
+        self._counters: Counter[str] = Counter()  # flushes, compactions, their bytes
+        self._writes: WritePath  # given to start(): it needs this object's wake()
         self._flush_wake = threading.Event()
         self._compact_wake = threading.Event()
         self._sync_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.busy = False
-        self._use_child = db.options.compaction_in_process
+        self._compaction_lock = threading.Lock()
+        self._busy = False  # a compaction is running
+        self._use_child = options.compaction_in_process
         # pause(): no new flush or compaction starts; _active counts running ones.
         self._idle = threading.Condition()
         self._paused = False
         self._active = 0
 
-    def start(self) -> None:
-        db = self.db
+    def start(self, writes: WritePath) -> None:
+        self._writes = writes
         targets = [("flush", self._flush_loop), ("compact", self._compaction_loop)]
-        if db.options.fsync == "interval":
+        if self._options.fsync == "interval":
             targets.append(("wal-sync", self._sync_loop))
-        if not db.options.background_threads:
+        if not self._options.background_threads:
             targets = [t for t in targets if t[0] == "wal-sync"]
         for name, target in targets:
             t = threading.Thread(target=target, name=f"lsm-{name}", daemon=True)
@@ -70,6 +97,15 @@ class Jobs:
         for t in self._threads:
             t.join()
         self._threads.clear()
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._counters
+
+    def reconfigure(self, options: Options) -> None:
+        """Use ``options`` (run-time knobs changed) from the next job on."""
+        self._options = options
+        self.wake()
 
     def wake(self) -> None:
         self._flush_wake.set()
@@ -86,6 +122,10 @@ class Jobs:
             self._paused = False
         self.wake()
 
+    def has_work(self) -> bool:
+        """A compaction is due or running (no lock taken)."""
+        return self._busy or self._versions.pick_compaction(self._options) is not None
+
     def _begin(self) -> bool:
         with self._idle:
             if self._paused:
@@ -98,14 +138,18 @@ class Jobs:
             self._active -= 1
             self._idle.notify_all()
 
+    def _closing(self) -> bool:
+        return self._stop.is_set()
+
     @staticmethod
     def _wait(event: threading.Event, seconds: float) -> None:
         event.wait(seconds)
         event.clear()
 
-    def compaction_due(self) -> bool:
-        db = self.db
-        return policy.pick_compaction(db._state[2], db.options, db._pointers) is not None
+    def _install(self, edit: VersionEdit, flushed: MemTable | None = None) -> LsmVersion:
+        return self._versions.log_and_apply(
+            edit, lambda version: self._writes.install_version(version, flushed)
+        )
 
     # -- WAL syncer -----------------------------------------------------------
     def wake_syncer(self) -> None:
@@ -113,142 +157,130 @@ class Jobs:
         self._sync_wake.set()
 
     def _sync_loop(self) -> None:
-        db = self.db
-        interval = db.options.fsync_interval_ms / 1000
+        interval = self._options.fsync_interval_ms / 1000
         while True:
             self._wait(self._sync_wake, interval)
             if self._stop.is_set():
                 return
             try:
-                db.sync_current_wal()
+                self._writes.sync_current_wal()
             except StorageIOError as exc:
-                log.error("%s: periodic WAL sync failed: %s", db.path, exc)
+                log.error("%s: periodic WAL sync failed: %s", self._path, exc)
 
     # -- flush ----------------------------------------------------------------
     def _flush_loop(self) -> None:
-        db = self.db
+        writes = self._writes
         backoff = _BACKOFF_MIN_S
-        while not db._closing:
-            imms = db._state[1]
+        while not self._stop.is_set():
+            imms = writes.state[1]
             if not imms or not self._begin():
                 self._wait(self._flush_wake, 0.1)
                 continue
             try:
                 try:
-                    self.flush_one(imms[-1])
+                    self._flush_one(imms[-1])
                 finally:
                     self._end()
                 backoff = _BACKOFF_MIN_S
-                db.clear_error("flush")
+                writes.clear_error("flush")
             except StorageIOError as exc:
-                db.latch_error(exc, "flush")
+                writes.latch_error(exc, "flush")
                 self._wait(self._flush_wake, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
             except _Aborted:
                 return
             except Exception as exc:  # corruption or a bug: stay read-only, retry slowly
-                log.exception("%s: flush failed", db.path)
-                db.latch_error(StorageIOError(f"flush failed: {exc!r}"), "flush")
+                log.exception("%s: flush failed", self._path)
+                writes.latch_error(StorageIOError(f"flush failed: {exc!r}"), "flush")
                 self._wait(self._flush_wake, _BACKOFF_MAX_S)
 
-    def flush_one(self, mem: MemTable) -> None:
+    def _flush_one(self, mem: MemTable) -> None:
         """Write one immutable memtable to level 0, then retire its WAL."""
-        db = self.db
-        with db._sync_lock:
-            wal = db._wals.get(mem.wal_number)
-            if wal is not None:
-                wal.sync()
+        self._wals.sync_all_of(mem.wal_number)
         # Flushes stay on this thread: in a child process (tried) the start-up
         # and WAL re-read made immutable memtables pile up and stall writers.
-        outputs = self.write_tables(mem.entries(), split=False) if len(mem) else []
-        with db._mu:
-            live = [m for m in db._state[1] if m is not mem] + [db._state[0]]
-            log_number = min(m.wal_number for m in live)
-            last_seq = db._last_seq
+        outputs = self._write_tables(mem.entries(), split=False) if len(mem) else []
+        log_number, last_seq = self._writes.flush_marks(mem)
         edit = VersionEdit(
             log_number=log_number,
-            next_file_number=db._next_file,
+            next_file_number=self._versions.next_file_number,
             last_seq=last_seq,
             added=tuple((0, f) for f in outputs),
         )
-        db.install(edit, flushed=mem)
-        db.counters["flushes"] += 1
-        db.counters["flush_bytes"] += sum(f.size for f in outputs)
-        with db._sync_lock:
-            wal = db._wals.pop(mem.wal_number, None)
-            db._synced.pop(mem.wal_number, None)
-        if wal is not None:
-            wal.close()
-        self._remove(filenames.wal_path(db.path, mem.wal_number))
+        self._install(edit, flushed=mem)
+        self._counters["flushes"] += 1
+        self._counters["flush_bytes"] += sum(f.size for f in outputs)
+        self._wals.retire(mem.wal_number)
+        self._remove(filenames.wal_path(self._path, mem.wal_number))
         self._compact_wake.set()
 
     # -- compaction -----------------------------------------------------------
     def _compaction_loop(self) -> None:
-        db = self.db
+        writes = self._writes
         backoff = _BACKOFF_MIN_S
-        while not db._closing:
+        while not self._stop.is_set():
             self._wait(self._compact_wake, 0.25)
-            while not db._closing:
-                with db._compaction_lock:
-                    task = policy.pick_compaction(db._state[2], db.options, db._pointers)
+            while not self._stop.is_set():
+                with self._compaction_lock:
+                    task = self._versions.pick_compaction(self._options)
                     if task is None or not self._begin():
                         break
-                    self.busy = True
+                    self._busy = True
                     try:
-                        self.run(task)
+                        self._run(task)
                         backoff = _BACKOFF_MIN_S
-                        db.clear_error("compaction")
+                        writes.clear_error("compaction")
                     except _Aborted:
                         return
                     except StorageIOError as exc:
-                        db.latch_error(exc, "compaction")
+                        writes.latch_error(exc, "compaction")
                         break
                     except Exception as exc:  # corruption or a bug
-                        log.exception("%s: compaction failed", db.path)
-                        db.latch_error(StorageIOError(f"compaction failed: {exc!r}"), "compaction")
+                        log.exception("%s: compaction failed", self._path)
+                        writes.latch_error(
+                            StorageIOError(f"compaction failed: {exc!r}"), "compaction"
+                        )
                         break
                     finally:
-                        self.busy = False
+                        self._busy = False
                         self._end()
-            if db._error is not None and db._error_source == "compaction":
+            if writes.failed("compaction"):
                 self._wait(self._compact_wake, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
     def compact_range(self, start: bytes | None, end: bytes | None, bottommost: bool) -> None:
         """Manual compaction in the caller's thread (background compactions
         wait on ``_compaction_lock`` meanwhile)."""
-        db = self.db
-        with db._compaction_lock:
-            last = max(1, db._state[2].last_nonempty_level())
+        versions = self._versions
+        with self._compaction_lock:
+            last = max(1, versions.current.last_nonempty_level())
             for level in range(last):
-                task = policy.manual_tasks_for_level(db._state[2], level, start, end)
+                task = policy.manual_tasks_for_level(versions.current, level, start, end)
                 if task is not None:
-                    self.run(task)
+                    self._run(task)
             if bottommost:
-                task = policy.bottom_rewrite_task(db._state[2], start, end)
+                task = policy.bottom_rewrite_task(versions.current, start, end)
                 if task is not None:
-                    self.run(task)
+                    self._run(task)
         self.wake()
 
-    def run(self, task: policy.CompactionTask) -> None:
-        db = self.db
+    def _run(self, task: policy.CompactionTask) -> None:
         started = time.perf_counter()
+        counters = self._counters
         if task.is_trivial_move:
-            db.install(policy.trivial_move_edit(task))
-            db.counters["trivial_moves"] += 1
+            self._install(policy.trivial_move_edit(task))
+            counters["trivial_moves"] += 1
             return
         sources: list[tuple[int, ...]] = [(f.number,) for f in task.inputs]
         if task.next_inputs:
             sources.append(tuple(f.number for f in task.next_inputs))
         read = task.input_bytes()
-        reserved = table_writer.reserve_count(read, db.options)
-        with db._mu:
-            first = db._next_file
-            db._next_file += reserved
+        options = self._options
+        reserved = table_writer.reserve_count(read, options)
+        first = self._versions.reserve_file_numbers(reserved)
         job = table_writer.CompactionJob(
-            db.path, tuple(sources), task.bottommost, first, reserved, db.options
+            self._path, tuple(sources), task.bottommost, first, reserved, options
         )
-        closing = lambda: db._closing  # noqa: E731
         out: table_writer.CompactionOutput | None = None
         where = "thread"
         try:
@@ -256,61 +288,49 @@ class Jobs:
                 # Log the reservation first: if this process is killed, its
                 # child may write these numbers for a moment longer, and a
                 # restarted engine must not hand them out meanwhile.
-                db.install(VersionEdit(next_file_number=first + reserved))
+                self._install(VersionEdit(next_file_number=first + reserved))
                 try:
-                    out = table_writer.run_in_child(job, closing)
+                    out = table_writer.run_in_child(job, self._closing)
                     where = "child process"
                 except table_writer.ChildUnavailable as exc:
-                    log.warning("%s: compacting in-process from now on: %s", db.path, exc)
+                    log.warning("%s: compacting in-process from now on: %s", self._path, exc)
                     self._use_child = False
             if out is None:
-                out = table_writer.execute(job, db.fs, db.tables.get, closing)
+                out = table_writer.execute(job, self._fs, self._tables.get, self._closing)
         except table_writer.Aborted:
             raise _Aborted from None
-        db.install(policy.result_edit(task, out.files, db._last_seq))
+        self._install(policy.result_edit(task, out.files, self._writes.last_seq))
         written = sum(f.size for f in out.files)
-        db.counters["compactions"] += 1
-        db.counters["compaction_bytes_read"] += read
-        db.counters["compaction_bytes_written"] += written
-        db.counters["compaction_dropped_tombstones"] += out.dropped_tombstones
-        db.counters["compaction_filtered"] += out.filtered
-        db.counters["compaction_merge_operands"] += out.merge_operands
+        counters["compactions"] += 1
+        counters["compaction_bytes_read"] += read
+        counters["compaction_bytes_written"] += written
+        counters["compaction_dropped_tombstones"] += out.dropped_tombstones
+        counters["compaction_filtered"] += out.filtered
+        counters["compaction_merge_operands"] += out.merge_operands
         log.debug(
             "%s: compacted L%d->L%d (%s) in a %s: %d files %d bytes -> %d files %d bytes "
             "in %.2fs",
-            db.path, task.level, task.output_level, task.reason, where, len(task.all_inputs()),
-            read, len(out.files), written, time.perf_counter() - started,
+            self._path, task.level, task.output_level, task.reason, where,
+            len(task.all_inputs()), read, len(out.files), written, time.perf_counter() - started,
         )
-        with db._mu:
-            db._obsolete_tables.update(f.number for _, f in task.all_inputs())
+        self._tables.retire(f.number for _, f in task.all_inputs())
         self.delete_obsolete_tables()
 
     # -- output ---------------------------------------------------------------
-    def write_tables(self, entries: Iterable[Entry], split: bool) -> list[FileMeta]:
-        db = self.db
-
-        def closing() -> bool:
-            return db._closing
-
+    def _write_tables(self, entries: Iterable[Entry], split: bool) -> list[FileMeta]:
         try:
             return table_writer.write_tables(
-                db.fs, db.path, db.options, entries,
-                split=split, next_number=db.new_file_number, should_abort=closing,
+                self._fs, self._path, self._options, entries, split=split,
+                next_number=self._versions.new_file_number, should_abort=self._closing,
             )
         except table_writer.Aborted:
             raise _Aborted from None
 
     def delete_obsolete_tables(self) -> None:
-        db = self.db
-        with db._mu:
-            live = db._state[2].file_numbers()
-            doomed = [n for n in db._obsolete_tables if n not in live and not db._pins[n]]
-            db._obsolete_tables.difference_update(doomed)
-        for number in doomed:
-            db.tables.evict(number)
-            self._remove(filenames.table_path(db.path, number))
+        """Delete retired tables that no version in use needs any more."""
+        live = self._versions.current.file_numbers()
+        for number in self._tables.take_deletable(live):
+            self._remove(filenames.table_path(self._path, number))
 
     def _remove(self, path: str) -> None:
-        table_writer.remove_quietly(self.db.fs, path)
-
-
+        table_writer.remove_quietly(self._fs, path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Protocol
 
 from lsm.errors import InvalidArgumentError
 from lsm.fs import FileSystem, OsFileSystem
@@ -62,8 +62,20 @@ class MergeOperator(Protocol):
     def partial_merge(self, key: bytes, older: bytes, newer: bytes) -> bytes: ...
 
 
-@dataclass(slots=True)
+#: Knobs the engine reads afresh at each use, which ``DB.set_options`` may
+#: change while the database is open. The others are fixed at open.
+RUNTIME_OPTIONS = frozenset({
+    "memtable_bytes", "max_immutable_memtables", "wal_bytes_per_sync",
+    "l0_compaction_trigger", "l0_slowdown_trigger", "l0_stop_trigger", "slowdown_sleep_s",
+    "level1_bytes", "level_fanout", "target_file_bytes", "compaction_filter",
+})
+
+
+@dataclass(frozen=True, slots=True)
 class Options:
+    """Frozen: an open database changes its run-time knobs through
+    ``DB.set_options``, which validates a changed copy."""
+
     fs: FileSystem = field(default_factory=OsFileSystem)
     create_if_missing: bool = True
 
@@ -111,6 +123,20 @@ class Options:
     # so that the files they build are byte-for-byte reproducible.
     clock_ms: Callable[[], int] = wall_clock_ms
 
+    def changed(self, **changes: Any) -> Options:
+        """A validated copy with some of :data:`RUNTIME_OPTIONS` changed."""
+        for name, value in changes.items():
+            if name not in RUNTIME_OPTIONS:
+                known = name in {f.name for f in fields(self)}
+                raise InvalidArgumentError(
+                    f"{name} cannot change while the database is open"
+                    if known else f"unknown option {name!r}"
+                )
+            _check_type(name, value, getattr(self, name))
+        new = replace(self, **changes)
+        new.validate()
+        return new
+
     def validate(self) -> None:
         if self.fsync not in ("always", "interval", "never"):
             raise InvalidArgumentError(
@@ -128,6 +154,12 @@ class Options:
             )
         if self.num_levels < 2 or self.level_fanout < 2:
             raise InvalidArgumentError("need num_levels >= 2 and level_fanout >= 2")
+        if min(self.level1_bytes, self.target_file_bytes, self.max_immutable_memtables) < 1:
+            raise InvalidArgumentError(
+                "level1_bytes, target_file_bytes and max_immutable_memtables must be >= 1"
+            )
+        if self.slowdown_sleep_s < 0:
+            raise InvalidArgumentError("slowdown_sleep_s must be >= 0")
         op = self.merge_operator
         if op is not None:
             name = getattr(op, "name", None)
@@ -139,3 +171,14 @@ class Options:
             for method in ("full_merge", "partial_merge"):
                 if not callable(getattr(op, method, None)):
                     raise InvalidArgumentError(f"merge_operator {name!r} has no {method} method")
+
+
+def _check_type(name: str, value: object, current: object) -> None:
+    if name == "compaction_filter":
+        ok, wanted = value is None or callable(value), "a callable or None"
+    elif isinstance(current, float):
+        ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an int"
+    if not ok:
+        raise InvalidArgumentError(f"{name} must be {wanted}, not {value!r:.80}")

@@ -4,7 +4,7 @@ Steps, in order:
 
 1. No CURRENT: create an empty database (refused if tables or WALs exist,
    since that means CURRENT was lost, not that the directory is new).
-2. Replay the manifest named by CURRENT into an LsmVersion; check that levels
+2. Replay the manifest named by CURRENT into a VersionSet; check that levels
    1+ do not overlap and that every table it names exists. If tables hold
    merge operands, the configured merge operator must have the name the
    manifest recorded (InvalidArgumentError otherwise).
@@ -15,6 +15,9 @@ Steps, in order:
    so opening costs one read of the WALs, not a rewrite of them.
 4. Start a new WAL, write a fresh manifest holding a snapshot of the version,
    switch CURRENT to it, and delete what nothing references any more.
+
+The result is a :class:`Recovered` record: the version set and what the
+write path starts from. Recovery builds these; it touches no engine object.
 """
 
 from __future__ import annotations
@@ -23,32 +26,40 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lsm import filenames
 from lsm.errors import CorruptionError, InvalidArgumentError
 from lsm.filenames import FileType
+from lsm.fs import FileSystem
 from lsm.keys import KIND_MERGE, Op
-from lsm.manifest import (
-    ManifestWriter,
-    VersionEdit,
-    read_current,
-    read_manifest,
-    set_current,
-)
+from lsm.manifest import ManifestWriter, VersionEdit, read_current, set_current
 from lsm.memtable import MemTable
-from lsm.version import LsmVersion
+from lsm.options import Options
+from lsm.version_set import VersionSet
 from lsm.wal import WalWriter, replay_file
 
 if TYPE_CHECKING:
-    from lsm.db import DB
     from lsm.options import MergeOperator
 
 log = logging.getLogger("lsm.recovery")
 
 
-def recover(db: DB) -> None:
-    fs, path, options = db.fs, db.path, db.options
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What an open starts from."""
+
+    versions: VersionSet  # manifest replayed, a fresh manifest started
+    wal: WalWriter  # the new, empty WAL that takes the writes
+    memtable: MemTable  # empty, logged in ``wal``
+    immutables: tuple[MemTable, ...]  # replayed WALs, newest first, to be flushed
+    wals: tuple[WalWriter, ...]  # every live WAL, ``wal`` included
+    last_seq: int
+
+
+def recover(options: Options, path: str) -> Recovered:
+    fs = options.fs
     names = fs.listdir(path)
     parsed = {name: filenames.parse(name) for name in names}
     if filenames.CURRENT not in names:
@@ -61,31 +72,14 @@ def recover(db: DB) -> None:
             )
         if not options.create_if_missing:
             raise InvalidArgumentError(f"no database at {path} and create_if_missing is off")
-        _create(db)
+        _create(fs, path)
         names = fs.listdir(path)
         parsed = {name: filenames.parse(name) for name in names}
 
     manifest_file = read_current(fs, path)
-    manifest_path = os.path.join(path, manifest_file)
-    version = LsmVersion.empty(options.num_levels)
-    log_number = 0
-    next_file = 2
-    last_seq = 0
-    recorded_operator: str | None = None
-    for edit in read_manifest(fs, manifest_path):
-        version = version.apply(edit, manifest_path)
-        if edit.log_number is not None:
-            log_number = edit.log_number
-        if edit.next_file_number is not None:
-            next_file = edit.next_file_number
-        if edit.last_seq is not None:
-            last_seq = max(last_seq, edit.last_seq)
-        for level, key in edit.compact_pointers:
-            db._pointers[level] = key
-        if edit.merge_operator is not None:
-            recorded_operator = edit.merge_operator
-    version.check_levels(manifest_path)
-    merge_check = _MergeCheck(path, recorded_operator, options.merge_operator)
+    versions = VersionSet.replay(options, path, manifest_file)
+    version = versions.current
+    merge_check = _MergeCheck(path, versions.recorded_merge_operator, options.merge_operator)
     if any(f.merges for files in version.levels for f in files):
         merge_check.found("its tables hold")
     for files in version.levels:
@@ -95,12 +89,13 @@ def recover(db: DB) -> None:
                     filenames.table_path(path, f.number), None,
                     f"table {f.number} is referenced by {manifest_file} but missing",
                 )
-    numbers = [p[1] for p in parsed.values() if p is not None]
-    next_file = max([next_file, *(n + 1 for n in numbers)])
+    versions.skip_file_numbers(p[1] for p in parsed.values() if p is not None)
 
     wal_numbers = sorted(
-        p[1] for p in parsed.values() if p and p[0] is FileType.WAL and p[1] >= log_number
+        p[1] for p in parsed.values()
+        if p and p[0] is FileType.WAL and p[1] >= versions.log_number
     )
+    last_seq = versions.last_seq
     recovered: list[MemTable] = []
     empty_wals: list[int] = []
     for number in wal_numbers:
@@ -115,29 +110,20 @@ def recover(db: DB) -> None:
         else:
             empty_wals.append(number)
 
-    db._next_file = next_file
-    db._last_seq = last_seq
-    wal_number = db._new_file_number()
-    wal_file = fs.create(filenames.wal_path(path, wal_number))
-    db._wal = WalWriter(wal_file, wal_number)
-    db._wals[wal_number] = db._wal
+    wal_number = versions.new_file_number()
+    wal = WalWriter(fs.create(filenames.wal_path(path, wal_number)), wal_number)
+    wals = [wal]
     for mem in recovered:
         # Reopen for the flush job, which closes it after flushing. Synced
         # now: a killed process leaves its last records in the OS's cache,
         # and they must be durable before anything written to the new WAL is.
-        wal = WalWriter(fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number)
-        wal.sync()
-        db._wals[mem.wal_number] = wal
-    db._state = (MemTable(wal_number, options.merge_operator), tuple(reversed(recovered)),
-                 version)
+        old = WalWriter(fs.open_append(filenames.wal_path(path, mem.wal_number)), mem.wal_number)
+        old.sync()
+        wals.append(old)
 
     oldest_needed = recovered[0].wal_number if recovered else wal_number
-    manifest_number = db._new_file_number()
-    db._manifest = ManifestWriter.create(
-        fs, path, manifest_number, [db.snapshot_edit(version, oldest_needed)]
-    )
-    set_current(fs, path, manifest_number)  # also makes the new WAL's name durable
-    db._log_number = oldest_needed
+    # Also makes the new WAL's name durable (CURRENT's rename syncs the directory).
+    manifest_number = versions.start_manifest(oldest_needed, last_seq)
 
     live = version.file_numbers()
     for name, p in parsed.items():
@@ -156,6 +142,14 @@ def recover(db: DB) -> None:
             with contextlib.suppress(FileNotFoundError):
                 fs.remove(os.path.join(path, name))
     fs.sync_dir(path)
+    return Recovered(
+        versions=versions,
+        wal=wal,
+        memtable=MemTable(wal_number, options.merge_operator),
+        immutables=tuple(reversed(recovered)),
+        wals=tuple(wals),
+        last_seq=last_seq,
+    )
 
 
 class _MergeCheck:
@@ -202,8 +196,7 @@ class _MergeCheck:
         return checked
 
 
-def _create(db: DB) -> None:
-    fs, path = db.fs, db.path
+def _create(fs: FileSystem, path: str) -> None:
     edit = VersionEdit(log_number=0, next_file_number=2, last_seq=0)
     writer = ManifestWriter.create(fs, path, 1, [edit])
     writer.close()

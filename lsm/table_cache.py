@@ -1,8 +1,20 @@
-"""Open table readers, one per live SSTable, opened on first use."""
+"""Open table readers, one per live SSTable, opened on first use; and which
+tables may be deleted.
+
+A compaction *retires* its input tables once its edit is installed; a scan
+*pins* the tables of the version it reads. A retired table is deleted once
+it is neither in the current version nor pinned. ``_pins_lock`` guards the
+pins and the retired set and takes nothing else; scans pin under the write
+path's lock (see ``WritePath.scan_sources``), so a version cannot be
+replaced between the moment a scan takes it and the moment its tables are
+pinned.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Iterable
 
 from lsm.cache import BlockCache
 from lsm.filenames import table_path
@@ -17,6 +29,9 @@ class TableCache:
         self._block_cache = block_cache
         self._readers: dict[int, TableReader] = {}
         self._lock = threading.Lock()
+        self._pins_lock = threading.Lock()
+        self._pins: Counter[int] = Counter()
+        self._retired: set[int] = set()
 
     def get(self, number: int) -> TableReader:
         reader = self._readers.get(number)
@@ -54,3 +69,28 @@ class TableCache:
         a bloom filter spared a block read."""
         readers = list(self._readers.values())
         return sum(r.bloom_checks for r in readers), sum(r.bloom_negatives for r in readers)
+
+    # -- table lifetimes ------------------------------------------------------
+    def pin(self, numbers: list[int]) -> None:
+        with self._pins_lock:
+            self._pins.update(numbers)
+
+    def unpin(self, numbers: list[int]) -> None:
+        with self._pins_lock:
+            self._pins.subtract(numbers)
+            self._pins += Counter()  # drop zero counts
+
+    def retire(self, numbers: Iterable[int]) -> None:
+        """Tables no longer in the current version: delete when unpinned."""
+        with self._pins_lock:
+            self._retired.update(numbers)
+
+    def take_deletable(self, live: set[int] | frozenset[int]) -> list[int]:
+        """Retired tables neither ``live`` nor pinned, forgotten and closed
+        here; the caller removes their files."""
+        with self._pins_lock:
+            doomed = [n for n in self._retired if n not in live and not self._pins[n]]
+            self._retired.difference_update(doomed)
+        for number in doomed:
+            self.evict(number)
+        return doomed

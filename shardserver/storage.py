@@ -37,7 +37,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lsm import NOT_CACHED, NotCached
@@ -142,10 +142,9 @@ class ShardStore:
         **kwargs: Any,
     ) -> ShardStore:
         """Open (recover) the engine at ``path``; blocks until it is ready.
-        Sets ``options.merge_operator`` to the store's join of sibling sets."""
-        options = options or Options()
-        options.merge_operator = SiblingSetJoin(kwargs.get("sibling_cap",
-                                                           versions.DEFAULT_SIBLING_CAP))
+        ``options`` with ``merge_operator`` set to the store's join of sibling sets."""
+        join = SiblingSetJoin(kwargs.get("sibling_cap", versions.DEFAULT_SIBLING_CAP))
+        options = replace(options or Options(), merge_operator=join)
         return cls(DB.open(path, options), partitions, **kwargs)
 
     def close(self) -> None:
@@ -196,8 +195,8 @@ class ShardStore:
             held = self._held
             if held is not None and dropping:
                 held = held - dropping
-        self.db.options.compaction_filter = ShardCompactionFilter(
-            held, self.grace_ms, self._clock_ms()
+        self.db.set_options(
+            compaction_filter=ShardCompactionFilter(held, self.grace_ms, self._clock_ms())
         )
 
     def drop_partition(self, partition: int, if_mark: int | None = None) -> None:

@@ -110,35 +110,43 @@ class Cluster:
     #: One loopback address per node (127.0.0.2, .3, ...): peers then connect
     #: from distinct sources, so a fault test can cut one node off by address.
     own_addresses: bool = False
+    #: Nodes on separate hosts (tests/netns.py): node i's address, the same
+    #: (client, peer, metrics) ports on every node, the command prefix that
+    #: runs node i on its host, and settings of single nodes by name.
+    addresses: tuple[str, ...] = ()
+    ports: tuple[int, int, int] | None = None
+    run_in: Callable[[int], list[str]] | None = None
+    node_settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     members: list[NodeProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ports = free_ports(3 * self.nodes)
+        ports = list(self.ports) * self.nodes if self.ports else free_ports(3 * self.nodes)
         for i in range(self.nodes):
             name = f"n{i + 1}"
             host = f"127.0.0.{i + 2}" if self.own_addresses else "127.0.0.1"
             self.members.append(NodeProc(
                 name, *ports[3 * i:3 * i + 3], self.root / name,
-                self.root / f"{name}.toml", self.root / f"{name}.log", host,
+                self.root / f"{name}.toml", self.root / f"{name}.log",
+                self.addresses[i] if self.addresses else host,
             ))
-        seeds = ", ".join(f'"{m.host}:{m.peer_port}"' for m in self.members)
+        seeds = [f"{m.host}:{m.peer_port}" for m in self.members]
         for m in self.members:
             sections: dict[str, dict[str, Any]] = {
                 "node": {"id": m.name, "data_dir": str(m.data_dir)},
-                "network": {"bind": m.host, "client_port": m.client_port,
+                "network": {"bind": m.host, "seeds": seeds, "client_port": m.client_port,
                             "peer_port": m.peer_port, "metrics_port": m.metrics_port},
                 "cluster": {"n": self.n, "r": min(2, self.n), "w": min(2, self.n),
                             "secret": SECRET, "request_timeout_ms": 2000},
                 "storage": {"workers": self.workers},
                 "security": {"enable_flush": True},
             }
-            for section, values in self.settings.items():
-                sections.setdefault(section, {}).update(values)
+            for more in (self.settings, self.node_settings.get(m.name, {})):
+                for section, values in more.items():
+                    sections.setdefault(section, {}).update(values)
             lines = []
             for section, values in sections.items():
                 lines.append(f"[{section}]")
                 lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-            lines.insert(lines.index("[network]") + 1, f"seeds = [{seeds}]")
             m.config.write_text("\n".join(lines) + "\n")
 
     # -- processes ------------------------------------------------------------
@@ -154,8 +162,9 @@ class Cluster:
         assert not m.running, f"{m.name} already running"
         log = open(m.log, "ab")  # noqa: SIM115 - the child owns it now
         try:
+            prefix = self.run_in(i) if self.run_in else []
             m.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "serve", "--config", str(m.config)],
+                [*prefix, sys.executable, "-m", "cli", "serve", "--config", str(m.config)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -246,6 +255,8 @@ class Cluster:
 
 
 def _toml(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(map(_toml, v)) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -265,7 +276,7 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
 
 def scrape(c: Cluster, i: int) -> dict[str, float]:
     """Node ``i``'s Prometheus metrics: ``name{labels}`` -> value."""
-    url = f"http://127.0.0.1:{c.members[i].metrics_port}/metrics"
+    url = f"http://{c.members[i].host}:{c.members[i].metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
     out = {}

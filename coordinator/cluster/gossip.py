@@ -62,6 +62,7 @@ class Gossiper:
         self._on_restart = on_restart
         self._accept = accept  # False: a peer's entry is ignored (e.g. from the future)
         self._answered: set[str] = set()  # peer addresses that ever answered
+        self._wire: dict[NodeId, tuple[Endpoint, list[Any]]] = {}  # see _encoded
 
     # -- liveness ---------------------------------------------------------
     def is_up(self, node: NodeId) -> bool:
@@ -75,7 +76,11 @@ class Gossiper:
         return 0.0 if node == self.me or det is None else det.phi(self._clock())
 
     def heard_from_all_seeds(self) -> bool:
-        return all(s in self._answered for s in self.seeds)
+        return not self.unanswered_seeds()
+
+    def unanswered_seeds(self) -> list[str]:
+        """Seed addresses that never answered: each gets an extra try per round."""
+        return [s for s in self.seeds if s not in self._answered]
 
     def addr_of(self, node: NodeId) -> str | None:
         ep = self.members.get(node)
@@ -83,9 +88,16 @@ class Gossiper:
 
     # -- state exchange ---------------------------------------------------
     def payload(self) -> dict[str, Any]:
-        out = {"from": self.me, "members": [endpoints.encode(e) for e in self.members.values()]}
+        out = {"from": self.me, "members": [self._encoded(e) for e in self.members.values()]}
         out.update(self._extra_out())
         return out
+
+    def _encoded(self, ep: Endpoint) -> list[Any]:
+        """The wire form of an entry, encoded once per version of it."""
+        hit = self._wire.get(ep.node)
+        if hit is None or hit[0] is not ep:
+            hit = self._wire[ep.node] = (ep, endpoints.encode(ep))
+        return hit[1]
 
     def receive(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Merge a peer's state; return ours (the answer to its gossip)."""
@@ -96,7 +108,10 @@ class Gossiper:
         raw = payload.get("members")
         if not isinstance(raw, list):
             raise endpoints.MembershipError("gossip without a members list")
-        theirs = {ep.node: ep for ep in map(endpoints.decode, raw)
+        mine = self.members
+        theirs = {ep.node: ep
+                  for ep in map(endpoints.decode,
+                                (r for r in raw if not endpoints.stale(r, mine)))
                   if ep.node != self.me and self._accept(ep)}
         before = self.members
         self.members = endpoints.merge(before, theirs)
@@ -121,21 +136,39 @@ class Gossiper:
         addrs.update(self.seeds)
         return self._rng.choice(sorted(addrs)) if addrs else None
 
-    async def round(self, addr: str | None = None) -> bool:
-        """One exchange with ``addr`` (default: a random peer). True if it answered."""
+    # -- one exchange, sans-IO: begin, then answered or unanswered -------
+    def begin_round(self, addr: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """Beat, pick the peer (default: a random one) and build what we send
+        it; None when there is nobody to gossip with. The caller carries the
+        payload and reports back with :meth:`answered` or :meth:`unanswered`
+        (the simulator in benchmarks/ drives rounds this way, without sockets)."""
         self.beat()
         addr = addr or self._pick()
         if addr is None:
-            return False
+            return None
         self.rounds += 1
-        try:
-            answer = await self._send(addr, self.payload())
-            self._merge(answer)
-        except Exception as exc:  # any failure is "no answer this round"
-            self.failures += 1
-            log.debug("gossip with %s failed: %s", addr, exc)
-            return False
+        return addr, self.payload()
+
+    def answered(self, addr: str, answer: dict[str, Any]) -> None:
+        """Merge the peer's answer; raises like :meth:`receive` on bad input."""
+        self._merge(answer)
         self._answered.add(addr)
+
+    def unanswered(self, addr: str, exc: BaseException) -> None:
+        self.failures += 1
+        log.debug("gossip with %s failed: %s", addr, exc)
+
+    async def round(self, addr: str | None = None) -> bool:
+        """One exchange with ``addr`` (default: a random peer). True if it answered."""
+        started = self.begin_round(addr)
+        if started is None:
+            return False
+        addr, payload = started
+        try:
+            self.answered(addr, await self._send(addr, payload))
+        except Exception as exc:  # any failure is "no answer this round"
+            self.unanswered(addr, exc)
+            return False
         return True
 
     async def run(self) -> None:
@@ -144,7 +177,6 @@ class Gossiper:
             started = self._clock()
             await self.round()
             # Unanswered seeds get an extra try each round while forming.
-            for seed in self.seeds:
-                if seed not in self._answered:
-                    await self.round(seed)
+            for seed in self.unanswered_seeds():
+                await self.round(seed)
             await asyncio.sleep(max(0.0, self.interval_s - (self._clock() - started)))

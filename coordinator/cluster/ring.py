@@ -98,11 +98,17 @@ class Ring:
     owners: tuple[NodeId, ...]
     nodes: tuple[NodeInfo, ...]
     removed: frozenset[NodeId] = frozenset()
-    # Derived once: the request path asks for preference lists on every
-    # request, and the walk is O(Q) in the worst case.
-    _prefs: tuple[tuple[NodeId, ...], ...] = field(
-        init=False, repr=False, compare=False, default=()
+    # Walks cached per partition on first use: the request path asks on
+    # every request, and a full walk is O(Q). Lazily, because deriving all
+    # Q lists up front is O(Q * #nodes) (seconds at Q = 4096 and 1,000
+    # nodes) and gossip decodes every ring it receives.
+    _prefs: dict[int, tuple[NodeId, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
     )
+    _heads: dict[int, tuple[NodeId, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _owning: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         check_q(self.q)
@@ -120,7 +126,7 @@ class Ring:
         for p, owner in enumerate(self.owners):
             if owner not in members:
                 raise RingError(f"partition {p} owned by {owner!r}, which is not a member")
-        object.__setattr__(self, "_prefs", _preference_lists(self.owners))
+        object.__setattr__(self, "_owning", len(set(self.owners)))
 
     @property
     def node_ids(self) -> tuple[NodeId, ...]:
@@ -143,20 +149,19 @@ class Ring:
         return partition_of(key, self.q)
 
 
-def _preference_lists(owners: Sequence[NodeId]) -> tuple[tuple[NodeId, ...], ...]:
+def _walk(owners: Sequence[NodeId], p: int, count: int) -> tuple[NodeId, ...]:
+    """The first ``count`` distinct owners from partition p on (wrapping)."""
     q = len(owners)
-    total = len(set(owners))
-    prefs: list[tuple[NodeId, ...]] = []
-    for p in range(q):
-        seen: dict[NodeId, None] = {}
-        i = p
-        # Stops as soon as every owner was seen, so a balanced ring costs
-        # about #nodes steps per partition rather than Q.
-        while len(seen) < total:
-            seen.setdefault(owners[i], None)
-            i = (i + 1) % q
-        prefs.append(tuple(seen))
-    return tuple(prefs)
+    seen: dict[NodeId, None] = {}
+    i = p
+    # Stops as soon as enough owners were seen, so a balanced ring costs
+    # about ``count`` steps (at most #nodes) per partition rather than Q.
+    for _ in range(q):
+        if len(seen) >= count:
+            break
+        seen.setdefault(owners[i], None)
+        i = (i + 1) % q
+    return tuple(seen)
 
 
 def _zone_numbers(nodes: Sequence[NodeInfo]) -> tuple[list[int], list[int], bool]:
@@ -275,12 +280,22 @@ def preference_list(ring: Ring, partition: int) -> tuple[NodeId, ...]:
     appear: they hold no data to read and are not on any walk.
     """
     _check_partition(ring, partition)
-    return ring._prefs[partition]
+    walk = ring._prefs.get(partition)
+    if walk is None:
+        walk = ring._prefs[partition] = _walk(ring.owners, partition, ring._owning)
+    return walk
 
 
 def primaries(ring: Ring, partition: int, n: int | None = None) -> tuple[NodeId, ...]:
     """The first N distinct nodes of the walk (fewer if the ring has fewer nodes)."""
-    return preference_list(ring, partition)[: ring.n if n is None else n]
+    n = ring.n if n is None else n
+    if n != ring.n:
+        return preference_list(ring, partition)[:n]
+    _check_partition(ring, partition)
+    head = ring._heads.get(partition)
+    if head is None:
+        head = ring._heads[partition] = _walk(ring.owners, partition, n)
+    return head
 
 
 def fallbacks(ring: Ring, partition: int, n: int | None = None) -> tuple[NodeId, ...]:

@@ -16,6 +16,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from coordinator import files
 from coordinator.cluster import membership as mb
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.endpoints import Endpoint, MemberStatus
+from coordinator.cluster.failure_detector import DetectorSettings
 from coordinator.cluster.gossip import Gossiper, Send
 from coordinator.cluster.ring import NodeId, Ring
 from coordinator.config import NodeConfig
@@ -73,12 +76,15 @@ class RingFile:
 
 
 class ClusterView:
-    def __init__(self, config: NodeConfig, ring: Ring | None) -> None:
+    def __init__(self, config: NodeConfig, ring: Ring | None, *,
+                 ring_file: RingFile | None = None) -> None:
         self.config = config
         self.id = NodeId(config.id)
         self._state = mb.MembershipState(self.id, config.partitions, config.n, ring)
-        self._ring_file = RingFile(config.data_dir)
+        # The simulator (benchmarks/simulate.py) passes one that keeps rings in memory.
+        self._ring_file = ring_file or RingFile(config.data_dir)
         self._draining = False
+        self._encoded: tuple[Ring, dict[str, Any]] | None = None  # the ring as gossip sends it
         self.gossip: Gossiper | None = None
         self.on_hints: OnHints = lambda effects: None
 
@@ -118,11 +124,23 @@ class ClusterView:
                      on_restart: Callable[[NodeId], None],
                      accept: Callable[[Endpoint], bool]) -> Coroutine[Any, Any, None]:
         """Make the gossiper; returns its loop for the caller to own."""
+        return self.attach_gossip(me, send, interval_s=interval_s, on_restart=on_restart,
+                                  accept=accept).run()
+
+    def attach_gossip(self, me: Endpoint, send: Send, *, interval_s: float,
+                      on_restart: Callable[[NodeId], None],
+                      accept: Callable[[Endpoint], bool],
+                      clock: Callable[[], float] = time.monotonic,
+                      rng: random.Random | None = None,
+                      settings: DetectorSettings | None = None) -> Gossiper:
+        """Make the gossiper without running it (the simulator drives its
+        rounds on simulated time with ``clock`` and a seeded ``rng``)."""
         self.gossip = Gossiper(
             me, self.config.seeds, send, interval_s=interval_s, extra_out=self._ring_out,
-            extra_in=self._ring_in, on_restart=on_restart, accept=accept,
+            extra_in=self._ring_in, on_restart=on_restart, accept=accept, clock=clock,
+            rng=rng, settings=settings,
         )
-        return self.gossip.run()
+        return self.gossip
 
     async def form(self, timeout_s: float) -> None:
         """Without a ring: wait until every seed answered (at most
@@ -163,13 +181,27 @@ class ClusterView:
         return {node: ep.zone for node, ep in self.members.items()}
 
     def _ring_out(self) -> dict[str, Any]:
-        return {"ring": ringmod.encode_ring(self.ring)} if self.ring else {}
+        encoded = self._encoded_ring()
+        return {} if encoded is None else {"ring": encoded}
+
+    def _encoded_ring(self) -> dict[str, Any] | None:
+        """Our ring's gossip form, encoded once per ring rather than per message."""
+        ring = self.ring
+        if ring is None:
+            return None
+        if self._encoded is None or self._encoded[0] is not ring:
+            self._encoded = (ring, ringmod.encode_ring(ring))
+        return self._encoded[1]
 
     def _ring_in(self, payload: dict[str, Any]) -> None:
         raw = payload.get("ring")
-        theirs = None if raw is None else ringmod.decode_ring(raw)
-        self._apply(mb.RingReceived(theirs, self._members()))
-        self._apply(mb.MembersSeen(self._members()))
+        # Most gossip carries the ring we hold already: equal encodings mean
+        # an equal ring, which changes nothing, so skip the O(Q) decode.
+        same = raw is None or raw == self._encoded_ring()
+        theirs = None if same else ringmod.decode_ring(raw)
+        members = self._members()
+        self._apply(mb.RingReceived(theirs, members))
+        self._apply(mb.MembersSeen(members))
 
     def _apply(self, event: mb.Event) -> None:
         self._state, effects = mb.apply(self._state, event)

@@ -94,3 +94,31 @@ def test_the_storage_defaults_are_the_workers_own() -> None:
     from shardserver.config import WorkerSettings
 
     assert worker_settings(NodeConfig()) == WorkerSettings()
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ({"bind": "0.0.0.0"}, "bind 0.0.0.0 listens on every address"),
+        ({"bind": ""}, "bind '' listens on every address"),
+        ({"bind": "0.0.0.0", "advertise": "0.0.0.0"}, "advertise must be an address peers"),
+        ({"seeds": ("10.0.0.12:17379",)}, "seed 10.0.0.12:17379 is another machine"),
+        ({"bind": "localhost", "seeds": ("10.0.0.12:17379",)}, "connect to localhost"),
+        ({"bind": "10.0.0.11", "advertise": "127.0.0.1", "seeds": ("[fd00::12]:17379",)},
+         "connect to 127.0.0.1 .its own loopback"),
+    ],
+)
+def test_a_node_must_advertise_an_address_its_peers_reach(
+        network: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(None, network)
+
+
+def test_advertise_defaults_to_bind_and_may_be_a_host_name() -> None:
+    assert load(None).advertised_host() == "127.0.0.1"
+    on_all = load(None, {"bind": "0.0.0.0", "advertise": "db2.internal",
+                         "seeds": ("db1.internal:17379",)})
+    assert on_all.advertised_host() == "db2.internal"
+    # Loopback with loopback (or named) seeds is a cluster on one machine.
+    load(None, {"seeds": ("127.0.0.2:17379", "localhost:17380")})
+    load(None, {"seeds": ("db1.internal:17379",)})

@@ -41,7 +41,7 @@ for r in range(4):
     for i in range(9000):
         db.put(b"k%d-%06d" % (r, i), b"%d" % i * 12)
     if r == 3:
-        db.options.l0_compaction_trigger = 4
+        db.set_options(l0_compaction_trigger=4)
     db.flush()
 print("compacting", flush=True)
 sys.stdin.read()  # until killed

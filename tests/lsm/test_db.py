@@ -8,7 +8,14 @@ import pytest
 
 from lsm.batch import WriteBatch
 from lsm.db import DB
-from lsm.errors import ClosedError, CorruptionError, DiskFullError, LockedError, StorageIOError
+from lsm.errors import (
+    ClosedError,
+    CorruptionError,
+    DiskFullError,
+    InvalidArgumentError,
+    LockedError,
+    StorageIOError,
+)
 from lsm.faultfs import FaultFileSystem
 from lsm.options import Decision, Options
 from tests.lsm.helpers import wait_until
@@ -195,10 +202,39 @@ def test_bottommost_compaction_runs_the_filter_over_bottom_level_data(tmp_path: 
             db.put(b"doomed%03d" % i, b"x" * 50)
             db.put(b"kept%03d" % i, b"y" * 50)
         db.compact_range()  # everything now sits at the bottom level
-        db.options.compaction_filter = _drop_doomed
+        db.set_options(compaction_filter=_drop_doomed)
         db.compact_range()
         assert db.get(b"doomed001") == b"x" * 50  # bottom files were not rewritten
         db.compact_range(bottommost=True)
         assert db.get(b"doomed001") is None and db.get(b"kept001") == b"y" * 50
         assert [k for k, _ in db.scan()] == [b"kept%03d" % i for i in range(300)]
         assert db.stats()["counters"]["compaction_filtered"] >= 300
+
+
+def test_set_options_changes_run_time_knobs_and_refuses_the_rest(tmp_path: str) -> None:
+    with DB.open(os.path.join(tmp_path, "db"), small(memtable_bytes=1 << 20)) as db:
+        for i in range(200):
+            db.put(b"k%04d" % i, b"v" * 100)
+        assert db.stats()["counters"].get("flushes", 0) == 0
+        db.set_options(memtable_bytes=4096)
+        db.put(b"next", b"v")  # the full memtable is switched at the next write
+        db.wait_for_compactions()
+        assert db.stats()["counters"]["flushes"] >= 1
+        assert db.options.memtable_bytes == 4096
+
+        refused = {
+            "num_levels": (5, "cannot change while the database is open"),
+            "no_such_knob": (1, "unknown option 'no_such_knob'"),
+            "memtable_bytes": ("big", "memtable_bytes must be an int"),
+            "compaction_filter": (3, "compaction_filter must be a callable or None"),
+            "l0_slowdown_trigger": (1, "l0_compaction_trigger <= l0_slowdown_trigger"),
+        }
+        for name, (value, message) in refused.items():
+            with pytest.raises(InvalidArgumentError, match=message):
+                db.set_options(**{name: value})
+        with pytest.raises(InvalidArgumentError):  # one bad knob: none changes
+            db.set_options(level_fanout=8, memtable_bytes=100)
+        assert (db.options.level_fanout, db.options.memtable_bytes) == (4, 4096)
+        with pytest.raises(AttributeError):  # frozen: changes go through set_options
+            db.options.memtable_bytes = 1 << 20  # type: ignore[misc]
+        assert db.get(b"k0007") == b"v" * 100

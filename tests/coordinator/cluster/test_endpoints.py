@@ -14,6 +14,7 @@ from coordinator.cluster.endpoints import (
     encode,
     merge,
     newer_for,
+    stale,
 )
 from coordinator.cluster.ring import NodeId
 
@@ -61,6 +62,18 @@ def test_encode_decode_and_garbage() -> None:
     ):
         with pytest.raises(MembershipError):
             decode(bad)
+
+
+def test_stale_entries_are_skipped_undecoded_and_garbage_is_never_stale() -> None:
+    mine = {NodeId("a"): ep("a", 2, 5)}
+    assert stale(encode(ep("a", 2, 5)), mine)
+    assert stale(encode(ep("a", 1, 9)), mine)  # an older generation
+    assert not stale(encode(ep("a", 2, 6)), mine)
+    assert not stale(encode(ep("b", 0, 0)), mine)  # a node we do not know
+    for garbage in ([["a"], 2, 5], ["a", "2", 5], ["a", 2, 5.0], ["a", True, 5], "a", []):
+        assert not stale(garbage, mine)  # left to decode, which rejects it
+    with pytest.raises(MembershipError, match="unknown endpoint status"):
+        decode(["a", 1, 1, ["up"], "c", "p", 0])
 
 
 def test_zone_travels_and_old_seven_field_endpoints_still_decode() -> None:
