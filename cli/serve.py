@@ -26,7 +26,10 @@ from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
+from shardserver.errors import WorkerConfigError
+from shardserver.protocol.pool import default_worker_count, usable_cores
 from shardserver.supervisor import Supervisor, socket_path
+from shardserver.worker_count import recorded_workers
 
 #: A unix socket path must fit in sun_path: 108 bytes on Linux, with the NUL.
 _SUN_PATH_MAX = 107
@@ -38,7 +41,8 @@ def socket_dir(config: NodeConfig) -> tuple[str, bool]:
     would not fit sun_path; then a fresh directory ``/tmp/ringkv-XXXX``
     (0700, made by mkdtemp, so nobody can have planted it), removed on exit."""
     path = os.path.join(os.path.abspath(config.data_dir), "run")
-    longest = socket_path(path, config.effective_workers() - 1)
+    # The count may come from the data dir (worker_count); the partitions bound it.
+    longest = socket_path(path, (config.workers or config.partitions) - 1)
     if len(os.fsencode(longest)) <= _SUN_PATH_MAX:
         return path, False
     short = tempfile.mkdtemp(prefix="ringkv-", dir="/tmp")
@@ -62,7 +66,7 @@ def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = F
         os.path.join(config.data_dir, "workers"),
         sockets,
         config.partitions,
-        config.effective_workers(),
+        config.workers,
         settings=worker_settings(config),
     )
     return Node.open(config, pool, insecure_no_secret=insecure_no_secret)
@@ -114,7 +118,8 @@ async def _run(node: Node, config: NodeConfig) -> None:
 @click.option("--port", "client_port", type=int, help="Client (Redis) port.")
 @click.option("--peer-port", type=int, help="Port for other nodes.")
 @click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")
-@click.option("--workers", type=int, help="Shard worker processes (0: one per CPU).")
+@click.option("--workers", type=int,
+              help="Shard worker processes (0: as the node first ran, else by cores).")
 @click.option("--insecure-no-secret", is_flag=True,
               help="Run without a cluster secret: anyone who reaches the peer port can "
                    "read, write, drop data and run admin commands. For throwaway tests only.")
@@ -155,7 +160,7 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
             config.bind, config.peer_port)
     try:
         uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
-    except CoordinatorError as exc:
+    except (CoordinatorError, WorkerConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start node {config.id}: {exc}") from None
@@ -181,12 +186,23 @@ class Layout:
     def n(self) -> int:
         return min(self.replicas, self.nodes)
 
+    def node_dir(self, i: int) -> str:
+        return os.path.join(self.data, f"node{i + 1}")
+
+    def node_workers(self, i: int) -> int:
+        """``--workers``, else 0 (the count a node's data was written with)
+        for a node that ran before, else the default for this node's share
+        of the cores: the nodes of one machine share its cores."""
+        if self.workers or recorded_workers(os.path.join(self.node_dir(i), "workers")):
+            return self.workers
+        return default_worker_count(max(1, usable_cores() // self.nodes))
+
     def toml(self, i: int) -> str:
         seeds = ", ".join(f'"127.0.0.1:{self.port + 10000 + j}"' for j in range(self.nodes))
         return f"""# written by `ringkv up`; see docs/configuration.md
 [node]
 id = "node{i + 1}"
-data_dir = "{os.path.join(self.data, f"node{i + 1}")}"
+data_dir = "{self.node_dir(i)}"
 
 [network]
 bind = "127.0.0.1"
@@ -202,7 +218,7 @@ w = {min(2, self.n)}
 secret = "{self.secret}"
 
 [storage]
-workers = {self.workers}
+workers = {self.node_workers(i)}
 
 [security]
 enable_flush = true
@@ -266,8 +282,9 @@ def _nodes_up(port: int) -> int:
                    "and on port+10000+i for peers.")
 @click.option("--n", "replicas", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Replication factor N.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Shard workers per node.")
+@click.option("--workers", default=0, type=click.IntRange(0, 64),
+              help="Shard workers per node (default: the node's cores share minus one for "
+                   "its coordinator, at least 1; a node that ran before keeps its count).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""

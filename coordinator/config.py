@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coordinator.errors import CoordinatorError
-from shardserver.protocol.pool import default_worker_count
 
 #: A bound past a day would let a timestamp win for that long.
 MAX_CLOCK_DRIFT_MS = 86_400_000
@@ -69,7 +68,7 @@ class NodeConfig:
     request_timeout_ms: int = 2000
     max_clock_drift_ms: int = 60_000  # timestamps further ahead are refused
     # [storage]
-    workers: int = 0  # 0: max(2, CPU count)
+    workers: int = 0  # 0: as first run, else by cores (shardserver.worker_count)
     fsync: str = "interval"
     fsync_interval_ms: int = 1000
     max_value_bytes: int = 65536
@@ -86,10 +85,6 @@ class NodeConfig:
     # [security]
     requirepass: str = field(default="", repr=False)
     enable_flush: bool = False
-
-    def effective_workers(self) -> int:
-        """``workers``, or for 0 one per CPU (at least 2, at most ``partitions``)."""
-        return self.workers or min(default_worker_count(), self.partitions)
 
     def advertised_host(self) -> str:
         """The address this node gives the cluster for its client and peer ports."""
@@ -221,7 +216,7 @@ def validate(c: NodeConfig) -> None:
         f"fsync must be always, interval or never, got {c.fsync!r}",
     )
     need(0 <= c.workers <= MAX_WORKERS,
-         f"workers must be 0..{MAX_WORKERS} (0: one per CPU, at least 2), got {c.workers}")
+         f"workers must be 0..{MAX_WORKERS} (0: by cores), got {c.workers}")
     need(c.workers <= c.partitions,
          f"workers ({c.workers}) must be <= partitions ({c.partitions}): "
          "each worker holds at least one partition")
