@@ -20,6 +20,7 @@ import click
 import uvloop
 
 from coordinator import files
+from coordinator.cluster.ring import DEFAULT_Q
 from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
@@ -153,6 +154,7 @@ class Layout:
     port: int
     replicas: int
     workers: int
+    partitions: int
     secret: str
 
     @property
@@ -174,6 +176,7 @@ metrics_port = {self.port + 1000 + i}
 seeds = [{seeds}]
 
 [cluster]
+partitions = {self.partitions}
 n = {self.n}
 r = {min(2, self.n)}
 w = {min(2, self.n)}
@@ -246,6 +249,10 @@ def _nodes_up(port: int) -> int:
               help="Replication factor N.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Shard workers per node.")
+@click.option("--partitions", default=DEFAULT_Q, show_default=True, type=int,
+              help="Ring partitions Q: a power of two, at least ~10 per node at the "
+                   "largest planned size; fixed once the cluster is created "
+                   "(docs/configuration.md).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
@@ -261,6 +268,7 @@ def up(timeout: float, **opts: Any) -> None:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
             files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
+            _check_config(cfg)
             fd = files.open_private_log(log_paths[i])
             log = open(fd, "ab")  # noqa: SIM115 - closed in the finally below
             logs.append(log)
@@ -282,6 +290,15 @@ def up(timeout: float, **opts: Any) -> None:
         _stop_all(procs)
         for log in logs:
             log.close()
+
+
+def _check_config(path: str) -> None:
+    """Refuse a bad flag (``--partitions 1000``) before any node starts,
+    with the config's own message."""
+    try:
+        load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _cluster_secret(path: str) -> str:

@@ -28,7 +28,7 @@ from coordinator.cluster.endpoints import Endpoint, MemberStatus
 from coordinator.cluster.failure_detector import DetectorSettings
 from coordinator.cluster.gossip import Gossiper, Send
 from coordinator.cluster.ring import NodeId, Ring
-from coordinator.config import NodeConfig
+from coordinator.config import ConfigError, NodeConfig
 
 log = logging.getLogger("ringkv.node")
 
@@ -80,6 +80,13 @@ class ClusterView:
                  ring_file: RingFile | None = None) -> None:
         self.config = config
         self.id = NodeId(config.id)
+        if ring is not None and ring.q != config.partitions:
+            # Keys live in the partition of their hash under the ring's Q,
+            # on the worker that range maps to: a new Q would strand them.
+            raise ConfigError(
+                f"{config.data_dir} holds a ring with partitions = {ring.q}, but the config "
+                f"says {config.partitions}: the partition count is fixed when a cluster is "
+                f"created; set partitions = {ring.q}")
         self._state = mb.MembershipState(self.id, config.partitions, config.n, ring)
         # The simulator (benchmarks/simulate.py) passes one that keeps rings in memory.
         self._ring_file = ring_file or RingFile(config.data_dir)
