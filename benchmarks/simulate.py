@@ -54,7 +54,7 @@ def _same_ring(nodes: list[SimNode], check: Any) -> Ring | None:
     return ref if all(x.view.ring == ref for x in nodes[1:]) else None
 
 
-def _payload_bytes(node: SimNode) -> dict[str, int]:
+def payload_bytes(node: SimNode) -> dict[str, int]:
     payload = node.gossip.payload()
     ring = payload.get("ring")
     return {
@@ -145,7 +145,7 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
 
 def _finish(out: dict[str, Any], cluster: Cluster, shared: simring.RingMath,
             t0: float) -> dict[str, Any]:
-    out["payload_bytes"] = _payload_bytes(cluster.live()[0])
+    out["payload_bytes"] = payload_bytes(cluster.live()[0])
     out["messages"] = cluster.net.sent
     out["dropped"] = cluster.net.dropped
     out["simulated_s"] = round(cluster.sim.now, 2)
