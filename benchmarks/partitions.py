@@ -43,12 +43,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import harness
-import msgpack
 import redis
 import simulate
+from cluster import stop_group
 from simnet import NetSettings
 
-from cluster import stop_group
 from coordinator.cluster import ring as ringmod
 from coordinator.data import quorum
 from coordinator.repair.hints import HintStore
@@ -275,6 +274,51 @@ def gossip_bytes(q: int) -> int:
     return simulate.payload_bytes(cluster.nodes[0])["total"]
 
 
+# -- the event loop while partitions are placed --------------------------------------
+def ring_lag(nodes: int, q: int) -> dict[str, Any]:
+    """The longest the event loop waits while ``ringkv remove`` of one of
+    ``nodes`` nodes places Q partitions: on the loop (inline, how every
+    placement ran before) and in a thread (how a node runs it now)."""
+    import simring
+    from simnet import MemoryRingFile
+
+    from coordinator.cluster.view import ClusterView
+    from coordinator.config import NodeConfig
+
+    ring = simring.claimed(nodes, q, 3)
+    out: dict[str, Any] = {"nodes": nodes, "q": q}
+    for mode in ("inline", "thread"):
+        config = NodeConfig(id=str(ring.nodes[0].node_id), data_dir="", partitions=q, n=3)
+        view = ClusterView(config, ring, ring_file=MemoryRingFile(),
+                           inline_ring_math=mode == "inline")
+        out[mode] = asyncio.run(_lag_during(view.remove(ring.nodes[-1].node_id)))
+    return out
+
+
+async def _lag_during(work: Any) -> dict[str, float]:
+    gaps: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last - 0.005)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    started, cpu = time.monotonic(), time.process_time()
+    await work
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
+    done = True
+    await tick
+    gaps.sort()
+    return {"seconds": seconds, "cpu_s": cpu, "max_lag_ms": gaps[-1] * 1000,
+            "p99_lag_ms": gaps[int(len(gaps) * 0.99)] * 1000, "ticks": len(gaps)}
+
+
 # -- report ---------------------------------------------------------------------
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = []
@@ -304,6 +348,15 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             + harness.table(header, rows))
 
 
+def render_lag(lag: dict[str, Any]) -> str:
+    rows = [[mode, f'{lag[mode]["seconds"]:.2f}', f'{lag[mode]["cpu_s"]:.2f}',
+             f'{lag[mode]["p99_lag_ms"]:.1f}', f'{lag[mode]["max_lag_ms"]:.0f}']
+            for mode in ("inline", "thread")]
+    return (f"Event loop during `ringkv remove` of one of {lag['nodes']} nodes at "
+            f"Q = {lag['q']:,} (a 5 ms ticker on the loop):\n\n"
+            + harness.table(["placement", "wall s", "CPU s", "p99 lag ms", "max lag ms"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qs", default="64,1024,4096")
@@ -311,6 +364,8 @@ def main() -> None:
     ap.add_argument("--value-bytes", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="5,000 keys, Q = 64 and 1,024")
     ap.add_argument("--model-only", action="store_true", help="no cluster, only the sizes")
+    ap.add_argument("--lag", default="100:4096",
+                    help="NODES:Q of the ring whose removal measures event-loop lag ('' skips)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
@@ -327,9 +382,15 @@ def main() -> None:
             print(json.dumps(r), flush=True)
         info = harness.machine_info(scratch, ["msgpack", "redis"])
     text = render(results, args)
+    lag = None
+    if args.lag:
+        nodes, q = (int(x) for x in args.lag.split(":"))
+        lag = ring_lag(nodes, q)
+        print(json.dumps(lag), flush=True)
+        text += "\n\n" + render_lag(lag)
     print(text)
     if args.json:
-        harness.write_result(args.json, {"results": results, "machine": info})
+        harness.write_result(args.json, {"results": results, "lag": lag, "machine": info})
     if args.write_docs:
         harness.publish("Partitions per node", args.quick, info, text)
 

@@ -24,6 +24,7 @@ Per cluster size it reports (see docs/benchmarks.md, "Cluster simulation"):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import random
@@ -124,7 +125,7 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
             lambda: not any(x.view.is_up(victim.name) for x in alive), limit))
 
         # -- remove (ringkv remove of the dead node, at one live node) -------------
-        alive[rng.randrange(len(alive))].view.remove(victim.name)
+        asyncio.run(alive[rng.randrange(len(alive))].view.remove(victim.name))
         out["remove_rounds"] = _rounds(cluster.run_until(
             lambda: _same_ring(alive, lambda r: victim.name in r.removed) is not None, limit))
 
