@@ -328,6 +328,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append([
             str(r["q"]),
             f'{c["start_cold_s"]:.1f} / {c["start_warm_s"]:.1f}' if c else "—",
+            f'{c["load_s"]:.1f}' if c else "—",
             (f'{c["rss_started"]["coordinator_mib"]:.0f} / '
              f'{c["rss_repaired"]["coordinator_mib"]:.0f}') if c else "—",
             (f'{c["rss_loaded"]["workers_mib"]:.0f} / '
@@ -339,7 +340,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f'{m["gossip_bytes"]:,}',
             (f'{c["repair_first_s"]:.1f} / {c["repair_second_s"]:.1f}') if c else "—",
         ])
-    header = ["Q", "start s cold / warm", "coord RSS MiB start / repaired",
+    header = ["Q", "start s cold / warm", "load s", "coord RSS MiB start / repaired",
               "workers RSS MiB loaded / repaired", "ring + walks KiB", "plans KiB",
               "hint records: KiB", "trees MiB (workers x trees)", "gossip msg B",
               "repair s 1st / 2nd"]
