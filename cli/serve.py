@@ -21,7 +21,8 @@ import click
 import uvloop
 
 from coordinator import files
-from coordinator.config import NodeConfig, load
+from coordinator.cluster.ring import DEFAULT_Q
+from coordinator.config import ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
@@ -180,6 +181,7 @@ class Layout:
     port: int
     replicas: int
     workers: int
+    partitions: int
     secret: str
 
     @property
@@ -212,6 +214,7 @@ metrics_port = {self.port + 1000 + i}
 seeds = [{seeds}]
 
 [cluster]
+partitions = {self.partitions}
 n = {self.n}
 r = {min(2, self.n)}
 w = {min(2, self.n)}
@@ -285,6 +288,10 @@ def _nodes_up(port: int) -> int:
 @click.option("--workers", default=0, type=click.IntRange(0, 64),
               help="Shard workers per node (default: the node's cores share minus one for "
                    "its coordinator, at least 1; a node that ran before keeps its count).")
+@click.option("--partitions", default=DEFAULT_Q, show_default=True, type=int,
+              help="Ring partitions Q: a power of two, at least ~10 per node at the "
+                   "largest planned size; fixed once the cluster is created "
+                   "(docs/configuration.md).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
@@ -303,6 +310,7 @@ def up(timeout: float, **opts: Any) -> None:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
             files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
+            _check_config(cfg)
             try:
                 fd = files.open_private_log(log_paths[i])
             except CoordinatorError as exc:
@@ -327,6 +335,15 @@ def up(timeout: float, **opts: Any) -> None:
         _stop_all(procs)
         for log in logs:
             log.close()
+
+
+def _check_config(path: str) -> None:
+    """Refuse a bad flag (``--partitions 1000``) before any node starts,
+    with the config's own message."""
+    try:
+        load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _cluster_secret(path: str) -> str:

@@ -43,8 +43,9 @@ from shardserver.protocol.worker_stats import WorkerStats
 
 log = logging.getLogger("ringkv.router")
 
-#: Plans are cached this long: liveness changes at gossip speed (seconds),
-#: and phi for every target of every request is not free.
+#: Which nodes are up is read again this often for the plan cache:
+#: liveness changes at gossip speed (seconds), and phi for every target of
+#: every request is not free.
 PLAN_TTL_S = 0.2
 
 
@@ -96,7 +97,9 @@ class Router:
         self._backoffs: dict[str, Backoff] = {}
         self._plans: dict[int, Plan] = {}
         self._plans_at = 0.0
-        self._plans_of: tuple[Ring | None, str | None] = (None, None)
+        # (ring, draining, nodes up) the cached plans were made for
+        self._plans_of: tuple[Ring | None, str | None, frozenset[NodeId]] = (
+            None, None, frozenset())
 
     async def connect_workers(self) -> None:
         """One client per worker (once the pool is ready). Frames from workers
@@ -128,20 +131,28 @@ class Router:
         return self.cluster.is_up(node)
 
     def plan_for(self, key: bytes) -> tuple[int, Plan]:
-        """The key's partition and whom to ask for it now (cached for
-        ``PLAN_TTL_S``, and until the ring or the draining state changes)."""
+        """The key's partition and whom to ask for it now. Plans are kept
+        while the ring, the draining state and the set of nodes up stay the
+        same; which nodes are up is read again every ``PLAN_TTL_S``. (Kept
+        only for ``PLAN_TTL_S`` before, at Q = 4,096 nearly every request
+        made its partition's plan again.)"""
         ring = self.cluster.ring
         if ring is None:
             raise UnavailableError("the ring is not formed yet")
         p = ring.partition_of(key)
         now = time.monotonic()
-        state = (ring, self.cluster.draining)
-        if now - self._plans_at > PLAN_TTL_S or self._plans_of != state:
-            self._plans.clear()
-            self._plans_at, self._plans_of = now, state
+        draining = self.cluster.draining
+        held, was_draining, was_up = self._plans_of
+        moved = held is not ring or was_draining != draining
+        if moved or now - self._plans_at > PLAN_TTL_S:
+            up = frozenset(node for node in ring.node_ids if self.cluster.is_up(node))
+            if moved or up != was_up:
+                self._plans.clear()
+            self._plans_at, self._plans_of = now, (ring, draining, up)
         plan = self._plans.get(p)
         if plan is None:
-            plan = quorum.plan(preference_list_of(ring, p), ring.n, self.cluster.is_up)
+            up = self._plans_of[2]
+            plan = quorum.plan(preference_list_of(ring, p), ring.n, up.__contains__)
             self._plans[p] = plan
         return p, plan
 

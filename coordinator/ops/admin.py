@@ -78,7 +78,7 @@ class AdminHandler:
             case api.HintsRequest():
                 return self.hint_list()
             case api.RemoveRequest(gone):
-                return self.remove(gone)
+                return await self.remove(gone)
             case api.TransfersRequest():
                 return self.transfers()
         raise AdminError(f"unexpected admin request {request!r}")
@@ -244,14 +244,14 @@ class AdminHandler:
                   for h in self.hints.all()),
             self.hints.delivered, self.hints.expired)
 
-    def remove(self, gone: str) -> api.RemoveReply:
+    async def remove(self, gone: str) -> api.RemoveReply:
         """Take the node ``gone`` out of the cluster for good; the ring
         change spreads by gossip and handoff moves the data."""
         if not gone:
             raise AdminError("remove needs the id of the node to take out")
         was_up = self.view.is_up(NodeId(gone))
         try:
-            old, new = self.view.remove(NodeId(gone))
+            old, new = await self.view.remove(NodeId(gone))
         except (RingError, UnavailableError) as exc:
             raise AdminError(str(exc)) from None
         moving = sum(1 for p in range(new.q)
