@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from coordinator.cluster.ring import NodeId
 from coordinator.data import reconcile
+from coordinator.data.hotkeys import HotKeys
 from coordinator.data.quorum import (
     Consistency,
     Outcome,
@@ -52,6 +53,7 @@ from coordinator.data.quorum import (
     read_tally,
     write_tally,
 )
+from coordinator.data.shared_reads import Pending, ReadOptions, SharedReads
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.ratelimit import TokenBucket
 from shardserver.protocol.errors import ShardUnavailable
@@ -123,6 +125,10 @@ class DataStats:
     read_repairs: int = 0
     read_repairs_skipped: int = 0
     fallback_writes: int = 0
+    coalesced_reads: int = 0  # reads that joined one in flight (shared_reads.py)
+    cache_hits: int = 0
+    cache_misses: int = 0  # reads of hot keys the cache did not have
+    hedged_reads: int = 0  # replicas asked because one was slow (hedge.py)
 
 
 def _reason(reply: ShardReply) -> str:
@@ -294,7 +300,8 @@ class DataPath:
 
     def __init__(self, routes: Routes, clock: Clock, actor: ActorId, *, timeout_s: float,
                  max_reply_bytes: int, sibling_cap: int = DEFAULT_SIBLING_CAP,
-                 hinted_handoff: bool = True, read_repair_per_s: float = 1000.0) -> None:
+                 hinted_handoff: bool = True, read_repair_per_s: float = 1000.0,
+                 reads: ReadOptions | None = None) -> None:
         self.routes = routes
         self.clock = clock
         self.actor = actor
@@ -303,6 +310,9 @@ class DataPath:
         self.sibling_cap = sibling_cap
         self.hinted_handoff = hinted_handoff  # off: fallbacks take writes but keep no hints
         self.stats = DataStats()
+        reads = reads or ReadOptions()
+        self.hotkeys = HotKeys(reads.tracked, reads.window_s)
+        self._shared = SharedReads(reads, self.hotkeys, self.stats)
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
         # key -> the calls, by replica, of the last context write of that key
@@ -323,6 +333,9 @@ class DataPath:
     def read(self, key: bytes, levels: Consistency) -> asyncio.Future[SiblingSet]:
         """Merged sibling set of ``key`` from R replicas (PR primaries)."""
         self.stats.reads += 1
+        self.hotkeys.read(key)
+        if (shared := self._shared.find(key, levels)) is not None:
+            return shared
         try:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
@@ -333,23 +346,20 @@ class DataPath:
             return _failed(error)
         out: asyncio.Future[SiblingSet] = asyncio.get_running_loop().create_future()
         request = ReplicaRead(partition, key)
-        self._send(p, tally, lambda t: request,
-                   functools.partial(self._read_decided, partition, key, out))
+        self._send(p, tally, lambda t: request, functools.partial(
+            self._read_decided, partition, key, self._shared.start(key, levels, out)))
         return out
 
-    def _read_decided(self, partition: int, key: bytes, out: asyncio.Future[SiblingSet],
-                      rnd: Round) -> None:
+    def _read_decided(self, partition: int, key: bytes, pending: Pending, rnd: Round) -> None:
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_reads += 1
-            if not out.done():
-                out.set_exception(tally.error())
+            self._shared.failed(key, pending, tally.error())
             return
         merged = reconcile.reconcile(self._answers(rnd), self.sibling_cap).merged
         if merged:
             self.clock.saw(max(v.hlc for v in merged))
-        if not out.done():
-            out.set_result(merged)
+        self._shared.answered(key, pending, merged)
         rnd.when_finished(functools.partial(self._check_replicas, partition, key, rnd))
 
     async def read_many(
@@ -458,6 +468,8 @@ class DataPath:
         when too few are up. A context write (``mode`` merge) becomes the
         key's latest, which the next one waits for (module doc)."""
         self.stats.writes += 1
+        self.hotkeys.write(key)
+        self._shared.wrote(key)
         try:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
@@ -473,8 +485,8 @@ class DataPath:
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
         out: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
-        rnd = self._send(p, tally, request, functools.partial(self._write_decided, version, out),
-                         after)
+        rnd = self._send(p, tally, request,
+                         functools.partial(self._write_decided, key, version, out), after)
         if mode == "merge":
             calls = {t.node: fut for fut, t in rnd.calls.items()}
             self._context_calls[key] = calls
@@ -486,8 +498,10 @@ class DataPath:
             rnd.when_finished(forget)
         return out
 
-    def _write_decided(self, version: Version, out: asyncio.Future[Version], rnd: Round) -> None:
+    def _write_decided(self, key: bytes, version: Version, out: asyncio.Future[Version],
+                       rnd: Round) -> None:
         """W acks (PW primaries) came, or the answer that they will not."""
+        self._shared.wrote(key)
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1

@@ -27,6 +27,7 @@ from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock, ClockStats
 from coordinator.data.datapath import DataPath, DataStats
+from coordinator.data.hotkeys import HotKey, top_lines
 from coordinator.data.router import Router
 from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
 from coordinator.repair.handoff import Handoff, HintBacklog
@@ -179,6 +180,7 @@ class NodeSnapshot:
     worker_restarts: int
     storage: StorageTotals
     repair: RepairReport
+    hotkeys: tuple[HotKey, ...] = ()  # the most requested keys, most first
 
 
 class StatusSource:
@@ -227,6 +229,7 @@ class StatusSource:
             storage=storage_totals(self.worker_stats.latest if workers is None else workers),
             repair=dataclasses.replace(self.anti_entropy.total,
                                        errors=list(self.anti_entropy.total.errors)),
+            hotkeys=tuple(self.data.hotkeys.top(self.config.hotkeys_top)),
         )
 
     def _replication(self) -> ReplicationStatus:
@@ -271,7 +274,7 @@ def info_text(snap: NodeSnapshot, section: str) -> bytes:
 
 def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
     """INFO's sections: server, clients, stats, replication (hints and
-    handoff), cluster, clock, storage; plain ``name: value`` maps."""
+    handoff), cluster, clock, storage, hotkeys; plain ``name: value`` maps."""
     return {
         "server": {
             "ringkv_version": VERSION,
@@ -287,6 +290,7 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
         "clock": {"max_clock_drift_ms": snap.max_clock_drift_ms,
                   "hlc_ahead_ms": snap.hlc_ahead_ms, **asdict(snap.clock)},
         "storage": _storage(snap),
+        "hotkeys": dict(top_lines(list(snap.hotkeys))),
     }
 
 
