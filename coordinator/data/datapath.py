@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from coordinator.cluster.ring import NodeId
 from coordinator.data import reconcile
+from coordinator.data.hedge import HedgedReads
 from coordinator.data.hotkeys import HotKeys
 from coordinator.data.quorum import (
     Consistency,
@@ -147,7 +148,7 @@ class Round:
     (cancelled). One timer per round covers both."""
 
     __slots__ = ("_loop", "_on_decided", "_open", "_then", "_timer", "calls", "decided",
-                 "decoded", "finished", "late", "read_only", "replies", "tally")
+                 "decoded", "finished", "late", "on_short", "read_only", "replies", "tally")
 
     def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target],
                  timeout_s: float, on_decided: Callable[[Round], None]) -> None:
@@ -161,6 +162,9 @@ class Round:
         self.decided = False
         self.finished = False
         self._on_decided: Callable[[Round], None] | None = on_decided
+        #: Called when a call ends while the round is undecided (hedge.py asks
+        #: a spare replica if the open calls can no longer make the quorum).
+        self.on_short: Callable[[], None] | None = None
         self._then: list[Callable[[], None]] = []
         self._open = len(calls)
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout_s, self._expire)
@@ -177,6 +181,8 @@ class Round:
                 self.late += len(self.replies) - before
             else:
                 self._take(fut)
+                if self.on_short is not None:
+                    self.on_short()
         if not self.decided and (self._open == 0
                                  or self.tally.outcome() is not Outcome.PENDING):
             self._decide()
@@ -201,6 +207,12 @@ class Round:
             if reply.status is Status.READ_ONLY:
                 self.read_only.append(f"{target.node}: {reply.message}")
             self.tally.fail(target.node, _reason(reply))
+
+    def add(self, fut: asyncio.Future[ShardReply], target: Target) -> None:
+        """One more call (a spare replica asked late)."""
+        self.calls[fut] = target
+        self._open += 1
+        fut.add_done_callback(self._on_done)
 
     def _decide(self) -> None:
         self.decided = True
@@ -313,10 +325,15 @@ class DataPath:
         reads = reads or ReadOptions()
         self.hotkeys = HotKeys(reads.tracked, reads.window_s)
         self._shared = SharedReads(reads, self.hotkeys, self.stats)
+        self._hedged = None if reads.fanout == "all" else HedgedReads(
+            NodeId(reads.me), reads.hedge, reads.hedge_max_ratio, self._hedged_read)
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
         # key -> the calls, by replica, of the last context write of that key
         self._context_calls: dict[bytes, dict[NodeId, asyncio.Future[ShardReply]]] = {}
+
+    def _hedged_read(self) -> None:
+        self.stats.hedged_reads += 1
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -346,8 +363,13 @@ class DataPath:
             return _failed(error)
         out: asyncio.Future[SiblingSet] = asyncio.get_running_loop().create_future()
         request = ReplicaRead(partition, key)
-        self._send(p, tally, lambda t: request, functools.partial(
-            self._read_decided, partition, key, self._shared.start(key, levels, out)))
+        decided = functools.partial(self._read_decided, partition, key,
+                                    self._shared.start(key, levels, out))
+        if self._hedged is None:
+            self._send(p, tally, lambda t: request, decided)
+        else:
+            self._hedged.send(p.targets, tally, lambda t: self.routes.submit(t.node, request),
+                              lambda calls: Round(tally, calls, self.timeout_s, decided))
         return out
 
     def _read_decided(self, partition: int, key: bytes, pending: Pending, rnd: Round) -> None:

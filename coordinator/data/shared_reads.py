@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 class ReadOptions:
     """The node's hot-key and read settings (``[hotkeys]``, ``[reads]``)."""
 
+    me: str = ""  # this node's id
     n: int = 3
     tracked: int = 256
     window_s: float = 10.0
@@ -55,7 +56,7 @@ class ReadOptions:
 
     @classmethod
     def of(cls, c: NodeConfig) -> ReadOptions:
-        return cls(c.n, c.hotkeys_tracked, c.hotkeys_window_s, c.hot_reads_per_s,
+        return cls(c.id, c.n, c.hotkeys_tracked, c.hotkeys_window_s, c.hot_reads_per_s,
                    c.coalesce_reads, c.cache_ms, c.read_fanout, c.hedge_reads,
                    c.hedge_max_ratio)
 

@@ -65,6 +65,10 @@ pw = 1
         ("[cluster]\nmax_clock_drift_ms = 0\n", "max_clock_drift_ms must be 1..86400000"),
         ("[cluster]\nmax_clock_drift_ms = 86400001\n", "max_clock_drift_ms must be 1..86400000"),
         ("[node\n", "not valid TOML"),
+        ("[hotkeys]\ncache_ms = -1\n", "hotkeys.cache_ms must be 0..60000 (0: off)"),
+        ("[hotkeys]\ntop = 300\n", "hotkeys.top must be 1..hotkeys.tracked"),
+        ("[reads]\nfanout = 'some'\n", "reads.fanout must be all or quorum, got 'some'"),
+        ("[node]\nreply_delay_ms = -5\n", "reply_delay_ms must be >= 0"),
     ],
 )
 def test_errors_name_the_key(tmp_path: str, text: str, message: str) -> None:
