@@ -19,6 +19,12 @@ arrive after the client's answer, is kept until the request timeout; then
 replicas whose answer lacked something get the merged set (read repair,
 rate-limited by a token bucket).
 
+Every read and write is counted in the heavy-hitters sketch
+(``hotkeys.py``); a read may be answered by a read in flight or the
+hot-key cache (``shared_reads.py``, which every write of the key through
+here tells when it starts and when it is acknowledged); with ``[reads]
+fanout = "quorum"`` a read asks R replicas and hedges (``hedge.py``).
+
 Context writes (VSET, VDEL) of one key through this coordinator reach each
 replica in the order of their dots: a call to a replica waits until the
 previous context write's call of that key to the same replica has ended

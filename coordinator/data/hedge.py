@@ -44,7 +44,10 @@ EDGES = tuple(50e-6 * 1.25 ** i for i in range(52))
 #: A node's p95 is known once it has this many samples in the window.
 MIN_SAMPLES = 8
 WINDOW_S = 10.0
-#: A hedge is never sent sooner than this (a p95 of a few µs is noise).
+#: A replica is slow (asked last) when its score is past twice the best
+#: one's plus this.
+SLOW_MARGIN_S = 0.002
+#: A hedge is never sent sooner than this (a p95 of a few µs is noise)...
 MIN_HEDGE_S = 0.0005
 #: ... and this late when no replica of the read has figures yet (a fresh
 #: node, or one whose replicas were idle for a window).
@@ -165,22 +168,26 @@ class HedgedReads:
         self._open: dict[str, dict[int, float]] = {}
 
     def order(self, targets: Sequence[Target]) -> list[Target]:
-        """Quickest first, by p95, or by how long the node's oldest open
-        call has waited if that is longer (a replica that just turned slow
-        has no slow answers yet, only calls that do not come back);
-        unknown ones (this node's worker first) count as the slowest known,
-        and ties keep plan order."""
+        """This node's worker first, then plan order (which differs by
+        partition, so reads spread over the replicas), except that slow
+        replicas go last: those whose score is past twice the best one's
+        plus ``SLOW_MARGIN_S``. A score is the p95, or how long the node's
+        oldest open call has waited if that is longer (a replica that just
+        turned slow has no slow answers yet, only calls that do not come
+        back); a node without figures scores by that wait alone. Ranking
+        by score alone sent every coordinator's reads to the same quickest
+        replica, which then was not (as the dynamic snitch's badness
+        threshold keeps Cassandra from doing)."""
         now = self._loop_time()
-        known = {t.node: self.latency.p95(t.node) for t in targets}
-        worst = max((v for v in known.values() if v is not None), default=0.0)
+        scores = [max(self.latency.p95(t.node) or 0.0, self.waiting_s(t.node, now))
+                  for t in targets]
+        known = [s for s in scores if s > 0]  # a node without figures sets no bar
+        bar = 2 * min(known) + SLOW_MARGIN_S if known else float("inf")
 
-        def rank(it: tuple[int, Target]) -> tuple[float, bool, int]:
-            i, t = it
-            p = known[t.node]
-            return (max(worst if p is None else p, self.waiting_s(t.node, now)),
-                    t.node != self.me, i)
+        def rank(i: int) -> tuple[bool, bool, int]:
+            return (scores[i] > bar, targets[i].node != self.me, i)
 
-        return [t for _, t in sorted(enumerate(targets), key=rank)]
+        return [targets[i] for i in sorted(range(len(targets)), key=rank)]
 
     def first(self, tally: Tally, ordered: list[Target]) -> tuple[list[Target], list[Target]]:
         """(the R targets to ask now, with PR primaries among them; the rest)."""

@@ -13,8 +13,15 @@ import pytest
 from tests.faults.nemesis import Nemesis, fault_cluster
 
 #: Handoff of more partitions at once than the default 2, so hints drain in
-#: a second or two between schedules instead of ~10 s.
-SETTINGS: dict[str, dict[str, Any]] = {"handoff": {"concurrency": 8}}
+#: a second or two between schedules instead of ~10 s. Every read mechanism
+#: of issue 15 on: coalescing (the default), the hot-key cache with a low
+#: hot bar (the workloads' keys are read a few times a second), reads to R
+#: replicas with hedging.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "handoff": {"concurrency": 8},
+    "hotkeys": {"coalesce": True, "cache_ms": 50, "hot_reads_per_s": 1.0},
+    "reads": {"fanout": "quorum", "hedge": True},
+}
 
 
 @pytest.fixture(scope="package")

@@ -55,17 +55,22 @@ def _targets(*primaries: bool) -> list[Target]:
     return [Target(NodeId(f"n{i + 1}"), p) for i, p in enumerate(primaries)]
 
 
-def test_quickest_first_and_primaries_for_pr() -> None:
+def test_slow_replicas_last_and_primaries_for_pr() -> None:
     h = HedgedReads(NodeId("n2"), True, 0.1, lambda: None)
     for _ in range(10):
         h.latency.observe("n1", 0.050)
         h.latency.observe("n3", 0.001)
     targets = _targets(True, True, False)
     ordered = h.order(targets)
-    assert [t.node for t in ordered] == ["n3", "n2", "n1"]  # unknown n2 ranks with the slowest
+    assert [t.node for t in ordered] == ["n2", "n3", "n1"]  # us, then plan order; slow last
     plan = make_plan([t.node for t in targets], 3, lambda n: True)
     first, spares = h.first(read_tally(plan, 2, 0), ordered)
-    assert [t.node for t in first] == ["n3", "n2"] and [t.node for t in spares] == ["n1"]
+    assert [t.node for t in first] == ["n2", "n3"] and [t.node for t in spares] == ["n1"]
+    even = HedgedReads(NodeId("n2"), True, 0.1, lambda: None)
+    for _ in range(10):
+        even.latency.observe("n1", 0.0025)  # within twice the best + 2 ms: not slow
+        even.latency.observe("n3", 0.0005)
+    assert [t.node for t in even.order(targets)] == ["n2", "n1", "n3"]  # plan order
     first, _ = h.first(read_tally(plan, 2, 2), h.order(plan.targets))
     assert all(t.primary for t in first)
     assert h.delay_s(targets) == pytest.approx(0.001, rel=0.25)
