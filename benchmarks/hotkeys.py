@@ -9,7 +9,7 @@ rate) with
 * uniform keys, Zipf s = 1.1, and one key taking half the traffic (hot:0.5),
   with the hot-key mechanisms off, coalescing on, and coalescing plus the
   cache (cache_ms = 50);
-* uniform keys with node3 answering every replica call 50 ms late
+* uniform keys with node3 answering every replica call 100 ms late
   (``[node] reply_delay_ms``), open loop at 300 requests/s (12
   connections), so latency is the replicas' and not the queue's: healthy,
   then slow with reads to all N (the default), to R only without hedging,
@@ -50,7 +50,7 @@ HOT_CONFIGS = {
     "coalescing + cache 50 ms": ["hotkeys.coalesce=true", "hotkeys.cache_ms=50",
                                  "hotkeys.hot_reads_per_s=50"],
 }
-SLOW = "node3:node.reply_delay_ms=50"
+SLOW = "node3:node.reply_delay_ms=100"
 SLOW_CONFIGS = {
     "healthy, fanout all": ["hotkeys.coalesce=false"],
     "node3 slow, fanout all": ["hotkeys.coalesce=false", SLOW],

@@ -11,7 +11,8 @@ every read it is part of, so:
 
 * **Failover.** A replica that fails (down, error) is replaced at once by
   the next one not yet asked, so a read fails only when "all" would.
-* **Hedging** (``hedge = true``, Cassandra's ``speculative_retry = 95p``).
+* **Hedging** (``hedge = true``, Cassandra's ``speculative_retry = 95p``;
+  with ``hedge = false`` reads ask this node first, then plan order).
   :class:`PeerLatency` keeps each node's replica-read latencies of the last
   few seconds in a small log-scale histogram. A read that has no quorum
   after the p95 of the quickest of its replicas (what a healthy replica
@@ -80,7 +81,7 @@ class PeerLatency:
         self.epoch_s = window_s / 2
         self._clock = clock
         self._hists: dict[str, _Histogram] = {}
-        self._p95: dict[str, tuple[float, float]] = {}  # node -> (when, value)
+        self._p95: dict[str, tuple[float, float]] = {}  # node -> (when, p95)
 
     def _epoch(self) -> int:
         return int(self._clock() / self.epoch_s)
@@ -95,26 +96,40 @@ class PeerLatency:
     def p95(self, node: str) -> float | None:
         """The node's 95th percentile (the upper edge of its bucket), or None
         with fewer than ``MIN_SAMPLES`` samples in the window."""
+        found = self._estimate(node)
+        return found[0] if found is not None and found[1] >= MIN_SAMPLES else None
+
+    def score(self, node: str) -> float | None:
+        """The p95 as far as the samples go (few samples: about the worst
+        of them), or None with none: enough to tell a slow replica from
+        its first answers."""
+        found = self._estimate(node)
+        return None if found is None else found[0]
+
+    def _estimate(self, node: str) -> tuple[float, int] | None:
+        """(p95, samples), from the cache for 50 ms once there are
+        ``MIN_SAMPLES``; None without samples."""
         now = self._clock()
         cached = self._p95.get(node)
         if cached is not None and now - cached[0] < 0.05:
-            return cached[1]  # only known values are kept: an unknown one may be known soon
+            return cached[1], MIN_SAMPLES
         hist = self._hists.get(node)
-        value = None
-        if hist is not None:
-            hist.at(self._epoch())
-            counts = [a + b for a, b in zip(hist.counts, hist.prev, strict=True)]
-            total = sum(counts)
-            if total >= MIN_SAMPLES:
-                rank, seen = 0.95 * total, 0
-                for i, c in enumerate(counts):
-                    seen += c
-                    if seen >= rank:
-                        value = EDGES[min(i, len(EDGES) - 1)]
-                        break
-        if value is not None:
+        if hist is None:
+            return None
+        hist.at(self._epoch())
+        counts = [a + b for a, b in zip(hist.counts, hist.prev, strict=True)]
+        total = sum(counts)
+        if not total:
+            return None
+        rank, seen, value = 0.95 * total, 0, EDGES[-1]
+        for i, c in enumerate(counts):
+            seen += c
+            if seen >= rank:
+                value = EDGES[min(i, len(EDGES) - 1)]
+                break
+        if total >= MIN_SAMPLES:
             self._p95[node] = (now, value)
-        return value
+        return value, total
 
 
 class HedgeBudget:
@@ -170,22 +185,28 @@ class HedgedReads:
     def order(self, targets: Sequence[Target]) -> list[Target]:
         """This node's worker first, then plan order (which differs by
         partition, so reads spread over the replicas), except that slow
-        replicas go last: those whose score is past twice the best one's
-        plus ``SLOW_MARGIN_S``. A score is the p95, or how long the node's
+        replicas go last, the slowest last: those whose score is past twice
+        the best one's plus ``SLOW_MARGIN_S``. A score is the p95 (from as few samples as
+        there are), or how long the node's
         oldest open call has waited if that is longer (a replica that just
         turned slow has no slow answers yet, only calls that do not come
-        back); a node without figures scores by that wait alone. Ranking
+        back); a node without figures and no call open scores 0. Ranking
         by score alone sent every coordinator's reads to the same quickest
         replica, which then was not (as the dynamic snitch's badness
         threshold keeps Cassandra from doing)."""
+        if not self.hedge:  # no figures kept: this node first, then plan order
+            return sorted(targets, key=lambda t: t.node != self.me)
         now = self._loop_time()
-        scores = [max(self.latency.p95(t.node) or 0.0, self.waiting_s(t.node, now))
+        scores = [max(self.latency.score(t.node) or 0.0, self.waiting_s(t.node, now))
                   for t in targets]
-        known = [s for s in scores if s > 0]  # a node without figures sets no bar
-        bar = 2 * min(known) + SLOW_MARGIN_S if known else float("inf")
+        # A node without figures scores 0, so while there is one the bar is
+        # SLOW_MARGIN_S: it is asked first and gets figures (and a node
+        # compared with itself alone would never be slow).
+        bar = 2 * min(scores) + SLOW_MARGIN_S
 
-        def rank(i: int) -> tuple[bool, bool, int]:
-            return (scores[i] > bar, targets[i].node != self.me, i)
+        def rank(i: int) -> tuple[float, bool, int]:
+            slow = scores[i] > bar
+            return (scores[i] if slow else 0.0, targets[i].node != self.me, i)
 
         return [targets[i] for i in sorted(range(len(targets)), key=rank)]
 
@@ -198,7 +219,9 @@ class HedgedReads:
 
     def timed(self, target: Target, submit: Submit) -> asyncio.Future[Reply]:
         """``submit(target)``, open until it ends, its latency observed
-        when it answers."""
+        when it answers (with hedging on)."""
+        if not self.hedge:
+            return submit(target)
         started = self._loop_time()
         self._calls += 1
         call = self._calls
