@@ -3,11 +3,11 @@
 With ``[reads] fanout = "all"`` (the default, DESIGN §6) a read asks all N
 replicas and the R fastest answers decide: a slow replica costs nothing in
 latency, but every read costs N replica reads. ``fanout = "quorum"`` asks
-only R of them, the ones that answered fastest lately (this node's own
-worker and unknown peers first), and so saves N - R replica reads per GET
-(a third at R = 2, N = 3; two thirds at R = 1), which is what lets one hot
-key's three workers serve more. Then one slow replica would set the p99 of
-every read it is part of, so:
+only R of them (this node's own worker first, then plan order, replicas
+that turned slow last: :meth:`HedgedReads.order`), and so saves N - R
+replica reads per GET (a third at R = 2, N = 3; two thirds at R = 1),
+which is what lets one hot key's three workers serve more. Then one slow
+replica would set the latency of every read that asks it, so:
 
 * **Failover.** A replica that fails (down, error) is replaced at once by
   the next one not yet asked, so a read fails only when "all" would.
@@ -21,9 +21,10 @@ every read it is part of, so:
   (default 10 %) of the replica reads sent, so a slow cluster is not made
   slower by hedges.
 
-A replica not asked has no recent samples and sorts with the unknowns, so
-it is asked again within two windows and its figures refresh (as
-Cassandra's dynamic snitch resets its scores). Read repair covers only the
+A replica not asked loses its samples after two windows and is asked
+again in plan order, so its figures refresh (as Cassandra's dynamic snitch
+resets its scores); its first slow answers, or an unanswered call, put it
+last again. Read repair covers only the
 replicas a read asked; anti-entropy covers the rest.
 """
 
@@ -184,16 +185,15 @@ class HedgedReads:
 
     def order(self, targets: Sequence[Target]) -> list[Target]:
         """This node's worker first, then plan order (which differs by
-        partition, so reads spread over the replicas), except that slow
-        replicas go last, the slowest last: those whose score is past twice
-        the best one's plus ``SLOW_MARGIN_S``. A score is the p95 (from as few samples as
-        there are), or how long the node's
-        oldest open call has waited if that is longer (a replica that just
-        turned slow has no slow answers yet, only calls that do not come
-        back); a node without figures and no call open scores 0. Ranking
-        by score alone sent every coordinator's reads to the same quickest
-        replica, which then was not (as the dynamic snitch's badness
-        threshold keeps Cassandra from doing)."""
+        partition, so reads spread over the replicas); slow replicas last,
+        the slowest last. A replica is slow when its score is past twice
+        the best one's plus ``SLOW_MARGIN_S``; a score is the p95 (from as
+        few samples as there are) or, if longer, how long the node's oldest
+        open call has waited (a replica that just turned slow has no slow
+        answers yet, only calls that do not come back). Ranking by score
+        alone sent every coordinator's reads to the same quickest replica,
+        which then was not (the dynamic snitch's badness threshold keeps
+        Cassandra from that)."""
         if not self.hedge:  # no figures kept: this node first, then plan order
             return sorted(targets, key=lambda t: t.node != self.me)
         now = self._loop_time()
