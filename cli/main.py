@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import cluster, inspect, serve
+from cli import cluster, hotkeys, inspect, serve
 from cli.bench.command import bench
 
 
@@ -23,7 +23,7 @@ cli.add_command(serve.up)
 cli.add_command(bench)
 for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
                 cluster.flush, cluster.drain, cluster.compact, cluster.repair,
-                cluster.remove):
+                cluster.remove, hotkeys.hotkeys):
     cli.add_command(command)
 
 

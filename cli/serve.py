@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +24,7 @@ import uvloop
 
 from coordinator import files
 from coordinator.cluster.ring import DEFAULT_Q
-from coordinator.config import ConfigError, NodeConfig, load
+from coordinator.config import SECTIONS, ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
@@ -183,6 +185,7 @@ class Layout:
     workers: int
     partitions: int
     secret: str
+    settings: tuple[Setting, ...] = ()  # --set, over what ringkv up writes
 
     @property
     def n(self) -> int:
@@ -200,9 +203,18 @@ class Layout:
         return default_worker_count(max(1, usable_cores() // self.nodes))
 
     def toml(self, i: int) -> str:
+        doc = tomllib.loads(self._toml(i))
+        for s in self.settings:
+            if s.node in (None, i + 1):
+                doc.setdefault(s.section, {})[s.key] = s.value
+        lines = ["# written by `ringkv up`; see docs/configuration.md"]
+        for section, values in doc.items():
+            lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+        return "\n".join(lines) + "\n"
+
+    def _toml(self, i: int) -> str:
         seeds = ", ".join(f'"127.0.0.1:{self.port + 10000 + j}"' for j in range(self.nodes))
-        return f"""# written by `ringkv up`; see docs/configuration.md
-[node]
+        return f"""[node]
 id = "node{i + 1}"
 data_dir = "{self.node_dir(i)}"
 
@@ -226,6 +238,49 @@ workers = {self.node_workers(i)}
 [security]
 enable_flush = true
 """
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_value, v)) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string
+    return repr(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One ``--set [nodeK:]SECTION.KEY=VALUE`` of ``ringkv up``."""
+
+    node: int | None  # K of nodeK, or None: every node
+    section: str
+    key: str
+    value: Any
+
+
+def _settings(ctx: click.Context, param: click.Parameter,
+              given: tuple[str, ...]) -> tuple[Setting, ...]:
+    out = []
+    for text in given:
+        node = None
+        target, sep, raw = text.partition("=")
+        if ":" in target:
+            prefix, target = target.split(":", 1)
+            if not (prefix.startswith("node") and prefix[4:].isdigit()):
+                raise click.BadParameter(f"{text!r}: a node is named nodeK, got {prefix!r}")
+            node = int(prefix[4:])
+        section, _, key = target.partition(".")
+        if not sep or key not in SECTIONS.get(section, ()):
+            raise click.BadParameter(
+                f"{text!r} is not SECTION.KEY=VALUE with a key of docs/configuration.md")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: a string
+        out.append(Setting(node, section, key, value))
+    return tuple(out)
 
 
 def _check_free(ports: list[int]) -> None:
@@ -292,6 +347,11 @@ def _nodes_up(port: int) -> int:
               help="Ring partitions Q: a power of two, at least ~10 per node at the "
                    "largest planned size; fixed once the cluster is created "
                    "(docs/configuration.md).")
+@click.option("--set", "settings", multiple=True, callback=_settings,
+              metavar="[nodeK:]SECTION.KEY=VALUE",
+              help="A setting of every node's config (or of node K's), over what ringkv up "
+                   "writes; repeatable, e.g. --set hotkeys.cache_ms=50 "
+                   "--set node3:node.reply_delay_ms=100.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""

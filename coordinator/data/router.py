@@ -21,6 +21,7 @@ clock bound is refused first (``coordinator.data.clock``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from coordinator.cluster.ring import NodeId, Ring
 from coordinator.cluster.ring import preference_list as preference_list_of
 from coordinator.config import NodeConfig
 from coordinator.data import quorum
+from coordinator.data.datapath import send_after
 from coordinator.data.quorum import Plan
 from coordinator.errors import UnavailableError
 from shardserver.protocol import messages as m
@@ -81,6 +83,13 @@ def _answered(reply: m.Reply) -> asyncio.Future[m.Reply]:
     return fut
 
 
+def _after(delay_s: float) -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(
+        delay_s, lambda: None if fut.done() else fut.set_result(None))
+    return fut
+
+
 class Router:
     def __init__(self, config: NodeConfig, pool: WorkerPool, cluster: ClusterState,
                  hints: HintLog, refuse_write: RefuseWrite) -> None:
@@ -100,6 +109,7 @@ class Router:
         # (ring, draining, nodes up) the cached plans were made for
         self._plans_of: tuple[Ring | None, str | None, frozenset[NodeId]] = (
             None, None, frozenset())
+        self._reply_delay_s = config.reply_delay_ms / 1000
 
     async def connect_workers(self) -> None:
         """One client per worker (once the pool is ready). Frames from workers
@@ -270,7 +280,16 @@ class Router:
 
     def submit_local(self, request: m.Request) -> asyncio.Future[m.Reply]:
         """``request`` to our worker for its partition, as a future: no task
-        unless a new hint must be made durable first."""
+        unless a new hint must be made durable first. With the test-only
+        fault knob ``reply_delay_ms`` every replica read and write (ours and
+        our peers') waits that long before it goes to the worker: a slow
+        replica."""
+        if self._reply_delay_s and isinstance(request, m.ReplicaRead | m.ReplicaWrite):
+            return send_after(_after(self._reply_delay_s),
+                              functools.partial(self._submit_local, request))
+        return self._submit_local(request)
+
+    def _submit_local(self, request: m.Request) -> asyncio.Future[m.Reply]:
         index = self._worker_of(request)
         if isinstance(index, m.Reply):
             return _answered(index)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.ring import NodeId, Ring
@@ -32,6 +34,7 @@ from shardserver.protocol import records
 from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
+R = TypeVar("R")
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes
 
 
@@ -81,6 +84,8 @@ class AdminHandler:
                 return await self.remove(gone)
             case api.TransfersRequest():
                 return self.transfers()
+            case api.HotKeysRequest(cluster):
+                return await self.hot_keys(cluster)
         raise AdminError(f"unexpected admin request {request!r}")
 
     async def _forward(self, target: str, payload: object) -> m.Reply:
@@ -150,23 +155,40 @@ class AdminHandler:
         ring = self.view.ring
         others = [n for n in (ring.node_ids if ring else ()) if n != self.id]
 
-        async def one(n: NodeId) -> api.NodeStatus | api.NodeUnreachable:
-            if not self.view.is_up(n):
-                return api.NodeUnreachable(n, "down")
-            request = api.encode_request(api.StatusRequest())
-            try:
-                reply = await self.router.call(n, m.Admin(request), self.router.timeout_s * 5)
-            except ShardUnavailable as exc:
-                return api.NodeUnreachable(n, "unreachable", exc.reason)
-            if not reply.ok:
-                return api.NodeUnreachable(n, "error", reply.message)
-            try:
-                return records.from_wire(api.NodeStatus, reply.payload, f"status of {n}")
-            except ProtocolError as exc:
-                return api.NodeUnreachable(n, "error", str(exc))
+        def one(n: NodeId) -> Awaitable[api.NodeStatus | api.NodeUnreachable]:
+            return self._ask(n, api.StatusRequest(), api.NodeStatus)
 
         nodes = [await self.node_status(), *await asyncio.gather(*map(one, others))]
         return api.ClusterStatus(self.id, tuple(sorted(nodes, key=lambda s: s.node)))
+
+    async def _ask(self, n: NodeId, request: api.AdminRequest,
+                   reply_type: type[R]) -> R | api.NodeUnreachable:
+        """``request`` answered by the other node ``n``, or why it was not."""
+        if not self.view.is_up(n):
+            return api.NodeUnreachable(n, "down")
+        payload = api.encode_request(request)
+        try:
+            reply = await self.router.call(n, m.Admin(payload), self.router.timeout_s * 5)
+        except ShardUnavailable as exc:
+            return api.NodeUnreachable(n, "unreachable", exc.reason)
+        if not reply.ok:
+            return api.NodeUnreachable(n, "error", reply.message)
+        try:
+            return records.from_wire(reply_type, reply.payload, f"{payload['cmd']} of {n}")
+        except ProtocolError as exc:
+            return api.NodeUnreachable(n, "error", str(exc))
+
+    async def hot_keys(self, cluster: bool) -> api.HotKeysReply | api.ClusterHotKeys:
+        """The sketch's top keys here; with ``cluster``, every node's own."""
+        mine = api.HotKeysReply(self.id, self.config.hotkeys_window_s,
+                                tuple(self.status.data.hotkeys.top(self.config.hotkeys_top)))
+        if not cluster:
+            return mine
+        ring = self.view.ring
+        others = [n for n in (ring.node_ids if ring else ()) if n != self.id]
+        nodes = [mine, *await asyncio.gather(
+            *(self._ask(n, api.HotKeysRequest(), api.HotKeysReply) for n in others))]
+        return api.ClusterHotKeys(self.id, tuple(sorted(nodes, key=lambda s: s.node)))
 
     def ring(self, key: bytes | None) -> api.RingReply:
         ring = self._ring()

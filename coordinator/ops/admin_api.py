@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.data.hotkeys import HotKey
 from coordinator.repair.anti_entropy import RepairReport
 from coordinator.repair.handoff import HintBacklog
 from shardserver.protocol import records
@@ -76,9 +77,16 @@ class TransfersRequest:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class HotKeysRequest:
+    """This node's most requested keys; with ``cluster``, every up node's."""
+
+    cluster: bool = False
+
+
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
-    | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest
+    | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | HotKeysRequest
 )
 
 #: Wire name of each request.
@@ -86,7 +94,7 @@ COMMAND_OF: dict[type[Any], str] = {
     StatusRequest: "status", RingRequest: "ring", CompactRequest: "compact",
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
-    TransfersRequest: "transfers",
+    TransfersRequest: "transfers", HotKeysRequest: "hotkeys",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -287,9 +295,23 @@ class TransfersReply:
     failed: int
 
 
+@dataclass(frozen=True, slots=True)
+class HotKeysReply:
+    node: str
+    window_s: float
+    keys: tuple[HotKey, ...]  # most requested first
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHotKeys:
+    asked: str
+    nodes: tuple[HotKeysReply | NodeUnreachable, ...]  # by node id
+
+
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
     | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply
+    | HotKeysReply | ClusterHotKeys
 )
 
 
@@ -297,6 +319,8 @@ def reply_type(request: AdminRequest) -> type[Any]:
     """The reply record ``request`` gets."""
     if isinstance(request, StatusRequest):
         return ClusterStatus if request.cluster else NodeStatus
+    if isinstance(request, HotKeysRequest):
+        return ClusterHotKeys if request.cluster else HotKeysReply
     return _REPLIES[type(request)]
 
 

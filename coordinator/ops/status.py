@@ -31,6 +31,7 @@ from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock, ClockStats
 from coordinator.data.datapath import DataPath, DataStats
+from coordinator.data.hotkeys import HotKey, top_lines
 from coordinator.data.router import Router
 from coordinator.ops.health import RingHealth, ring_health
 from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
@@ -200,6 +201,7 @@ class NodeSnapshot:
     reply_bytes_in_flight: int
     noquorum: dict[tuple[str, str], int]  # (op, cause) -> NOQUORUM answers
     disk: DiskSpace
+    hotkeys: tuple[HotKey, ...] = ()  # the most requested keys, most first
 
 
 class StatusSource:
@@ -264,6 +266,7 @@ class StatusSource:
             reply_bytes_in_flight=server.reply_bytes_in_flight,
             noquorum=dict(self.data.noquorum),
             disk=disk_space(self.config.data_dir),
+            hotkeys=tuple(self.data.hotkeys.top(self.config.hotkeys_top)),
         )
 
     def health(self) -> RingHealth:
@@ -330,10 +333,10 @@ _ARCH_BITS = 64 if sys.maxsize > 1 << 32 else 32
 
 def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
     """INFO's sections: server, clients, memory, stats, replication (hints
-    and handoff), cluster, keyspace, clock, storage; plain ``name: value``
-    maps. The fields Redis tools read (redis_version, redis_mode, run_id,
-    used_memory, db0, cluster_enabled, role ...) are there under Redis's
-    names, docs/protocol.md says what each means here."""
+    and handoff), cluster, keyspace, clock, storage, hotkeys; plain
+    ``name: value`` maps. The fields Redis tools read (redis_version,
+    redis_mode, run_id, used_memory, db0, cluster_enabled, role ...) are
+    there under Redis's names, docs/protocol.md says what each means here."""
     return {
         "server": {
             "redis_version": REDIS_VERSION,
@@ -363,6 +366,7 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
         "clock": {"max_clock_drift_ms": snap.max_clock_drift_ms,
                   "hlc_ahead_ms": snap.hlc_ahead_ms, **asdict(snap.clock)},
         "storage": _storage(snap),
+        "hotkeys": dict(top_lines(list(snap.hotkeys))),
     }
 
 

@@ -79,6 +79,10 @@ pw = 1
         ("[handoff]\nthrottle_bytes_per_s = 0\n", "throttle_bytes_per_s must be > 0, got 0"),
         ("[cluster]\nn = 1\nr = 2\n", "r must be 1..n (1), got 2"),
         ("[cluster]\nn = 2\nw = 3\n", "w must be 1..n (2), got 3"),
+        ("[hotkeys]\ncache_ms = -1\n", "hotkeys.cache_ms must be 0..60000 (0: off)"),
+        ("[hotkeys]\ntop = 300\n", "hotkeys.top must be 1..hotkeys.tracked"),
+        ("[reads]\nfanout = 'some'\n", "reads.fanout must be all or quorum, got 'some'"),
+        ("[node]\nreply_delay_ms = -5\n", "reply_delay_ms must be >= 0"),
     ],
 )
 def test_errors_name_the_key(tmp_path: str, text: str, message: str) -> None:
