@@ -49,6 +49,22 @@ class Verdict:
     keys: tuple[bytes, ...] = ()
 
 
+def read_replies(reader: hiredis.Reader, data: bytes) -> list[object] | None:
+    """Feed ``data``; every reply now complete, in order (RESP3 out-of-band
+    pushes left out: they answer no request), or None on a protocol error."""
+    reader.feed(data)
+    out: list[object] = []
+    while True:
+        try:
+            reply = reader.gets()
+        except hiredis.ProtocolError:
+            return None
+        if reply is False:
+            return out
+        if not isinstance(reply, hiredis.PushNotification):
+            out.append(reply)
+
+
 def error_code(reply: object) -> str | None:
     """The code of an error reply (its first word), None for any other."""
     if isinstance(reply, hiredis.ReplyError):
@@ -104,5 +120,10 @@ def _show(reply: object) -> str:
 
 
 def text_of(raw: bytes) -> str:
-    """Bytes as printable text: UTF-8 where it decodes, ``\\xNN`` elsewhere."""
-    return raw.decode("utf-8", "backslashreplace")
+    """Bytes as one line of printable text: UTF-8 where it decodes and
+    prints, ``\\xNN`` (``\\uNNNN``) for the rest."""
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)

@@ -28,6 +28,7 @@ import hiredis
 from cli.bench.conn import WRITE_HIGH_WATER
 from cli.bench.workload import encode
 from cli.shadow.aio import Tasks, no_delay
+from cli.shadow.compare import read_replies
 from cli.shadow.config import ShadowConfig
 from cli.shadow.pair import Pair
 from cli.shadow.stats import ShadowStats
@@ -159,20 +160,13 @@ class ShadowLink(asyncio.Protocol):
     # -- replies ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        reader, inflight, stats = self._reader, self._inflight, self._stats
-        reader.feed(data)
+        inflight, stats = self._inflight, self._stats
         now_ns = time.monotonic_ns()
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError:
-                self._fail("ringkv protocol error")
-                return
-            if reply is False:
-                break
-            if not inflight:
-                self._fail("ringkv protocol error")
-                return
+        replies = read_replies(self._reader, data)
+        if replies is None or len(replies) > len(inflight):
+            self._fail("ringkv protocol error")
+            return
+        for reply in replies:
             head = inflight.popleft()
             if isinstance(head, _Auth):
                 if isinstance(reply, hiredis.ReplyError):

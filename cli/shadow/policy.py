@@ -19,8 +19,9 @@ below are what the table cannot say:
 - :data:`TRANSACTION`: MULTI … EXEC queues on the primary but would run at
   once on ringkv, so the whole transaction is "unsupported", not mirrored.
 
-Anything else ringkv's table lacks, and any option its parser refuses as
-unsupported (``SET … EX``, EVAL …), is "unsupported": served by the primary,
+Anything else ringkv's table lacks or answers with its not-supported
+handler (EVAL, FUNCTION …), and any option its parser refuses as
+unsupported (``SET … EX``), is "unsupported": served by the primary,
 counted by name, not mirrored (ringkv would only refuse it).
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 from coordinator.client import commands
 from coordinator.client.parsing import Limits
+from coordinator.client.session import SessionCommands
 from coordinator.errors import CommandError, UnsupportedOptionError
 
 NOT_COMPARED = frozenset({
@@ -76,7 +78,7 @@ def plan(request: Sequence[bytes], in_transaction: bool = False) -> Plan:
     if name in NOT_COMPARED:
         return Plan(Action.NOT_COMPARED, name)
     spec = commands.lookup(request)
-    if spec is None:
+    if spec is None or spec.answer is SessionCommands.not_supported:
         return Plan(Action.UNSUPPORTED, name)
     try:
         command = commands.parse(request, _NO_SIZE_LIMITS)

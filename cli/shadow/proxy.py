@@ -36,6 +36,7 @@ from typing import cast
 import hiredis
 
 from cli.shadow.aio import Tasks, no_delay
+from cli.shadow.compare import read_replies
 from cli.shadow.config import ShadowConfig
 from cli.shadow.mirror import ShadowLink
 from cli.shadow.pair import Pair
@@ -210,19 +211,13 @@ class ClientSide(asyncio.Protocol):
         self._fifo.append((now_ns, pair))
 
     def _replies(self, data: bytes) -> None:
-        reader, fifo, stats = self._reader, self._fifo, self._stats
-        reader.feed(data)
+        fifo, stats = self._fifo, self._stats
         now_ns = time.monotonic_ns()
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError:
-                self._unobserve("primary protocol error")
-                return
-            if reply is False:
-                return
-            if isinstance(reply, hiredis.PushNotification):
-                continue  # RESP3 out-of-band data, not a reply
+        replies = read_replies(self._reader, data)
+        if replies is None:
+            self._unobserve("primary protocol error")
+            return
+        for reply in replies:
             if not fifo:
                 self._unobserve("primary reply without request")
                 return
