@@ -41,7 +41,7 @@ class Pair:
         longer counts as pending)."""
         if not self.done:
             self.done = True
-            stats.abandon(reason, pending=self.ringkv_pending)
+            stats.abandon(self.plan, reason, pending=self.ringkv_pending)
 
     def _settle(self, stats: ShadowStats) -> None:
         if self.done or self._primary is _MISSING or self._ringkv is _MISSING:

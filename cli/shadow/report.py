@@ -74,7 +74,7 @@ class Report:
             f"requests: {s.requests:,} answered by the primary; {s.mirrored:,} mirrored to "
             f"ringkv, {sum(s.dropped.values()):,} dropped" + _detail(s.dropped),
             f"compared: {s.matched:,} matched, {mismatched:,} mismatched" + _detail(s.mismatched)
-            + (f" ({s.stale:,} on keys whose write was dropped)" if s.stale else "")
+            + (f" ({s.stale:,} stale: ringkv may have missed a write)" if s.stale else "")
             + f", {sum(s.shadow_errors.values()):,} ringkv errors" + _detail(s.shadow_errors)
             + f", {sum(s.refused.values()):,} refused as unsupported" + _detail(s.refused),
             f"abandoned: {sum(s.abandoned.values()):,}" + _detail(s.abandoned),
@@ -97,7 +97,7 @@ class Report:
             for m in s.samples:
                 keys = " ".join(m.keys) or "-"
                 lines.append(f"  {m.command} {keys}: primary {m.primary}  ringkv {m.ringkv}"
-                             + ("  (its write was dropped before)" if m.stale else ""))
+                             + ("  (stale: ringkv may have missed a write)" if m.stale else ""))
         return "\n".join(lines)
 
 

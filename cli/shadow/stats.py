@@ -12,9 +12,10 @@ pending when the proxy stopped). So::
 
     mirrored == matched + mismatched + shadow_errors + refused + abandoned
 
-A dropped write leaves ringkv behind the primary for its keys; a later
-mismatch on such a key is counted as *stale* (also in ``mismatched``) and
-its sample says so, since ringkv never saw the write.
+A dropped or abandoned write may leave ringkv behind the primary for its
+keys; a later mismatch on such a key is counted as *stale* (also in
+``mismatched``) and its sample says so, since ringkv may never have seen
+the write.
 """
 
 from __future__ import annotations
@@ -112,18 +113,24 @@ class ShadowStats:
 
     def drop(self, plan: Plan, reason: str) -> None:
         self.dropped[reason] += 1
+        self._uncertain(plan)
+
+    def abandon(self, plan: Plan, reason: str, *, pending: bool) -> None:
+        """A mirrored request ends without a comparison; ``pending``:
+        ringkv's reply to it was still outstanding."""
+        self.abandoned[reason] += 1
+        if pending:
+            self.pending -= 1
+        self._uncertain(plan)
+
+    def _uncertain(self, plan: Plan) -> None:
+        """ringkv may have missed this write: its keys' mismatches are stale
+        until a later write of them reaches ringkv."""
         if plan.write:
             for key in plan.keys:
                 self._stale_keys[key] = None
             while len(self._stale_keys) > STALE_KEYS_CAP:
                 del self._stale_keys[next(iter(self._stale_keys))]
-
-    def abandon(self, reason: str, count: int = 1, *, pending: bool) -> None:
-        """``count`` mirrored requests end without a comparison; ``pending``:
-        ringkv's reply to them was still outstanding."""
-        self.abandoned[reason] += count
-        if pending:
-            self.pending -= count
 
     def judged(self, verdict: Verdict, primary: object, ringkv: object) -> None:
         outcome = verdict.outcome

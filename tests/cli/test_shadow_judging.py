@@ -117,15 +117,18 @@ def test_every_mirrored_request_ends_once() -> None:
         ("GET", ("k",), '"v"', '"other"')]
 
 
-def test_a_mismatch_after_a_dropped_write_is_stale() -> None:
+def test_a_mismatch_after_a_dropped_or_abandoned_write_is_stale() -> None:
     stats = ShadowStats(samples=5, reply_chars=50)
     stats.drop(plan(words("SET k v")), "max pending")
     stats.drop(plan(words("SET j v")), "max pending")
     stats.sent(plan(words("SET j w")))  # a later write of j reached ringkv
-    for key in (b"k", b"j"):
+    timed_out = Pair(plan(words("MSET m 1 n 2")), 0)
+    stats.sent(timed_out.plan)
+    timed_out.abandon("ringkv timeout", stats)
+    for key in (b"k", b"j", b"n"):
         pair = Pair(plan([b"GET", key]), 0)
         stats.sent(pair.plan)
         pair.primary_in(b"v", stats)
         pair.ringkv_in(None, 1, stats)
     assert stats.dropped == {"max pending": 2}
-    assert stats.stale == 1 and [m.stale for m in stats.samples] == [True, False]
+    assert stats.stale == 2 and [m.stale for m in stats.samples] == [True, False, True]
