@@ -47,5 +47,6 @@ class Pair:
         if self.done or self._primary is _MISSING or self._ringkv is _MISSING:
             return
         self.done = True
-        stats.judged(judge(self.plan.label, self.plan.keys, self._primary, self._ringkv),
+        plan = self.plan
+        stats.judged(plan, judge(plan.label, plan.keys, self._primary, self._ringkv),
                      self._primary, self._ringkv)

@@ -12,10 +12,10 @@ pending when the proxy stopped). So::
 
     mirrored == matched + mismatched + shadow_errors + refused + abandoned
 
-A dropped or abandoned write may leave ringkv behind the primary for its
-keys; a later mismatch on such a key is counted as *stale* (also in
-``mismatched``) and its sample says so, since ringkv may never have seen
-the write.
+A dropped or abandoned write, or one whose replies differ, may leave
+ringkv behind the primary for its keys; a later mismatch on such a key is
+counted as *stale* (also in ``mismatched``) and its sample says so, since
+ringkv may never have applied the write.
 """
 
 from __future__ import annotations
@@ -132,11 +132,15 @@ class ShadowStats:
             while len(self._stale_keys) > STALE_KEYS_CAP:
                 del self._stale_keys[next(iter(self._stale_keys))]
 
-    def judged(self, verdict: Verdict, primary: object, ringkv: object) -> None:
+    def judged(self, plan: Plan, verdict: Verdict, primary: object, ringkv: object) -> None:
+        """Count ``verdict`` on ``plan``'s replies. A write the two judged
+        differently (ringkv refused it, failed it, or answered otherwise)
+        makes its keys' later mismatches stale."""
         outcome = verdict.outcome
         if outcome is Outcome.MATCH:
             self.matched += 1
-        elif outcome is Outcome.SHADOW_ERROR:
+            return
+        if outcome is Outcome.SHADOW_ERROR:
             self.shadow_errors[verdict.label] += 1
         elif outcome is Outcome.UNSUPPORTED:
             self.refused[verdict.label] += 1
@@ -149,6 +153,7 @@ class ShadowStats:
                 self.samples.append(Mismatch(
                     verdict.label, tuple(text_of(k) for k in verdict.keys),
                     show(primary, limit), show(ringkv, limit), stale))
+        self._uncertain(plan)
 
     def interval(self, seconds: float) -> Interval:
         """The figures since the last call, for the live line."""

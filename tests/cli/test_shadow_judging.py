@@ -125,10 +125,16 @@ def test_a_mismatch_after_a_dropped_or_abandoned_write_is_stale() -> None:
     timed_out = Pair(plan(words("MSET m 1 n 2")), 0)
     stats.sent(timed_out.plan)
     timed_out.abandon("ringkv timeout", stats)
-    for key in (b"k", b"j", b"n"):
+    refused = Pair(plan(words("SET r v")), 0)
+    stats.sent(refused.plan)
+    refused.primary_in(b"OK", stats)
+    refused.ringkv_in(hiredis.ReplyError("ERR value too large (9 > 8 bytes)"), 1, stats)
+    for key in (b"k", b"j", b"n", b"r"):
         pair = Pair(plan([b"GET", key]), 0)
         stats.sent(pair.plan)
         pair.primary_in(b"v", stats)
         pair.ringkv_in(None, 1, stats)
     assert stats.dropped == {"max pending": 2}
-    assert stats.stale == 2 and [m.stale for m in stats.samples] == [True, False, True]
+    assert [(m.command, m.stale) for m in stats.samples] == [
+        ("SET", False), ("GET", True), ("GET", False), ("GET", True), ("GET", True)]
+    assert stats.stale == 3
