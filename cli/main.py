@@ -6,6 +6,7 @@ import click
 
 from cli import cluster, hotkeys, inspect, serve
 from cli.bench.command import bench
+from cli.shadow.command import shadow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +22,7 @@ cli.add_command(inspect.db)
 cli.add_command(serve.serve)
 cli.add_command(serve.up)
 cli.add_command(bench)
+cli.add_command(shadow)
 for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
                 cluster.flush, cluster.drain, cluster.compact, cluster.repair,
                 cluster.remove, hotkeys.hotkeys):
