@@ -55,6 +55,8 @@ P99_GOAL_MS = 10.0  # three nodes, open loop at half of the peak
 P99_DISRUPTED_GOAL_MS = 20.0  # ... during a full compaction, and a node killed and restarted
 # One client, one request at a time (redis-benchmark -c 1): p50 goals in ms.
 UNLOADED_GOAL_MS = {"node": 0.5, "cluster": 1.0}
+# PING first: it is the front end alone, the baseline of the hop-by-hop table.
+UNLOADED_TESTS = ("PING_MBULK", *TESTS)
 BENIGN = ("WARNING: Could not fetch server CONFIG",)
 
 
@@ -411,7 +413,7 @@ def unloaded(args: argparse.Namespace, servers: Servers) -> dict[tuple[str, str]
     one = copy.copy(args)
     one.clients, one.requests = 1, args.unloaded_requests
     out = {}
-    for test in TESTS:
+    for test in UNLOADED_TESTS:
         for t in TARGETS:
             if t.key in servers:
                 port, server = servers[t.key]
@@ -419,6 +421,34 @@ def unloaded(args: argparse.Namespace, servers: Servers) -> dict[tuple[str, str]
                 print(f"  -c 1 {t.key} {test}: p50 {_ms(r.p50_ms)} ms, p99 {_ms(r.p99_ms)} ms",
                       flush=True)
     return out
+
+
+def hops(one: dict[tuple[str, str], Run]) -> str:
+    """One request's p50 split by hop, from differences of the -c 1 runs:
+    redis-server's PING is the client, the kernel's loopback and a minimal
+    server; ringkv's PING adds its front end (parse, dispatch, reply);
+    a one-node SET/GET adds the data path, the worker hop and the engine;
+    three nodes add the replica hops (peer relay and remote workers, W/R=2)."""
+    def p50(key: str, test: str) -> float | None:
+        r = one.get((key, test))
+        return r.p50_ms if r else None
+
+    rows = []
+    for test in TESTS:
+        steps = [("client + loopback + minimal server (redis-server PING)",
+                  p50("redis", "PING_MBULK"), None),
+                 ("ringkv front end (ringkv PING minus redis PING)",
+                  p50("node", "PING_MBULK"), p50("redis", "PING_MBULK")),
+                 (f"data path + worker hop + engine, N=1 (1-node {test} minus ringkv PING)",
+                  p50("node", test), p50("node", "PING_MBULK")),
+                 (f"replica hops, N=3 W/R=2 (3-node {test} minus 1-node {test})",
+                  p50("cluster", test), p50("node", test))]
+        for what, a, b in steps:
+            if a is not None and (b is not None or what.startswith("client")):
+                rows.append([test, what, f"{(a - (b or 0.0)) * 1000:,.0f}"])
+        if (total := p50("cluster", test)) is not None:
+            rows.append([test, "total, 3 nodes (p50)", f"{total * 1000:,.0f}"])
+    return harness.table(["test", "hop (differences of -c 1 p50s)", "µs"], rows)
 
 
 @dataclass(slots=True)
@@ -614,7 +644,7 @@ def render(args: argparse.Namespace, runs: Runs, prof: str, elapsed: float, *,
                           f"{p99 / P99_DISRUPTED_GOAL_MS:.1f}x over"
                           if p99 > P99_DISRUPTED_GOAL_MS else ""])
     for (key, test), r in sorted(one.items()):
-        limit = UNLOADED_GOAL_MS.get(key)
+        limit = UNLOADED_GOAL_MS.get(key) if test in TESTS else None
         if limit is not None and r.p50_ms is not None:
             goals.append([f"{key} {test} p50 ≤ {limit} ms, one client (-c 1)",
                           f"{r.p50_ms:.3f} ms", harness.verdict(r.p50_ms <= limit),
@@ -653,7 +683,8 @@ def render(args: argparse.Namespace, runs: Runs, prof: str, elapsed: float, *,
                 ["target", "test", "requests/s", "p50 ms", "p99 ms", "server CPU µs/req"],
                 [[t.label, test, harness.fmt_rate(r.rps), _ms(r.p50_ms), _ms(r.p99_ms),
                   f"{r.server_cpu_s / args.unloaded_requests * 1e6:,.0f}"]
-                 for test in TESTS for t in TARGETS if (r := one.get((t.key, test)))]))
+                 for test in UNLOADED_TESTS for t in TARGETS if (r := one.get((t.key, test)))])
+            + "\n\n" + hops(one))
     for d in dist:
         parts.append(f"### Open loop on the cluster during: {d.what}\n\n"
                      + open_loop.render([d.result]) + "\n\nTimeline: "

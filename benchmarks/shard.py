@@ -6,7 +6,8 @@ durability: every write reaches the OS, no fsync per write):
 
 - engine: ``DB.put`` / ``DB.get`` in this process (the ceiling);
 - store: ``ShardStore.write`` / ``read`` in this process (adds the
-  read-merge-write and the sibling-set encoding);
+  version check and its encoding as a merge operand: a blind write; before
+  issue 19.2 it was a read-merge-write);
 - client, unbatched: one call at a time to a worker process over its unix
   socket (round-trip latency bound);
 - client, batched: ``--concurrency`` calls in flight, which the client packs
@@ -17,8 +18,8 @@ key written 4 times, every version superseding the last): a blind ``put``
 (no version merge at all: the ceiling), ``merge`` of the encoded version
 with a sibling-set merge operator (lsm merge operands, resolved where they
 meet), the same through ``try_write`` (what a worker would call inline on
-its event loop), and get + ``merge_sets`` + put (today's read before write);
-then gets of the merged keys before and after a full compaction.
+its event loop), and get + ``merge_sets`` + put (the read before write
+the store did before issue 19.2); then gets of the merged keys before and after a full compaction.
 ``--merge-only`` runs just that table.
 
     python3 benchmarks/shard.py --quick
@@ -38,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import harness
+from cluster import cpu_s
 from sibling_merge import SiblingSetMerge
 
 from lsm import NOT_CACHED
@@ -88,39 +90,61 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+class Meter:
+    """Rate by the wall clock and CPU µs per op of one process (``pid``, or
+    this one) over a ``with`` block of ``n`` operations."""
+
+    def __init__(self, n: int, pid: int | None = None) -> None:
+        self.n, self.pid = n, pid
+        self.rate = self.cpu_us = 0.0
+
+    def _cpu(self) -> float:
+        return time.process_time() if self.pid is None else cpu_s(self.pid)
+
+    def __enter__(self) -> Meter:
+        self._t, self._c = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.rate = rate(self.n, time.perf_counter() - self._t)
+        self.cpu_us = (self._cpu() - self._c) / self.n * 1e6 if self.n else 0.0
+
+
+def shuffled(keys: list[tuple[int, bytes]], seed: int) -> list[tuple[int, bytes]]:
+    order = keys[:]
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def bench_engine(args: argparse.Namespace, path: str) -> dict[str, float]:
     keys, values = workload(args)
     with DB.open(path, Options(fsync="interval")) as db:
-        t = time.perf_counter()
-        for i, (p, k) in enumerate(keys):
-            db.put(p.to_bytes(2, "big") + k, values[i % len(values)])
-        put = rate(len(keys), time.perf_counter() - t)
-        order = keys[:]
-        random.Random(args.seed + 1).shuffle(order)
-        t = time.perf_counter()
-        for p, k in order:
-            db.get(p.to_bytes(2, "big") + k)
-        get = rate(len(keys), time.perf_counter() - t)
-    return {"write": put, "read": get}
+        with Meter(len(keys)) as w:
+            for i, (p, k) in enumerate(keys):
+                db.put(p.to_bytes(2, "big") + k, values[i % len(values)])
+        with Meter(len(keys)) as r:
+            for p, k in shuffled(keys, args.seed + 1):
+                db.get(p.to_bytes(2, "big") + k)
+    return measured(w, r)
+
+
+def measured(w: Meter, r: Meter) -> dict[str, float]:
+    return {"write": w.rate, "write_cpu": w.cpu_us, "read": r.rate, "read_cpu": r.cpu_us}
 
 
 def bench_store(args: argparse.Namespace, path: str) -> dict[str, float]:
     keys, values = workload(args)
     store = ShardStore.open(path, range(Q), Options(fsync="interval"))
     try:
-        t = time.perf_counter()
-        for i, (p, k) in enumerate(keys):
-            store.write(p, k, version(i, values[i % len(values)]))
-        put = rate(len(keys), time.perf_counter() - t)
-        order = keys[:]
-        random.Random(args.seed + 1).shuffle(order)
-        t = time.perf_counter()
-        for p, k in order:
-            store.read(p, k)
-        get = rate(len(keys), time.perf_counter() - t)
+        with Meter(len(keys)) as w:
+            for i, (p, k) in enumerate(keys):
+                store.write(p, k, version(i, values[i % len(values)]))
+        with Meter(len(keys)) as r:
+            for p, k in shuffled(keys, args.seed + 1):
+                store.read(p, k)
     finally:
         store.close()
-    return {"write": put, "read": get}
+    return measured(w, r)
 
 
 def _merge_options() -> Options:
@@ -191,7 +215,7 @@ def bench_write_paths(args: argparse.Namespace, scratch: str) -> str:
             current = () if old is None else decode_siblings(old)
             db.put(key, encode_siblings(merge_sets(current, decode_siblings(raw)).siblings))
 
-        timed("get + merge_sets + put", read_merge_write, "read before write (today)")
+        timed("get + merge_sets + put", read_merge_write, "read before write (before 19.2)")
         db.wait_for_compactions()
         reads("get after read-before-write", db)
     note = (f"{n} writes over {len(distinct)} keys, {args.value_bytes}-byte values, "
@@ -213,24 +237,26 @@ def start_worker(sock: str, data: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def _timed(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]]) -> float:
+async def _timed(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]],
+                 pid: int) -> Meter:
+    """``n`` calls, ``concurrency`` at a time, measured on the worker ``pid``."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with sem:
             await call(i)
 
-    t = time.perf_counter()
-    if concurrency == 1:
-        for i in range(n):
-            await call(i)
-    else:
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return rate(n, time.perf_counter() - t)
+    with Meter(n, pid) as m:
+        if concurrency == 1:
+            for i in range(n):
+                await call(i)
+        else:
+            await asyncio.gather(*(one(i) for i in range(n)))
+    return m
 
 
 async def bench_client(
-    args: argparse.Namespace, sock: str, concurrency: int, salt: int
+    args: argparse.Namespace, sock: str, concurrency: int, salt: int, pid: int
 ) -> dict[str, float]:
     from shardserver.protocol.client import ShardClient
 
@@ -248,11 +274,11 @@ async def bench_client(
             p, k = keys[i]
             await client.read(p, k)
 
-        w = await _timed(len(keys), concurrency, write)
-        r = await _timed(len(keys), concurrency, read)
+        w = await _timed(len(keys), concurrency, write, pid)
+        r = await _timed(len(keys), concurrency, read, pid)
     finally:
         await client.close()
-    return {"write": w, "read": r}
+    return measured(w, r)
 
 
 def run(args: argparse.Namespace, scratch: str) -> str:
@@ -265,9 +291,9 @@ def run(args: argparse.Namespace, scratch: str) -> str:
     sock = os.path.join(scratch, "w.sock")
     proc = start_worker(sock, os.path.join(scratch, "worker"))
     try:
-        rows["client, unbatched"] = asyncio.run(bench_client(args, sock, 1, 1))
+        rows["client, unbatched"] = asyncio.run(bench_client(args, sock, 1, 1, proc.pid))
         rows[f"client, batched (c={args.concurrency})"] = asyncio.run(
-            bench_client(args, sock, args.concurrency, 2)
+            bench_client(args, sock, args.concurrency, 2, proc.pid)
         )
     finally:
         proc.terminate()
@@ -277,15 +303,19 @@ def run(args: argparse.Namespace, scratch: str) -> str:
             proc.kill()
             proc.wait(10)
     base = rows["engine (in-process)"]
-    header = ["path", "writes/s", "vs engine", "reads/s", "vs engine"]
+    header = ["path", "writes/s", "vs engine", "CPU µs/write", "reads/s", "vs engine",
+              "CPU µs/read"]
     table = [
         [name, harness.fmt_rate(r["write"]), harness.fmt_ratio(r["write"] / base["write"]),
-         harness.fmt_rate(r["read"]), harness.fmt_ratio(r["read"] / base["read"])]
+         f"{r['write_cpu']:.1f}", harness.fmt_rate(r["read"]),
+         harness.fmt_ratio(r["read"] / base["read"]), f"{r['read_cpu']:.1f}"]
         for name, r in rows.items()
     ]
     note = (
         f"{args.ops} keys per row, {args.value_bytes}-byte values, fsync=interval; "
-        "client rows talk to one worker process over a unix socket."
+        "client rows talk to one worker process over a unix socket. CPU µs: of this "
+        "process for the in-process rows, of the worker process (all its threads) for "
+        "the client rows."
     )
     return harness.table(header, table) + "\n\n" + note + "\n\n" + merge_table
 

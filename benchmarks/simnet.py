@@ -108,7 +108,7 @@ class SimNode:
         self.hint_effects = 0
         config = NodeConfig(id=name, data_dir="", zone=zone, seeds=tuple(seeds),
                             partitions=q, n=n)
-        self.view = ClusterView(config, ring, ring_file=self.ring_file)
+        self.view = ClusterView(config, ring, ring_file=self.ring_file, inline_ring_math=True)
         self.view.on_hints = self._count_hints
         me = Endpoint(self.name, 1, 0, MemberStatus.UP, f"{name}:c", self.addr,
                       ring.epoch if ring else 0, zone)

@@ -24,6 +24,7 @@ Per cluster size it reports (see docs/benchmarks.md, "Cluster simulation"):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import random
@@ -54,7 +55,7 @@ def _same_ring(nodes: list[SimNode], check: Any) -> Ring | None:
     return ref if all(x.view.ring == ref for x in nodes[1:]) else None
 
 
-def _payload_bytes(node: SimNode) -> dict[str, int]:
+def payload_bytes(node: SimNode) -> dict[str, int]:
     payload = node.gossip.payload()
     ring = payload.get("ring")
     return {
@@ -124,7 +125,7 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
             lambda: not any(x.view.is_up(victim.name) for x in alive), limit))
 
         # -- remove (ringkv remove of the dead node, at one live node) -------------
-        alive[rng.randrange(len(alive))].view.remove(victim.name)
+        asyncio.run(alive[rng.randrange(len(alive))].view.remove(victim.name))
         out["remove_rounds"] = _rounds(cluster.run_until(
             lambda: _same_ring(alive, lambda r: victim.name in r.removed) is not None, limit))
 
@@ -145,7 +146,7 @@ def gossip_figures(k: int, q: int, *, seed: int, net: NetSettings, limit_rounds:
 
 def _finish(out: dict[str, Any], cluster: Cluster, shared: simring.RingMath,
             t0: float) -> dict[str, Any]:
-    out["payload_bytes"] = _payload_bytes(cluster.live()[0])
+    out["payload_bytes"] = payload_bytes(cluster.live()[0])
     out["messages"] = cluster.net.sent
     out["dropped"] = cluster.net.dropped
     out["simulated_s"] = round(cluster.sim.now, 2)

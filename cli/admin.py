@@ -20,6 +20,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -39,6 +40,13 @@ DEFAULT_SECRET_FILE = os.path.join("ringkv-data", "cluster.secret")
 ADMIN_TIMEOUT_S = 3600.0
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The node refused the request; ``message`` says why."""
+
+    message: str
+
+
 class AdminClient:
     """Where and how to reach the cluster, and how to show a reply."""
 
@@ -47,8 +55,18 @@ class AdminClient:
 
     def call(self, request: api.AdminRequest, reply: type[R]) -> R:
         """The ``reply`` record answering ``request``."""
+        answer = self.call_or_refusal(request, reply)
+        if isinstance(answer, Refused):
+            fail(2, answer.message)
+        return answer
+
+    def call_or_refusal(self, request: api.AdminRequest, reply: type[R]) -> R | Refused:
+        """As :meth:`call`, but a request the node refuses (exit code 2) comes
+        back as :class:`Refused`, for a command that can do without it."""
         assert reply is api.reply_type(request), (request, reply)
         payload = asyncio.run(self._call(api.encode_request(request, self.node)))
+        if isinstance(payload, Refused):
+            return payload
         try:
             return records.from_wire(reply, payload)
         except ProtocolError as exc:
@@ -73,7 +91,7 @@ class AdminClient:
             except ShardUnavailable as exc:
                 fail(1, f"cannot reach the node at {self.addr}: {exc.reason}")
         if reply.status is m.Status.BAD_REQUEST:
-            fail(2, reply.message)
+            return Refused(reply.message)
         if not reply.ok:
             fail(1, f"{self.addr}: {reply.status.name} {reply.message}")
         return reply.payload

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-from cli.admin import AdminClient, admin_options
+from cli import picture
+from cli.admin import AdminClient, Refused, admin_options, fail
+from coordinator.errors import RingError
 from coordinator.ops import admin_api as api
 
 
@@ -28,56 +30,115 @@ def _levels(files: dict[str, int]) -> str:
 
 
 @click.command()
+@click.option("--no-map", is_flag=True, help="Leave out the partition map.")
 @admin_options(with_node=False)
-def status(target: AdminClient) -> None:
-    """Nodes up/down (phi), partitions, hint backlog, disk, SSTables, repair."""
+def status(target: AdminClient, no_map: bool) -> None:
+    """Nodes up/down (phi), load, ring ownership, hints, workers, storage and
+    repair; then the partition map (each node's primaries and replicas)."""
     doc = target.call(api.StatusRequest(cluster=True), api.ClusterStatus)
-    lines = [f"{'node':<10} {'state':<12} {'primary':>7} {'fallback':>8} {'hints':>6} "
-             f"{'disk':>10} {'debt':>10}  sstables / last repair"]
-    for n in doc.nodes:
-        if isinstance(n, api.NodeUnreachable):
-            lines.append(f"{n.node:<10} {n.state:<12} {n.error or ''}")
-            continue
-        hints = sum(b.partitions for b in n.hint_backlog.values())
-        repair = n.last_repair_ms
-        lines.append(
-            f"{n.node:<10} {n.state:<12} {n.partitions_primary:>7} "
-            f"{n.partitions_fallback:>8} {hints:>6} {_size(n.disk_bytes):>10} "
-            f"{_size(n.compaction_debt_bytes):>10}  {_levels(n.sstables)} / "
-            f"{'never' if not repair else f'{max(0, int(time.time() - repair / 1000))}s ago'}"
-        )
-    asked = next(n for n in doc.nodes if n.node == doc.asked)
-    lines.append("")
-    if read_only := [n.node for n in doc.nodes
-                     if isinstance(n, api.NodeStatus) and n.read_only_mode]:
-        lines.append(f"read-only (operator's kill switch): {', '.join(read_only)}")
-    if isinstance(asked, api.NodeStatus):
-        lines.append(f"as seen by {doc.asked}: " + ", ".join(
-            f"{k} {v.state} (phi {v.phi})" + (" removed" if v.status == "removed" else "")
-            for k, v in asked.peers.items()))
-        lines.append("peer protocol / release: " + ", ".join(
-            f"{k} {v.peer_protocol or '?'} / {v.release or '?'}"
-            for k, v in asked.peers.items()))
+    ring = None
+    if not target.as_json:  # the JSON document stays the status reply alone
+        answer = target.call_or_refusal(api.RingRequest(), api.RingReply)
+        ring = None if isinstance(answer, Refused) else answer
+    lines = _nodes_table(doc, ring)
+    if ring is not None and not no_map:
+        lines += ["", *_map(ring)]
     target.show(doc, lines)
+
+
+def _nodes_table(doc: api.ClusterStatus, ring: api.RingReply | None) -> list[str]:
+    """One row per node like nodetool status, then its storage and repair,
+    then notes (why a node is unreachable or read-only)."""
+    asked = next(n for n in doc.nodes if n.node == doc.asked)
+    peers = asked.peers if isinstance(asked, api.NodeStatus) else {}
+    members = {m.node: m for m in ring.nodes} if ring else {}
+    up = sum(1 for n in doc.nodes if isinstance(n, api.NodeStatus))
+    lines = [(f"ring epoch {ring.epoch}: Q={ring.q}, N={ring.n}; " if ring else "no ring yet; ")
+             + f"{up}/{len(doc.nodes)} nodes up as seen by {doc.asked}",
+             f"{'node':<10} {'state':<11} {'phi':>6} {'load':>10} {'primary':>7} "
+             f"{'replica':>7} {'owns':>6} {'hints':>6} {'workers':>7}"]
+    storage = ["", f"{'node':<10} {'fallback':>8} {'debt':>10}  sstables / last repair"]
+    notes: list[str] = []
+    for n in doc.nodes:
+        head = (f"{n.node:<10} {n.state.capitalize():<11} "
+                f"{f'{peers[n.node].phi:.1f}' if n.node in peers else '-':>6}")
+        owns = _ownership(members.get(n.node), ring.q if ring else 0)
+        if isinstance(n, api.NodeUnreachable):
+            lines.append(f"{head} {'?':>10} {owns}")
+            if n.error:
+                notes.append(f"{n.node}: {n.error}")
+            continue
+        hints = sum(b.writes for b in n.hint_backlog.values())
+        lines.append(f"{head} {_size(n.disk_bytes):>10} {owns} {hints:>6} "
+                     f"{f'{n.workers_ready}/{n.workers}':>7}")
+        repair = n.last_repair_ms
+        storage.append(
+            f"{n.node:<10} {n.partitions_fallback:>8} {_size(n.compaction_debt_bytes):>10}  "
+            f"{_levels(n.sstables)} / "
+            f"{'never' if not repair else f'{max(0, int(time.time() - repair / 1000))}s ago'}")
+        notes += [f"{n.node}: read-only: {why}" for why in n.read_only]
+        if n.read_only_mode:
+            notes.append(f"{n.node}: read-only (operator's kill switch): {n.read_only_mode}")
+    return lines + storage + _versions(doc) + notes
+
+
+def _versions(doc: api.ClusterStatus) -> list[str]:
+    """Each node's peer protocol and release, as the asked node knows them
+    (a rolling upgrade shows here)."""
+    asked = next(n for n in doc.nodes if n.node == doc.asked)
+    if not isinstance(asked, api.NodeStatus):
+        return []
+    known = {asked.node: (asked.peer_protocols[-1] if asked.peer_protocols else 0,
+                          asked.release)}
+    known |= {k: (v.peer_protocol, v.release) for k, v in asked.peers.items()}
+    return ["", "peer protocol / release: " + ", ".join(
+        f"{k} {proto or '?'} / {release or '?'}" for k, (proto, release) in sorted(known.items()))]
+
+
+def _ownership(member: api.RingMember | None, q: int) -> str:
+    """primary, replica and owns columns of a node."""
+    if member is None:
+        return f"{'-':>7} {'-':>7} {'-':>6}"
+    return (f"{member.owned:>7} {member.replicated - member.owned:>7} "
+            f"{picture.share(member.replicated, q):>6}")
+
+
+def _map(ring: api.RingReply) -> list[str]:
+    """The partition map, as wide as the terminal (``ringkv ring`` too)."""
+    try:
+        health = picture.health_of(ring)
+    except RingError as exc:
+        fail(1, f"the node sent a ring that does not hold together: {exc}")
+    key = ring.key.partition if ring.key else None
+    return picture.partition_map(health, [m.node for m in ring.nodes],
+                                 width=picture.terminal_width(),
+                                 colour=picture.colour_wanted(), key_partition=key)
 
 
 @click.command()
 @click.option("--key", help="Show the partition and replicas of this key.")
+@click.option("--no-map", is_flag=True, help="Leave out the partition map.")
 @admin_options(with_node=False)
-def ring(target: AdminClient, key: str | None) -> None:
-    """Ownership and preference lists; with --key, where that key lives."""
+def ring(target: AdminClient, key: str | None, no_map: bool) -> None:
+    """Ownership per node and the partition map; with --key, where that key
+    lives (marked on the map)."""
     doc = target.call(api.RingRequest(None if key is None else key.encode()), api.RingReply)
-    lines = [f"ring epoch {doc.epoch}: Q={doc.q} partitions, N={doc.n}",
-             f"{'node':<10} {'state':<6} {'zone':<8} {'owns':>5} {'replicates':>10}"]
+    up = sum(1 for n in doc.nodes if n.state == "up")
+    lines = [f"ring epoch {doc.epoch}: Q={doc.q} partitions, N={doc.n}; "
+             f"{up}/{len(doc.nodes)} nodes up",
+             f"{'node':<10} {'state':<6} {'zone':<8} {'primary':>7} {'replica':>7} "
+             f"{'owns':>6} {'% ring':>6}"]
     for n in doc.nodes:
-        lines.append(f"{n.node:<10} {n.state:<6} {n.zone or '-':<8} {n.owned:>5} "
-                     f"{n.replicated:>10}")
+        lines.append(f"{n.node:<10} {n.state:<6} {n.zone or '-':<8} "
+                     f"{_ownership(n, doc.q)} {picture.share(n.owned, doc.q):>6}")
     if (k := doc.key) is not None:
         lines += ["", f"key {key!r}: partition {k.partition}",
                   f"  primaries: {', '.join(k.primaries)}",
                   f"  fallbacks: {', '.join(k.fallbacks) or '-'}",
                   "  a request now goes to: " + ", ".join(
                       t.node + ("" if t.primary else f" (for {t.hint_for})") for t in k.targets)]
+    if not no_map and not target.as_json:
+        lines += ["", *_map(doc)]
     target.show(doc, lines)
 
 
@@ -178,6 +239,8 @@ def compact(target: AdminClient, partition: int | None) -> None:
     target.show(doc, lines)
 
 
+#: Partitions per admin call of ``ringkv repair``.
+REPAIR_BATCH = 32
 SUMMED = ("partitions", "pairs", "pairs_skipped", "keys_compared", "keys_differing",
           "keys_repaired", "corrupt_fixed", "bytes_sent", "bytes_exchanged", "error_count")
 
@@ -193,10 +256,14 @@ def repair(target: AdminClient, partition: int | None) -> None:
     else:
         plan = target.call(api.RepairPlanRequest(), api.RepairPlanReply)
         parts = list(plan.partitions)
+    # Partitions go in batches: one admin call each (a connection and a
+    # handshake) cost more than repairing an in-sync partition, and at
+    # Q = 4,096 one call per partition was most of the run.
+    batches = [tuple(parts[i:i + REPAIR_BATCH]) for i in range(0, len(parts), REPAIR_BATCH)]
     reports: list[api.RepairReply] = []
-    with _progress(target, parts, "repairing partitions") as bar:
-        for p in bar:
-            reports.append(target.call(api.RepairRequest(partitions=(p,)), api.RepairReply))
+    with _progress(target, batches, "repairing partition batches") as bar:
+        for batch in bar:
+            reports.append(target.call(api.RepairRequest(partitions=batch), api.RepairReply))
     node = reports[0].node if reports else (target.node or "?")
     doc: dict[str, Any] = {"node": node,
                            **{k: sum(getattr(r, k) for r in reports) for k in SUMMED},

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli import cluster, inspect, readonly, serve
+from cli import cluster, hotkeys, inspect, readonly, serve
 from cli.bench.command import bench
 from cli.rollout.command import rollout
+from cli.shadow.command import shadow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,9 +24,10 @@ cli.add_command(serve.serve)
 cli.add_command(serve.up)
 cli.add_command(bench)
 cli.add_command(rollout)
+cli.add_command(shadow)
 for command in (cluster.status, cluster.ring, cluster.hints, cluster.transfers,
                 cluster.flush, cluster.drain, cluster.compact, cluster.repair,
-                cluster.remove, readonly.readonly):
+                cluster.remove, hotkeys.hotkeys, readonly.readonly):
     cli.add_command(command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -21,12 +23,16 @@ import click
 import uvloop
 
 from coordinator import files
-from coordinator.config import NodeConfig, load
+from coordinator.cluster.ring import DEFAULT_Q
+from coordinator.config import SECTIONS, ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
+from shardserver.errors import WorkerConfigError
+from shardserver.protocol.pool import default_worker_count, usable_cores
 from shardserver.supervisor import Supervisor, socket_path
+from shardserver.worker_count import recorded_workers
 
 #: A unix socket path must fit in sun_path: 108 bytes on Linux, with the NUL.
 _SUN_PATH_MAX = 107
@@ -38,7 +44,8 @@ def socket_dir(config: NodeConfig) -> tuple[str, bool]:
     would not fit sun_path; then a fresh directory ``/tmp/ringkv-XXXX``
     (0700, made by mkdtemp, so nobody can have planted it), removed on exit."""
     path = os.path.join(os.path.abspath(config.data_dir), "run")
-    longest = socket_path(path, config.effective_workers() - 1)
+    # The count may come from the data dir (worker_count); the partitions bound it.
+    longest = socket_path(path, (config.workers or config.partitions) - 1)
     if len(os.fsencode(longest)) <= _SUN_PATH_MAX:
         return path, False
     short = tempfile.mkdtemp(prefix="ringkv-", dir="/tmp")
@@ -62,7 +69,7 @@ def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = F
         os.path.join(config.data_dir, "workers"),
         sockets,
         config.partitions,
-        config.effective_workers(),
+        config.workers,
         settings=worker_settings(config),
     )
     return Node.open(config, pool, insecure_no_secret=insecure_no_secret)
@@ -132,7 +139,8 @@ async def _run(node: Node, config: NodeConfig) -> None:
 @click.option("--port", "client_port", type=int, help="Client (Redis) port.")
 @click.option("--peer-port", type=int, help="Port for other nodes.")
 @click.option("--seed", "seeds", multiple=True, help="Peer host:port to join through (repeat).")
-@click.option("--workers", type=int, help="Shard worker processes (0: one per CPU).")
+@click.option("--workers", type=int,
+              help="Shard worker processes (0: as the node first ran, else by cores).")
 @click.option("--insecure-no-secret", is_flag=True,
               help="Run without a cluster secret: anyone who reaches the peer port can "
                    "read, write, drop data and run admin commands. For throwaway tests only.")
@@ -173,7 +181,7 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
             config.bind, config.peer_port)
     try:
         restart = uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
-    except CoordinatorError as exc:
+    except (CoordinatorError, WorkerConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start node {config.id}: {exc}") from None
@@ -195,18 +203,40 @@ class Layout:
     port: int
     replicas: int
     workers: int
+    partitions: int
     secret: str
+    settings: tuple[Setting, ...] = ()  # --set, over what ringkv up writes
 
     @property
     def n(self) -> int:
         return min(self.replicas, self.nodes)
 
+    def node_dir(self, i: int) -> str:
+        return os.path.join(self.data, f"node{i + 1}")
+
+    def node_workers(self, i: int) -> int:
+        """``--workers``, else 0 (the count a node's data was written with)
+        for a node that ran before, else the default for this node's share
+        of the cores: the nodes of one machine share its cores."""
+        if self.workers or recorded_workers(os.path.join(self.node_dir(i), "workers")):
+            return self.workers
+        return default_worker_count(max(1, usable_cores() // self.nodes))
+
     def toml(self, i: int) -> str:
+        doc = tomllib.loads(self._toml(i))
+        for s in self.settings:
+            if s.node in (None, i + 1):
+                doc.setdefault(s.section, {})[s.key] = s.value
+        lines = ["# written by `ringkv up`; see docs/configuration.md"]
+        for section, values in doc.items():
+            lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+        return "\n".join(lines) + "\n"
+
+    def _toml(self, i: int) -> str:
         seeds = ", ".join(f'"127.0.0.1:{self.port + 10000 + j}"' for j in range(self.nodes))
-        return f"""# written by `ringkv up`; see docs/configuration.md
-[node]
+        return f"""[node]
 id = "node{i + 1}"
-data_dir = "{os.path.join(self.data, f"node{i + 1}")}"
+data_dir = "{self.node_dir(i)}"
 
 [network]
 bind = "127.0.0.1"
@@ -216,17 +246,61 @@ metrics_port = {self.port + 1000 + i}
 seeds = [{seeds}]
 
 [cluster]
+partitions = {self.partitions}
 n = {self.n}
 r = {min(2, self.n)}
 w = {min(2, self.n)}
 secret = "{self.secret}"
 
 [storage]
-workers = {self.workers}
+workers = {self.node_workers(i)}
 
 [security]
 enable_flush = true
 """
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_value, v)) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string
+    return repr(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One ``--set [nodeK:]SECTION.KEY=VALUE`` of ``ringkv up``."""
+
+    node: int | None  # K of nodeK, or None: every node
+    section: str
+    key: str
+    value: Any
+
+
+def _settings(ctx: click.Context, param: click.Parameter,
+              given: tuple[str, ...]) -> tuple[Setting, ...]:
+    out = []
+    for text in given:
+        node = None
+        target, sep, raw = text.partition("=")
+        if ":" in target:
+            prefix, target = target.split(":", 1)
+            if not (prefix.startswith("node") and prefix[4:].isdigit()):
+                raise click.BadParameter(f"{text!r}: a node is named nodeK, got {prefix!r}")
+            node = int(prefix[4:])
+        section, _, key = target.partition(".")
+        if not sep or key not in SECTIONS.get(section, ()):
+            raise click.BadParameter(
+                f"{text!r} is not SECTION.KEY=VALUE with a key of docs/configuration.md")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: a string
+        out.append(Setting(node, section, key, value))
+    return tuple(out)
 
 
 def _check_free(ports: list[int]) -> None:
@@ -286,8 +360,18 @@ def _nodes_up(port: int) -> int:
                    "and on port+10000+i for peers.")
 @click.option("--n", "replicas", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Replication factor N.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Shard workers per node.")
+@click.option("--workers", default=0, type=click.IntRange(0, 64),
+              help="Shard workers per node (default: the node's cores share minus one for "
+                   "its coordinator, at least 1; a node that ran before keeps its count).")
+@click.option("--partitions", default=DEFAULT_Q, show_default=True, type=int,
+              help="Ring partitions Q: a power of two, at least ~10 per node at the "
+                   "largest planned size; fixed once the cluster is created "
+                   "(docs/configuration.md).")
+@click.option("--set", "settings", multiple=True, callback=_settings,
+              metavar="[nodeK:]SECTION.KEY=VALUE",
+              help="A setting of every node's config (or of node K's), over what ringkv up "
+                   "writes; repeatable, e.g. --set hotkeys.cache_ms=50 "
+                   "--set node3:node.reply_delay_ms=100.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for startup.")
 def up(timeout: float, **opts: Any) -> None:
     """Run a local cluster on 127.0.0.1 until Ctrl-C (data kept in --data)."""
@@ -306,6 +390,7 @@ def up(timeout: float, **opts: Any) -> None:
         for i in range(nodes):
             cfg = os.path.join(data, f"node{i + 1}.toml")
             files.write_private(cfg, layout.toml(i).encode())  # it holds the secret
+            _check_config(cfg)
             try:
                 fd = files.open_private_log(log_paths[i])
             except CoordinatorError as exc:
@@ -330,6 +415,15 @@ def up(timeout: float, **opts: Any) -> None:
         _stop_all(procs)
         for log in logs:
             log.close()
+
+
+def _check_config(path: str) -> None:
+    """Refuse a bad flag (``--partitions 1000``) before any node starts,
+    with the config's own message."""
+    try:
+        load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _cluster_secret(path: str) -> str:

@@ -15,18 +15,19 @@ back to a default.
     [handoff]  enabled, max_hint_window_s, throttle_bytes_per_s, concurrency
     [repair]   aae_interval_s
     [security] requirepass, enable_flush
+    [hotkeys]  tracked, window_s, top, hot_reads_per_s, coalesce, cache_ms
+    [reads]    fanout, hedge, hedge_max_ratio
 """
 
 from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coordinator.errors import CoordinatorError
-from shardserver.protocol.pool import default_worker_count
 
 #: A bound past a day would let a timestamp win for that long.
 MAX_CLOCK_DRIFT_MS = 86_400_000
@@ -47,6 +48,7 @@ class NodeConfig:
     data_dir: str = "./ringkv-data/node1"
     zone: str = ""
     clock_offset_ms: int = 0  # fault injection: skew this node's HLC (tests only)
+    reply_delay_ms: int = 0  # fault injection: hold this node's replica answers (tests only)
     # [network]
     bind: str = "127.0.0.1"
     advertise: str = ""  # the address peers and clients reach us at; "": bind
@@ -70,7 +72,7 @@ class NodeConfig:
     max_clock_drift_ms: int = 60_000  # timestamps further ahead are refused
     max_peer_protocol: int = 0  # 0: the newest this build speaks (rolling upgrades, tests)
     # [storage]
-    workers: int = 0  # 0: max(2, CPU count)
+    workers: int = 0  # 0: as first run, else by cores (shardserver.worker_count)
     fsync: str = "interval"
     fsync_interval_ms: int = 1000
     max_value_bytes: int = 65536
@@ -87,10 +89,17 @@ class NodeConfig:
     # [security]
     requirepass: str = field(default="", repr=False)
     enable_flush: bool = False
-
-    def effective_workers(self) -> int:
-        """``workers``, or for 0 one per CPU (at least 2, at most ``partitions``)."""
-        return self.workers or min(default_worker_count(), self.partitions)
+    # [hotkeys]
+    hotkeys_tracked: int = 256  # keys the heavy-hitters sketch counts at once
+    hotkeys_window_s: float = 10.0
+    hotkeys_top: int = 16  # keys INFO hotkeys and the metrics show
+    hot_reads_per_s: float = 100.0  # a key read this often is hot (cached when cache_ms)
+    coalesce_reads: bool = True  # TOML: [hotkeys] coalesce
+    cache_ms: int = 0  # hot-key cache: 0 off
+    # [reads]
+    read_fanout: str = "all"  # TOML: [reads] fanout; all N replicas, or R first
+    hedge_reads: bool = True  # TOML: [reads] hedge (fanout = "quorum" only)
+    hedge_max_ratio: float = 0.1  # extra replica reads at most this share
 
     def advertised_host(self) -> str:
         """The address this node gives the cluster for its client and peer ports."""
@@ -98,7 +107,7 @@ class NodeConfig:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "node": ("id", "data_dir", "zone", "clock_offset_ms"),
+    "node": ("id", "data_dir", "zone", "clock_offset_ms", "reply_delay_ms"),
     "network": (
         "bind", "advertise", "client_port", "peer_port", "seeds", "max_clients",
         "idle_timeout_s", "metrics_port", "max_reply_bytes", "max_node_reply_bytes",
@@ -119,11 +128,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "handoff": ("enabled", "max_hint_window_s", "throttle_bytes_per_s", "concurrency"),
     "repair": ("aae_interval_s",),
     "security": ("requirepass", "enable_flush"),
+    "hotkeys": ("tracked", "window_s", "top", "hot_reads_per_s", "coalesce", "cache_ms"),
+    "reads": ("fanout", "hedge", "hedge_max_ratio"),
 }
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
 _DEFAULTS = NodeConfig()
 #: TOML keys whose field has another name (a bare "enabled" would be ambiguous).
-_FIELD_OF: dict[tuple[str, str], str] = {("handoff", "enabled"): "handoff_enabled"}
+_FIELD_OF: dict[tuple[str, str], str] = {
+    ("handoff", "enabled"): "handoff_enabled",
+    ("hotkeys", "tracked"): "hotkeys_tracked", ("hotkeys", "window_s"): "hotkeys_window_s",
+    ("hotkeys", "top"): "hotkeys_top", ("hotkeys", "coalesce"): "coalesce_reads",
+    ("reads", "fanout"): "read_fanout", ("reads", "hedge"): "hedge_reads",
+}
 
 
 def load(path: str | None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -222,7 +238,7 @@ def validate(c: NodeConfig) -> None:
         f"fsync must be always, interval or never, got {c.fsync!r}",
     )
     need(0 <= c.workers <= MAX_WORKERS,
-         f"workers must be 0..{MAX_WORKERS} (0: one per CPU, at least 2), got {c.workers}")
+         f"workers must be 0..{MAX_WORKERS} (0: by cores), got {c.workers}")
     need(c.workers <= c.partitions,
          f"workers ({c.workers}) must be <= partitions ({c.partitions}): "
          "each worker holds at least one partition")
@@ -251,10 +267,23 @@ def validate(c: NodeConfig) -> None:
     need(c.max_peer_protocol == 0 or c.max_peer_protocol >= 3,
          "max_peer_protocol must be 0 (the newest) or 3 or more: 3 is the oldest sealed "
          f"peer protocol, got {c.max_peer_protocol}")
+    _check_hot_keys(c, need)
     for seed in c.seeds:
         host, _, port = seed.rpartition(":")
         need(bool(host) and port.isdigit(), f"seed {seed!r} must be host:port")
     _check_addresses(c)
+
+
+def _check_hot_keys(c: NodeConfig, need: Callable[[bool, str], None]) -> None:
+    need(c.reply_delay_ms >= 0, "reply_delay_ms must be >= 0")
+    need(16 <= c.hotkeys_tracked <= 65536, "hotkeys.tracked must be 16..65536")
+    need(1 <= c.hotkeys_top <= c.hotkeys_tracked, "hotkeys.top must be 1..hotkeys.tracked")
+    need(c.hotkeys_window_s >= 1, "hotkeys.window_s must be >= 1")
+    need(c.hot_reads_per_s > 0, "hotkeys.hot_reads_per_s must be > 0")
+    need(0 <= c.cache_ms <= 60_000, "hotkeys.cache_ms must be 0..60000 (0: off)")
+    need(c.read_fanout in ("all", "quorum"),
+         f"reads.fanout must be all or quorum, got {c.read_fanout!r}")
+    need(0 <= c.hedge_max_ratio <= 1, "reads.hedge_max_ratio must be 0..1")
 
 
 def _check_addresses(c: NodeConfig) -> None:

@@ -39,6 +39,7 @@ from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock
 from coordinator.data.datapath import DataPath
 from coordinator.data.router import Router
+from coordinator.data.shared_reads import ReadOptions
 from coordinator.ops.admin import AdminHandler
 from coordinator.ops.cluster_commands import ClusterCommands
 from coordinator.ops.metrics import Metrics
@@ -78,6 +79,7 @@ class Node:
             self.router, clock, make_actor(config.id, incarnation),
             timeout_s=self.router.timeout_s, max_reply_bytes=config.max_reply_bytes,
             sibling_cap=DEFAULT_SIBLING_CAP, hinted_handoff=config.handoff_enabled,
+            reads=ReadOptions.of(config),
         )
         self.handoff = Handoff(self.router, hints, config)
         view.on_hints = self.handoff.ring_changed

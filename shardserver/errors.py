@@ -29,9 +29,5 @@ class PartitionChangedError(ShardStoreError):
     """A conditional drop found writes its caller did not see: not dropped."""
 
 
-class ScanAborted(ShardStoreError):
-    """A Merkle tree's scan restarted too often; the caller may retry later."""
-
-
 class WorkerConfigError(ValueError):
     """A worker config that does not decode or does not make sense."""

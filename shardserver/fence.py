@@ -19,6 +19,14 @@ and both decide under one lock:
 * an unconditional drop (FLUSHALL) waits for the writes in flight to end
   before its compaction, so none lands after it and survives by chance.
 
+The same lock serves one more purpose. Replica writes are blind merge
+operands, which no put may overwrite; the one write that replaces a stored
+set instead of merging into it (``ShardStore.repair_set``: anti-entropy
+replacing a corrupt copy) reads the key and puts the result, so it runs
+*exclusive* to the other writes of its partition: it waits for the writes
+in flight to end, and writes arriving meanwhile wait for it (or, asked not
+to wait, :class:`FenceBusy` sends them to a thread that may).
+
 Marks are numbers from one counter that starts at a random 62-bit value when
 the worker starts, so a mark read before a worker restart does not match a
 mark after it (a restarted worker refuses the drop; the handoff runs again).
@@ -29,13 +37,18 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 from shardserver.errors import PartitionChangedError, PartitionDroppingError
 
-#: How long an unconditional drop waits for the writes in flight to end.
+#: How long an unconditional drop or an exclusive write waits for the writes
+#: in flight to end (and a write for an exclusive one).
 DRAIN_TIMEOUT_S = 30.0
+
+
+class FenceBusy(Exception):
+    """A write asked not to wait found its partition held by an exclusive one."""
 
 
 class DropFence:
@@ -46,6 +59,7 @@ class DropFence:
         self._start = secrets.randbits(62)
         self._counter = self._start
         self._marks: dict[int, int] = {}
+        self._exclusive: set[int] = set()
 
     def mark(self, partition: int) -> int:
         """The partition's write mark now (see the module docstring)."""
@@ -57,14 +71,31 @@ class DropFence:
             return frozenset(self._dropping)
 
     @contextmanager
-    def writing(self, partitions: Collection[int]) -> Iterator[None]:
+    def writing(
+        self, partitions: Collection[int], *, block: bool = True, exclusive: bool = False
+    ) -> Iterator[None]:
         """Around one write (batch) to ``partitions``: refused if one of
         them is being dropped; their marks change when it ends, also when
-        it failed (its outcome is unknown)."""
+        it failed (its outcome is unknown). While an exclusive write holds
+        one of them, waits (``block``) or raises FenceBusy. ``exclusive``:
+        first wait for the writes in flight to end, holding new ones off."""
         with self._cv:
-            busy = self._dropping.intersection(partitions)
-            if busy:
-                raise PartitionDroppingError(f"partition {min(busy)} is being dropped")
+            self._refuse_dropping(partitions)
+            if not self._exclusive.isdisjoint(partitions):
+                if not block:
+                    raise FenceBusy
+                self._wait(lambda: self._exclusive.isdisjoint(partitions), partitions)
+                self._refuse_dropping(partitions)
+            if exclusive:
+                self._exclusive.update(partitions)
+                try:
+                    self._wait(lambda: not any(self._inflight[p] for p in partitions),
+                               partitions)
+                    self._refuse_dropping(partitions)  # one may have begun meanwhile
+                except BaseException:
+                    self._exclusive.difference_update(partitions)
+                    self._cv.notify_all()
+                    raise
             self._inflight.update(partitions)
         try:
             yield
@@ -76,16 +107,28 @@ class DropFence:
                         del self._inflight[p]
                     self._counter += 1
                     self._marks[p] = self._counter
+                if exclusive:
+                    self._exclusive.difference_update(partitions)
                 self._cv.notify_all()
+
+    def _refuse_dropping(self, partitions: Collection[int]) -> None:
+        busy = self._dropping.intersection(partitions)
+        if busy:
+            raise PartitionDroppingError(f"partition {min(busy)} is being dropped")
+
+    def _wait(self, done: Callable[[], bool], partitions: Collection[int]) -> None:
+        if not self._cv.wait_for(done, DRAIN_TIMEOUT_S):
+            raise PartitionDroppingError(
+                f"partitions {sorted(partitions)} busy with another write for "
+                f"{DRAIN_TIMEOUT_S:.0f} s; retry"
+            )
 
     @contextmanager
     def dropping(self, parts: range, if_mark: int | None = None) -> Iterator[None]:
         """Around the drop of ``parts``; with ``if_mark``, only if that is
         still every one of their marks and no write to them is in flight."""
         with self._cv:
-            busy = self._dropping.intersection(parts)
-            if busy:
-                raise PartitionDroppingError(f"partition {min(busy)} is being dropped")
+            self._refuse_dropping(parts)
             if if_mark is not None:
                 for p in parts:
                     if self._inflight[p] or self._marks.get(p, self._start) != if_mark:

@@ -1,10 +1,15 @@
 """One worker connection: frames in, requests dispatched, replies batched out.
 
-Every request of a frame is admitted or answered OVERLOADED at once; admitted
-ones run concurrently in the worker's thread pool. Replies finished in the
-same event-loop turn leave as one frame (DESIGN §2: batching between
-processes). Engine and store errors are translated to statuses here, the
-boundary between the engine's vocabulary and the wire's.
+Every request of a frame is admitted or answered OVERLOADED at once. The
+replica writes of a frame are one engine batch of merge operands, applied
+on the event loop when the engine can take it without waiting
+(``ShardStore.try_write_many``), else in the worker's thread pool; replica
+reads are answered on the event loop when the memtables and the block cache
+hold the answer (``ShardStore.read_cached``), the others in one trip to the
+pool. Everything else runs in the pool. Replies finished in the same
+event-loop turn leave as one frame (DESIGN §2: batching between processes).
+Engine and store errors are translated to statuses here, the boundary
+between the engine's vocabulary and the wire's.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from lsm import NOT_CACHED
 from lsm.errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
 from shardserver.admission import Admission, ConnSlots
 from shardserver.config import WorkerConfig, WorkerSettings
@@ -25,16 +31,19 @@ from shardserver.errors import (
     PartitionChangedError,
     PartitionDroppingError,
     PartitionNotServedError,
-    ScanAborted,
 )
 from shardserver.protocol import codec, merkle, messages, records
 from shardserver.protocol import versions as vs
 from shardserver.protocol.errors import ProtocolError, VersionFormatError
 from shardserver.protocol.messages import Reply, Request, Status
 from shardserver.protocol.worker_stats import WorkerStats
-from shardserver.storage import ShardStore, WriteOp, WriteResult
+from shardserver.storage import ShardStore, WriteOp
 
 log = logging.getLogger("ringkv.worker")
+
+#: The answer to a replica write: applied (no payload; the worker did not read
+#: the key, so it cannot say what the key holds now).
+_WRITTEN = Reply(Status.OK, None)
 
 Call = Callable[[], object]
 
@@ -60,7 +69,7 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
         return Status.READ_ONLY, str(exc)
     if isinstance(exc, PartitionNotServedError):
         return Status.NOT_SERVED, str(exc)
-    if isinstance(exc, PartitionDroppingError | ScanAborted):
+    if isinstance(exc, PartitionDroppingError):
         return Status.UNAVAILABLE, str(exc)
     if isinstance(exc, PartitionChangedError):
         return Status.CONFLICT, str(exc)
@@ -123,11 +132,42 @@ class WorkerConnection:
             else:
                 self._start(self._execute(store, rid, req))
         if writes and store is not None:
-            # The writes of one frame share one engine batch: one WAL record, one sync.
-            self._start(self._execute_writes(store, writes))
+            self._writes(store, writes)
         if reads and store is not None:
-            # One trip to the thread pool for all reads of the frame.
-            self._start(self._execute_reads(store, reads))
+            self._reads(store, reads)
+
+    def _writes(self, store: ShardStore, writes: list[tuple[int, messages.ReplicaWrite]]) -> None:
+        """The writes of one frame share one engine batch: one WAL record, one
+        sync. On the event loop if the engine takes it without waiting."""
+        ops = [WriteOp(w.partition, w.key, w.version, w.mode) for _, w in writes]
+        try:
+            inline = store.try_write_many(ops)
+        except Exception:
+            inline = False  # the pool's path answers each request (errors included)
+        if not inline:
+            self._start(self._execute_writes(store, writes, ops))
+            return
+        for rid, _ in writes:
+            self.worker.admission.release(self.slots)
+            self._reply(rid, _WRITTEN)
+
+    def _reads(self, store: ShardStore, reads: list[tuple[int, messages.ReplicaRead]]) -> None:
+        """Answered on the event loop when cached; the rest in one pool trip."""
+        misses: list[tuple[int, messages.ReplicaRead]] = []
+        for rid, r in reads:
+            try:
+                raw = store.read_cached(r.partition, r.key)
+            except Exception as exc:
+                reply = _error_reply(r, exc)
+            else:
+                if raw is NOT_CACHED:
+                    misses.append((rid, r))
+                    continue
+                reply = Reply(Status.OK, raw)
+            self.worker.admission.release(self.slots)
+            self._reply(rid, reply)
+        if misses:
+            self._start(self._execute_reads(store, misses))
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -145,24 +185,20 @@ class WorkerConnection:
         self._reply(rid, reply)
 
     async def _execute_writes(
-        self, store: ShardStore, writes: list[tuple[int, messages.ReplicaWrite]]
+        self, store: ShardStore, writes: list[tuple[int, messages.ReplicaWrite]],
+        ops: list[WriteOp],
     ) -> None:
-        ops = [WriteOp(w.partition, w.key, w.version, w.mode) for _, w in writes]
         try:
             try:
-                results = await self.worker.run_in_pool(lambda: store.write_many(ops))
-                assert isinstance(results, list)
-                replies = [Reply(Status.OK, vs.encode_siblings(r.siblings)) for r in results]
+                await self.worker.run_in_pool(lambda: store.write_many(ops))
+                replies = [_WRITTEN] * len(writes)
             except (BadRequestError, PartitionNotServedError, PartitionDroppingError):
                 # One op refused: apply them one by one for per-request answers.
                 replies = []
                 for (_, w), op in zip(writes, ops, strict=True):
                     try:
-                        one = await self.worker.run_in_pool(functools.partial(
-                            store.write, op.partition, op.key, op.version, op.mode
-                        ))
-                        assert isinstance(one, WriteResult)
-                        replies.append(Reply(Status.OK, vs.encode_siblings(one.siblings)))
+                        await self.worker.run_in_pool(functools.partial(store.write_many, [op]))
+                        replies.append(_WRITTEN)
                     except Exception as exc:
                         replies.append(_error_reply(w, exc))
             except Exception as exc:
@@ -244,9 +280,7 @@ def dispatch(store: ShardStore, req: Request) -> Call:
     it returns the reply payload (messages' docstring)."""
     if isinstance(req, messages.ReplicaWrite):
         w = req
-        return lambda: vs.encode_siblings(
-            store.write(w.partition, w.key, w.version, w.mode).siblings
-        )
+        return lambda: store.write(w.partition, w.key, w.version, w.mode)
     if isinstance(req, messages.ReplicaWriteSet):
         ws = req
         return lambda: vs.encode_siblings(

@@ -2,22 +2,32 @@
 
 Keys and values are laid out as ``shardserver.layout`` says.
 
-Writes are read-merge-write: the stored set is read, the incoming version is
-merged (``versions.merge``, one rule for plain and context writes) and the
-result written back. Striped locks serialize writers of one key while
-writers of different keys proceed together, so that with ``fsync="always"``
-their syncs can share one group commit. Every write also keeps the
-partition's Merkle tree current (``shardserver.aae``, anti-entropy).
+Replica writes are blind: ``write_many`` stores each version as an engine
+merge operand (the one-version set, ``shardserver.join.operand``) without
+reading the key, and the engine joins operands and stored sets wherever two
+copies of a key meet, with the store's merge operator
+(``shardserver.join.SiblingSetJoin``: ``versions.merge_sets``, one rule for
+plain and context writes). ``try_write_many`` is the same for a caller on an
+event loop: it applies the writes only if the engine can take them without
+waiting. ``write_set`` (handoff, read repair, anti-entropy) reads the key
+first, to leave out copies that conflict with a stored version
+(``aae.without_conflicts``), then merges the rest the same way;
+``repair_set`` replaces a corrupt stored copy, so it puts the result and
+runs exclusive to its partition's other writes (``shardserver.fence``).
+Every write counts itself in its partition's Merkle tree bookkeeping
+(``shardserver.aae``), which rebuilds a tree by a scan when it is next
+consulted.
 
 Deletion is compaction's job (``ShardCompactionFilter``): sibling sets that
 are only tombstones older than ``tombstone_grace`` vanish, and so do entries
-of partitions this worker no longer holds. The filter is pickled into the
-compaction child process, so it carries plain data (held set, grace, now)
-and is rebuilt (``refresh_filter``) to move its clock forward. A drop of a
-partition is fenced against its writes (``shardserver.fence``): a write
-never lands in a partition while it is being dropped, and a conditional
-drop (the handoff's) refuses if a write reached the partition since its
-caller's last scan.
+of partitions this worker no longer holds; the engine hands the filter
+resolved values only. The filter is pickled into the compaction child
+process, so it carries plain data (held set, grace, now) and is rebuilt
+(``refresh_filter``) to move its clock forward; so is the merge operator. A
+drop of a partition is fenced against its writes (``shardserver.fence``): a
+write never lands in a partition while it is being dropped, and a
+conditional drop (the handoff's) refuses if a write reached the partition
+since its caller's last scan.
 """
 
 from __future__ import annotations
@@ -26,16 +36,18 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from lsm import NOT_CACHED, NotCached
 from lsm.batch import WriteBatch
 from lsm.db import DB
 from lsm.options import Options
 from shardserver.aae import PartitionTrees, stored_digest, without_conflicts
 from shardserver.errors import BadRequestError, PartitionNotServedError
-from shardserver.fence import DropFence
+from shardserver.fence import DropFence, FenceBusy
+from shardserver.join import SiblingSetJoin, check_version, operand
 from shardserver.layout import (
     DEFAULT_TOMBSTONE_GRACE_MS,
     MAX_PARTITIONS,
@@ -46,6 +58,7 @@ from shardserver.layout import (
     wall_ms,
 )
 from shardserver.protocol import versions
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.messages import MAX_KEY_BYTES
 from shardserver.protocol.versions import SiblingSet, Version
 
@@ -98,18 +111,25 @@ class ShardStore:
     ) -> None:
         if partitions.step != 1 or partitions.start < 0 or partitions.stop > MAX_PARTITIONS:
             raise BadRequestError(f"bad partition range {partitions}")
+        join = db.options.merge_operator
+        if not isinstance(join, SiblingSetJoin) or join.cap != sibling_cap:
+            raise ValueError("a ShardStore needs its engine opened with the sibling-set merge "
+                             "operator and its cap: use ShardStore.open")
         self.db = db
+        self.join = join
         self.partitions = partitions
         self.grace_ms = tombstone_grace_ms
         self.sibling_cap = sibling_cap
         self._clock_ms = clock_ms
+        #: Serialize the read-then-write of ``write_set``/``repair_set`` per
+        #: key, so two copies of one identity cannot both pass the check.
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._meta = threading.Lock()  # guards _held
         self._held: frozenset[int] | None = None
         #: Writes against drops (shardserver.fence); never held with _meta.
         self._fence = DropFence()
         self._counters = _Counters()
-        #: Merkle trees for anti-entropy, kept current by ``_apply``.
+        #: Merkle trees for anti-entropy; every write counts itself there.
         self.trees = PartitionTrees(self.scan_raw)
         self.refresh_filter()
 
@@ -121,8 +141,11 @@ class ShardStore:
         options: Options | None = None,
         **kwargs: Any,
     ) -> ShardStore:
-        """Open (recover) the engine at ``path``; blocks until it is ready."""
-        return cls(DB.open(path, options or Options()), partitions, **kwargs)
+        """Open (recover) the engine at ``path``; blocks until it is ready.
+        ``options`` with ``merge_operator`` set to the store's join of sibling sets."""
+        join = SiblingSetJoin(kwargs.get("sibling_cap", versions.DEFAULT_SIBLING_CAP))
+        options = replace(options or Options(), merge_operator=join)
+        return cls(DB.open(path, options), partitions, **kwargs)
 
     def close(self) -> None:
         self.db.close()
@@ -154,17 +177,15 @@ class ShardStore:
             self.trees.retain(new)
         self.refresh_filter()
 
-    def _claim_for_write(self, partition: int) -> None:
+    def _claim_for_write(self, partitions: set[int]) -> None:
         # A write re-claims a partition that was given up: data is only ever
         # deleted by an explicit decision, never by a late write's race.
         with self._meta:
-            if self._held is not None and partition not in self._held:
-                self._held = self._held | {partition}
-                changed = True
-            else:
-                changed = False
-        if changed:
-            self.refresh_filter()
+            held = self._held
+            if held is None or partitions <= held:
+                return
+            self._held = held | partitions
+        self.refresh_filter()
 
     def refresh_filter(self) -> None:
         """Install a filter with the current held set and clock; the engine
@@ -223,6 +244,16 @@ class ShardStore:
         self._counters.add("reads")
         return self.db.get(storage_key(partition, key))
 
+    def read_cached(self, partition: int, key: bytes) -> bytes | NotCached | None:
+        """``read_raw`` for a caller on an event loop: ``lsm.NOT_CACHED``
+        when the answer needs a file read (then call ``read_raw`` in a thread)."""
+        self._check(partition, key)
+        raw = self.db.get_cached(storage_key(partition, key))
+        if raw is not NOT_CACHED:
+            self._counters.add("reads")
+            self._counters.add("reads_inline")
+        return raw
+
     def scan(self, partition: int, after: bytes | None = None, limit: int = 1000) -> ScanPage:
         """Up to ``limit`` keys of ``partition`` greater than ``after``, in order."""
         page, next_after = self.scan_raw(partition, after, limit)
@@ -253,8 +284,57 @@ class ShardStore:
     # -- writes -------------------------------------------------------------------
     def write(
         self, partition: int, key: bytes, version: Version, mode: WriteMode = "lww"
-    ) -> WriteResult:
-        return self.write_many([WriteOp(partition, key, version, mode)])[0]
+    ) -> None:
+        self.write_many([WriteOp(partition, key, version, mode)])
+
+    def write_many(self, ops: Sequence[WriteOp]) -> None:
+        """Apply several versions as one engine batch of merge operands (one
+        WAL record, one sync), without reading the keys."""
+        batch, partitions = self._operands(ops)
+        try:
+            with self._fence.writing(partitions):
+                self._claim_for_write(partitions)
+                self.db.write(batch)
+        finally:
+            self.trees.wrote(partitions)
+        self._counted_writes(len(ops))
+
+    def try_write_many(self, ops: Sequence[WriteOp]) -> bool:
+        """``write_many`` for a caller on an event loop: True when applied;
+        False, with nothing applied, when that would wait (on the engine,
+        see ``DB.try_write``, or on an exclusive write of the partition);
+        then call ``write_many`` in a thread. Bad input raises as there."""
+        batch, partitions = self._operands(ops)
+        try:
+            with self._fence.writing(partitions, block=False):
+                self._claim_for_write(partitions)
+                applied = self.db.try_write(batch)
+        except FenceBusy:
+            return False
+        if applied:
+            self.trees.wrote(partitions)
+            self._counted_writes(len(ops))
+            self._counters.add("writes_inline", len(ops))
+        return applied
+
+    def _operands(self, ops: Sequence[WriteOp]) -> tuple[WriteBatch, set[int]]:
+        batch = WriteBatch()
+        partitions = set()
+        for op in ops:
+            self._check(op.partition, op.key)
+            if op.mode not in ("merge", "lww"):
+                raise BadRequestError(f"write mode must be merge or lww, not {op.mode!r}")
+            # "lww" only says the version is a plain write (floor = its id).
+            v = versions.as_plain(op.version) if op.mode == "lww" else op.version
+            try:
+                batch.merge(storage_key(op.partition, op.key), operand(v))
+            except VersionFormatError as exc:
+                raise BadRequestError(f"bad version for key {op.key[:64]!r}: {exc}") from None
+            partitions.add(op.partition)
+        return batch, partitions
+
+    def _counted_writes(self, n: int) -> None:
+        self._counters.add("writes", n)
 
     def write_set(self, partition: int, key: bytes, siblings: SiblingSet) -> WriteResult:
         """Merge a whole sibling set (handoff, read repair, anti-entropy). A
@@ -265,93 +345,58 @@ class ShardStore:
 
     def repair_set(self, partition: int, key: bytes, siblings: SiblingSet) -> WriteResult:
         """Like ``write_set``, but on such a conflict the incoming copy wins:
-        anti-entropy found the stored one corrupt by a vote of the replicas."""
+        anti-entropy found the stored one corrupt by a vote of the replicas.
+        The stored set is replaced, so this runs exclusive to the other
+        writes of the partition (a blind write meanwhile would be lost)."""
         return self._merge_set(partition, key, siblings, stored_wins=False)
 
     def _merge_set(
         self, partition: int, key: bytes, siblings: SiblingSet, stored_wins: bool
     ) -> WriteResult:
-        def merge(cur: SiblingSet) -> versions.MergeResult:
-            if stored_wins:
-                kept, incoming = cur, without_conflicts(cur, siblings)
-            else:
-                kept, incoming = without_conflicts(siblings, cur), siblings
-            dropped = len(cur) + len(siblings) - len(kept) - len(incoming)
-            if dropped:
-                self._counters.add("identity_conflicts", dropped)
-            return versions.merge_sets(kept, incoming, self.sibling_cap)
+        self._check(partition, key)
+        for v in siblings:
+            try:
+                check_version(v)
+            except VersionFormatError as exc:
+                raise BadRequestError(f"bad version for key {key[:64]!r}: {exc}") from None
+        skey = storage_key(partition, key)
+        try:
+            with self._fence.writing({partition}, exclusive=not stored_wins), \
+                    self._stripes[zlib.crc32(skey) % _LOCK_STRIPES]:
+                self._claim_for_write({partition})
+                return self._merge_locked(skey, siblings, stored_wins)
+        finally:
+            self.trees.wrote((partition,))
 
-        return self._apply([(partition, key, merge)])[0]
-
-    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
-        """Apply several versions as one engine batch (one WAL record, one
-        sync); each result is what that key holds after its op."""
-        steps: list[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]] = []
-        for op in ops:
-            if op.mode not in ("merge", "lww"):
-                raise BadRequestError(f"write mode must be merge or lww, not {op.mode!r}")
-            # "lww" only says the version is a plain write (floor = its id).
-            v = versions.as_plain(op.version) if op.mode == "lww" else op.version
-            steps.append((op.partition, op.key, self._merger(v)))
-        return self._apply(steps)
-
-    def _merger(self, v: Version) -> Callable[[SiblingSet], versions.MergeResult]:
-        return lambda cur: versions.merge(cur, v, self.sibling_cap)
-
-    def _apply(
-        self, steps: Sequence[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]]
-    ) -> list[WriteResult]:
-        for partition, key, _ in steps:
-            self._check(partition, key)
-        partitions = {p for p, _, _ in steps}
-        with self._fence.writing(partitions):
-            for partition in partitions:
-                self._claim_for_write(partition)
-            return self._apply_fenced(steps)
-
-    def _apply_fenced(
-        self, steps: Sequence[tuple[int, bytes, Callable[[SiblingSet], versions.MergeResult]]]
-    ) -> list[WriteResult]:
-        keys = {storage_key(p, k): (p, k) for p, k, _ in steps}
-        stripes = sorted({zlib.crc32(k) % _LOCK_STRIPES for k in keys})  # fixed order: no deadlock
-        results: list[WriteResult] = []
-        with ExitStack() as stack:
-            for i in stripes:
-                stack.enter_context(self._stripes[i])
-            # Still under the key locks: the trees learn which keys are in
-            # flight before the engine write and their (old, new) after it.
-            seen = stack.enter_context(self.trees.writing(keys))
-            current: dict[bytes, SiblingSet] = {}
-            batch = WriteBatch()
-            dirty: dict[bytes, SiblingSet] = {}
-            for p, key, fn in steps:
-                skey = storage_key(p, key)
-                if skey not in current:
-                    raw = self.db.get(skey)
-                    seen[skey] = (raw, raw)
-                    current[skey] = () if raw is None else versions.decode_siblings(raw)
-                before = current[skey]
-                merged = fn(before)
-                changed = merged.siblings != before
-                if changed:
-                    current[skey] = merged.siblings
-                    dirty[skey] = merged.siblings
-                results.append(WriteResult(merged.siblings, changed, merged.dropped_by_cap))
-            for skey, siblings in dirty.items():
-                new = versions.encode_siblings(siblings)
-                seen[skey] = (seen[skey][0], new)
-                batch.put(skey, new)
-            if len(batch):
-                self.db.write(batch)
-            elif self.db.options.fsync == "always":
+    def _merge_locked(self, skey: bytes, siblings: SiblingSet, stored_wins: bool) -> WriteResult:
+        raw = self.db.get(skey)
+        cur = () if raw is None else versions.decode_siblings(raw)
+        if stored_wins:
+            kept, incoming = cur, without_conflicts(cur, siblings)
+        else:
+            kept, incoming = without_conflicts(siblings, cur), siblings
+        conflicts = len(cur) + len(siblings) - len(kept) - len(incoming)
+        if conflicts:
+            self._counters.add("identity_conflicts", conflicts)
+        merged = versions.merge_sets(kept, incoming, self.sibling_cap)
+        changed = merged.siblings != cur
+        self._counted_writes(1)
+        self._counters.add("siblings_dropped_by_cap", merged.dropped_by_cap)
+        if not changed:
+            self._counters.add("writes_unchanged")
+            if self.db.options.fsync == "always":
                 # Nothing new to write, but what we found may be another
                 # writer's record that is not yet fsynced: make it durable
                 # before acknowledging.
                 self.db.sync()
-        self._counters.add("writes", len(steps))
-        self._counters.add("writes_unchanged", sum(1 for r in results if not r.changed))
-        self._counters.add("siblings_dropped_by_cap", sum(r.dropped_by_cap for r in results))
-        return results
+        elif stored_wins:
+            # A merge operand: blind writes that land meanwhile join it.
+            self.db.merge(skey, versions.encode_siblings(incoming))
+        else:
+            # The corrupt copy must go, which a join cannot do: a put, safe
+            # because the fence holds the partition's other writes off.
+            self.db.put(skey, versions.encode_siblings(merged.siblings))
+        return WriteResult(merged.siblings, changed, merged.dropped_by_cap)
 
     # -- anti-entropy ------------------------------------------------------------
     def tree_level(self, partition: int, depth: int, indices: Sequence[int]) -> list[int]:
@@ -395,7 +440,7 @@ class ShardStore:
             "partitions": [self.partitions.start, self.partitions.stop],
             "held": None if held is None else sorted(held),
             "tombstone_grace_ms": self.grace_ms,
-            "store": dict(self._counters.values),
+            "store": {**self._counters.values, **self.join.counters},
             "aae": self.trees.stats(),
             "engine": self.db.stats(),
         }

@@ -2,7 +2,8 @@
 the ones that die, and stops them all within a bounded time (DESIGN §2).
 
 Worker i owns partitions ``i*Q/W <= p < (i+1)*Q/W`` and keeps its engine in
-``<data_dir>/worker-<i>`` and its socket at ``<socket_dir>/worker-<i>.sock``.
+``<data_dir>/worker-<i>`` and its socket at ``<socket_dir>/worker-<i>.sock``;
+W is fixed by the node's first start (``shardserver.worker_count``).
 One task per worker runs its life cycle::
 
     spawn ──▶ running ──(exit, or pings keep failing: SIGKILL)──▶ backoff ──▶ spawn
@@ -36,7 +37,8 @@ from shardserver.config import WorkerConfig, WorkerSettings
 from shardserver.protocol import codec, messages
 from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.errors import ProtocolError
-from shardserver.protocol.pool import WorkerView, default_worker_count, partition_ranges
+from shardserver.protocol.pool import WorkerView, partition_ranges
+from shardserver.worker_count import resolve_workers
 
 log = logging.getLogger("ringkv.supervisor")
 
@@ -91,7 +93,9 @@ class Supervisor:
         python: str = sys.executable,
     ) -> None:
         self.q = q
-        self.workers = workers or default_worker_count()
+        #: 0 or None: the count the node first ran with, or the default
+        #: (shardserver.worker_count); another count than the recorded one raises.
+        self.workers = resolve_workers(data_dir, workers, q)
         ranges = partition_ranges(q, self.workers)
         self.specs = [
             WorkerSpec(

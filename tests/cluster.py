@@ -49,8 +49,11 @@ def port_block(count: int, offsets: tuple[int, ...] = (0, 1000, 10000)) -> int:
     """A port P with P+o..P+o+count-1 free now for every offset o (the layout
     ``ringkv up`` uses: client, metrics and peer ports)."""
     rng = random.Random()
+    # At most 55000: the highest `ringkv up --port` takes (its peer ports
+    # then still fit below 65536 for 16 nodes).
+    top = min(55000, 65535 - max(offsets) - count)
     for _ in range(200):
-        base = rng.randrange(20000, 65535 - max(offsets) - count)
+        base = rng.randrange(20000, top)
         wanted = [p for o in offsets for p in range(base + o, base + o + count)]
         socks = []
         try:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 from shardserver.config import WorkerConfig
@@ -39,6 +40,34 @@ def start_worker(config: WorkerConfig, root: str) -> subprocess.Popen[bytes]:
     proc.stdin.write(config.to_json())
     proc.stdin.close()
     return proc
+
+
+def count_until_killed(script: str, args: list[str], stop_at: int, timeout_s: float = 30.0) -> int:
+    """Run ``python -c script *args`` (this tree on its path), which prints one
+    number a line as it acknowledges work; SIGKILL it once a line reaches
+    ``stop_at`` (or after ``timeout_s``) and return the last number read."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    last = -1
+    deadline = time.monotonic() + timeout_s
+    try:
+        while last < stop_at and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            last = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert last >= 0, f"the process never acknowledged anything: {err}"
+    return last
 
 
 def group_alive(pgid: int) -> bool:

@@ -160,6 +160,26 @@ def apply(state: MembershipState, event: Event) -> tuple[MembershipState, list[E
     return state, effects
 
 
+def needs_ring_math(state: MembershipState, event: Event) -> bool:
+    """Whether ``apply`` would place partitions (claim, rebalance, remove):
+    seconds of CPU at Q = 4,096 and hundreds of nodes, which the caller runs
+    off its event loop. Everything else it does is O(Q) or less."""
+    ring = state.ring
+    match event:
+        case Form():
+            return ring is None
+        case MembersSeen(members):
+            return ring is not None and not set(members) - ring.removed <= set(ring.node_ids)
+        case RingReceived(theirs):
+            held = theirs if theirs is not None and (ring is None or better(theirs, ring)) \
+                else ring
+            gone = (ring.removed if ring else frozenset()) | (
+                theirs.removed if theirs else frozenset())
+            return held is not None and bool(gone - held.removed)
+        case Remove():
+            return True
+
+
 def better(a: Ring, b: Ring) -> bool:
     """Which of two rings every node should settle on (a total order)."""
     ka, kb = (a.epoch, len(a.nodes)), (b.epoch, len(b.nodes))

@@ -33,6 +33,8 @@ two up to 1024 while designing it; the tests re-check the supported range).
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
@@ -41,6 +43,20 @@ Cost = tuple[int, int, int]
 
 #: Bounds the local search so a pathological input costs seconds, not hours.
 DEFAULT_BUDGET = 400_000
+#: ... and by time: the optional searches (swaps, steal retries, the fresh
+#: claim a rebalance compares with) stop this many seconds after a ring
+#: computation began, keeping what they have (issue 18.4: a leave at 100
+#: nodes and Q = 4,096 searched for 26 s).
+TIME_BUDGET_S = 2.0
+
+
+def deadline_in(seconds: float | None) -> float:
+    """A ``time.monotonic`` deadline; ``None``: no time bound."""
+    return math.inf if seconds is None else time.monotonic() + seconds
+
+
+def past(deadline: float) -> bool:
+    return deadline != math.inf and time.monotonic() > deadline
 
 
 def achievable(q: int, k: int, n: int) -> bool:
@@ -140,6 +156,7 @@ def improve(
     *,
     old: Sequence[int | None] | None = None,
     budget: int = DEFAULT_BUDGET,
+    deadline: float = math.inf,
 ) -> None:
     """Swap owners of partition pairs, in place, while a swap lowers the cost.
 
@@ -147,7 +164,8 @@ def improve(
     in passes over the conflicting positions, bounded by ``budget`` swap
     evaluations: best effort, which is why callers compare the result with
     other candidates. Conflicts that no placement avoids (unequal zones)
-    would otherwise keep it searching for ever.
+    would otherwise keep it searching for ever. Also stops past
+    ``deadline`` (``time.monotonic``).
     """
     q = len(owners)
     node_w = windows(q, n)
@@ -168,6 +186,8 @@ def improve(
     while improved and spent < budget:
         improved = False
         for i in range(q):
+            if past(deadline):
+                return
             li = local(i)
             if li[:2] == (0, 0):
                 continue
@@ -187,7 +207,8 @@ def improve(
                 return
 
 
-def claim_sequence(zones: Sequence[int], q: int, n: int, zoned: bool) -> list[int]:
+def claim_sequence(zones: Sequence[int], q: int, n: int, zoned: bool,
+                   deadline: float = math.inf) -> list[int]:
     """A fresh placement for nodes ``0..k-1`` with the given zone numbers.
 
     Two constructions compete and the cheaper wins: node-level (zone-
@@ -203,7 +224,7 @@ def claim_sequence(zones: Sequence[int], q: int, n: int, zoned: bool) -> list[in
         if two_level is not None:
             candidates.append(two_level)
     for owners in candidates:
-        improve(owners, zones, n, zw)
+        improve(owners, zones, n, zw, deadline=deadline)
     return min(candidates, key=lambda owners: cost(owners, zones, n, zw))
 
 

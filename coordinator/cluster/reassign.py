@@ -25,10 +25,11 @@ old ring wins at the price of most partitions moving (48 of 64 there;
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from coordinator.cluster.placement import improve, near, windows, zone_window
+from coordinator.cluster.placement import improve, near, past, windows, zone_window
 
 #: Alignment of a fresh claim with the old ring tries at most this many rotations.
 MAX_ROTATIONS = 512
@@ -47,14 +48,16 @@ def targets_for(k: int, q: int, current: Sequence[int]) -> list[int]:
 
 
 def reassign(
-    old: Sequence[int | None], zones: Sequence[int], n: int, zoned: bool
+    old: Sequence[int | None], zones: Sequence[int], n: int, zoned: bool,
+    deadline: float = math.inf,
 ) -> list[int]:
     """Move the fewest partitions that restore balance; ``None`` marks a departed owner.
 
     Departed owners' partitions must move; after that each step moves one
     partition from a node above its target to one below it, choosing the
     pair that adds the fewest conflicts. A final :func:`improve` pass repairs
-    what the greedy steps could not avoid, at two moves per swap.
+    what the greedy steps could not avoid, at two moves per swap. Past
+    ``deadline`` the steals and swaps stop searching (balance is still met).
     """
     k, q = len(zones), len(old)
     zw = zone_window(zones, n, zoned)
@@ -122,12 +125,13 @@ def reassign(
     # Whole-share steals first: one greedy step at a time would happily pack
     # a joining node's first partitions and leave no room for its last ones.
     for x in sorted(need, key=lambda x: (-need[x], x)):
-        picks = _steal(owners, x, need[x], excess, spacing=n, clean=clean)
+        picks = _steal(owners, x, need[x], excess, spacing=n, clean=clean,
+                       deadline=deadline)
         for i in picks or ():
             move(i, x)
     while need:
         step([i for i in range(q) if owners[i] in excess])
-    improve(owners, zones, n, zw, old=old)
+    improve(owners, zones, n, zw, old=old, deadline=deadline)
     return owners
 
 
@@ -169,17 +173,21 @@ def _steal(
     *,
     spacing: int,
     clean: Callable[[int, int], bool],
+    deadline: float = math.inf,
 ) -> list[int] | None:
     """``count`` positions for node x, pairwise ``spacing`` apart, taking from each
     owner at most its quota; None if the earliest-fit walk finds none.
 
     Earliest fit from one start is not enough when the quotas are tight, so
-    the walk is retried from up to :data:`MAX_STEAL_STARTS` start positions.
+    the walk is retried from up to :data:`MAX_STEAL_STARTS` start positions
+    (while ``deadline`` has not passed).
     """
     q = len(owners)
     if count == 0:
         return []
     for start in range(0, q, max(1, q // MAX_STEAL_STARTS)):
+        if start and past(deadline):
+            return None
         left = dict(quotas)
         picks: list[int] = []
         for off in range(q):

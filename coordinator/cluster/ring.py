@@ -185,15 +185,17 @@ def _zone_numbers(nodes: Sequence[NodeInfo]) -> tuple[list[int], list[int], bool
 
 
 def claim(
-    nodes: Iterable[NodeSpec], q: int = DEFAULT_Q, n: int = DEFAULT_N, epoch: int = 1
+    nodes: Iterable[NodeSpec], q: int = DEFAULT_Q, n: int = DEFAULT_N, epoch: int = 1,
+    time_budget_s: float | None = placement.TIME_BUDGET_S,
 ) -> Ring:
-    """Place Q partitions on a new cluster (see the module docstring for the goals)."""
+    """Place Q partitions on a new cluster (see the module docstring for the
+    goals); the search stops ``time_budget_s`` after the call began."""
     check_q(q)
     infos = normalize_nodes(nodes)
     if not infos:
         raise RingError("a ring needs at least one node")
     zones, _, zoned = _zone_numbers(infos)
-    seq = placement.claim_sequence(zones, q, n, zoned)
+    seq = placement.claim_sequence(zones, q, n, zoned, placement.deadline_in(time_budget_s))
     return Ring(epoch=epoch, q=q, n=n, owners=tuple(infos[s].node_id for s in seq), nodes=infos)
 
 
@@ -204,6 +206,7 @@ def rebalance(
     *,
     reshuffle_for_zones: bool = False,
     removed: Iterable[NodeId] = (),
+    time_budget_s: float | None = placement.TIME_BUDGET_S,
 ) -> Ring:
     """The next epoch for a new member list (join, leave, replace, zone change).
 
@@ -218,7 +221,9 @@ def rebalance(
     N replicas of every partition on N distinct nodes. Zone conflicts alone
     are repaired by local swaps (two moves each), not by reshuffling the
     ring, unless ``reshuffle_for_zones`` asks for that (e.g. once, after
-    zones were first configured on a running cluster).
+    zones were first configured on a running cluster). The searches stop
+    ``time_budget_s`` after the call began (None: unbounded), keeping the
+    best ring found by then.
     """
     infos = normalize_nodes(new_nodes)
     if not infos:
@@ -228,10 +233,11 @@ def rebalance(
     old = [index.get(owner) for owner in ring.owners]
     zones, groups, zoned = _zone_numbers(infos)
     zw = placement.zone_window(zones, n, zoned)
-    best = reassign.reassign(old, zones, n, zoned)
+    deadline = placement.deadline_in(time_budget_s)
+    best = reassign.reassign(old, zones, n, zoned, deadline)
     best_cost = placement.cost(best, zones, n, zw, old)
-    if best_cost[:2] != (0, 0):
-        fresh = placement.claim_sequence(zones, ring.q, n, zoned)
+    if best_cost[:2] != (0, 0) and not placement.past(deadline):
+        fresh = placement.claim_sequence(zones, ring.q, n, zoned, deadline)
         aligned = reassign.align(fresh, old, groups)
         fresh_cost = placement.cost(aligned, zones, n, zw, old)
         if fresh_cost[0] < best_cost[0] or (reshuffle_for_zones and fresh_cost < best_cost):

@@ -4,6 +4,16 @@ and carries out the effects: the ring file is written in a thread, never on
 the event loop, the latest ring last; gossip announces our epoch; changes of
 which hints we hold go to ``on_hints`` (the handoff).
 
+Placing partitions (a claim, a rebalance for a join, a removal) costs
+seconds of CPU at Q = 4,096 and hundreds of nodes, so those events go
+through the reducer in a thread (``RingMath``), one at a time, and the
+result is taken only if the state it started from is still current (else
+the event is decided again on the new state). The event loop keeps
+answering gossip meanwhile: the reducer is pure Python, so the two share
+the GIL, but the loop gets it back every switch interval (5 ms) instead of
+waiting out the whole computation (docs/benchmarks.md, "Partitions per
+node").
+
 Liveness is local: a node is up for routing while its phi-accrual detector
 trusts it (``cluster.gossip``) and it says ``up`` in gossip; this node
 stops being up for others (and for itself) once it drains.
@@ -28,7 +38,8 @@ from coordinator.cluster.endpoints import Endpoint, MemberStatus
 from coordinator.cluster.failure_detector import DetectorSettings
 from coordinator.cluster.gossip import Gossiper, Send
 from coordinator.cluster.ring import NodeId, Ring
-from coordinator.config import NodeConfig
+from coordinator.config import ConfigError, NodeConfig
+from coordinator.errors import UnavailableError
 
 log = logging.getLogger("ringkv.node")
 
@@ -75,14 +86,30 @@ class RingFile:
                 await asyncio.shield(self._writer)
 
 
+#: Attempts to place partitions when the state keeps changing under the
+#: computation; gossip brings a dropped join or re-removal again.
+_RING_MATH_ATTEMPTS = 3
+
+
 class ClusterView:
     def __init__(self, config: NodeConfig, ring: Ring | None, *,
-                 ring_file: RingFile | None = None) -> None:
+                 ring_file: RingFile | None = None, inline_ring_math: bool = False) -> None:
         self.config = config
         self.id = NodeId(config.id)
+        if ring is not None and ring.q != config.partitions:
+            # Keys live in the partition of their hash under the ring's Q,
+            # on the worker that range maps to: a new Q would strand them.
+            raise ConfigError(
+                f"{config.data_dir} holds a ring with partitions = {ring.q}, but the config "
+                f"says {config.partitions}: the partition count is fixed when a cluster is "
+                f"created; set partitions = {ring.q}")
         self._state = mb.MembershipState(self.id, config.partitions, config.n, ring)
-        # The simulator (benchmarks/simulate.py) passes one that keeps rings in memory.
+        # The simulator (benchmarks/simulate.py) passes one that keeps rings in
+        # memory, and places partitions inline: it has no event loop to spare.
         self._ring_file = ring_file or RingFile(config.data_dir)
+        self._inline = inline_ring_math
+        self._deferred: dict[type, mb.Event] = {}  # the latest heavy gossip event per kind
+        self._math: asyncio.Task[None] | None = None
         self._draining = False
         self._encoded: tuple[Ring, dict[str, Any]] | None = None  # the ring as gossip sends it
         self.gossip: Gossiper | None = None
@@ -155,20 +182,27 @@ class ClusterView:
             if self.gossip.heard_from_all_seeds():
                 break
             await asyncio.sleep(_FORMING_POLL_S)
-        self._apply(mb.Form(self._members()))
+        await self._apply_placing(mb.Form(self._members()))
         await self._ring_file.flush()
 
     async def close(self) -> None:
+        if self._math is not None:
+            self._math.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._math
         await self._ring_file.flush()
 
     # -- changes ------------------------------------------------------------------
-    def remove(self, node: NodeId) -> tuple[Ring, Ring]:
+    async def remove(self, node: NodeId) -> tuple[Ring, Ring]:
         """Take ``node`` out of the cluster for good (``ringkv remove``):
         (old ring, new ring), the same ring twice when it was removed already.
         Raises RingError when it is not a member or fewer than N nodes would
-        be left, UnavailableError without a ring."""
+        be left, UnavailableError without a ring or when the ring kept
+        changing under the computation."""
         old = self.ring
-        self._apply(mb.Remove(node, self._members()))
+        if not await self._apply_placing(mb.Remove(node, self._members())):
+            raise UnavailableError("the ring kept changing while the removal was computed; "
+                                   "try again")
         assert old is not None and self.ring is not None
         return old, self.ring
 
@@ -203,11 +237,43 @@ class ClusterView:
         same = raw is None or raw == self._encoded_ring()
         theirs = None if same else ringmod.decode_ring(raw)
         members = self._members()
-        self._apply(mb.RingReceived(theirs, members))
-        self._apply(mb.MembersSeen(members))
+        for event in (mb.RingReceived(theirs, members), mb.MembersSeen(members)):
+            if self._inline or not mb.needs_ring_math(self._state, event):
+                self._apply(event)
+            else:
+                self._deferred[type(event)] = event
+                if self._math is None or self._math.done():
+                    self._math = asyncio.create_task(self._run_deferred(), name="ring math")
+
+    async def _run_deferred(self) -> None:
+        while self._deferred:
+            event = self._deferred.pop(next(iter(self._deferred)))
+            try:
+                await self._apply_placing(event)
+            except Exception:  # gossip brings the event again
+                log.exception("placing partitions for %s failed", type(event).__name__)
+
+    async def _apply_placing(self, event: mb.Event) -> bool:
+        """``event`` through the reducer, in a thread when it places
+        partitions; False if the state changed under every attempt."""
+        for _ in range(_RING_MATH_ATTEMPTS):
+            before = self._state
+            if self._inline or not mb.needs_ring_math(before, event):
+                self._apply(event)
+                return True
+            state, effects = await asyncio.to_thread(mb.apply, before, event)
+            if self._state is before:
+                self._commit(state, effects)
+                return True
+        log.warning("ring changed during %d placements for %s; left to the next gossip",
+                    _RING_MATH_ATTEMPTS, type(event).__name__)
+        return False
 
     def _apply(self, event: mb.Event) -> None:
-        self._state, effects = mb.apply(self._state, event)
+        self._commit(*mb.apply(self._state, event))
+
+    def _commit(self, state: mb.MembershipState, effects: list[mb.Effect]) -> None:
+        self._state = state
         hints: list[mb.HintEffect] = []
         for effect in effects:
             match effect:

@@ -19,6 +19,12 @@ arrive after the client's answer, is kept until the request timeout; then
 replicas whose answer lacked something get the merged set (read repair,
 rate-limited by a token bucket).
 
+Every read and write is counted in the heavy-hitters sketch
+(``hotkeys.py``); a read may be answered by a read in flight or the
+hot-key cache (``shared_reads.py``, which every write of the key through
+here tells when it starts and when it is acknowledged); with ``[reads]
+fanout = "quorum"`` a read asks R replicas and hedges (``hedge.py``).
+
 Context writes (VSET, VDEL) of one key through this coordinator reach each
 replica in the order of their dots: a call to a replica waits until the
 previous context write's call of that key to the same replica has ended
@@ -43,6 +49,8 @@ from typing import Any, Protocol, TypeVar, cast
 
 from coordinator.cluster.ring import NodeId
 from coordinator.data import reconcile
+from coordinator.data.hedge import HedgedReads
+from coordinator.data.hotkeys import HotKeys
 from coordinator.data.quorum import (
     Consistency,
     Outcome,
@@ -52,6 +60,7 @@ from coordinator.data.quorum import (
     read_tally,
     write_tally,
 )
+from coordinator.data.shared_reads import Pending, ReadOptions, SharedReads
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.histogram import Histograms
 from coordinator.ratelimit import TokenBucket
@@ -126,6 +135,10 @@ class DataStats:
     read_repairs: int = 0
     read_repairs_skipped: int = 0
     fallback_writes: int = 0
+    coalesced_reads: int = 0  # reads that joined one in flight (shared_reads.py)
+    cache_hits: int = 0
+    cache_misses: int = 0  # reads of hot keys the cache did not have
+    hedged_reads: int = 0  # replicas asked because one was slow (hedge.py)
 
 
 def _reason(reply: ShardReply) -> str:
@@ -144,8 +157,8 @@ class Round:
     (cancelled). One timer per round covers both."""
 
     __slots__ = ("_hops", "_loop", "_on_decided", "_open", "_started", "_then", "_timer",
-                 "calls", "decided", "decoded", "finished", "late", "read_only", "replies",
-                 "tally")
+                 "calls", "decided", "decoded", "finished", "late", "on_short", "read_only",
+                 "replies", "tally")
 
     def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target],
                  timeout_s: float, on_decided: Callable[[Round], None],
@@ -162,6 +175,9 @@ class Round:
         self.decided = False
         self.finished = False
         self._on_decided: Callable[[Round], None] | None = on_decided
+        #: Called when a call ends while the round is undecided (hedge.py asks
+        #: a spare replica if the open calls can no longer make the quorum).
+        self.on_short: Callable[[], None] | None = None
         self._then: list[Callable[[], None]] = []
         self._open = len(calls)
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout_s, self._expire)
@@ -178,6 +194,8 @@ class Round:
                 self.late += len(self.replies) - before
             else:
                 self._take(fut)
+                if self.on_short is not None:
+                    self.on_short()
         if not self.decided and (self._open == 0
                                  or self.tally.outcome() is not Outcome.PENDING):
             self._decide()
@@ -204,6 +222,12 @@ class Round:
             if reply.status is Status.READ_ONLY:
                 self.read_only.append(f"{target.node}: {reply.message}")
             self.tally.fail(target.node, _reason(reply))
+
+    def add(self, fut: asyncio.Future[ShardReply], target: Target) -> None:
+        """One more call (a spare replica asked late)."""
+        self.calls[fut] = target
+        self._open += 1
+        fut.add_done_callback(self._on_done)
 
     def _decide(self) -> None:
         self.decided = True
@@ -303,7 +327,8 @@ class DataPath:
 
     def __init__(self, routes: Routes, clock: Clock, actor: ActorId, *, timeout_s: float,
                  max_reply_bytes: int, sibling_cap: int = DEFAULT_SIBLING_CAP,
-                 hinted_handoff: bool = True, read_repair_per_s: float = 1000.0) -> None:
+                 hinted_handoff: bool = True, read_repair_per_s: float = 1000.0,
+                 reads: ReadOptions | None = None) -> None:
         self.routes = routes
         self.clock = clock
         self.actor = actor
@@ -316,10 +341,18 @@ class DataPath:
         self.noquorum: dict[tuple[str, str], int] = {}  # (op, Tally.cause()) -> count
         self.partition_requests: dict[int, int] = {}  # keys read or written, by partition
         self.hops: Histograms[str] = Histograms()  # replica call latency, by node
+        reads = reads or ReadOptions()
+        self.hotkeys = HotKeys(reads.tracked, reads.window_s)
+        self._shared = SharedReads(reads, self.hotkeys, self.stats)
+        self._hedged = None if reads.fanout == "all" else HedgedReads(
+            NodeId(reads.me), reads.hedge, reads.hedge_max_ratio, self._hedged_read)
         self._repair_bucket = TokenBucket(read_repair_per_s, read_repair_per_s)
         self._background: set[asyncio.Task[Any]] = set()
         # key -> the calls, by replica, of the last context write of that key
         self._context_calls: dict[bytes, dict[NodeId, asyncio.Future[ShardReply]]] = {}
+
+    def _hedged_read(self) -> None:
+        self.stats.hedged_reads += 1
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -336,6 +369,9 @@ class DataPath:
     def read(self, key: bytes, levels: Consistency) -> asyncio.Future[SiblingSet]:
         """Merged sibling set of ``key`` from R replicas (PR primaries)."""
         self.stats.reads += 1
+        self.hotkeys.read(key)
+        if (shared := self._shared.find(key, levels)) is not None:
+            return shared
         try:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
@@ -348,24 +384,26 @@ class DataPath:
             return _failed(error)
         out: asyncio.Future[SiblingSet] = asyncio.get_running_loop().create_future()
         request = ReplicaRead(partition, key)
-        self._send(p, tally, lambda t: request,
-                   functools.partial(self._read_decided, partition, key, out))
+        decided = functools.partial(self._read_decided, partition, key,
+                                    self._shared.start(key, levels, out))
+        if self._hedged is None:
+            self._send(p, tally, lambda t: request, decided)
+        else:
+            self._hedged.send(p.targets, tally, lambda t: self.routes.submit(t.node, request),
+                              lambda calls: Round(tally, calls, self.timeout_s, decided))
         return out
 
-    def _read_decided(self, partition: int, key: bytes, out: asyncio.Future[SiblingSet],
-                      rnd: Round) -> None:
+    def _read_decided(self, partition: int, key: bytes, pending: Pending, rnd: Round) -> None:
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_reads += 1
             self._failed_quorum("read", tally)
-            if not out.done():
-                out.set_exception(tally.error())
+            self._shared.failed(key, pending, tally.error())
             return
         merged = reconcile.reconcile(self._answers(rnd), self.sibling_cap).merged
         if merged:
             self.clock.saw(max(v.hlc for v in merged))
-        if not out.done():
-            out.set_result(merged)
+        self._shared.answered(key, pending, merged)
         rnd.when_finished(functools.partial(self._check_replicas, partition, key, rnd))
 
     async def read_many(
@@ -480,6 +518,8 @@ class DataPath:
         when too few are up. A context write (``mode`` merge) becomes the
         key's latest, which the next one waits for (module doc)."""
         self.stats.writes += 1
+        self.hotkeys.write(key)
+        self._shared.wrote(key)
         try:
             partition, p = self.routes.plan_for(key)
         except CommandError as exc:
@@ -497,8 +537,8 @@ class DataPath:
 
         self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
         out: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
-        rnd = self._send(p, tally, request, functools.partial(self._write_decided, version, out),
-                         after)
+        rnd = self._send(p, tally, request,
+                         functools.partial(self._write_decided, key, version, out), after)
         if mode == "merge":
             calls = {t.node: fut for fut, t in rnd.calls.items()}
             self._context_calls[key] = calls
@@ -510,8 +550,10 @@ class DataPath:
             rnd.when_finished(forget)
         return out
 
-    def _write_decided(self, version: Version, out: asyncio.Future[Version], rnd: Round) -> None:
+    def _write_decided(self, key: bytes, version: Version, out: asyncio.Future[Version],
+                       rnd: Round) -> None:
         """W acks (PW primaries) came, or the answer that they will not."""
+        self._shared.wrote(key)
         tally = rnd.tally
         if tally.outcome() is not Outcome.SUCCEEDED:
             self.stats.noquorum_writes += 1

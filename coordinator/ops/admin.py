@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.peer_versions import RELEASE
@@ -37,6 +38,7 @@ from shardserver.protocol import records
 from shardserver.protocol.errors import ProtocolError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 
+R = TypeVar("R")
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes
 #: ``() -> (commands, errors, cumulative latency buckets)`` (``metrics.RequestCounts.totals``).
 RequestTotals = Callable[[], tuple[int, int, tuple[int, ...]]]
@@ -91,7 +93,7 @@ class AdminHandler:
             case api.HintsRequest():
                 return self.hint_list()
             case api.RemoveRequest(gone):
-                return self.remove(gone)
+                return await self.remove(gone)
             case api.TransfersRequest():
                 return self.transfers()
             case api.ReadOnlyRequest(on, reason):
@@ -102,6 +104,8 @@ class AdminHandler:
                 return api.RestartReply(self.id, os.getpid())
             case api.LoadRequest():
                 return self.load()
+            case api.HotKeysRequest(cluster):
+                return await self.hot_keys(cluster)
         raise AdminError(f"unexpected admin request {request!r}")
 
     async def _forward(self, target: str, payload: object) -> m.Reply:
@@ -175,23 +179,40 @@ class AdminHandler:
         ring = self.view.ring
         others = [n for n in (ring.node_ids if ring else ()) if n != self.id]
 
-        async def one(n: NodeId) -> api.NodeStatus | api.NodeUnreachable:
-            if not self.view.is_up(n):
-                return api.NodeUnreachable(n, "down")
-            request = api.encode_request(api.StatusRequest())
-            try:
-                reply = await self.router.call(n, m.Admin(request), self.router.timeout_s * 5)
-            except ShardUnavailable as exc:
-                return api.NodeUnreachable(n, "unreachable", exc.reason)
-            if not reply.ok:
-                return api.NodeUnreachable(n, "error", reply.message)
-            try:
-                return records.from_wire(api.NodeStatus, reply.payload, f"status of {n}")
-            except ProtocolError as exc:
-                return api.NodeUnreachable(n, "error", str(exc))
+        def one(n: NodeId) -> Awaitable[api.NodeStatus | api.NodeUnreachable]:
+            return self._ask(n, api.StatusRequest(), api.NodeStatus)
 
         nodes = [await self.node_status(), *await asyncio.gather(*map(one, others))]
         return api.ClusterStatus(self.id, tuple(sorted(nodes, key=lambda s: s.node)))
+
+    async def _ask(self, n: NodeId, request: api.AdminRequest,
+                   reply_type: type[R]) -> R | api.NodeUnreachable:
+        """``request`` answered by the other node ``n``, or why it was not."""
+        if not self.view.is_up(n):
+            return api.NodeUnreachable(n, "down")
+        payload = api.encode_request(request)
+        try:
+            reply = await self.router.call(n, m.Admin(payload), self.router.timeout_s * 5)
+        except ShardUnavailable as exc:
+            return api.NodeUnreachable(n, "unreachable", exc.reason)
+        if not reply.ok:
+            return api.NodeUnreachable(n, "error", reply.message)
+        try:
+            return records.from_wire(reply_type, reply.payload, f"{payload['cmd']} of {n}")
+        except ProtocolError as exc:
+            return api.NodeUnreachable(n, "error", str(exc))
+
+    async def hot_keys(self, cluster: bool) -> api.HotKeysReply | api.ClusterHotKeys:
+        """The sketch's top keys here; with ``cluster``, every node's own."""
+        mine = api.HotKeysReply(self.id, self.config.hotkeys_window_s,
+                                tuple(self.status.data.hotkeys.top(self.config.hotkeys_top)))
+        if not cluster:
+            return mine
+        ring = self.view.ring
+        others = [n for n in (ring.node_ids if ring else ()) if n != self.id]
+        nodes = [mine, *await asyncio.gather(
+            *(self._ask(n, api.HotKeysRequest(), api.HotKeysReply) for n in others))]
+        return api.ClusterHotKeys(self.id, tuple(sorted(nodes, key=lambda s: s.node)))
 
     def ring(self, key: bytes | None) -> api.RingReply:
         ring = self._ring()
@@ -269,14 +290,14 @@ class AdminHandler:
                   for h in self.hints.all()),
             self.hints.delivered, self.hints.expired)
 
-    def remove(self, gone: str) -> api.RemoveReply:
+    async def remove(self, gone: str) -> api.RemoveReply:
         """Take the node ``gone`` out of the cluster for good; the ring
         change spreads by gossip and handoff moves the data."""
         if not gone:
             raise AdminError("remove needs the id of the node to take out")
         was_up = self.view.is_up(NodeId(gone))
         try:
-            old, new = self.view.remove(NodeId(gone))
+            old, new = await self.view.remove(NodeId(gone))
         except (RingError, UnavailableError) as exc:
             raise AdminError(str(exc)) from None
         moving = sum(1 for p in range(new.q)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.data.hotkeys import HotKey
 from coordinator.repair.anti_entropy import RepairReport
 from coordinator.repair.handoff import HintBacklog
 from shardserver.protocol import records
@@ -96,10 +97,17 @@ class LoadRequest:
     """The node's request figures since start (two readings make a window)."""
 
 
+@dataclass(frozen=True, slots=True)
+class HotKeysRequest:
+    """This node's most requested keys; with ``cluster``, every up node's."""
+
+    cluster: bool = False
+
+
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
     | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | ReadOnlyRequest
-    | RestartRequest | LoadRequest
+    | RestartRequest | LoadRequest | HotKeysRequest
 )
 
 #: Wire name of each request.
@@ -108,7 +116,7 @@ COMMAND_OF: dict[type[Any], str] = {
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
     TransfersRequest: "transfers", ReadOnlyRequest: "read_only", RestartRequest: "restart",
-    LoadRequest: "load",
+    LoadRequest: "load", HotKeysRequest: "hotkeys",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -341,10 +349,23 @@ class LoadReply:
     under_replicated: int  # partitions with fewer than N primaries up, as this node sees it
 
 
+@dataclass(frozen=True, slots=True)
+class HotKeysReply:
+    node: str
+    window_s: float
+    keys: tuple[HotKey, ...]  # most requested first
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHotKeys:
+    asked: str
+    nodes: tuple[HotKeysReply | NodeUnreachable, ...]  # by node id
+
+
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
     | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply | ReadOnlyReply
-    | RestartReply | LoadReply
+    | RestartReply | LoadReply | HotKeysReply | ClusterHotKeys
 )
 
 
@@ -352,6 +373,8 @@ def reply_type(request: AdminRequest) -> type[Any]:
     """The reply record ``request`` gets."""
     if isinstance(request, StatusRequest):
         return ClusterStatus if request.cluster else NodeStatus
+    if isinstance(request, HotKeysRequest):
+        return ClusterHotKeys if request.cluster else HotKeysReply
     return _REPLIES[type(request)]
 
 

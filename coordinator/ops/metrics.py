@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from coordinator.client.commands import CommandSpec, level_label
+from coordinator.data.hotkeys import printable
 from coordinator.data.quorum import Consistency
 from coordinator.histogram import BUCKETS, Histograms, Series, total
 from coordinator.ops import metric_groups, status_page, web
@@ -166,6 +167,19 @@ REPAIR_FIGURES = {"partitions": "partitions", "keys_compared": "keys_compared",
                   "corrupt_fixed": "corrupt_fixed", "errors": "error_count"}
 
 
+def _hot_keys(snap: NodeSnapshot) -> Iterator[Metric]:
+    """The sketch's top keys (at most ``[hotkeys] top`` of them, so the
+    label set stays bounded)."""
+    rate = GaugeMetricFamily(
+        "ringkv_hot_key_requests_per_second",
+        "Requests per second of the most requested keys at this coordinator, by rank",
+        labels=["rank", "key", "op"])
+    for rank, h in enumerate(snap.hotkeys, 1):
+        rate.add_metric([str(rank), printable(h.key), "read"], h.reads_per_s)
+        rate.add_metric([str(rank), printable(h.key), "write"], h.writes_per_s)
+    yield rate
+
+
 class NodeCollector(Collector):
     """Renders the node's :class:`~coordinator.ops.status.NodeSnapshot` at
     scrape time."""
@@ -194,6 +208,7 @@ class NodeCollector(Collector):
         yield _counter("ringkv_auth_failures", "Client AUTHs with a wrong password",
                        snap.clients.auth_failures)
         yield from self._clock(snap)
+        yield from _hot_keys(snap)
 
     def _clock(self, snap: NodeSnapshot) -> Iterator[Metric]:
         c = snap.clock

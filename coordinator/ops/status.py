@@ -31,6 +31,7 @@ from coordinator.cluster.view import ClusterView
 from coordinator.config import NodeConfig
 from coordinator.data.clock import Clock, ClockStats
 from coordinator.data.datapath import DataPath, DataStats
+from coordinator.data.hotkeys import HotKey, top_lines
 from coordinator.data.router import Router
 from coordinator.ops.health import RingHealth, ring_health
 from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
@@ -206,6 +207,7 @@ class NodeSnapshot:
     disk: DiskSpace
     read_only_mode: str | None  # the operator's kill switch: why writes are off, None: on
     peer_protocols: tuple[int, int]  # the range this node offers peers (max_peer_protocol)
+    hotkeys: tuple[HotKey, ...] = ()  # the most requested keys, most first
 
 
 class StatusSource:
@@ -273,6 +275,7 @@ class StatusSource:
             disk=disk_space(self.config.data_dir),
             read_only_mode=self.read_only.refusal,
             peer_protocols=(self.router.versions.lo, self.router.versions.hi),
+            hotkeys=tuple(self.data.hotkeys.top(self.config.hotkeys_top)),
         )
 
     def health(self) -> RingHealth:
@@ -345,10 +348,10 @@ _ARCH_BITS = 64 if sys.maxsize > 1 << 32 else 32
 
 def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
     """INFO's sections: server, clients, memory, stats, replication (hints
-    and handoff), cluster, keyspace, clock, storage; plain ``name: value``
-    maps. The fields Redis tools read (redis_version, redis_mode, run_id,
-    used_memory, db0, cluster_enabled, role ...) are there under Redis's
-    names, docs/protocol.md says what each means here."""
+    and handoff), cluster, keyspace, clock, storage, hotkeys; plain
+    ``name: value`` maps. The fields Redis tools read (redis_version,
+    redis_mode, run_id, used_memory, db0, cluster_enabled, role ...) are
+    there under Redis's names, docs/protocol.md says what each means here."""
     return {
         "server": {
             "redis_version": REDIS_VERSION,
@@ -382,6 +385,7 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
         "clock": {"max_clock_drift_ms": snap.max_clock_drift_ms,
                   "hlc_ahead_ms": snap.hlc_ahead_ms, **asdict(snap.clock)},
         "storage": _storage(snap),
+        "hotkeys": dict(top_lines(list(snap.hotkeys))),
     }
 
 

@@ -148,28 +148,29 @@ class Handoff:
     def ring_changed(self, effects: Sequence[HintEffect]) -> None:
         """A new ring moves copies (``cluster.membership``): our copy of a
         partition goes to its new primaries; hints held for a removed node
-        go to the partition's primaries."""
+        go to the partition's primaries. One write of the hint file for all
+        of them."""
         now = int(time.time() * 1000)
-        for effect in effects:
-            match effect:
-                case HintCopies(p, owners):
-                    for owner in owners:
-                        self._spawn(self.hints.add(p, owner, now), f"hint {p}")
-                case RetargetHints(removed):
-                    for hint in self.hints.all():
-                        if hint.owner in removed:
-                            self._spawn(self.retarget(hint), f"retarget hint {hint.partition}")
+        pairs = [(e.partition, owner) for e in effects if isinstance(e, HintCopies)
+                 for owner in e.owners]
+        if pairs:
+            self._spawn(self.hints.add_many(pairs, now), "hint copies of a ring change")
+        removed = {n for e in effects if isinstance(e, RetargetHints) for n in e.removed}
+        if removed:
+            self._spawn(self.retarget([h for h in self.hints.all() if h.owner in removed]),
+                        "retarget hints of removed nodes")
 
-    async def retarget(self, hint: Hint) -> None:
-        """Writes we hold for a removed node go to the partition's primaries
-        instead (versions merge: those that have them lose nothing)."""
+    async def retarget(self, hints: Sequence[Hint]) -> None:
+        """Writes we hold for removed nodes go to the partitions' primaries
+        instead (versions merge: those that have them lose nothing). The
+        new records are durable before the old ones go."""
         ring = self.replicas.ring
         assert ring is not None
         now = int(time.time() * 1000)
-        for owner in ringmod.primaries(ring, hint.partition):
-            if owner != self.replicas.id:
-                await self.hints.add(hint.partition, owner, now)
-        await self.hints.remove(hint.partition, hint.owner, outcome="moved")
+        await self.hints.add_many([(h.partition, owner) for h in hints
+                                   for owner in ringmod.primaries(ring, h.partition)
+                                   if owner != self.replicas.id], now)
+        await self.hints.moved([(h.partition, h.owner) for h in hints])
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -193,13 +194,13 @@ class Handoff:
             await hints.save_touches()
         except OSError as exc:
             log.warning("cannot save hint times: %s", exc)
+        ring = self.replicas.ring
+        if ring is not None and (stale := [h for h in hints.all() if h.owner in ring.removed
+                                           and (h.partition, h.owner) not in self._tasks]):
+            await self.retarget(stale)  # e.g. writes hinted on an older ring
         for hint in hints.all():
             key = (hint.partition, hint.owner)
             if key in self._tasks:
-                continue
-            ring = self.replicas.ring
-            if ring is not None and hint.owner in ring.removed:
-                await self.retarget(hint)  # e.g. a write hinted on an older ring
                 continue
             up = self.replicas.is_up(NodeId(hint.owner))
             if up and not self._was_up.get(hint.owner, True):
@@ -327,11 +328,10 @@ class Handoff:
         ring = self.replicas.ring
         if ring is None or self.hints.for_partition(partition):
             return
-        now = int(time.time() * 1000)
         try:
-            for owner in ringmod.primaries(ring, partition):
-                if owner != self.replicas.id:
-                    await self.hints.add(partition, owner, now)
+            await self.hints.add_many([(partition, owner) for owner in
+                                       ringmod.primaries(ring, partition)
+                                       if owner != self.replicas.id], int(time.time() * 1000))
         except OSError as exc:  # the next sweep tries again
             log.warning("cannot record hints for partition %d: %s", partition, exc)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,6 +61,9 @@ class HintStore:
         self.path = os.path.join(data_dir, FILE_NAME)
         self._clock_ms = clock_ms
         self._hints: dict[tuple[int, str], Hint] = {}
+        # The same hints by partition: handoff asks per partition, for
+        # every partition of the ring in a sweep.
+        self._of_partition: dict[int, dict[str, Hint]] = {}
         self._lock = asyncio.Lock()
         self._touched = False  # a last_ms changed since the file was written
         self._saved_ms = 0
@@ -82,7 +85,7 @@ class HintStore:
             p, owner, started = rec[:3]
             first = since(int(started))
             last = since(int(rec[3])) if size == 4 and rec[3] != started else first
-            self._hints[(int(p), str(owner))] = Hint(int(p), str(owner), first, last)
+            self._put(Hint(int(p), str(owner), first, last))
 
     # -- queries ----------------------------------------------------------
     def all(self) -> list[Hint]:
@@ -92,7 +95,7 @@ class HintStore:
         return (partition, owner) in self._hints
 
     def for_partition(self, partition: int) -> list[Hint]:
-        return [h for h in self._hints.values() if h.partition == partition]
+        return list(self._of_partition.get(partition, {}).values())
 
     def __len__(self) -> int:
         return len(self._hints)
@@ -117,20 +120,41 @@ class HintStore:
     async def add(self, partition: int, owner: str, now_ms: int, size: int = 0) -> None:
         """Record that this node holds writes of ``partition`` for ``owner``;
         durable when it returns."""
-        key = (partition, owner)
-        hint = self._hints.get(key)
+        hint = self._hints.get((partition, owner))
         if hint is None:
-            async with self._lock:
-                hint = self._hints.get(key)
-                if hint is None:
-                    hint = Hint(partition, owner, now_ms, now_ms)
-                    self._hints[key] = hint
-                    try:
-                        await self._save()
-                    except OSError:
-                        del self._hints[key]
-                        raise
+            await self.add_many([(partition, owner)], now_ms)
+            hint = self._hints[(partition, owner)]  # no await since: still there
         self._count(hint, now_ms, size)
+
+    async def add_many(self, pairs: Iterable[tuple[int, str]], now_ms: int) -> None:
+        """Records for every ``(partition, owner)`` not held yet, in one
+        write of the file (a ring change hints up to every partition at
+        once: one write each would cost O(Q^2) bytes); durable when it
+        returns."""
+        async with self._lock:
+            new = [Hint(p, owner, now_ms, now_ms) for p, owner in dict.fromkeys(pairs)
+                   if (p, owner) not in self._hints]
+            if not new:
+                return
+            for hint in new:
+                self._put(hint)
+            try:
+                await self._save()
+            except OSError:
+                for hint in new:
+                    self._drop(hint.partition, hint.owner)
+                raise
+
+    def _put(self, hint: Hint) -> None:
+        self._hints[(hint.partition, hint.owner)] = hint
+        self._of_partition.setdefault(hint.partition, {})[hint.owner] = hint
+
+    def _drop(self, partition: int, owner: str) -> None:
+        del self._hints[(partition, owner)]
+        held = self._of_partition[partition]
+        del held[owner]
+        if not held:
+            del self._of_partition[partition]
 
     def expire(self, now_ms: int, window_ms: int) -> list[Hint]:
         """Mark the hints whose latest hinted write is older than
@@ -157,11 +181,20 @@ class HintStore:
             hint = self._hints.get((partition, owner))
             if hint is None or (if_writes is not None and hint.writes != if_writes):
                 return False
-            del self._hints[(partition, owner)]
+            self._drop(partition, owner)
             if outcome == "delivered":
                 self.delivered += 1
             await self._save()
             return True
+
+    async def moved(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """Delete the records of copies moved to other owners, in one write."""
+        async with self._lock:
+            gone = [pair for pair in dict.fromkeys(pairs) if pair in self._hints]
+            for p, owner in gone:
+                self._drop(p, owner)
+            if gone:
+                await self._save()
 
     async def save_touches(self) -> None:
         """Write the times of the latest hinted writes, if they moved and the

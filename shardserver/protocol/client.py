@@ -394,10 +394,10 @@ class ShardClient:
     async def write(
         self, partition: int, key: bytes, version: Version, mode: WriteMode = "merge",
         timeout: float | None = None,
-    ) -> SiblingSet:
-        """Apply one version; returns the key's resulting sibling set."""
-        payload = await self._ok(ReplicaWrite(partition, key, version, mode), timeout)
-        return decode_siblings(payload)
+    ) -> None:
+        """Apply one version (the worker does not read the key, so it does
+        not say what the key holds now)."""
+        await self._ok(ReplicaWrite(partition, key, version, mode), timeout)
 
     async def write_set(
         self, partition: int, key: bytes, siblings: SiblingSet, timeout: float | None = None

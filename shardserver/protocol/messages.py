@@ -8,7 +8,7 @@ Reply payloads when ``status is Status.OK`` (any other status: a ``str``
 message saying what went wrong)::
 
     Ping            {"ready": bool, ...}   (answered even while recovering)
-    ReplicaWrite    bytes: encode_siblings of the key's resulting sibling set
+    ReplicaWrite    None (the write was applied; the worker does not read the key)
     ReplicaWriteSet bytes: encode_siblings of the key's resulting sibling set
     ReplicaRead     bytes: encode_siblings of the stored set, or None if absent
     ScanPartition   {"items": [[key, siblings bytes], ...], "next": bytes | None,

@@ -17,9 +17,23 @@ from typing import Protocol
 WORKER_MAX_FRAME_BYTES = 16 << 20
 
 
-def default_worker_count() -> int:
-    """Workers per node when the config says 0: one per CPU, at least 2."""
-    return max(2, os.cpu_count() or 2)
+def usable_cores() -> int:
+    """Processors this process may run on (its affinity mask, as a container
+    or ``taskset`` sets it), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_worker_count(cores: int | None = None) -> int:
+    """Workers for a node with ``cores`` processors to itself (default: all
+    this process may use) when its config says ``workers = 0``: one core is
+    the coordinator's (one event loop, it never uses more), each worker gets
+    one of the rest, and there is at least one. On 2 cores that is one
+    worker: two processes, not three competing for two cores
+    (docs/configuration.md, "Sizing workers")."""
+    return max(1, (usable_cores() if cores is None else cores) - 1)
 
 
 def partition_ranges(q: int, workers: int) -> list[range]:

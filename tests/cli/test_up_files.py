@@ -27,10 +27,10 @@ NODES = 2
 KEYS = [b"private-%d" % i for i in range(200)]
 
 
-def start_up(data: Path, port: int) -> subprocess.Popen[str]:
+def start_up(data: Path, port: int, *flags: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "up", "--data", str(data), "--port", str(port),
-         "--nodes", str(NODES), "--n", str(NODES), "--workers", "1"],
+         "--nodes", str(NODES), "--n", str(NODES), "--workers", "1", *flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
@@ -41,6 +41,7 @@ def start_up(data: Path, port: int) -> subprocess.Popen[str]:
         if line.startswith("Connect with:"):
             return proc
     proc.wait(30)
+    proc.stdout.close()
     raise AssertionError(f"ringkv up exited with {proc.returncode}:\n{''.join(lines)}")
 
 

@@ -12,6 +12,7 @@ from coordinator.config import (
     load,
     with_overrides,
 )
+from shardserver.worker_count import resolve_workers
 
 
 def write(tmp_path: str, text: str) -> str:
@@ -24,7 +25,7 @@ def write(tmp_path: str, text: str) -> str:
 def test_defaults_are_valid_and_every_field_has_a_section() -> None:
     c = load(None)
     assert c == NodeConfig()
-    assert c.effective_workers() >= 2
+    assert c.workers == 0  # by cores, or the node's recorded count
     listed = [_FIELD_OF.get((sec, k), k) for sec, keys in SECTIONS.items() for k in keys]
     assert sorted(listed) == sorted(f for f in NodeConfig.__dataclass_fields__)
 
@@ -68,7 +69,7 @@ pw = 1
         ("[cluster]\npartitions = 8\n[storage]\nworkers = 16\n",
          "workers (16) must be <= partitions (8)"),
         ("[cluster]\npartitions = 1024\n[storage]\nworkers = 300\n",
-         "workers must be 0..256 (0: one per CPU, at least 2), got 300"),
+         "workers must be 0..256 (0: by cores), got 300"),
         ("[cluster]\npartitions = 0\n", "partitions must be a power of two up to 65536, got 0"),
         ("[cluster]\nrequest_timeout_ms = 5\n", "request_timeout_ms must be >= 10, got 5"),
         ("[storage]\nblock_cache_bytes = -1\n", "block_cache_bytes must be >= 0, got -1"),
@@ -78,6 +79,10 @@ pw = 1
         ("[handoff]\nthrottle_bytes_per_s = 0\n", "throttle_bytes_per_s must be > 0, got 0"),
         ("[cluster]\nn = 1\nr = 2\n", "r must be 1..n (1), got 2"),
         ("[cluster]\nn = 2\nw = 3\n", "w must be 1..n (2), got 3"),
+        ("[hotkeys]\ncache_ms = -1\n", "hotkeys.cache_ms must be 0..60000 (0: off)"),
+        ("[hotkeys]\ntop = 300\n", "hotkeys.top must be 1..hotkeys.tracked"),
+        ("[reads]\nfanout = 'some'\n", "reads.fanout must be all or quorum, got 'some'"),
+        ("[node]\nreply_delay_ms = -5\n", "reply_delay_ms must be >= 0"),
     ],
 )
 def test_errors_name_the_key(tmp_path: str, text: str, message: str) -> None:
@@ -147,5 +152,6 @@ def test_unset_levels_follow_a_small_n(tmp_path: str) -> None:
     assert (c.r, c.w) == (1, 1)
 
 
-def test_auto_workers_never_exceed_partitions() -> None:
-    assert load(None, {"partitions": 1}).effective_workers() == 1
+def test_auto_workers_never_exceed_partitions(tmp_path: str) -> None:
+    c = load(None, {"partitions": 1})
+    assert resolve_workers(os.path.join(tmp_path, "workers"), c.workers, c.partitions) == 1

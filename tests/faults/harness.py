@@ -98,7 +98,7 @@ def replica_differences(cluster: Cluster, keys: Sequence[str]) -> list[str]:
     ring = ring_of(cluster)
     names = [m.name for m in cluster.members]
     raw = [k.encode() for k in keys]
-    held = [local_read_many(cluster, i, raw) for i in range(len(names))]
+    held = [local_read_many(cluster, i, raw, ring.q) for i in range(len(names))]
     differ = []
     for key in raw:
         owners = [names.index(n) for n in ringmod.primaries(ring, ring.partition_of(key))]

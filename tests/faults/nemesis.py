@@ -287,9 +287,11 @@ def fault_cluster(root: Path, node_settings: dict[int, dict[str, dict[str, int |
 @contextmanager
 def tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
     """A tmpfs of ``size_bytes`` mounted at ``path`` (created if missing),
-    unmounted (lazily if still busy) on exit."""
+    unmounted (lazily if still busy) on exit. Mode 0700, as a data directory
+    must be (a tmpfs root is 1777 by default, which a node refuses)."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs",
+                    str(path)],
                    check=True, capture_output=True)
     try:
         yield path

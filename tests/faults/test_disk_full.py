@@ -103,6 +103,6 @@ def test_disk_full_on_one_node(tmp_path: Path) -> None:
                  lambda: str(cluster.info(FULL, "storage")["read_only"]) == "no", 30)
         history.dump(tmp_path / "history.jsonl")
         nemesis.stop(FULL)
-        for worker in sorted((cluster.members[FULL].data_dir / "workers").iterdir()):
+        for worker in sorted((cluster.members[FULL].data_dir / "workers").glob("worker-*")):
             doc = db_check(worker)
             assert doc["ok"] is True and doc["problems"] == [], doc

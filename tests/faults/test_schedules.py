@@ -12,6 +12,10 @@ hypothesis shrink a failure); ``RINGKV_FAULT_SEED`` fixes the seed
 hypothesis draws from;
 ``RINGKV_FAULT_SCHEDULE='seed=1 kill:n2@0.5+1 tail=1'`` replays one schedule
 through ``test_replay_schedule``.
+
+At Q = 4,096 partitions (``ringkv up --partitions 4096``, issue 18.1) CI
+runs one written-out schedule with every required fault on a cluster of
+its own; ``RINGKV_FAULT_PARTITIONS=4096`` runs all of the above at 4,096.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, seed, settings
 
-from tests.faults.nemesis import Nemesis, cut_unavailable
+from tests.faults.conftest import SETTINGS
+from tests.faults.nemesis import Nemesis, cut_unavailable, fault_cluster
 from tests.faults.runner import Outcome, reproduce, run_schedule
 from tests.faults.schedule import FAULTS, Schedule, Step, schedules
 
@@ -119,6 +124,25 @@ def test_fault_schedules(shared: Nemesis, tmp_path: Path) -> None:
     if not soak:
         missing = (REQUIRED & set(_faults())) - seen
         assert not missing, f"no schedule exercised {missing} (seed {FAULT_SEED})"
+
+
+BIG_Q = 4096
+
+
+def test_fault_schedule_at_4096_partitions(tmp_path: Path) -> None:
+    """The same properties on a ring of 4,096 partitions: one schedule that
+    kills, restarts, pauses and cuts off a node in turn (restarts read the
+    ring and hint files back; repair walks every partition)."""
+    kinds = sorted(REQUIRED & set(_faults()))
+    schedule = Schedule(FAULT_SEED, tuple(Step(f, k % 3, 0.3, 1.0) for k, f in enumerate(kinds)),
+                        0.5)
+    settings = {**SETTINGS, "cluster": {"partitions": BIG_Q}}
+    (tmp_path / "cluster").mkdir()
+    with fault_cluster(tmp_path / "cluster", settings=settings) as nemesis:
+        ring = nemesis.cluster.info(0, "cluster")
+        assert int(ring["partitions"]) == BIG_Q, ring
+        outcome = check(nemesis, schedule, tmp_path)
+    assert outcome.schedule.faults == set(kinds)
 
 
 def test_replay_schedule(shared: Nemesis, tmp_path: Path) -> None:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from lsm.db import DB
 from lsm.options import Options
+from tests.processes import count_until_killed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,30 +46,8 @@ while True:
 
 
 def _round(path: str, round_no: int, rng: random.Random, mode: str) -> tuple[int, int]:
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, path, str(round_no), mode],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    assert proc.stdout is not None
     target = rng.randint(1, 400)
-    acked = -1
-    deadline = time.monotonic() + 30
-    try:
-        while acked < target and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            acked = int(line)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
-    assert acked >= 0, f"writer never acknowledged a write: {err}"
-    return acked, target
+    return count_until_killed(WRITER, [path, str(round_no), mode], target), target
 
 
 @pytest.mark.parametrize("mode", ["always", "interval"])

@@ -1,6 +1,8 @@
-"""Merkle trees kept by ShardStore (shardserver.aae): the incrementally kept
-tree always equals a rebuild over a scan, whatever writes run during the
-scans that build and correct it; identity conflicts; drops."""
+"""Merkle trees kept by ShardStore (shardserver.aae): the root a peer gets
+always equals the root of a fresh scan of what every write before the
+request left, whatever writes ran during the scans that build and correct
+the trees; a tree nobody wrote is not scanned again; identity conflicts;
+drops."""
 
 from __future__ import annotations
 
@@ -17,13 +19,11 @@ from hypothesis import strategies as st
 
 from lsm.options import Options
 from shardserver import aae
-from shardserver.handlers import error_status
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.merkle import DEPTH, FANOUT, LEAVES, MerkleTree, bucket_of
-from shardserver.protocol.messages import Status
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version, digest
-from shardserver.storage import ShardStore
+from shardserver.storage import ShardStore, WriteOp
 
 A = ActorId(b"a#0")
 B = ActorId(b"b#0")
@@ -76,11 +76,11 @@ def test_stored_digest_is_versions_digest(store: ShardStore) -> None:
     assert raw is not None and aae.stored_digest(raw) == digest(r.siblings)
 
 
-# -- the tree equals a rebuild ----------------------------------------------------------
+# -- the tree answers for every write before the request -----------------------------
 
 ops_st = st.lists(
     st.tuples(
-        st.sampled_from(["lww", "merge", "set", "build", "buckets", "forget"]),
+        st.sampled_from(["lww", "merge", "inline", "set", "root", "levels", "buckets", "drop"]),
         st.integers(0, 1),  # partition
         st.integers(0, 30),  # key
         st.integers(0, 50),  # time
@@ -94,31 +94,47 @@ ops_st = st.lists(
 @pytest.mark.property
 @settings(max_examples=100)
 @given(ops_st)
-def test_incremental_tree_equals_a_rebuild(ops: list[tuple[Any, ...]]) -> None:
+def test_a_root_request_sees_every_write_before_it(ops: list[tuple[Any, ...]]) -> None:
+    """Whatever mix of writes (blind, inline, read-then-write), builds,
+    deeper-level requests, bucket rescans and drops came before, the root a
+    peer gets is the root of a fresh scan; a partition nobody wrote since its
+    tree was built is not scanned again."""
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(tmp)
         try:
             for op, p, k, t, actor, value in ops:
                 key = b"key%d" % k
+                v = ver(actor, NOW_MS + t, value)
                 if op in ("lww", "merge"):
-                    store.write(p, key, ver(actor, NOW_MS + t, value), op)
+                    store.write(p, key, v, op)
+                elif op == "inline":
+                    if not store.try_write_many([WriteOp(p, key, v)]):
+                        store.write(p, key, v)
                 elif op == "set":
-                    store.write_set(p, key, (ver(actor, NOW_MS + t, value),))
-                elif op == "build":
-                    store.tree_level(p, 0, [0])
+                    store.write_set(p, key, (v,))
+                elif op == "root":
+                    assert store.tree_level(p, 0, [0]) == [rebuilt(store, p).root]
+                elif op == "levels":
+                    store.tree_level(p, DEPTH, [t])
                 elif op == "buckets":
                     store.bucket_digests(p, [bucket_of(key), t])
-                else:  # as after a failed write: rebuilt when next asked for
-                    store.trees.drop([p])
+                else:
+                    store.drop_partition(p)
             for p in (0, 1):
                 assert kept(store, p) == rebuilt(store, p).levels
+                builds = store.trees.builds
+                assert kept(store, p) == rebuilt(store, p).levels
+                assert store.trees.builds == builds  # nothing written: no scan
         finally:
             store.close()
 
 
-def test_writes_between_pages_are_counted_once(store: ShardStore) -> None:
-    """Writes land during every page read of the build (inside and beyond
-    the page, before and after the engine read): nothing lost or doubled."""
+def test_writes_during_a_build_make_the_next_root_request_scan_again(
+    store: ShardStore,
+) -> None:
+    """Writes land during every page read of the build: the tree it made
+    is stale, so the next root request builds again; deeper levels of the
+    same exchange come from the tree the root came from."""
     for i in range(60):
         store.write(1, b"k%02d" % i, ver(A, NOW_MS, b"v0"))
     real = store.trees._scan_page
@@ -130,30 +146,30 @@ def test_writes_between_pages_are_counted_once(store: ShardStore) -> None:
         for _ in range(3):
             n += 1
             store.write(1, b"k%02d" % rng.randrange(70), ver(A, NOW_MS + n, b"v%d" % n))
-        page = real(p, after, limit)
-        n += 1
-        store.write(1, b"k%02d" % rng.randrange(70), ver(A, NOW_MS + n, b"v%d" % n))
-        return page
+        return real(p, after, limit)
 
+    before = rebuilt(store, 1)
     store.trees._scan_page = busy_page
-    assert kept(store, 1) == rebuilt(store, 1).levels
+    root = store.tree_level(1, 0, [0])
     store.trees._scan_page = real
-    store.bucket_digests(1, list(range(LEAVES)))  # a full rescan changes nothing
-    assert store.trees.leaf_fixes == 0
-    assert kept(store, 1) == rebuilt(store, 1).levels
+    assert root != [before.root] and n > 0  # it saw the writes before its pages
+    builds = store.trees.builds
+    store.tree_level(1, DEPTH, list(range(LEAVES)))  # a deeper level: no new scan
+    assert store.trees.builds == builds
+    assert kept(store, 1) == rebuilt(store, 1).levels  # the root scans again
+    assert store.trees.builds == builds + 1
 
 
 @pytest.mark.parametrize("scan", ["build", "rescan"])
 @pytest.mark.parametrize("stage", ["before_engine_write", "after_engine_write"])
 @pytest.mark.parametrize("existing", [True, False])
-def test_a_write_in_flight_during_a_scan_is_counted_once(
+def test_a_write_in_flight_during_a_scan_is_seen_by_the_next_root_request(
     store: ShardStore, monkeypatch: pytest.MonkeyPatch, scan: str, stage: str, existing: bool
 ) -> None:
     for i in range(30):
         store.write(2, b"k%02d" % i, ver(A, NOW_MS, b"v0"))
     key = b"k05" if existing else b"k05x"
-    if scan == "rescan":
-        store.tree_level(2, 0, [0])
+    store.tree_level(2, 0, [0])
     entered, release = threading.Event(), threading.Event()
     real_write = store.db.write
 
@@ -171,6 +187,7 @@ def test_a_write_in_flight_during_a_scan_is_counted_once(
     assert entered.wait(10)
     # The whole scan runs while the write is in flight.
     if scan == "build":
+        store.trees.drop([2])
         store.tree_level(2, 0, [0])
     else:
         store.bucket_digests(2, [bucket_of(key)])
@@ -199,12 +216,14 @@ def test_concurrent_writers_builds_and_rescans(store: ShardStore) -> None:
     def write() -> None:
         p, i = rng.randrange(3), rng.randrange(200)
         value = None if i % 7 == 0 else b"v%d" % rng.randrange(1000)
-        store.write(p, b"k%03d" % i, ver(rng.choice([A, B]), NOW_MS + rng.randrange(99), value))
+        v = ver(rng.choice([A, B]), NOW_MS + rng.randrange(99), value)
+        if i % 3:
+            store.write(p, b"k%03d" % i, v)
+        else:
+            store.write_set(p, b"k%03d" % i, (v,))
 
     def build() -> None:
-        p = rng.randrange(3)
-        store.trees.drop([p])
-        store.tree_level(p, 1, list(range(FANOUT)))
+        store.tree_level(rng.randrange(3), 0, [0])
 
     def rescan() -> None:
         store.bucket_digests(rng.randrange(3), rng.sample(range(LEAVES), 50))
@@ -260,11 +279,12 @@ def test_drop_and_set_partitions_forget_trees(store: ShardStore) -> None:
     assert store.stats()["aae"]["trees"] == 1
 
 
-def test_a_failed_engine_write_forgets_the_tree(
+def test_a_failed_engine_write_makes_the_tree_stale(
     store: ShardStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.write(1, b"k", ver(A, NOW_MS, b"v"))
     store.tree_level(1, 0, [0])
+    builds = store.trees.builds
 
     def broken(batch: Any) -> None:
         raise OSError("disk on fire")
@@ -272,21 +292,22 @@ def test_a_failed_engine_write_forgets_the_tree(
     monkeypatch.setattr(store.db, "write", broken)
     with pytest.raises(OSError):
         store.write(1, b"k", ver(A, NOW_MS + 1, b"w"))
-    assert store.stats()["aae"]["trees"] == 0
+    store.tree_level(1, 0, [0])  # its outcome is unknown: scanned again
+    assert store.trees.builds == builds + 1
 
 
-def test_a_scan_that_keeps_restarting_gives_up(store: ShardStore) -> None:
+def test_a_build_during_a_drop_does_not_install_its_tree(store: ShardStore) -> None:
     store.write(1, b"k", ver(A, NOW_MS, b"v"))
     real = store.trees._scan_page
 
     def dropping(p: int, after: bytes | None, limit: int) -> Any:
+        page = real(p, after, limit)
         store.trees.drop([p])
-        return real(p, after, limit)
+        return page
 
     store.trees._scan_page = dropping
-    with pytest.raises(aae.ScanAborted) as err:
-        store.tree_level(1, 0, [0])
-    assert error_status(err.value)[0] is Status.UNAVAILABLE
+    store.tree_level(1, 0, [0])
+    assert store.stats()["aae"]["trees"] == 0
 
 
 def test_write_set_refuses_a_conflicting_copy_and_repair_set_replaces_it(

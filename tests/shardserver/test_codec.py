@@ -309,7 +309,10 @@ def test_deeply_nested_payload_is_refused() -> None:
         (m.ReplicaRead(1, b"k"), None, True),
         (m.ReplicaRead(1, b"k"), b"\x01\x90", True),
         (m.ReplicaRead(1, b"k"), 5, False),
-        (m.ReplicaWrite(1, b"k", ver()), None, False),
+        (m.ReplicaWrite(1, b"k", ver()), None, True),
+        (m.ReplicaWrite(1, b"k", ver()), b"\x01\x90", True),  # a worker before blind writes
+        (m.ReplicaWrite(1, b"k", ver()), 5, False),
+        (m.ReplicaWriteSet(1, b"k", ()), None, False),
         (m.ScanPartition(1), {"items": [[b"k", b"\x01\x90"]], "next": b"k"}, True),
         (m.ScanPartition(1), {"items": [[b"k"]], "next": None}, False),
         (m.ScanPartition(1), {"next": None}, False),

@@ -14,11 +14,11 @@ import pytest
 
 from lsm.options import Options
 from shardserver.errors import PartitionChangedError, PartitionDroppingError
-from shardserver.fence import DropFence
+from shardserver.fence import DropFence, FenceBusy
 from shardserver.protocol.hlc import make_hlc
 from shardserver.protocol.vclock import ActorId, VClock
 from shardserver.protocol.versions import Version
-from shardserver.storage import ShardStore
+from shardserver.storage import ShardStore, WriteOp
 
 A = ActorId(b"a#0")
 NOW_MS = 1_700_000_000_000
@@ -127,7 +127,7 @@ def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # ends as soon as enough races ran
         while (drops < 20 or conflicts < 5 or len(acked) < 500) and time.monotonic() < deadline:
             mark = store.write_mark(1)
             page = store.scan(1, None, 1000)
@@ -151,3 +151,69 @@ def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None
     lost = [k for k in acked if k not in delivered and k not in left]
     assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost, e.g. {lost[:3]}"
     assert drops >= 20 and conflicts >= 5 and len(acked) >= 500
+
+
+def test_an_exclusive_write_waits_for_writes_in_flight_and_holds_new_ones_off() -> None:
+    fence = DropFence()
+    events: list[str] = []
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def exclusive() -> None:
+        with fence.writing({2}, exclusive=True):
+            events.append("exclusive")
+            inside.set()
+            assert leave.wait(5)
+        events.append("exclusive done")
+
+    def blocking_writer() -> None:
+        with fence.writing({2}):
+            events.append("write after")
+
+    with fence.writing({2}):  # in flight when the exclusive write comes
+        t = threading.Thread(target=exclusive)
+        t.start()
+        assert not inside.wait(0.1)
+    assert inside.wait(5)
+    with pytest.raises(FenceBusy):  # an event loop's write goes to a thread
+        fence.writing({2}, block=False).__enter__()
+    with fence.writing({1}, block=False):  # other partitions are not held
+        pass
+    w = threading.Thread(target=blocking_writer)
+    w.start()
+    leave.set()
+    t.join(5)
+    w.join(5)
+    assert events == ["exclusive", "exclusive done", "write after"]
+
+
+def test_a_blind_write_during_repair_set_is_not_lost(
+    store: ShardStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """repair_set puts (a join cannot drop a corrupt copy); a blind write to
+    the key between its read and its put must not vanish under the put."""
+    good = ver(1)
+    rotten = Version(good.clock, good.hlc, good.actor, b"r0tten")
+    store.write_set(1, b"k", (rotten,))
+    put_started, finish_put = threading.Event(), threading.Event()
+    real_put = store.db.put
+
+    def slow_put(key: bytes, value: bytes) -> None:
+        put_started.set()
+        assert finish_put.wait(5)
+        real_put(key, value)
+
+    monkeypatch.setattr(store.db, "put", slow_put)
+    repair = threading.Thread(target=store.repair_set, args=(1, b"k", (good,)))
+    repair.start()
+    assert put_started.wait(5)
+    newer = ver(2)
+    assert not store.try_write_many([WriteOp(1, b"k", newer, "merge")])
+    writer = threading.Thread(target=store.write, args=(1, b"k", newer, "merge"))
+    writer.start()
+    writer.join(0.1)
+    assert writer.is_alive()  # held off until the repair's put is done
+    finish_put.set()
+    repair.join(5)
+    writer.join(5)
+    assert store.read(1, b"k") == (newer,)  # newer's clock covers good

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import Counter
 
 import msgpack
@@ -421,3 +422,28 @@ def test_ring_validates_owners() -> None:
         Ring(epoch=1, q=2, n=1, owners=(NodeId("a"), NodeId("x")), nodes=(NodeInfo(NodeId("a")),))
     with pytest.raises(RingError):
         preference_list(claim(names(2), q=8, n=2), 8)
+
+
+def test_a_rebalance_out_of_time_stops_searching_and_is_still_balanced() -> None:
+    """Issue 18.4: the optional searches are bounded by time as well as by
+    count; with no time left the ring is still balanced and complete."""
+    nodes = [(f"n{i:02d}", f"z{i % 3}") for i in range(40)]
+    ring = claim(nodes, 1024, 3)
+    stay = [info for info in ring.nodes if info.node_id != "n07"]
+    new = remove_nodes(ring, {NodeId("n07")}, stay)  # default budget
+    hurried = rebalance(ring, stay, removed={NodeId("n07")}, time_budget_s=0.0)
+    for r in (new, hurried):
+        counts = Counter(r.owners)
+        assert set(counts) == {i.node_id for i in stay}
+        assert max(counts.values()) - min(counts.values()) <= 1
+        assert "n07" in r.removed and r.epoch == ring.epoch + 1
+
+
+def test_improve_past_its_deadline_swaps_nothing() -> None:
+    owners = [0, 0, 1, 1, 2, 2, 3, 3]
+    before = list(owners)
+    placement.improve(owners, [0, 1, 2, 3], 3, 0, deadline=time.monotonic() - 1)
+    assert owners == before
+    placement.improve(owners, [0, 1, 2, 3], 3, 0)
+    zones = [0, 1, 2, 3]
+    assert placement.cost(owners, zones, 3, 0)[0] < placement.cost(before, zones, 3, 0)[0]

@@ -110,3 +110,54 @@ def _records(path: Path) -> list[list[object]]:
     doc = files.read_doc(str(path / FILE_NAME))
     assert doc is not None and doc["v"] == 2
     return list(doc["hints"])
+
+
+def test_a_ring_change_hints_every_partition_with_one_write_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: one write per new record made a ring change at Q = 4,096
+    write O(Q^2) bytes."""
+    writes: list[int] = []
+    real = files.write_doc
+
+    def counting(path: str, doc: dict) -> None:  # type: ignore[type-arg]
+        writes.append(len(doc["hints"]))
+        real(path, doc)
+
+    monkeypatch.setattr(files, "write_doc", counting)
+
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await store.add(0, "n2", 1000)
+        pairs = [(p, owner) for p in range(4096) for owner in ("n2", "n3")]
+        await store.add_many(pairs, 2000)
+        assert writes == [1, 2 * 4096]
+        assert len(store) == 2 * 4096 and store.all()[0].since_ms == 1000  # kept, not remade
+        assert sorted(h.owner for h in store.for_partition(7)) == ["n2", "n3"]
+        await store.add_many(pairs[:10], 3000)  # nothing new: no write
+        await store.moved([(p, "n3") for p in range(4096)])
+        assert writes == [1, 2 * 4096, 4096]
+        assert [h.owner for h in store.for_partition(7)] == ["n2"]
+        again = HintStore(str(tmp_path))
+        again.load()
+        assert len(again) == 4096 and [h.owner for h in again.for_partition(4095)] == ["n2"]
+
+    asyncio.run(go())
+
+
+def test_add_many_that_cannot_write_the_file_keeps_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(path: str, doc: dict) -> None:  # type: ignore[type-arg]
+        raise OSError(28, "No space left on device")
+
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await store.add(1, "n2", 1000)
+        monkeypatch.setattr(files, "write_doc", full)
+        with pytest.raises(OSError):
+            await store.add_many([(1, "n2"), (2, "n2"), (2, "n3")], 2000)
+        assert [(h.partition, h.owner) for h in store.all()] == [(1, "n2")]
+        assert store.for_partition(2) == []
+
+    asyncio.run(go())
