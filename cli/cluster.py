@@ -13,6 +13,7 @@ import click
 
 from cli import picture
 from cli.admin import AdminClient, Refused, admin_options, fail
+from coordinator.cluster import ring as ringmod
 from coordinator.errors import RingError
 from coordinator.ops import admin_api as api
 
@@ -103,6 +104,13 @@ def _ownership(member: api.RingMember | None, q: int) -> str:
             f"{picture.share(member.replicated, q):>6}")
 
 
+def _zone_shared(reply: api.RingReply) -> tuple[int, ...]:
+    try:
+        return ringmod.zone_shared(picture.ring_of(reply))
+    except RingError as exc:
+        fail(1, f"the node sent a ring that does not hold together: {exc}")
+
+
 def _map(ring: api.RingReply) -> list[str]:
     """The partition map, as wide as the terminal (``ringkv ring`` too)."""
     try:
@@ -131,6 +139,11 @@ def ring(target: AdminClient, key: str | None, no_map: bool) -> None:
     for n in doc.nodes:
         lines.append(f"{n.node:<10} {n.state:<6} {n.zone or '-':<8} "
                      f"{_ownership(n, doc.q)} {picture.share(n.owned, doc.q):>6}")
+    if shared := _zone_shared(doc):
+        lines += ["", f"{len(shared)} partition(s) keep two replicas in one zone "
+                  f"({', '.join(map(str, shared[:16]))}{' ...' if len(shared) > 16 else ''}): "
+                  "losing that zone leaves them one replica until it is back "
+                  "(docs/configuration.md, Zones)"]
     if (k := doc.key) is not None:
         lines += ["", f"key {key!r}: partition {k.partition}",
                   f"  primaries: {', '.join(k.primaries)}",

@@ -274,6 +274,18 @@ def conflicts(ring: Ring) -> tuple[int, int]:
     return node, zone
 
 
+def zone_shared(ring: Ring) -> tuple[PartitionId, ...]:
+    """Partitions whose primaries span fewer zones than they could
+    (min(N, zones)): losing one zone takes two of their replicas. With Z
+    zones of equal size and N = Z, a Q that Z divides has none."""
+    zones = ring.zones()
+    if all(z is None for z in zones.values()):
+        return ()
+    want = min(ring.n, len({z for z in zones.values()}))
+    return tuple(PartitionId(p) for p in range(ring.q)
+                 if len({zones[o] for o in primaries(ring, p)}) < want)
+
+
 def _check_partition(ring: Ring, partition: int) -> None:
     if not 0 <= partition < ring.q:
         raise RingError(f"partition {partition} out of range 0..{ring.q - 1}")

@@ -30,6 +30,7 @@ from coordinator.cluster.ring import (
     rebalance,
     remove_nodes,
     replicated_partitions,
+    zone_shared,
 )
 from coordinator.errors import RingError
 
@@ -447,3 +448,20 @@ def test_improve_past_its_deadline_swaps_nothing() -> None:
     placement.improve(owners, [0, 1, 2, 3], 3, 0)
     zones = [0, 1, 2, 3]
     assert placement.cost(owners, zones, 3, 0)[0] < placement.cost(before, zones, 3, 0)[0]
+
+
+def test_zone_shared_names_the_partitions_a_lost_zone_halves() -> None:
+    # Q is a power of two, so 3 zones can never give every window of 3 all
+    # three (the cyclic pattern would need 3 | Q); 2 or 4 equal zones can.
+    for count, want_shared in ((3, True), (2, False), (4, False)):
+        nodes = [(f"n{z}{i}", f"zone{z}") for z in range(count) for i in range(2)]
+        for q in (64, 1024):
+            ring = claim(nodes, q=q, n=3)
+            shared = zone_shared(ring)
+            assert bool(shared) == want_shared, (count, q, shared)
+            assert len(shared) <= 4, "the placement minimises them"
+            zone_of = ring.zones()
+            for p in range(ring.q):
+                spread = len({zone_of[o] for o in primaries(ring, p)})
+                assert (spread < min(3, count)) == (p in shared), (count, q, p)
+    assert zone_shared(claim([(f"n{i}", None) for i in range(6)], q=64, n=3)) == ()  # no zones
