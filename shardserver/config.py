@@ -24,6 +24,7 @@ from shardserver.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_INFLIGHT_PER
 from shardserver.errors import WorkerConfigError
 from shardserver.layout import DEFAULT_TOMBSTONE_GRACE_MS, MAX_PARTITIONS
 from shardserver.protocol import records
+from shardserver.protocol.messages import PROTOCOL
 from shardserver.protocol.pool import WORKER_MAX_FRAME_BYTES
 
 _ENGINE = Options()
@@ -62,6 +63,9 @@ class WorkerConfig:
     partitions: tuple[int, int]  # [start, stop): the worker's range
     worker_id: str = "0"  # name used in logs
     settings: WorkerSettings = field(default_factory=WorkerSettings)
+    #: The shard protocol versions the node that spawns us speaks (oldest,
+    #: newest); a node from before this field spoke 1 only.
+    protocol: tuple[int, int] = (1, 1)
 
     @property
     def partition_range(self) -> range:
@@ -69,6 +73,18 @@ class WorkerConfig:
 
     def to_json(self) -> bytes:
         return json.dumps(records.to_wire(self)).encode()
+
+    def negotiate(self) -> int:
+        """The newest shard protocol both the node and this worker's build
+        speak; WorkerConfigError naming both ranges when there is none (a
+        worker restarted from a newer or older install than its node's)."""
+        (node_lo, node_hi), (lo, hi) = self.protocol, PROTOCOL
+        if max(node_lo, lo) > min(node_hi, hi):
+            raise WorkerConfigError(
+                f"no common shard protocol: the node speaks {node_lo}..{node_hi}, "
+                f"this worker's build speaks {lo}..{hi}; restart the node so it "
+                "and its workers run one release (ringkv rollout)")
+        return min(node_hi, hi)
 
     @classmethod
     def from_json(cls, data: bytes) -> WorkerConfig:
@@ -78,6 +94,8 @@ class WorkerConfig:
         except ValueError as exc:  # bad JSON, or records' ProtocolError
             raise WorkerConfigError(str(exc)) from None
         start, stop = config.partitions
+        if not 1 <= config.protocol[0] <= config.protocol[1]:
+            raise WorkerConfigError(f"worker config: protocol range {config.protocol} is empty")
         if not 0 <= start < stop <= MAX_PARTITIONS:
             raise WorkerConfigError(
                 f"worker config: partitions [{start}, {stop}) out of 0-{MAX_PARTITIONS}")

@@ -241,6 +241,7 @@ class WorkerConnection:
             "pid": os.getpid(),
             "partitions": list(w.config.partitions),
             "inflight": w.admission.inflight,
+            "protocol": w.config.negotiate(),
         }
 
     def _reply(self, rid: int, reply: Reply) -> None:

@@ -221,7 +221,7 @@ class Supervisor:
         """What worker ``spec.index`` runs with (written to its stdin)."""
         r = spec.partitions
         return WorkerConfig(spec.socket_path, spec.data_dir, (r.start, r.stop),
-                            str(spec.index), self._settings)
+                            str(spec.index), self._settings, protocol=messages.PROTOCOL)
 
     async def _spawn(self, st: WorkerState) -> None:
         env = dict(os.environ)

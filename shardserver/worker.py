@@ -199,6 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> WorkerConfig:
             with open(a.config, "rb") as f:
                 data = f.read()
         config = WorkerConfig.from_json(data)
+        config.negotiate()
     except (OSError, WorkerConfigError) as exc:
         p.error(str(exc))
     logging.basicConfig(

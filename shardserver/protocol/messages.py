@@ -97,6 +97,11 @@ class Status(enum.IntEnum):
 # --- requests ----------------------------------------------------------------
 
 
+#: Shard protocol versions (oldest, newest) this build's coordinator and
+#: worker speak. A node passes its range in the worker's config and the
+#: worker answers pings with the version both speak (``WorkerConfig.negotiate``).
+PROTOCOL = (1, 1)
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Liveness and readiness probe; answered even before the worker is ready."""
