@@ -16,8 +16,10 @@ killed and restarted like a dead one. While a worker is down or not ready
 yet, ``ready(i)`` is false, so the coordinator routes around its partitions
 like a down replica. Restarts back off exponentially (``backoff_initial_s``
 doubling up to ``backoff_max_s``); the delay resets once a worker has
-stayed up for ``stable_s``. A Supervisor runs once: after ``stop`` make a
-new one.
+stayed up for ``stable_s``. A try that fails on the supervisor's side (a
+spawn error, a bug) is logged, its process killed, and it counts as an
+exit: a worker's task ends only with ``stop``. A Supervisor runs once:
+after ``stop`` make a new one.
 """
 
 from __future__ import annotations
@@ -198,10 +200,16 @@ class Supervisor:
         while not self._stopping.is_set():
             try:
                 await self._spawn(st)
-            except OSError as exc:
-                log.error("worker %d: cannot spawn: %s", st.spec.index, exc)
-            else:
                 await self._watch(st)
+            except OSError as exc:  # fork/exec failed (ping and signals keep theirs)
+                log.error("worker %d: cannot spawn: %s", st.spec.index, exc)
+                await self._end(st)
+            except Exception:
+                # A bug of ours, not the worker's: this task must go on all
+                # the same, or the worker stays down for good, unnoticed.
+                log.exception("worker %d: supervising it failed; restarting it",
+                              st.spec.index)
+                await self._end(st)
             st.ready = False
             st.ready_event.clear()
             if self._stopping.is_set():
@@ -232,13 +240,29 @@ class Supervisor:
             env=env, stdin=asyncio.subprocess.PIPE,
         )
         assert proc.stdin is not None
-        proc.stdin.write(self.config(st.spec).to_json())
-        with contextlib.suppress(OSError, TimeoutError):  # it died: _watch sees the exit
-            await asyncio.wait_for(proc.stdin.drain(), self._ping_timeout)
+        # A worker killed right after the fork (its pid is among our children
+        # from then on) may be gone already: its end of the pipe is closed, so
+        # is our transport, and uvloop's write would raise RuntimeError, which
+        # used to end this task for good. It died: _watch sees the exit.
+        if not proc.stdin.is_closing():
+            with contextlib.suppress(OSError, TimeoutError):
+                proc.stdin.write(self.config(st.spec).to_json())
+                await asyncio.wait_for(proc.stdin.drain(), self._ping_timeout)
         proc.stdin.close()
         st.started_at = time.monotonic()
         st.failed_pings = 0
         log.info("worker %d started, pid %d", st.spec.index, st.proc.pid)
+
+    async def _end(self, st: WorkerState) -> None:
+        """After a try that failed on our side: SIGKILL its process if it
+        runs and wait (bounded) for the exit, so that the next spawn does
+        not race it for the socket and the engine."""
+        proc = st.proc
+        if proc is not None:
+            _signal(proc, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+            st.last_exit = proc.returncode
 
     async def _watch(self, st: WorkerState) -> None:
         """Ping until the process exits; SIGKILL it if it stops answering."""

@@ -40,8 +40,13 @@ def settle(cluster: Cluster, nemesis: Nemesis, timeout: float = HINTS_TIMEOUT_S)
     nemesis.heal(timeout)
     cluster.wait_all_up(timeout)
     for i, node in enumerate(cluster.members):
-        wait_for(f"every worker of {node.name} ready (a killed one is restarted)",
-                 functools.partial(_workers_ready, cluster, i), timeout)
+        try:
+            wait_for(f"every worker of {node.name} ready (a killed one is restarted)",
+                     functools.partial(_workers_ready, cluster, i), timeout)
+        except TimeoutError as exc:  # CI keeps no node logs: say what the workers went through
+            exc.add_note(f"{node.name}'s supervisor and workers, last:\n"
+                         + _worker_lines(cluster, i))
+            raise
     wait_for("hints drained on every node (INFO replication hint_partitions == 0)",
              lambda: not any(hint_partitions(cluster).values()), timeout)
 
@@ -49,6 +54,11 @@ def settle(cluster: Cluster, nemesis: Nemesis, timeout: float = HINTS_TIMEOUT_S)
 def _workers_ready(cluster: Cluster, i: int) -> bool:
     storage = cluster.info(i, "storage")
     return int(storage["workers_ready"]) == int(storage["workers"])
+
+
+def _worker_lines(cluster: Cluster, i: int, lines: int = 30) -> str:
+    log = cluster.log_tail(i, 100_000).splitlines()
+    return "\n".join([t for t in log if "ringkv.supervisor" in t or "ringkv.worker" in t][-lines:])
 
 
 async def _admin(addr: str, payload: dict[str, Any]) -> m.Reply:
