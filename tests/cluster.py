@@ -49,11 +49,13 @@ def port_block(count: int, offsets: tuple[int, ...] = (0, 1000, 10000)) -> int:
     """A port P with P+o..P+o+count-1 free now for every offset o (the layout
     ``ringkv up`` uses: client, metrics and peer ports)."""
     rng = random.Random()
-    # At most 55000: the highest `ringkv up --port` takes (its peer ports
-    # then still fit below 65536 for 16 nodes).
-    top = min(55000, 65535 - max(offsets) - count)
+    # Every port below 32768, where Linux's ephemeral range starts
+    # (net.ipv4.ip_local_port_range): a port in that range that is free now
+    # can be taken a moment later by any outgoing connection on a busy
+    # machine (CI once lost `ringkv up` to one at 54034).
+    top = 32768 - max(offsets) - count
     for _ in range(200):
-        base = rng.randrange(20000, top)
+        base = rng.randrange(10000, top)
         wanted = [p for o in offsets for p in range(base + o, base + o + count)]
         socks = []
         try:

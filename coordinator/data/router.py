@@ -10,8 +10,12 @@ the one path of a hinted write::
 
 A write that carries ``hint_for`` is a fallback's copy, held for a down
 primary: its hint must be durable before the worker applies the write. The
-first such write of a (partition, owner) pair waits for ``HintLog.add``;
-every later one only counts on the hint and goes straight to the worker.
+first such write of a (partition, owner) pair waits for the hint's record
+to be written; every later one goes straight to the worker. Each is marked
+in flight on its hint until the worker answers, then counted: a handoff
+pass deletes a hint only when no write is in flight and the count did not
+change since the pass began (a write counted before it reached the worker
+let a pass report its partition delivered with the write still on its way).
 
 Requests from peers take :meth:`Router.from_peer`: replica reads and writes
 go straight to a worker (no task), and a write stamped past this node's
@@ -24,8 +28,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol
 
 from coordinator.cluster.peer import peer_client, reconnect_backoff
 from coordinator.cluster.peer_versions import Negotiated, local_range
@@ -69,9 +73,19 @@ class ClusterState(Protocol):
 class HintLog(Protocol):
     """The durable hint records (``repair.hints.HintStore``)."""
 
-    def touch(self, partition: int, owner: str, size: int) -> bool: ...
+    def begin(self, partition: int, owner: str) -> bool: ...
 
-    async def add(self, partition: int, owner: str, now_ms: int, size: int = 0) -> None: ...
+    def end(self, partition: int, owner: str, size: int) -> None: ...
+
+    async def add_many(self, pairs: Iterable[tuple[int, str]], now_ms: int) -> None: ...
+
+
+class Hinted(NamedTuple):
+    """A fallback's write, as its hint counts it."""
+
+    partition: int
+    owner: str
+    size: int
 
 
 #: Why a replica write from a peer is refused (its clock runs ahead), or None.
@@ -276,25 +290,31 @@ class Router:
             return m.Reply.error(m.Status.UNAVAILABLE, f"worker {index} of {self.id} is not ready")
         return index
 
-    def _unhinted(self, request: m.Request) -> int | None:
-        """For a fallback's write (``hint_for`` set) whose hint exists: count
-        it on the hint and return None, as for any other request. For the
-        first one of its (partition, owner) pair: its size, and the hint
-        must be made durable before the write goes out."""
+    def _hinted(self, request: m.Request) -> Hinted | None:
+        """A fallback's write (``hint_for`` set): its partition, owner and size."""
         if not isinstance(request, m.ReplicaWrite) or not request.hint_for:
             return None
-        size = len(request.key) + len(request.version.value or b"")
-        return None if self._hints.touch(request.partition, request.hint_for, size) else size
+        return Hinted(request.partition, request.hint_for,
+                      len(request.key) + len(request.version.value or b""))
 
-    async def _hint_then_call(self, index: int, request: m.ReplicaWrite, size: int,
+    def _counted(self, hinted: Hinted, _: object) -> None:
+        self._hints.end(hinted.partition, hinted.owner, hinted.size)
+
+    async def _hint_then_call(self, index: int, request: m.ReplicaWrite, hinted: Hinted,
                               timeout: float) -> m.Reply:
-        assert request.hint_for is not None
         try:
-            await self._hints.add(request.partition, request.hint_for,
-                                  int(time.time() * 1000), size)
+            await self._hints.add_many([(hinted.partition, hinted.owner)],
+                                       int(time.time() * 1000))
         except OSError as exc:
             return m.Reply.error(m.Status.READ_ONLY, f"cannot record hint: {exc}")
-        return await self._workers[index].call(request, timeout)
+        # False only if delivered and removed while we waited for the file:
+        # then this copy is a stray, which the drop fence or the sweep hints again.
+        announced = self._hints.begin(hinted.partition, hinted.owner)
+        try:
+            return await self._workers[index].call(request, timeout)
+        finally:
+            if announced:
+                self._counted(hinted, None)
 
     def submit_local(self, request: m.Request) -> asyncio.Future[m.Reply]:
         """``request`` to our worker for its partition, as a future: no task
@@ -311,23 +331,34 @@ class Router:
         index = self._worker_of(request)
         if isinstance(index, m.Reply):
             return _answered(index)
-        size = self._unhinted(request)
-        if size is not None:
-            assert isinstance(request, m.ReplicaWrite)
+        hinted = self._hinted(request)
+        if hinted is None:
+            return self._workers[index].submit(request)
+        assert isinstance(request, m.ReplicaWrite)
+        if not self._hints.begin(hinted.partition, hinted.owner):
+            # The first write of its (partition, owner): the hint is made
+            # durable before the write goes out.
             return asyncio.ensure_future(
-                self._hint_then_call(index, request, size, self.timeout_s))
-        return self._workers[index].submit(request)
+                self._hint_then_call(index, request, hinted, self.timeout_s))
+        future = self._workers[index].submit(request)
+        future.add_done_callback(functools.partial(self._counted, hinted))
+        return future
 
     async def local(self, request: m.Request, timeout: float) -> m.Reply:
         """``request`` answered by our worker within ``timeout``."""
         index = self._worker_of(request)
         if isinstance(index, m.Reply):
             return index
-        size = self._unhinted(request)
-        if size is not None:
-            assert isinstance(request, m.ReplicaWrite)
-            return await self._hint_then_call(index, request, size, timeout)
-        return await self._workers[index].call(request, timeout)
+        hinted = self._hinted(request)
+        if hinted is None:
+            return await self._workers[index].call(request, timeout)
+        assert isinstance(request, m.ReplicaWrite)
+        if not self._hints.begin(hinted.partition, hinted.owner):
+            return await self._hint_then_call(index, request, hinted, timeout)
+        try:
+            return await self._workers[index].call(request, timeout)
+        finally:
+            self._counted(hinted, None)
 
     def from_peer(self, request: m.Request) -> asyncio.Future[m.Reply] | None:
         """A peer's replica read or write, straight to our worker (None for

@@ -54,6 +54,7 @@ class Hint:
     expired: bool = False  # past the window: parked (coordinator/handoff.py)
     writes: int = 0  # hinted writes accepted since this process started
     bytes: int = 0
+    inflight: int = 0  # hinted writes sent to the worker, not answered yet
 
 
 class HintStore:
@@ -101,6 +102,24 @@ class HintStore:
         return len(self._hints)
 
     # -- changes ----------------------------------------------------------
+    def begin(self, partition: int, owner: str) -> bool:
+        """A hinted write goes to the worker: False if no hint exists for it
+        (then ``add_many`` must make one durable first). Until ``end`` the
+        hint cannot be removed as delivered: a handoff pass may have scanned
+        past the write's key before the worker applied it."""
+        hint = self._hints.get((partition, owner))
+        if hint is None:
+            return False
+        hint.inflight += 1
+        return True
+
+    def end(self, partition: int, owner: str, size: int) -> None:
+        """The worker answered a hinted write ``begin`` announced: count it."""
+        hint = self._hints.get((partition, owner))
+        if hint is not None:
+            hint.inflight = max(0, hint.inflight - 1)
+            self._count(hint, self._clock_ms(), size)
+
     def touch(self, partition: int, owner: str, size: int) -> bool:
         """Count a hinted write for an existing hint; False if there is none
         yet (then ``add`` must make one durable first)."""
@@ -175,11 +194,12 @@ class HintStore:
     ) -> bool:
         """Delete a hint whose copy was delivered or moved to other owners;
         with ``if_writes``, only if no hinted write arrived since the caller
-        read that count (so a handoff never drops the record of a write it
-        did not send)."""
+        read that count and none is on its way to the worker (so a handoff
+        never drops the record of a write it did not send)."""
         async with self._lock:
             hint = self._hints.get((partition, owner))
-            if hint is None or (if_writes is not None and hint.writes != if_writes):
+            if hint is None or (if_writes is not None and (
+                    hint.writes != if_writes or hint.inflight)):
                 return False
             self._drop(partition, owner)
             if outcome == "delivered":

@@ -35,6 +35,24 @@ def test_a_hint_survives_a_restart_and_counts_stay_in_memory(tmp_path: Path) -> 
     asyncio.run(go())
 
 
+def test_a_hint_with_a_write_on_its_way_is_not_delivered(tmp_path: Path) -> None:
+    """A handoff pass that began after a hinted write was sent, but scanned
+    before the worker applied it, must not delete the hint (the returning
+    owner would lack the write while the node reports it delivered)."""
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await store.add_many([(4, "n2")], 1000)
+        assert store.begin(4, "n2") and not store.begin(5, "n2")
+        seen = store.all()[0].writes  # the pass begins: the write is in flight
+        assert not await store.remove(4, "n2", outcome="delivered", if_writes=seen)
+        store.end(4, "n2", 30)  # the worker applied it
+        assert not await store.remove(4, "n2", outcome="delivered", if_writes=seen)
+        assert store.all()[0].writes == seen + 1 and store.all()[0].bytes == 30
+        assert await store.remove(4, "n2", outcome="delivered", if_writes=seen + 1)
+
+    asyncio.run(go())
+
+
 def test_remove_if_writes_keeps_a_hint_that_got_new_writes(tmp_path: Path) -> None:
     async def go() -> None:
         store = HintStore(str(tmp_path))
