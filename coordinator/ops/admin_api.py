@@ -48,7 +48,7 @@ class FlushRequest:
 
 @dataclass(frozen=True, slots=True)
 class DrainRequest:
-    pass
+    off: bool = False  # undrain: take client writes again, peers route to it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,16 @@ class LoadRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """The rollout lease (``ops.rollout_lease``) for ``holder`` for
+    ``ttl_s`` (granted or renewed), or with ``release`` given up."""
+
+    holder: str
+    ttl_s: float = 30.0
+    release: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HotKeysRequest:
     """This node's most requested keys; with ``cluster``, every up node's."""
 
@@ -107,7 +117,7 @@ class HotKeysRequest:
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
     | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | ReadOnlyRequest
-    | RestartRequest | LoadRequest | HotKeysRequest
+    | RestartRequest | LoadRequest | HotKeysRequest | LeaseRequest
 )
 
 #: Wire name of each request.
@@ -116,7 +126,7 @@ COMMAND_OF: dict[type[Any], str] = {
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
     TransfersRequest: "transfers", ReadOnlyRequest: "read_only", RestartRequest: "restart",
-    LoadRequest: "load", HotKeysRequest: "hotkeys",
+    LoadRequest: "load", HotKeysRequest: "hotkeys", LeaseRequest: "rollout_lease",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -259,7 +269,7 @@ class FlushReply:
 class DrainReply:
     node: str
     flushed_workers: int
-    state: str
+    state: str  # draining, or up after an undrain
 
 
 @dataclass
@@ -347,6 +357,15 @@ class LoadReply:
     quorum_failures: int  # NOQUORUM answers since start
     latency_buckets: tuple[int, ...]  # cumulative, per coordinator.histogram.BUCKETS, then +Inf
     under_replicated: int  # partitions with fewer than N primaries up, as this node sees it
+    started_ms: int = 0  # wall clock when this process started (counters count from it)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    node: str
+    granted: bool  # the asker holds it now (False after a release)
+    holder: str  # who holds it now ("": nobody)
+    expires_ms: int  # wall clock when it runs out (0: nobody holds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +384,7 @@ class ClusterHotKeys:
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
     | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply | ReadOnlyReply
-    | RestartReply | LoadReply | HotKeysReply | ClusterHotKeys
+    | RestartReply | LoadReply | HotKeysReply | ClusterHotKeys | LeaseReply
 )
 
 
@@ -383,4 +402,5 @@ _REPLIES: dict[type[Any], type[Any]] = {
     DrainRequest: DrainReply, RepairRequest: RepairReply, RepairPlanRequest: RepairPlanReply,
     HintsRequest: HintsReply, RemoveRequest: RemoveReply, TransfersRequest: TransfersReply,
     ReadOnlyRequest: ReadOnlyReply, RestartRequest: RestartReply, LoadRequest: LoadReply,
+    LeaseRequest: LeaseReply,
 }
