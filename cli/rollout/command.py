@@ -16,8 +16,20 @@ from cli.rollout.runner import Report, Rollout, run
 DEFAULTS = Gates()
 
 
+def _node_list(ctx: click.Context, param: click.Parameter, value: str | None,
+               ) -> list[str] | None:
+    if value is None:
+        return None
+    only = [n.strip() for n in value.split(",") if n.strip()]
+    if not only:
+        raise click.BadParameter(f"{value!r} names no node (leave --nodes out to roll every "
+                                 "node)")
+    return only
+
+
 @click.command()
-@click.option("--nodes", help="Only these nodes (comma-separated ids), in ring order.")
+@click.option("--nodes", "only", callback=_node_list,
+              help="Only these nodes (comma-separated ids), in ring order.")
 @click.option("--window", "window_s", type=click.FloatRange(min=1), default=10.0,
               show_default=True, help="Seconds of each measurement (baseline and gates).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=180.0,
@@ -31,7 +43,7 @@ DEFAULTS = Gates()
               help="Gate: error rate at most the baseline's plus this fraction.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan; change nothing.")
 @admin_options(with_node=False)
-def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_s: float,
+def rollout(target: AdminClient, *, only: list[str] | None, window_s: float, timeout_s: float,
             p99_factor: float, p99_slack_ms: float, error_rate_slack: float,
             dry_run: bool) -> None:
     """Restart every node, one at a time, into the installed code.
@@ -49,12 +61,6 @@ def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_
     rollout lease. Ctrl-C undoes the drain of a node not yet restarted.
     """
     gates = Gates(p99_factor, p99_slack_ms, error_rate_slack)
-    only = None
-    if nodes is not None:
-        only = [n.strip() for n in nodes.split(",") if n.strip()]
-        if not only:
-            raise click.BadParameter(f"{nodes!r} names no node (leave --nodes out to roll "
-                                     "every node)", param_hint="--nodes")
     started = time.monotonic()
 
     def say(line: str) -> None:

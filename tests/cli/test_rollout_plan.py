@@ -3,7 +3,7 @@ gates over a window compared with the baseline."""
 
 from __future__ import annotations
 
-from cli.rollout.plan import Figures, Gates, judge, ring_of, unsafe, window
+from cli.rollout.plan import Figures, Gates, judge, lease_refusal, ring_of, unsafe, window
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.ring import NodeId, NodeInfo
 from coordinator.histogram import BUCKETS
@@ -74,3 +74,28 @@ def test_a_node_restarting_in_the_window_counts_from_its_start_not_negative() ->
     # Same process: a plain difference.
     same = window([_load("n1", 0, 50, 2, started_ms=7)], [_load("n1", 3000, 60, 2, started_ms=7)])
     assert (same.commands, same.errors, same.restarted) == (10, 0, ())
+
+
+def _lease(node: str, granted: bool, holder: str = "", expires_ms: int = 0) -> api.LeaseReply:
+    return api.LeaseReply(node, granted, holder, expires_ms)
+
+
+def test_the_rollout_lease_needs_a_strict_majority_and_names_the_other_holder() -> None:
+    members = ["n1", "n2", "n3"]
+    mine = "me:1:aa"
+    assert lease_refusal(members, {n: _lease(n, True, mine, 9) for n in members}, 0) is None
+    two = {"n1": _lease("n1", True, mine, 9), "n2": _lease("n2", True, mine, 9),
+           "n3": "cannot reach 127.0.0.1:1: refused"}
+    assert lease_refusal(members, two, 0) is None  # 2 of 3
+    other = {"n1": _lease("n1", True, mine, 9),
+             "n2": _lease("n2", False, "ops:7:bb", 45_000),
+             "n3": _lease("n3", False, "ops:7:bb", 46_000)}
+    assert lease_refusal(members, other, 1_000) == (
+        "another rollout is running: ops:7:bb holds the rollout lease on n2, n3 until "
+        "00:00:46 UTC (in 45s unless it renews it); run one rollout at a time")
+    # Two of four is no majority; nobody else holds it: the unreachable are named.
+    four = ["n1", "n2", "n3", "n4"]
+    half = {"n1": _lease("n1", True, mine, 9), "n2": _lease("n2", True, mine, 9),
+            "n3": "down", "n4": "down"}
+    assert lease_refusal(four, half, 0) == ("the rollout lease needs grants from 3 of 4 "
+                                            "nodes, got 2; n3: down; n4: down")
