@@ -142,5 +142,6 @@ def test_repair_and_drain(cluster: Cluster, secret_file: str) -> None:
     code, out = run(cluster, secret_file, "drain", "--off", node=2)
     assert code == 0 and out.strip() == "n3: undrained: takes writes, peers route to it again"
     cluster.client(2).set("d", "y")
-    wait_for("n1 routes to n3 again", lambda: run_json(
-        cluster, secret_file, "status")["peers"]["n3"]["state"] == "up", 15)
+    wait_for("n1 routes to n3 again", lambda: next(
+        n for n in run_json(cluster, secret_file, "status")["nodes"] if n["node"] == "n1"
+    )["peers"]["n3"]["state"] == "up", 15)
