@@ -222,7 +222,7 @@ class Rollout:
             got = f"no answer in {_CALL_TIMEOUT_S:g}s"
         if isinstance(got, str):
             self.left = (f"{node} is LEFT DRAINING (undrain failed: {got}); undo it with "
-                         f"`ringkv drain --off --node {node}`")
+                         f"`ringkv drain --off --addr {self.peers.get(node, 'PEER_ADDR')}`")
         else:
             self.left = f"{node} undrained: it takes writes again"
         self.say(self.left)
