@@ -129,6 +129,17 @@ class Rollout:
                 + " (bring it back first, or leave it out of --nodes)", refused=True)
         return order, ring
 
+    async def busy_nodes(self, node: str, others: list[str]) -> list[str]:
+        """Nodes down or draining now: as ``node`` sees them, and as each of
+        ``others`` says of itself (no gossip delay: one drained a moment
+        ago by someone else counts)."""
+        busy = set(await self.down_nodes(node))
+        states = await asyncio.gather(*(self._ask(o, api.StatusRequest(), api.NodeStatus)
+                                        for o in others))
+        busy.update(o for o, got in zip(others, states, strict=True)
+                    if isinstance(got, str) or got.state != "up")
+        return sorted(busy)
+
     # -- the lease ----------------------------------------------------------------
     async def take_lease(self, members: list[str]) -> None:
         """Hold the rollout lease on a majority of ``members``, or refuse."""
@@ -188,7 +199,7 @@ class Rollout:
             await self._wait(f"every other node sees {node} down (routes around it)",
                              lambda: self._seen(node, others, "down"))
             report.drained_s = round(time.monotonic() - started, 1)
-            if (why := unsafe(ring, node, await self.down_nodes(node))) is not None:
+            if (why := unsafe(ring, node, await self.busy_nodes(node, others))) is not None:
                 raise RolloutError(f"{why} (seen after draining {node})", refused=True)
             self.say(f"{node}: drained in {report.drained_s}s; restarting")
             await self._must(node, api.RestartRequest(), api.RestartReply)

@@ -218,3 +218,38 @@ def test_a_restart_into_a_bad_config_is_refused_with_the_cause(cluster: Cluster)
     assert m.proc is not None and m.proc.poll() is None
     cluster.client(0).set("bad-config", "x")
     cluster.wait_seen(0, "up")
+
+
+def test_a_node_drained_meanwhile_stops_the_rollout_before_the_restart(
+        cluster: Cluster) -> None:
+    """The safety check again after the drain: n2 drained by hand while n1
+    drains (no lease covers an operator's `ringkv drain`) stops the
+    rollout before n1 restarts, with n1 undrained."""
+    n2 = ["--addr", f"127.0.0.1:{cluster.members[1].peer_port}",
+          "--secret-file", str(secret_file(cluster))]
+    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60")
+    try:
+        def draining() -> bool:
+            try:
+                cluster.client(0).set("recheck", "x")
+            except redis.ResponseError:
+                return True
+            return False
+
+        wait_for("n1 draining", draining, 60, interval=0.02)
+        result = CliRunner().invoke(cli, ["drain", *n2])
+        assert result.exit_code == 0, result.output
+        code = proc.wait(60)
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        CliRunner().invoke(cli, ["drain", "--off", *n2])
+    assert code == 2, err
+    assert ("refusing to take n1 down: n2 is down and they share 64 partitions" in err
+            and "(seen after draining n1)" in err), err
+    assert "n1 undrained: it takes writes again" in err and "restarting" not in err
+    cluster.client(0).set("recheck", "y")
+    cluster.client(1).set("recheck", "z")
+    cluster.wait_seen(0, "up")
+    cluster.wait_seen(1, "up")
