@@ -2,7 +2,7 @@
 
 The admin CLI (``ringkv status``, ``ring``, ``compact``, ``repair``,
 ``hints``, ``transfers``, ``flush``, ``drain``, ``remove``, ``readonly``,
-``rollout``) connects like a
+``rollout``, whose lease is ``ops.rollout_lease``) connects like a
 peer, proving it holds the cluster secret, and sends ``Admin(payload)``: a
 request of the admin API (``ops.admin_api``), decoded here into its record.
 A request with ``"node": id`` for another node is forwarded to that node, so

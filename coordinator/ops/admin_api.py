@@ -89,7 +89,8 @@ class ReadOnlyRequest:
 class RestartRequest:
     """Stop cleanly, then run again with the same command line (``ringkv
     rollout``): the process executes itself, so it keeps its pid under
-    ``ringkv up``, systemd or a shell, and picks up the installed code."""
+    ``ringkv up``, systemd or a shell, and picks up the installed code.
+    Refused, naming the cause, when its config would not start again."""
 
 
 @dataclass(frozen=True, slots=True)
