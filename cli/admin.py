@@ -128,6 +128,22 @@ def _jsonable(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+class PeerAddr(click.ParamType[str]):
+    """A node's peer address, HOST:PORT (a bracketed IPv6 host works too)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit():
+            self.fail(f"{text!r} is not HOST:PORT (for example {DEFAULT_ADDR})", param, ctx)
+        if not 0 < int(port) < 65536:
+            self.fail(f"{text!r}: the port must be 1..65535", param, ctx)
+        return text
+
+
 def fail(code: int, message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
@@ -158,7 +174,8 @@ def admin_options(with_node: bool = True) -> Callable[[F], F]:
                       help="Take the peer address and secret from this node config.")
         @click.option("--secret-file", type=click.Path(dir_okay=False),
                       help=f"Cluster secret (default {DEFAULT_SECRET_FILE}).")
-        @click.option("--addr", default=None, help=f"Peer host:port of a node ({DEFAULT_ADDR}).")
+        @click.option("--addr", type=PeerAddr(), default=None,
+                      help=f"Peer host:port of a node ({DEFAULT_ADDR}).")
         @functools.wraps(fn)
         def wrapper(addr: str | None, secret_file: str | None, config_path: str | None,
                     as_json: bool, node: str | None = None, **kwargs: Any) -> Any:

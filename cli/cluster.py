@@ -216,10 +216,15 @@ def flush(target: AdminClient) -> None:
 
 
 @click.command()
+@click.option("--off", is_flag=True, help="Undo a drain: take writes again, peers route to it.")
 @admin_options()
-def drain(target: AdminClient) -> None:
-    """Stop a node taking writes and flush it, so it can be stopped cleanly."""
-    doc = target.call(api.DrainRequest(), api.DrainReply)
+def drain(target: AdminClient, off: bool) -> None:
+    """Stop a node taking writes and flush it, so it can be stopped cleanly
+    (--off: take writes again)."""
+    doc = target.call(api.DrainRequest(off), api.DrainReply)
+    if off:
+        target.show(doc, [f"{doc.node}: undrained: takes writes, peers route to it again"])
+        return
     target.show(doc, [f"{doc.node}: draining (writes refused, peers route around it), "
                       f"flushed {doc.flushed_workers} workers; safe to stop"])
 

@@ -6,11 +6,19 @@ import click
 
 from cli.admin import AdminClient, admin_options
 from coordinator.ops import admin_api as api
+from coordinator.ops.read_only import reason_problem
+
+
+def _reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if (problem := reason_problem(value)) is not None:
+        raise click.BadParameter(problem)
+    return value
 
 
 @click.command()
 @click.argument("mode", type=click.Choice(["on", "off"]))
-@click.option("--reason", default="", help="Said to clients in the READONLY error.")
+@click.option("--reason", default="", callback=_reason,
+              help="Said to clients in the READONLY error (one line, no control characters).")
 @admin_options()
 def readonly(target: AdminClient, mode: str, reason: str) -> None:
     """Turn client writes off (on) or back on (off): every node, or --node.
@@ -19,7 +27,8 @@ def readonly(target: AdminClient, mode: str, reason: str) -> None:
     reads keep working; replication, handoff and repair go on. It is kept
     in each node's data directory, so it survives restarts until turned
     off. A node that is down is not switched: the command names it and
-    exits 1 (run it again once the node is back).
+    exits 1, and when it comes back it is writable: run `readonly on --node
+    NODE` for it once it is back.
     """
     request = api.ReadOnlyRequest(mode == "on", reason)
     if target.node is not None:

@@ -23,10 +23,12 @@ import click
 import uvloop
 
 from coordinator import files
+from coordinator.cluster.peer_versions import local_range
 from coordinator.cluster.ring import DEFAULT_Q
 from coordinator.config import SECTIONS, ConfigError, NodeConfig, load
 from coordinator.errors import CoordinatorError
 from coordinator.node import Node
+from coordinator.ops.admin import RestartCheck
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
 from shardserver.errors import WorkerConfigError
@@ -64,7 +66,8 @@ def worker_settings(config: NodeConfig) -> WorkerSettings:
     )
 
 
-def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = False) -> Node:
+def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = False,
+               restart_check: RestartCheck = lambda: None) -> Node:
     pool = Supervisor(
         os.path.join(config.data_dir, "workers"),
         sockets,
@@ -72,7 +75,8 @@ def build_node(config: NodeConfig, sockets: str, *, insecure_no_secret: bool = F
         config.workers,
         settings=worker_settings(config),
     )
-    return Node.open(config, pool, insecure_no_secret=insecure_no_secret)
+    return Node.open(config, pool, insecure_no_secret=insecure_no_secret,
+                     restart_check=restart_check)
 
 
 def _raise_fd_limit(config: NodeConfig) -> None:
@@ -87,13 +91,15 @@ def _raise_fd_limit(config: NodeConfig) -> None:
             logging.warning("open file limit %d is below max_clients + 256 = %d", new, want)
 
 
-async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False) -> bool:
+async def run_node(config: NodeConfig, *, insecure_no_secret: bool = False,
+                   restart_check: RestartCheck = lambda: None) -> bool:
     """Serve until SIGTERM/SIGINT (False) or until the admin API asked for a
     restart (True: the caller executes the process again)."""
     _raise_fd_limit(config)
     sockets, temporary = socket_dir(config)
     try:
-        node = build_node(config, sockets, insecure_no_secret=insecure_no_secret)
+        node = build_node(config, sockets, insecure_no_secret=insecure_no_secret,
+                          restart_check=restart_check)
         await _run(node, config)
         return node.restart_requested
     finally:
@@ -155,20 +161,18 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
     flags["id"] = flags.pop("node_id")
     flags["seeds"] = flags["seeds"] or None  # no --seed: keep the file's seeds
     try:
-        if config_path is not None and os.path.exists(config_path):
-            # It holds the secret: whoever may rewrite it owns the cluster.
-            files.check_owned(config_path, os.stat(config_path), "config", root_ok=True)
-        config = load(config_path, flags)
+        config = _checked_config(config_path, flags, insecure_no_secret)
     except CoordinatorError as exc:
         raise click.ClickException(str(exc)) from None
-    if not config.secret and not insecure_no_secret:
-        raise click.ClickException(
-            f"node {config.id} has no cluster secret: without one, anyone who reaches peer "
-            f"port {config.peer_port} can read, write and drop data and run admin commands. "
-            "Set [cluster] secret in the config, the same on every node (for example the "
-            "output of: python3 -c 'import secrets; print(secrets.token_hex(32))'), "
-            "or pass --insecure-no-secret for a throwaway test node"
-        )
+
+    def restart_check() -> str | None:
+        """The check above, again, before the node executes itself."""
+        try:
+            _checked_config(config_path, flags, insecure_no_secret)
+        except CoordinatorError as exc:
+            return str(exc)
+        return None
+
     os.umask(0o077)  # files the node and its workers create: owner only
     logging.basicConfig(
         level=log_level.upper(),
@@ -180,13 +184,34 @@ def serve(config_path: str | None, log_level: str, insecure_no_secret: bool,
             "reaches %s:%d can read, write and drop data and run admin commands",
             config.bind, config.peer_port)
     try:
-        restart = uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret))
+        restart = uvloop.run(run_node(config, insecure_no_secret=insecure_no_secret,
+                                      restart_check=restart_check))
     except (CoordinatorError, WorkerConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start node {config.id}: {exc}") from None
     if restart:
         restart_self()
+
+
+def _checked_config(config_path: str | None, flags: dict[str, Any],
+                    insecure_no_secret: bool) -> NodeConfig:
+    """The node's config from its file and flags, as ``serve`` starts it:
+    CoordinatorError (ConfigError, UnsafePathError) naming what is wrong."""
+    if config_path is not None and os.path.exists(config_path):
+        # It holds the secret: whoever may rewrite it owns the cluster.
+        files.check_owned(config_path, os.stat(config_path), "config", root_ok=True)
+    config = load(config_path, flags)
+    if not config.secret and not insecure_no_secret:
+        raise ConfigError(
+            f"node {config.id} has no cluster secret: without one, anyone who reaches peer "
+            f"port {config.peer_port} can read, write and drop data and run admin commands. "
+            "Set [cluster] secret in the config, the same on every node (for example the "
+            "output of: python3 -c 'import secrets; print(secrets.token_hex(32))'), "
+            "or pass --insecure-no-secret for a throwaway test node"
+        )
+    local_range(config.max_peer_protocol)  # else the router refuses it once workers run
+    return config
 
 
 # --- ringkv up ---------------------------------------------------------------

@@ -40,7 +40,7 @@ from coordinator.data.clock import Clock
 from coordinator.data.datapath import DataPath
 from coordinator.data.router import Router
 from coordinator.data.shared_reads import ReadOptions
-from coordinator.ops.admin import AdminHandler
+from coordinator.ops.admin import AdminHandler, RestartCheck
 from coordinator.ops.cluster_commands import ClusterCommands
 from coordinator.ops.metrics import Metrics
 from coordinator.ops.peer_service import PeerService
@@ -67,7 +67,8 @@ class Node:
                  hints: HintStore, view: ClusterView, clock: Clock,
                  timing: Timing = Timing(), insecure_no_secret: bool = False,
                  lock: files.DataDirLock | None = None,
-                 read_only: ReadOnlySwitch | None = None) -> None:
+                 read_only: ReadOnlySwitch | None = None,
+                 restart_check: RestartCheck = lambda: None) -> None:
         self.config = config
         self.read_only = read_only or ReadOnlySwitch(config.id, config.data_dir)
         self._lock = lock
@@ -102,7 +103,7 @@ class Node:
         admin = AdminHandler(config, view=view, router=self.router, handoff=self.handoff,
                              hints=hints, anti_entropy=self.anti_entropy, status=self.status,
                              read_only=self.read_only, restart=self.request_restart,
-                             requests=self.metrics.requests.totals)
+                             requests=self.metrics.requests.totals, restart_check=restart_check)
         service = PeerService(config, view=view, router=self.router, admin=admin,
                               cluster_commands=self.cluster_commands,
                               worker_stats=self.worker_stats)
@@ -120,7 +121,8 @@ class Node:
 
     @classmethod
     def open(cls, config: NodeConfig, pool: WorkerPool, *, timing: Timing = Timing(),
-             insecure_no_secret: bool = False) -> Node:
+             insecure_no_secret: bool = False,
+             restart_check: RestartCheck = lambda: None) -> Node:
         """The node of ``config.data_dir``: its identity (made on first
         use), its hints and the ring it adopted last. Holds the directory's
         LOCK until :meth:`stop` (DataDirLocked when another node has it)."""
@@ -137,7 +139,7 @@ class Node:
             read_only.load()  # the operator's kill switch outlives restarts
             return cls(config, pool, incarnation=incarnation, hints=hints, view=view,
                        clock=clock, timing=timing, insecure_no_secret=insecure_no_secret,
-                       lock=lock, read_only=read_only)
+                       lock=lock, read_only=read_only, restart_check=restart_check)
         except BaseException:
             lock.release()
             raise

@@ -11,13 +11,25 @@ import click
 
 from cli.admin import AdminClient, admin_options
 from cli.rollout.plan import Figures, Gates
-from cli.rollout.runner import Report, Rollout, RolloutError, run
+from cli.rollout.runner import Report, Rollout, run
 
 DEFAULTS = Gates()
 
 
+def _node_list(ctx: click.Context, param: click.Parameter, value: str | None,
+               ) -> list[str] | None:
+    if value is None:
+        return None
+    only = [n.strip() for n in value.split(",") if n.strip()]
+    if not only:
+        raise click.BadParameter(f"{value!r} names no node (leave --nodes out to roll every "
+                                 "node)")
+    return only
+
+
 @click.command()
-@click.option("--nodes", help="Only these nodes (comma-separated ids), in ring order.")
+@click.option("--nodes", "only", callback=_node_list,
+              help="Only these nodes (comma-separated ids), in ring order.")
 @click.option("--window", "window_s", type=click.FloatRange(min=1), default=10.0,
               show_default=True, help="Seconds of each measurement (baseline and gates).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=180.0,
@@ -31,7 +43,7 @@ DEFAULTS = Gates()
               help="Gate: error rate at most the baseline's plus this fraction.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan; change nothing.")
 @admin_options(with_node=False)
-def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_s: float,
+def rollout(target: AdminClient, *, only: list[str] | None, window_s: float, timeout_s: float,
             p99_factor: float, p99_slack_ms: float, error_rate_slack: float,
             dry_run: bool) -> None:
     """Restart every node, one at a time, into the installed code.
@@ -44,10 +56,11 @@ def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_
     under-replicated partition). Stops at the first failed gate. Never takes
     a node down while another node that shares a partition with it is down.
     Clients should use nodes other than the one being restarted (a draining
-    node refuses writes): see docs/operations.md, *Rolling upgrade*.
+    node refuses writes): see docs/operations.md, *Rolling upgrade*. One
+    rollout at a time: a second one is refused while the first holds the
+    rollout lease. Ctrl-C undoes the drain of a node not yet restarted.
     """
     gates = Gates(p99_factor, p99_slack_ms, error_rate_slack)
-    only = [n.strip() for n in nodes.split(",") if n.strip()] if nodes else None
     started = time.monotonic()
 
     def say(line: str) -> None:
@@ -55,12 +68,10 @@ def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_
 
     worker = Rollout(target.addr, target.secret, gates=gates, window_s=window_s,
                      timeout_s=timeout_s, progress=say)
-    try:
-        report = asyncio.run(run(worker, only, dry_run))
-    except RolloutError as exc:
-        _finish(target, None, str(exc), 2 if exc.refused else 1)
-        return
-    if dry_run:
+    report = asyncio.run(run(worker, only, dry_run))
+    code = (0 if report.error is None else 130 if report.interrupted
+            else 2 if report.refused else 1)
+    if dry_run and report.error is None:
         lines = [f"would restart {', '.join(report.order)} one at a time: drain -> restart "
                  "-> ready -> gate", f"gates over {window_s:g}s windows: {gates.text()}",
                  "safety: no node down now shares a partition with any of them"]
@@ -71,12 +82,12 @@ def rollout(target: AdminClient, *, nodes: str | None, window_s: float, timeout_
              + (f" -- FAILED: {'; '.join(n.failed)}" if n.failed else "")
              for n in report.nodes]
     if report.error is None:
-        lines.append(f"rollout done: {len(report.nodes)} nodes restarted")
-    _finish(target, report, report.error, 0 if report.error is None
-            else 2 if report.refused else 1, lines)
+        count = len(report.nodes)
+        lines.append(f"rollout done: {count} node{'' if count == 1 else 's'} restarted")
+    _finish(target, report, report.error, code, lines)
 
 
-def _finish(target: AdminClient, report: Report | None, error: str | None, code: int,
+def _finish(target: AdminClient, report: Report, error: str | None, code: int,
             lines: list[str] | None = None) -> None:
     if target.as_json:
         click.echo(json.dumps(_doc(report, error), indent=2, sort_keys=True))
@@ -96,9 +107,8 @@ def _figures(f: Figures | None) -> dict[str, Any] | None:
             "p99_ms": f.p99_ms, "under_replicated": f.under_replicated}
 
 
-def _doc(report: Report | None, error: str | None) -> dict[str, Any]:
-    if report is None:
-        return {"ok": False, "error": error}
+def _doc(report: Report, error: str | None) -> dict[str, Any]:
+    """The same keys whether it ran, stopped or was refused."""
     return {"ok": error is None, "error": error, "order": report.order,
             "gates": {"p99_factor": report.gates.p99_factor,
                       "p99_slack_ms": report.gates.p99_slack_ms,

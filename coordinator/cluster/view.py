@@ -214,6 +214,13 @@ class ClusterView:
             me = self.gossip.members[self.id]
             self.gossip.set_me(dataclasses.replace(me, status=MemberStatus.LEAVING))
 
+    def stop_draining(self) -> None:
+        """Undo :meth:`start_draining`: take client writes, peers route here again."""
+        self._draining = False
+        if self.gossip is not None:
+            me = self.gossip.members[self.id]
+            self.gossip.set_me(dataclasses.replace(me, status=MemberStatus.UP))
+
     def _members(self) -> mb.Members:
         return {node: ep.zone for node, ep in self.members.items()}
 

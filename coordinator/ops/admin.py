@@ -2,7 +2,7 @@
 
 The admin CLI (``ringkv status``, ``ring``, ``compact``, ``repair``,
 ``hints``, ``transfers``, ``flush``, ``drain``, ``remove``, ``readonly``,
-``rollout``) connects like a
+``rollout``, whose lease is ``ops.rollout_lease``) connects like a
 peer, proving it holds the cluster secret, and sends ``Admin(payload)``: a
 request of the admin API (``ops.admin_api``), decoded here into its record.
 A request with ``"node": id`` for another node is forwarded to that node, so
@@ -28,7 +28,8 @@ from coordinator.data.router import Router
 from coordinator.errors import CoordinatorError, RingError, UnavailableError
 from coordinator.ops import admin_api as api
 from coordinator.ops.admin_api import AdminError
-from coordinator.ops.read_only import ReadOnlySwitch
+from coordinator.ops.read_only import ReadOnlySwitch, reason_problem
+from coordinator.ops.rollout_lease import MAX_HOLDER, MAX_TTL_S, RolloutLease
 from coordinator.ops.status import StatusSource, StorageTotals, storage_totals
 from coordinator.repair.anti_entropy import AntiEntropy
 from coordinator.repair.handoff import Handoff
@@ -42,16 +43,21 @@ R = TypeVar("R")
 ADMIN_TIMEOUT_S = 600.0  # compactions and repairs of big partitions take minutes
 #: ``() -> (commands, errors, cumulative latency buckets)`` (``metrics.RequestCounts.totals``).
 RequestTotals = Callable[[], tuple[int, int, tuple[int, ...]]]
-_MAX_REASON = 200
+#: Why the node would not start again as it was started (its config file
+#: re-read and checked as ``ringkv serve`` does), or None: asked before a restart.
+RestartCheck = Callable[[], str | None]
 
 
 class AdminHandler:
     def __init__(self, config: NodeConfig, *, view: ClusterView, router: Router, handoff: Handoff,
                  hints: HintStore, anti_entropy: AntiEntropy, status: StatusSource,
                  read_only: ReadOnlySwitch, restart: Callable[[], None],
-                 requests: RequestTotals) -> None:
+                 requests: RequestTotals, restart_check: RestartCheck = lambda: None) -> None:
         self.config = config
         self._restart = restart
+        self._restart_check = restart_check
+        self._started_ms = int(time.time() * 1000)  # this process's start: LoadReply's counters
+        self.lease = RolloutLease(config.data_dir)
         self._requests = requests
         self.read_only = read_only
         self.id = NodeId(config.id)
@@ -84,8 +90,8 @@ class AdminHandler:
                 return await self.compact(partition, worker)
             case api.FlushRequest():
                 return await self.flush()
-            case api.DrainRequest():
-                return await self.drain()
+            case api.DrainRequest(off):
+                return await self.undrain() if off else await self.drain()
             case api.RepairRequest(partitions, partition):
                 return await self.repair(partitions, partition)
             case api.RepairPlanRequest():
@@ -99,13 +105,13 @@ class AdminHandler:
             case api.ReadOnlyRequest(on, reason):
                 return await self.set_read_only(on, reason)
             case api.RestartRequest():
-                # After this reply has left: the node stops, then executes itself.
-                asyncio.get_running_loop().call_soon(self._restart)
-                return api.RestartReply(self.id, os.getpid())
+                return await self.restart()
             case api.LoadRequest():
                 return self.load()
             case api.HotKeysRequest(cluster):
                 return await self.hot_keys(cluster)
+            case api.LeaseRequest(holder, ttl_s, release):
+                return await self.rollout_lease(holder, ttl_s, release)
         raise AdminError(f"unexpected admin request {request!r}")
 
     async def _forward(self, target: str, payload: object) -> m.Reply:
@@ -271,6 +277,40 @@ class AdminHandler:
         flushed = await self.flush()
         return api.DrainReply(self.id, flushed.flushed_workers, "draining")
 
+    async def undrain(self) -> api.DrainReply:
+        """Take client writes again and tell peers to route to this node
+        (a drain undone: a rollout stopped before the restart)."""
+        self.view.stop_draining()
+        return api.DrainReply(self.id, 0, "up")
+
+    async def restart(self) -> api.RestartReply:
+        """Stop, then execute the same command line, once the config it
+        will read checks out (a node that could not start again would
+        just be gone)."""
+        problem = await asyncio.to_thread(self._restart_check)
+        if problem is not None:
+            raise AdminError(f"not restarting {self.id}: it would not start again: {problem}")
+        # After this reply has left: the node stops, then executes itself.
+        asyncio.get_running_loop().call_soon(self._restart)
+        return api.RestartReply(self.id, os.getpid())
+
+    async def rollout_lease(self, holder: str, ttl_s: float, release: bool) -> api.LeaseReply:
+        if not holder or len(holder) > MAX_HOLDER:
+            raise AdminError(f"the lease holder is 1..{MAX_HOLDER} characters")
+        if not 0 < ttl_s <= MAX_TTL_S:
+            raise AdminError(f"the lease TTL must be in (0, {MAX_TTL_S:g}] seconds")
+        try:
+            if release:
+                held = await self.lease.release(holder)
+                granted = False
+            else:
+                granted, held = await self.lease.acquire(holder, ttl_s)
+        except (OSError, CoordinatorError) as exc:
+            raise AdminError(f"cannot keep the rollout lease in {self.lease.path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        return api.LeaseReply(self.id, granted, held.holder if held else "",
+                              held.expires_ms if held else 0)
+
     async def repair(self, partitions: tuple[int, ...] | None,
                      partition: int | None) -> api.RepairReply:
         """Anti-entropy now, for ``partitions`` or ``partition``, or every
@@ -308,8 +348,8 @@ class AdminHandler:
     async def set_read_only(self, on: bool, reason: str) -> api.ReadOnlyReply:
         """The kill switch: client writes refused (on) or taken again (off),
         durably in the data directory before the reply."""
-        if len(reason) > _MAX_REASON:
-            raise AdminError(f"the reason is at most {_MAX_REASON} characters")
+        if (problem := reason_problem(reason)) is not None:
+            raise AdminError(problem)
         try:
             changed = await self.read_only.set(on, reason)
         except (OSError, CoordinatorError) as exc:
@@ -323,7 +363,7 @@ class AdminHandler:
         commands, errors, buckets = self._requests()
         return api.LoadReply(self.id, int(time.time() * 1000), commands, errors,
                              sum(self.status.data.noquorum.values()), buckets,
-                             self.status.health().under_replicated)
+                             self.status.health().under_replicated, self._started_ms)
 
     def transfers(self) -> api.TransfersReply:
         h = self.handoff

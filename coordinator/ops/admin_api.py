@@ -48,7 +48,7 @@ class FlushRequest:
 
 @dataclass(frozen=True, slots=True)
 class DrainRequest:
-    pass
+    off: bool = False  # undrain: take client writes again, peers route to it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +89,23 @@ class ReadOnlyRequest:
 class RestartRequest:
     """Stop cleanly, then run again with the same command line (``ringkv
     rollout``): the process executes itself, so it keeps its pid under
-    ``ringkv up``, systemd or a shell, and picks up the installed code."""
+    ``ringkv up``, systemd or a shell, and picks up the installed code.
+    Refused, naming the cause, when its config would not start again."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
     """The node's request figures since start (two readings make a window)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """The rollout lease (``ops.rollout_lease``) for ``holder`` for
+    ``ttl_s`` (granted or renewed), or with ``release`` given up."""
+
+    holder: str
+    ttl_s: float = 30.0
+    release: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +118,7 @@ class HotKeysRequest:
 AdminRequest = (
     StatusRequest | RingRequest | CompactRequest | FlushRequest | DrainRequest | RepairRequest
     | RepairPlanRequest | HintsRequest | RemoveRequest | TransfersRequest | ReadOnlyRequest
-    | RestartRequest | LoadRequest | HotKeysRequest
+    | RestartRequest | LoadRequest | HotKeysRequest | LeaseRequest
 )
 
 #: Wire name of each request.
@@ -116,7 +127,7 @@ COMMAND_OF: dict[type[Any], str] = {
     FlushRequest: "flush", DrainRequest: "drain", RepairRequest: "repair",
     RepairPlanRequest: "repair_plan", HintsRequest: "hints", RemoveRequest: "remove",
     TransfersRequest: "transfers", ReadOnlyRequest: "read_only", RestartRequest: "restart",
-    LoadRequest: "load", HotKeysRequest: "hotkeys",
+    LoadRequest: "load", HotKeysRequest: "hotkeys", LeaseRequest: "rollout_lease",
 }
 _REQUESTS = {name: cls for cls, name in COMMAND_OF.items()}
 
@@ -259,7 +270,7 @@ class FlushReply:
 class DrainReply:
     node: str
     flushed_workers: int
-    state: str
+    state: str  # draining, or up after an undrain
 
 
 @dataclass
@@ -347,6 +358,15 @@ class LoadReply:
     quorum_failures: int  # NOQUORUM answers since start
     latency_buckets: tuple[int, ...]  # cumulative, per coordinator.histogram.BUCKETS, then +Inf
     under_replicated: int  # partitions with fewer than N primaries up, as this node sees it
+    started_ms: int = 0  # wall clock when this process started (counters count from it)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    node: str
+    granted: bool  # the asker holds it now (False after a release)
+    holder: str  # who holds it now ("": nobody)
+    expires_ms: int  # wall clock when it runs out (0: nobody holds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +385,7 @@ class ClusterHotKeys:
 AdminReply = (
     NodeStatus | ClusterStatus | RingReply | CompactReply | FlushReply | DrainReply
     | RepairReply | RepairPlanReply | HintsReply | RemoveReply | TransfersReply | ReadOnlyReply
-    | RestartReply | LoadReply | HotKeysReply | ClusterHotKeys
+    | RestartReply | LoadReply | HotKeysReply | ClusterHotKeys | LeaseReply
 )
 
 
@@ -383,4 +403,5 @@ _REPLIES: dict[type[Any], type[Any]] = {
     DrainRequest: DrainReply, RepairRequest: RepairReply, RepairPlanRequest: RepairPlanReply,
     HintsRequest: HintsReply, RemoveRequest: RemoveReply, TransfersRequest: TransfersReply,
     ReadOnlyRequest: ReadOnlyReply, RestartRequest: RestartReply, LoadRequest: LoadReply,
+    LeaseRequest: LeaseReply,
 }

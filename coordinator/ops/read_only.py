@@ -18,11 +18,27 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from coordinator import files
 
 READ_ONLY_FILE = "read_only.msgpack"
+MAX_REASON = 200
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why ``reason`` cannot be the switch's reason, or None. It is shown in
+    INFO's ``key:value`` lines and in the READONLY error line, so a line
+    break or another control character would forge fields there."""
+    if len(reason) > MAX_REASON:
+        return f"the reason is at most {MAX_REASON} characters"
+    bad = next((c for c in reason if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")),
+               None)
+    if bad is not None:
+        return (f"the reason may not hold control characters or line breaks (found "
+                f"{bad!r}): it is shown in INFO lines and in the READONLY error")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

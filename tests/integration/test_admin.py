@@ -138,3 +138,10 @@ def test_repair_and_drain(cluster: Cluster, secret_file: str) -> None:
     # The others route around it: W=2 from n1 and n2.
     wait_for("n1 routes around n3", lambda: cluster.client(0).set("d", "x"), 10)
     assert cluster.client(2).get("d") == b"x"  # reads still served by n3
+    # Undone (`drain --off`, asked of n3 itself: the others see it down).
+    code, out = run(cluster, secret_file, "drain", "--off", node=2)
+    assert code == 0 and out.strip() == "n3: undrained: takes writes, peers route to it again"
+    cluster.client(2).set("d", "y")
+    wait_for("n1 routes to n3 again", lambda: next(
+        n for n in run_json(cluster, secret_file, "status")["nodes"] if n["node"] == "n1"
+    )["peers"]["n3"]["state"] == "up", 15)

@@ -12,7 +12,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from cli.admin import AdminClient, Refused
 from cli.main import cli
+from coordinator.ops import admin_api as api
 from tests.cluster import Cluster, running_cluster, scrape, secret_file
 
 pytestmark = pytest.mark.integration
@@ -105,3 +107,21 @@ def test_one_node_and_a_down_node(cluster: Cluster) -> None:
         readonly(cluster, "off")
         cluster.start_node(2)
         cluster.wait_all_up()
+
+
+def test_a_reason_with_a_line_break_is_refused_by_the_node(cluster: Cluster) -> None:
+    """Regression: `readonly on --reason $'x\\r\\nrole:slave'` forged fields in
+    INFO server. The CLI refuses it; so does the node (another client)."""
+    target = AdminClient(f"127.0.0.1:{cluster.members[0].peer_port}",
+                         secret_file(cluster).read_text().strip().encode(), None, False)
+    got = target.call_or_refusal(api.ReadOnlyRequest(True, "x\r\npeer_protocol:99\r\nrole:slave"),
+                                 api.ReadOnlyReply)
+    assert isinstance(got, Refused), got
+    assert got.message.startswith("the reason may not hold control characters or line breaks "
+                                  "(found '\\r')"), got.message
+    server = cluster.info(0, "server")
+    assert server["read_only_mode"] == "off" and "role" not in server
+    assert not refused(cluster, 0)
+    code, out = readonly(cluster, "on", "--reason", "x\nrole:slave")
+    assert code == 2 and "the reason may not hold control characters" in out, out
+    assert not refused(cluster, 0)

@@ -9,12 +9,14 @@ node keeps its pid (it executes itself) and comes back as a new process."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import redis
 from click.testing import CliRunner
@@ -50,6 +52,15 @@ def test_dry_run_and_the_safety_check(cluster: Cluster) -> None:
         assert code == 2, (out, err)
         assert "refusing to take n1 down: n3 is down and they share 64 partitions" in err
         assert "draining" not in err  # nothing was done
+        # Naming the down node itself: refused up front, saying so once, and the
+        # refusal's JSON has the keys of a rollout that ran.
+        code, out, err = rollout(cluster, "--nodes", "n3", "--window", "1", "--json")
+        assert code == 2, (out, err)
+        assert err.count("n3 is down") == 1, err
+        assert "cannot roll a node that is down: n3 is down" in err and "baseline" not in err
+        doc = json.loads(out)
+        assert set(doc) == {"order", "baseline", "nodes", "gates", "ok", "error"}, doc
+        assert not doc["ok"] and doc["nodes"] == [] and doc["baseline"] is None
     finally:
         cluster.start_node(2)
         cluster.wait_all_up()
@@ -127,3 +138,118 @@ def test_a_rollout_under_load_has_no_client_errors_and_loses_nothing(cluster: Cl
             got = cluster.client(i).mget(w.acked)
             missing = [k for k, v in zip(w.acked, got, strict=True) if v is None]
             assert not missing, (i, missing[:10])
+
+
+def _spawn(c: Cluster, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "rollout", *args, "--addr",
+         f"127.0.0.1:{c.members[1].peer_port}", "--secret-file", str(secret_file(c))],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _lease_holders(c: Cluster) -> list[str]:
+    return [msgpack.unpackb((m.data_dir / "rollout_lease.msgpack").read_bytes())["holder"]
+            for m in c.members]
+
+
+def test_two_rollouts_at_once_one_is_refused_naming_the_holder(cluster: Cluster) -> None:
+    """Regression: two rollouts started together (--nodes n1, --nodes n2)
+    both passed the safety check and had n1 and n2 down together."""
+    first, second = _spawn(cluster, "--nodes", "n1", "--window", "1", "--json"), \
+        _spawn(cluster, "--nodes", "n2", "--window", "1", "--json")
+    results = [(p.wait(180), *p.communicate()) for p in (first, second)]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    (_, out_ok, err_ok), = [r for r in results if r[0] == 0]
+    (_, out_no, err_no), = [r for r in results if r[0] == 2]
+    holder = err_ok.split("holding the rollout lease as ", 1)[1].split()[0]
+    assert f"another rollout is running: {holder} holds the rollout lease on " in err_no
+    assert "run one rollout at a time" in err_no and "draining" not in err_no
+    refused, done = json.loads(out_no), json.loads(out_ok)
+    assert set(refused) == set(done) == {"order", "baseline", "nodes", "gates", "ok", "error"}
+    assert done["ok"] and not refused["ok"] and refused["nodes"] == []
+    assert "rollout done: 1 node restarted" not in out_ok  # --json: the document only
+    assert _lease_holders(cluster) == ["", "", ""]  # given back at the end
+    cluster.wait_all_up()
+
+
+def test_ctrl_c_after_the_drain_undrains_the_node(cluster: Cluster) -> None:
+    """Regression: SIGINT between the drain and the restart left the node
+    draining for good (writes refused, shown as down)."""
+    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60")
+    try:
+        def draining() -> bool:
+            try:
+                cluster.client(0).set("ctrl-c", "x")
+            except redis.ResponseError as exc:
+                assert "node n1 is draining" in str(exc), exc
+                return True
+            return False
+
+        wait_for("n1 draining", draining, 60, interval=0.02)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+    assert code == 130, err
+    assert "n1 undrained: it takes writes again" in err
+    assert "error: interrupted (Ctrl-C); n1 undrained: it takes writes again" in err
+    assert "restarting" not in err
+    cluster.client(0).set("ctrl-c", "y")  # takes writes again, at once
+    cluster.wait_seen(0, "up")
+    assert _lease_holders(cluster) == ["", "", ""]
+
+
+def test_a_restart_into_a_bad_config_is_refused_with_the_cause(cluster: Cluster) -> None:
+    """Regression: a config broken since the node started made the restart
+    kill the node; the rollout only timed out later, without the cause."""
+    m = cluster.members[0]
+    good = m.config.read_text()
+    m.config.write_text(good.replace("[cluster]\n", "[cluster]\nmax_peer_protocol = 99\n"))
+    try:
+        code, out, err = rollout(cluster, "--nodes", "n1", "--window", "1", via=1)
+    finally:
+        m.config.write_text(good)
+    assert code == 1, (out, err)
+    assert "not restarting n1: it would not start again: max_peer_protocol must be" in err
+    assert "n1 undrained: it takes writes again" in err
+    assert m.proc is not None and m.proc.poll() is None
+    cluster.client(0).set("bad-config", "x")
+    cluster.wait_seen(0, "up")
+
+
+def test_a_node_drained_meanwhile_stops_the_rollout_before_the_restart(
+        cluster: Cluster) -> None:
+    """The safety check again after the drain: n2 drained by hand while n1
+    drains (no lease covers an operator's `ringkv drain`) stops the
+    rollout before n1 restarts, with n1 undrained."""
+    n2 = ["--addr", f"127.0.0.1:{cluster.members[1].peer_port}",
+          "--secret-file", str(secret_file(cluster))]
+    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60")
+    try:
+        def draining() -> bool:
+            try:
+                cluster.client(0).set("recheck", "x")
+            except redis.ResponseError:
+                return True
+            return False
+
+        wait_for("n1 draining", draining, 60, interval=0.02)
+        result = CliRunner().invoke(cli, ["drain", *n2])
+        assert result.exit_code == 0, result.output
+        code = proc.wait(60)
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        CliRunner().invoke(cli, ["drain", "--off", *n2])
+    assert code == 2, err
+    assert ("refusing to take n1 down: n2 is down and they share 64 partitions" in err
+            and "(seen after draining n1)" in err), err
+    assert "n1 undrained: it takes writes again" in err and "restarting" not in err
+    cluster.client(0).set("recheck", "y")
+    cluster.client(1).set("recheck", "z")
+    cluster.wait_seen(0, "up")
+    cluster.wait_seen(1, "up")

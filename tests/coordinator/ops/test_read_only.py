@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from coordinator.files import StateFileError
-from coordinator.ops.read_only import READ_ONLY_FILE, ReadOnlySwitch
+from coordinator.ops.read_only import READ_ONLY_FILE, ReadOnlySwitch, reason_problem
 
 
 def test_on_and_off_survive_a_reload(tmp_path: Path) -> None:
@@ -34,3 +34,19 @@ def test_a_bad_file_is_named(tmp_path: Path) -> None:
     (tmp_path / READ_ONLY_FILE).write_bytes(msgpack.packb({"v": 1, "on": True, "reason": 5}))
     with pytest.raises(StateFileError, match=READ_ONLY_FILE):
         ReadOnlySwitch("n1", str(tmp_path)).load()
+
+
+@pytest.mark.parametrize("reason", ["x\r\npeer_protocol:99", "a\nrole:slave", "tab\there",
+                                    "bell\x07", "del\x7f", "c1\x85", "ls\u2028", "rtl\u202e"])
+def test_a_reason_with_control_characters_is_refused(reason: str) -> None:
+    """Regression: a CR/LF in the reason forged `peer_protocol:99` and
+    `role:slave` lines in INFO server."""
+    problem = reason_problem(reason)
+    assert problem is not None and problem.startswith(
+        "the reason may not hold control characters or line breaks (found "), problem
+
+
+def test_a_plain_reason_is_fine() -> None:
+    assert reason_problem("") is None
+    assert reason_problem("migration window: db → v2 (ticket #42)") is None
+    assert reason_problem("x" * 201) == "the reason is at most 200 characters"
