@@ -105,8 +105,12 @@ def test_a_rollout_under_load_has_no_client_errors_and_loses_nothing(cluster: Cl
         writer.start()
         writers.append(writer)
         try:
+            # The p99 gate is loose here: on a loaded CI machine a window's
+            # p99 swings by hundreds of ms (218 ms against 156 allowed once).
+            # What this test checks is client errors and lost writes; the
+            # gate's arithmetic is tested in tests/cli/test_rollout_plan.py.
             code, out, err = rollout(cluster, "--nodes", f"n{x + 1}", "--window", "4",
-                                     "--p99-factor", "10", "--p99-slack-ms", "50",
+                                     "--p99-factor", "10", "--p99-slack-ms", "2000",
                                      "--json", via=others[0])
         finally:
             writer.stop.set()
