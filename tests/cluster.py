@@ -279,6 +279,29 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
         c.close()
 
 
+def admin_repair(c: Cluster, i: int, partitions: list[int] | None = None) -> dict[str, Any]:
+    """Anti-entropy on node ``i`` now (what ``ringkv repair --node`` sends)."""
+    import asyncio
+
+    from coordinator.cluster.peer import peer_client
+    from shardserver.protocol import messages
+
+    m = c.members[i]
+
+    async def call() -> Any:
+        client = peer_client(f"{m.host}:{m.peer_port}", "admin", SECRET.encode(), timeout_s=120)
+        try:
+            return await client.call(messages.Admin({"cmd": "repair", "partitions": partitions}),
+                                     timeout=120)
+        finally:
+            await client.close()
+
+    reply = asyncio.run(call())
+    assert reply.ok, reply
+    result: dict[str, Any] = reply.payload
+    return result
+
+
 def secret_file(c: Cluster) -> Path:
     """The cluster secret in a file, for the admin CLI's --secret-file."""
     path = c.root / "cluster.secret"

@@ -41,11 +41,14 @@ def _node_list(ctx: click.Context, param: click.Parameter, value: str | None,
 @click.option("--error-rate-slack", type=click.FloatRange(0, 1),
               default=DEFAULTS.error_rate_slack, show_default=True,
               help="Gate: error rate at most the baseline's plus this fraction.")
+@click.option("--drain-wait", "drain_wait_s", type=click.FloatRange(min=0), default=1.0,
+              show_default=True, help="Seconds between a node's drain (every other node "
+              "routes around it) and its restart, for requests already on their way.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan; change nothing.")
 @admin_options(with_node=False)
 def rollout(target: AdminClient, *, only: list[str] | None, window_s: float, timeout_s: float,
             p99_factor: float, p99_slack_ms: float, error_rate_slack: float,
-            dry_run: bool) -> None:
+            drain_wait_s: float, dry_run: bool) -> None:
     """Restart every node, one at a time, into the installed code.
 
     For each node: drain (peers route around it) -> restart (it stops
@@ -67,7 +70,7 @@ def rollout(target: AdminClient, *, only: list[str] | None, window_s: float, tim
         click.echo(f"[{time.monotonic() - started:6.1f}s] {line}", err=True)
 
     worker = Rollout(target.addr, target.secret, gates=gates, window_s=window_s,
-                     timeout_s=timeout_s, progress=say)
+                     timeout_s=timeout_s, progress=say, drain_wait_s=drain_wait_s)
     report = asyncio.run(run(worker, only, dry_run))
     code = (0 if report.error is None else 130 if report.interrupted
             else 2 if report.refused else 1)

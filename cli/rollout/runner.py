@@ -75,9 +75,11 @@ class Report:
 
 class Rollout:
     def __init__(self, addr: str, secret: bytes, *, gates: Gates, window_s: float,
-                 timeout_s: float, progress: Callable[[str], None]) -> None:
+                 timeout_s: float, progress: Callable[[str], None],
+                 drain_wait_s: float = 1.0) -> None:
         self.addr, self.secret = addr, secret
         self.gates, self.window_s, self.timeout_s = gates, window_s, timeout_s
+        self.drain_wait_s = drain_wait_s
         self.say = progress
         self._clients: dict[str, ShardClient] = {}
         self.peers: dict[str, str] = {}  # node id -> peer address
@@ -198,6 +200,11 @@ class Rollout:
             await self._must(node, api.DrainRequest(), api.DrainReply)
             await self._wait(f"every other node sees {node} down (routes around it)",
                              lambda: self._seen(node, others, "down"))
+            # Requests already on their way to the node finish meanwhile.
+            end = time.monotonic() + self.drain_wait_s
+            while (left := end - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, 1.0))
+                await self.renew_lease()
             report.drained_s = round(time.monotonic() - started, 1)
             if (why := unsafe(ring, node, await self.busy_nodes(node, others))) is not None:
                 raise RolloutError(f"{why} (seen after draining {node})", refused=True)

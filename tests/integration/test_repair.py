@@ -12,16 +12,21 @@ from typing import Any
 
 import pytest
 
-from coordinator.cluster.peer import peer_client
 from coordinator.cluster.ring import partition_of
 from shardserver.layout import storage_key
-from shardserver.protocol import messages
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.pool import partition_ranges
 from shardserver.protocol.versions import Version, encode_siblings
 from shardserver.protocol.worker_stats import WorkerStats
 from shardserver.storage import ShardStore
-from tests.cluster import Cluster, local_read, local_read_many, local_write, wait_for
+from tests.cluster import (
+    Cluster,
+    admin_repair,
+    local_read,
+    local_read_many,
+    local_write,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +45,6 @@ def fill(c: Cluster, keys: list[bytes]) -> None:
         return all(all(local_read_many(c, i, keys).values()) for i in range(c.nodes))
 
     wait_for("every replica holds every key", everywhere, 60, interval=0.5)
-
-
-def admin_repair(c: Cluster, i: int, partitions: list[int] | None) -> dict[str, Any]:
-    m = c.members[i]
-
-    async def call() -> Any:
-        client = peer_client(f"{m.host}:{m.peer_port}", "admin", b"test-secret", timeout_s=120)
-        try:
-            return await client.call(messages.Admin({"cmd": "repair", "partitions": partitions}),
-                                     timeout=120)
-        finally:
-            await client.close()
-
-    reply = asyncio.run(call())
-    assert reply.ok, reply
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def differing(c: Cluster, keys: list[bytes]) -> set[bytes]:

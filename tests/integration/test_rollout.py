@@ -180,7 +180,10 @@ def test_two_rollouts_at_once_one_is_refused_naming_the_holder(cluster: Cluster)
 def test_ctrl_c_after_the_drain_undrains_the_node(cluster: Cluster) -> None:
     """Regression: SIGINT between the drain and the restart left the node
     draining for good (writes refused, shown as down)."""
-    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60")
+    # --drain-wait 10: the re-check runs 10 s after n1's drain is seen, so
+    # the drain of n2 below has landed by then however loaded the machine.
+    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60",
+                  "--drain-wait", "10")
     try:
         def draining() -> bool:
             try:
@@ -231,7 +234,10 @@ def test_a_node_drained_meanwhile_stops_the_rollout_before_the_restart(
     rollout before n1 restarts, with n1 undrained."""
     n2 = ["--addr", f"127.0.0.1:{cluster.members[1].peer_port}",
           "--secret-file", str(secret_file(cluster))]
-    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60")
+    # --drain-wait 10: the re-check runs 10 s after n1's drain is seen, so
+    # the drain of n2 below has landed by then however loaded the machine.
+    proc = _spawn(cluster, "--nodes", "n1", "--window", "1", "--timeout", "60",
+                  "--drain-wait", "10")
     try:
         def draining() -> bool:
             try:
