@@ -207,6 +207,8 @@ class NodeSnapshot:
     disk: DiskSpace
     read_only_mode: str | None  # the operator's kill switch: why writes are off, None: on
     peer_protocols: tuple[int, int]  # the range this node offers peers (max_peer_protocol)
+    direct_connections: int = 0  # ours to other nodes' workers, up now (peer protocol 5)
+    peer_connections_handed: int = 0  # peers' connections handed to our workers since start
     hotkeys: tuple[HotKey, ...] = ()  # the most requested keys, most first
 
 
@@ -275,6 +277,8 @@ class StatusSource:
             disk=disk_space(self.config.data_dir),
             read_only_mode=self.read_only.refusal,
             peer_protocols=(self.router.versions.lo, self.router.versions.hi),
+            direct_connections=self.router.direct.connected(),
+            peer_connections_handed=self.router.attach.handed,
             hotkeys=tuple(self.data.hotkeys.top(self.config.hotkeys_top)),
         )
 
@@ -360,6 +364,8 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
             "node_id": snap.node_id,
             "peer_protocol": snap.peer_protocols[1],
             "peer_protocol_min": snap.peer_protocols[0],
+            "direct_worker_connections": snap.direct_connections,
+            "peer_connections_handed": snap.peer_connections_handed,
             "os": _OS,
             "arch_bits": _ARCH_BITS,
             "process_id": snap.process_id,
