@@ -139,10 +139,17 @@ class DirectPeers:
                 sock.close()
                 conn.send(f"no: {e}".encode())
                 return
+            try:
+                # "ok" before the first byte on the socket: if it cannot be
+                # said, the coordinator still owns an untouched connection.
+                conn.send(b"ok")
+            except OSError as e:
+                log.warning("hand-over from our coordinator broke off: %s", e)
+                writer.transport.abort()
+                return
             writer.write(codec.encode_reply_frames(
                 [(state.rid, Reply(Status.OK, {"worker": state.worker}))],
                 WORKER_MAX_FRAME_BYTES)[0])
-            conn.send(b"ok")
         self.adopted += 1
         log.info("serving peer %s directly", state.peer)
         self._spawn(self._serve(WorkerConnection(self.worker, reader, writer,

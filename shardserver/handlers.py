@@ -189,6 +189,8 @@ class WorkerConnection:
     async def _execute(self, store: ShardStore, rid: int, req: Request) -> None:
         try:
             result = await self.worker.run_in_pool(dispatch(store, req))
+            if isinstance(req, messages.Stats) and isinstance(result, dict):
+                result["direct"] = self.worker.direct_counts  # the worker's, not the store's
             reply = Reply(Status.OK, result)
         except Exception as exc:
             reply = _error_reply(req, exc)

@@ -243,6 +243,7 @@ class StatusSource:
         server = self.clients
         ring = self.view.ring
         pool = self.router.pool.status()
+        latest = self.worker_stats.latest if workers is None else workers
         return NodeSnapshot(
             node_id=self.config.id,
             process_id=os.getpid(),
@@ -263,11 +264,15 @@ class StatusSource:
             members=self._members(),
             max_clock_drift_ms=self.clock.max_drift_ms,
             hlc_ahead_ms=self.clock.lead_ms(),
-            clock=dataclasses.replace(self.clock.stats),
+            # Writes past the bound are refused here (relayed) or by our
+            # workers (peers' direct connections): one count for both.
+            clock=dataclasses.replace(self.clock.stats, peer_writes_refused=(
+                self.clock.stats.peer_writes_refused
+                + sum(w.direct.get("writes_refused", 0) for w in latest))),
             workers=len(pool),
             workers_ready=sum(1 for w in pool if w.ready),
             worker_restarts=sum(w.restarts for w in pool),
-            storage=storage_totals(self.worker_stats.latest if workers is None else workers),
+            storage=storage_totals(latest),
             repair=dataclasses.replace(self.anti_entropy.total,
                                        errors=list(self.anti_entropy.total.errors)),
             last_repair_ms=self.anti_entropy.last_repair_ms,

@@ -15,10 +15,10 @@ the worker's attach socket (next to its request socket, in the node's
                   + SCM_RIGHTS [the TCP socket] ──────────────────▶
                                                   checks the sender is its
                                                   parent process, adopts the
-                                                  socket, answers the attach
-                                                  request (id ``rid``) on it
-      ◀── b"ok"  (or b"no: <reason>": the worker closed its copy) ──
-      closes its own copy of the socket
+                                                  socket
+      ◀── b"ok"  (or b"no: <reason>", or a hang-up: the worker closed its copy)
+      closes its own copy of the socket           answers the attach request
+                                                  (id ``rid``) on the socket
 
 ``in_key``/``received`` are the peer→node direction's key and the frames
 checked so far, ``out_key``/``sent`` the node→peer key and the frames tagged
@@ -115,7 +115,10 @@ async def hand_over(path: str, fd: int, state: SessionState, timeout_s: float) -
         except (OSError, TimeoutError) as e:  # nothing reached the worker
             raise AttachError(f"cannot reach the worker at {path}: {e}") from e
         await _readable(s, timeout_s)
-        answer = s.recv(_MAX_MESSAGE)
+        try:
+            answer = s.recv(_MAX_MESSAGE)
+        except OSError as e:  # it hung up without taking the socket
+            raise AttachError(f"the worker at {path} closed the hand-over: {e}") from e
     if answer != b"ok":
         raise AttachError(answer.decode("utf-8", "replace").removeprefix("no: ")
                           or "the worker closed the hand-over")
