@@ -53,6 +53,7 @@ def bench(c: Cluster, test: str, clients: int, pipeline: int, requests: int,
 
 
 def one_run(root: Path, relay: bool, args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    root.mkdir(parents=True)
     settings = {"cluster": {"max_peer_protocol": 4}} if relay else {}
     c = Cluster(root, nodes=3, n=3, workers=args.workers, settings=settings)
     try:
