@@ -4,7 +4,8 @@ the peer coordinators' relay (protocol 4), in paired runs (issue 19.4).
 A three-node cluster of real processes (tests/cluster.py: N=3, W=2, R=2,
 ``--workers`` per node) is started with every node held at
 ``[cluster] max_peer_protocol = 4`` (the relay) and without (direct), in
-turn, ``--pairs`` times. In each, a warm-up opens the direct connections;
+turn (relay first in odd pairs, direct first in even ones), ``--pairs``
+times. In each, a warm-up opens the direct connections;
 then redis-benchmark runs SET and GET (``-c 50 -d 1024``, random keys) at
 ``-P 1`` and ``-P 16``, and SET and GET at ``-c 1`` for the unloaded p50.
 The CPU of every process of the cluster (/proc, coordinators and workers)
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ringkv-direct-") as tmp:
         for pair in range(1, args.pairs + 1):
             runs = {}
-            for name, relay in (("relay", True), ("direct", False)):
+            order = [("relay", True), ("direct", False)]
+            for name, relay in order if pair % 2 else order[::-1]:  # A B, then B A
                 runs[name] = one_run(Path(tmp) / f"{pair}-{name}", relay, args)
             print(f"pair {pair}: relay -> direct "
                   f"(direct connections from n1: {runs['direct']['direct connections'][0]:.0f})")
