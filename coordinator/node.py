@@ -111,6 +111,7 @@ class Node:
             config.id, config.secret.encode(), service.handle, bind=config.bind,
             port=config.peer_port, fast=self.router.from_peer,
             allow_empty_secret=insecure_no_secret, versions=self.router.versions,
+            attach=self.router.attach, workers=pool.workers,
         )
         self._clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()

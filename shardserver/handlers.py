@@ -57,6 +57,9 @@ class WorkerHost(Protocol):
     admission: Admission
 
     @property
+    def direct_counts(self) -> dict[str, int]: ...
+
+    @property
     def ready(self) -> bool: ...
 
     async def run_in_pool(self, fn: Call) -> object: ...
@@ -82,11 +85,18 @@ def error_status(exc: BaseException) -> tuple[Status, str]:
     return Status.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
+#: A check every request of a connection passes first (a direct peer
+#: connection's, ``shardserver.direct``): None to go on, else the reply.
+Screen = Callable[[Request], "Reply | None"]
+
+
 class WorkerConnection:
     def __init__(
-        self, worker: WorkerHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, worker: WorkerHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        *, screen: Screen | None = None,
     ) -> None:
         self.worker = worker
+        self.screen = screen
         self.reader = reader
         self.writer = writer
         self.slots = ConnSlots()
@@ -119,6 +129,8 @@ class WorkerConnection:
         for rid, req in requests:
             if isinstance(req, ProtocolError):
                 self._reply(rid, Reply.error(Status.BAD_REQUEST, str(req)))
+            elif self.screen is not None and (no := self.screen(req)) is not None:
+                self._reply(rid, no)
             elif isinstance(req, messages.Ping):
                 self._reply(rid, Reply(Status.OK, self._ping()))
             elif store is None:
@@ -177,6 +189,8 @@ class WorkerConnection:
     async def _execute(self, store: ShardStore, rid: int, req: Request) -> None:
         try:
             result = await self.worker.run_in_pool(dispatch(store, req))
+            if isinstance(req, messages.Stats) and isinstance(result, dict):
+                result["direct"] = self.worker.direct_counts  # the worker's, not the store's
             reply = Reply(Status.OK, result)
         except Exception as exc:
             reply = _error_reply(req, exc)
@@ -242,6 +256,7 @@ class WorkerConnection:
             "partitions": list(w.config.partitions),
             "inflight": w.admission.inflight,
             "protocol": w.config.negotiate(),
+            "direct": w.direct_counts,
         }
 
     def _reply(self, rid: int, reply: Reply) -> None:

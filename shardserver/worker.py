@@ -40,7 +40,9 @@ import uvloop
 from shardserver import handlers
 from shardserver.admission import Admission
 from shardserver.config import WorkerConfig
+from shardserver.direct import DirectPeers
 from shardserver.errors import WorkerConfigError
+from shardserver.protocol.attach import attach_path
 from shardserver.storage import ShardStore
 
 log = logging.getLogger("ringkv.worker")
@@ -59,10 +61,17 @@ class Worker:
         self._conns: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self.open_error: str | None = None
+        #: Peer connections our coordinator hands over (peer protocol 5).
+        self.direct = DirectPeers(self, attach_path(config.socket_path),
+                                  settings.max_connections)
 
     @property
     def ready(self) -> bool:
         return self.store is not None
+
+    @property
+    def direct_counts(self) -> dict[str, int]:
+        return self.direct.counts()
 
     # -- startup ------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,6 +81,7 @@ class Worker:
         self._server = await asyncio.start_unix_server(
             self._on_connection, path=path, limit=64 << 10
         )
+        self.direct.start()
         self._spawn(self._open(), "open-engine")
         self._spawn(self._watch_parent(os.getppid()), "watch-parent")
         log.info("listening on %s", path)
@@ -159,6 +169,7 @@ class Worker:
         for task in list(self._conns) + list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._conns, *self._tasks, return_exceptions=True)
+        await self.direct.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)

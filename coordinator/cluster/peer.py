@@ -16,7 +16,7 @@ big-endian length and a msgpack array of at most 4 KiB::
         |                            client_nonce | server_node_id)       |
         |      or ["refused", reason] + close                              |
         |  === shard request frames ===>   <=== shard reply frames ====== |
-        |      each tagged (peer_session): BLAKE2b-128 under this         |
+        |      each tagged (shardserver.protocol.session): BLAKE2b-128 under this         |
         |      direction's key from peer_auth.session_keys(secret,        |
         |      nonce, client_nonce, server id, client id) over its        |
         |      sequence number and payload; the first request is          |
@@ -33,7 +33,7 @@ process squatting on a peer's port can neither feed it writes nor answer
 its reads. A server never runs with an empty secret unless told to
 (``allow_empty_secret``): anyone can compute an HMAC under an empty key.
 After the handshake every frame carries a tag under keys derived from the
-secret and both nonces (``peer_session``), so a relay that passed the
+secret and both nonces (``shardserver.protocol.session``), so a relay that passed the
 handshake through can neither inject, alter, drop, replay nor reorder frames:
 the side that sees one closes the connection.
 
@@ -53,8 +53,8 @@ import msgpack
 
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer_auth import PeerAuthError
-from coordinator.cluster.peer_session import SealedReader, SealedWriter
 from coordinator.cluster.peer_versions import (
+    DIRECT,
     LEGACY,
     RELEASE,
     Negotiated,
@@ -68,9 +68,10 @@ from shardserver.protocol import messages as m
 from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.client import ShardClient
 from shardserver.protocol.errors import ProtocolError
+from shardserver.protocol.session import SealedReader, SealedWriter
 
-__all__ = ["PeerAuthError", "PeerIdentityError", "open_peer", "peer_client", "read_frame",
-           "reconnect_backoff", "write_frame"]
+__all__ = ["AttachRefused", "PeerAuthError", "PeerIdentityError", "open_peer", "peer_client",
+           "read_frame", "reconnect_backoff", "write_frame"]
 
 HELLO = "ringkv-peer"
 #: The handshake's version: 2 the server proves the secret too; 3 frames
@@ -127,10 +128,12 @@ async def open_peer(
     host: str, port: int, node_id: str, secret: bytes, timeout_s: float = 5.0,
     *, source: str | None = None, expect: str | None = None,
     versions: VersionRange | None = None,
-    on_hello: Callable[[Negotiated], None] | None = None,
+    on_hello: Callable[[Negotiated], None] | None = None, worker: int | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect, authenticate and agree on the peer protocol; returns the
-    stream ready for shard frames.
+    stream ready for shard frames. With ``worker``, the stream is then
+    attached to that worker of the node (peer protocol 5, :func:`_attach`):
+    AttachRefused when the node cannot or will not.
 
     Raises OSError when it cannot connect (ConnectionError when the server
     closes or does not speak the handshake), PeerAuthError when refused (the
@@ -177,6 +180,9 @@ async def open_peer(
                               where=where, server=verdict[1], timeout_s=timeout_s)
         if on_hello is not None:
             on_hello(agreed)
+        if worker is not None:
+            await _attach(reader, writer, agreed=agreed, worker=worker, where=where,
+                          timeout_s=timeout_s)
     except asyncio.IncompleteReadError:
         writer.close()
         raise ConnectionError(f"{where} closed the connection during the handshake") from None
@@ -194,17 +200,7 @@ async def _hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, 
     """The first sealed exchange: our range out, the version to speak back.
     A server that does not know ``hello`` predates it and speaks 3 alone."""
     request = m.Hello({"versions": ours.to_wire(), "node": node_id, "release": RELEASE})
-    writer.write(codec.encode_requests([(0, request)]))
-    await asyncio.wait_for(writer.drain(), timeout_s)
-    header = await _within(reader.readexactly(codec.HEADER.size), timeout_s, where)
-    (length,) = codec.HEADER.unpack(header)
-    if not 0 < length <= HANDSHAKE_MAX_FRAME:
-        raise ProtocolError(f"hello reply of {length} bytes")
-    payload = await _within(reader.readexactly(length), timeout_s, where)
-    replies = codec.decode_replies(payload)
-    if len(replies) != 1:
-        raise ProtocolError(f"hello reply: expected 1 reply, got {len(replies)}")
-    reply = replies[0][1]
+    reply = await _exchange(reader, writer, 0, request, where=where, timeout_s=timeout_s)
     who = f"{where} (node {server})"
     if reply.status is m.Status.BAD_REQUEST and "unknown op" in reply.message:
         return Negotiated(negotiate(ours, LEGACY, who=who), LEGACY, server, "")
@@ -219,7 +215,47 @@ async def _hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, 
         raise PeerVersionError(f"{who} chose peer protocol {p.get('use')!r} of {theirs}, "
                                f"we {use} of {ours}")
     release = p.get("release")
-    return Negotiated(use, theirs, server, release if isinstance(release, str) else "")
+    workers = p.get("workers")
+    return Negotiated(use, theirs, server, release if isinstance(release, str) else "",
+                      workers if type(workers) is int and 0 < workers < 1 << 16 else 0)
+
+
+class AttachRefused(ConnectionRefusedError):
+    """The node did not attach the connection to a worker: it speaks no
+    protocol 5, the worker is down or not ready, or the node keeps replica
+    traffic on its relay. Replica traffic then goes through the node."""
+
+
+async def _attach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                  agreed: Negotiated, worker: int, where: str, timeout_s: float) -> None:
+    """The connection's last request to the node: ``attach`` to ``worker``,
+    answered by the worker once it serves the connection itself."""
+    if agreed.version < DIRECT or not 0 <= worker < agreed.workers:
+        raise AttachRefused(f"{where} (node {agreed.node}) speaks peer protocol "
+                            f"{agreed.version} with {agreed.workers} workers: no worker {worker}")
+    reply = await _exchange(reader, writer, 1, m.Attach({"worker": worker}), where=where,
+                            timeout_s=timeout_s)
+    if not reply.ok:
+        raise AttachRefused(f"{where} (node {agreed.node}) did not attach us to worker "
+                            f"{worker}: {reply.message}")
+    if not isinstance(reply.payload, dict) or reply.payload.get("worker") != worker:
+        raise ProtocolError(f"attach reply: expected worker {worker}, got {reply.payload!r:.60}")
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    rid: int, request: m.Request, *, where: str, timeout_s: float) -> m.Reply:
+    """One request of the connection's set-up and its one reply."""
+    op = m.op_of(request)
+    writer.write(codec.encode_requests([(rid, request)]))
+    await asyncio.wait_for(writer.drain(), timeout_s)
+    header = await _within(reader.readexactly(codec.HEADER.size), timeout_s, where)
+    (length,) = codec.HEADER.unpack(header)
+    if not 0 < length <= HANDSHAKE_MAX_FRAME:
+        raise ProtocolError(f"{op} reply of {length} bytes")
+    replies = codec.decode_replies(await _within(reader.readexactly(length), timeout_s, where))
+    if len(replies) != 1 or replies[0][0] != rid:
+        raise ProtocolError(f"{op} reply: expected the one reply to request {rid}")
+    return replies[0][1]
 
 
 async def _within(aw: Any, timeout_s: float, where: str) -> bytes:
@@ -265,13 +301,13 @@ def peer_client(
     timeout_s: float = 2.0, max_inflight: int = 4096, source: str | None = None,
     backoff: Backoff | None = None, expect: str | None = None,
     versions: VersionRange | None = None,
-    on_hello: Callable[[Negotiated], None] | None = None,
+    on_hello: Callable[[Negotiated], None] | None = None, worker: int | None = None,
 ) -> ShardClient:
     """A ShardClient whose connector is ``open_peer`` to ``addr`` ("host:port").
 
     ``name`` (default ``"peer <addr>"``) appears in error messages. A refused
     handshake surfaces from calls as ShardUnavailable, as a failed connect
-    does. ``expect``, ``versions``, ``on_hello``: as ``open_peer``'s.
+    does. ``expect``, ``versions``, ``on_hello``, ``worker``: as ``open_peer``'s.
     """
     host, port = _split_addr(addr)
     backoff = backoff or reconnect_backoff()
@@ -287,7 +323,8 @@ def peer_client(
             )
         try:
             streams = await open_peer(host, port, node_id, secret, timeout_s, source=source,
-                                      expect=expect, versions=versions, on_hello=on_hello)
+                                      expect=expect, versions=versions, on_hello=on_hello,
+                                      worker=worker)
         except PeerAuthError as e:
             backoff.failed(str(e))
             # ShardClient turns OSError (only) into ShardUnavailable. Raising

@@ -13,7 +13,7 @@ believes replies of, a peer without it.
 The proofs alone do not bind what follows them (a relay could pass the
 handshake through and then inject frames), so :func:`session_keys` derives
 a key per direction from the secret and the whole handshake, and
-``peer_session`` tags every later frame with them.
+``shardserver.protocol.session`` tags every later frame with them.
 """
 
 from __future__ import annotations

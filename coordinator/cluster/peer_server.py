@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer import (
@@ -35,8 +35,8 @@ from coordinator.cluster.peer import (
     write_frame,
 )
 from coordinator.cluster.peer_gate import HandshakeGate, LogBudget, Ticket
-from coordinator.cluster.peer_session import PeerIntegrityError, SealedReader, SealedWriter
 from coordinator.cluster.peer_versions import (
+    DIRECT,
     LEGACY,
     RELEASE,
     PeerVersionError,
@@ -46,9 +46,11 @@ from coordinator.cluster.peer_versions import (
 )
 from coordinator.streams import handler_scope
 from shardserver.protocol import codec
+from shardserver.protocol.attach import AttachError, SessionState
 from shardserver.protocol.errors import ProtocolError
 from shardserver.protocol.messages import (
     Admin,
+    Attach,
     Compact,
     DropPartition,
     Flush,
@@ -58,8 +60,9 @@ from shardserver.protocol.messages import (
     Request,
     Status,
 )
+from shardserver.protocol.session import PeerIntegrityError, SealedReader, SealedWriter
 
-__all__ = ["AUDITED", "FastPath", "Handler", "PeerServer"]
+__all__ = ["AUDITED", "AttachFn", "FastPath", "Handler", "PeerServer"]
 
 log = logging.getLogger("ringkv.peer")
 
@@ -100,7 +103,7 @@ class _PeerConnection:
     """One authenticated peer: frames in, handler tasks, batched replies out."""
 
     def __init__(self, server: PeerServer, peer_id: str, addr: str,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: SealedReader, writer: SealedWriter) -> None:
         self.server = server
         self.peer_id = peer_id
         self.addr = addr
@@ -113,19 +116,24 @@ class _PeerConnection:
         #: The peer protocol of this connection: 3 until the peer's hello
         #: says more (a peer from before the negotiation never sends one).
         self.protocol: int | None = None
+        #: An ``attach`` request (protocol 5) waiting for the frame loop.
+        self._attach: tuple[int, Attach] | None = None
+        self._attach_spoiled = False
 
     async def run(self) -> None:
         decoder = codec.FrameDecoder(self.server.max_frame)
         try:
             while True:
                 # No timeout: idle peers are normal. A frame that fails its
-                # tag raises from read and drain (peer_session.PeerIntegrityError).
+                # tag raises from read and drain (session.PeerIntegrityError).
                 data = await self.reader.read(READ_CHUNK)
                 if not data:
                     return
                 decoder.feed(data)
                 for payload in decoder.frames():
                     self._on_frame(codec.decode_requests_lenient(payload))
+                if self._attach is not None and await self._hand_over(decoder):
+                    return  # the connection is the worker's now
                 # Backpressure: read no more while the peer does not read replies.
                 await asyncio.wait_for(self.writer.drain(), _DRAIN_TIMEOUT_S)
         except ProtocolError as e:
@@ -138,6 +146,12 @@ class _PeerConnection:
                 self._reply(rid, Reply(Status.BAD_REQUEST, str(req)))
             elif isinstance(req, Hello):
                 self._reply(rid, self._hello(req))
+            elif self._attach is not None:
+                # Nothing may follow an attach: the worker takes the stream as it is.
+                self._attach_spoiled = True
+                self._reply(rid, Reply(Status.BAD_REQUEST, "a request after attach"))
+            elif isinstance(req, Attach):
+                self._attach = (rid, req)
             elif self.protocol is None and (no := self._legacy()) is not None:
                 self._reply(rid, no)
             elif len(self._tasks) + len(self._futures) >= limit:
@@ -159,8 +173,63 @@ class _PeerConnection:
         except PeerVersionError as e:
             log.warning("refusing peer %s (%s): %s", self.peer_id, self.addr, e)
             return Reply(Status.BAD_REQUEST, str(e))
-        return Reply(Status.OK, {"versions": ours.to_wire(), "use": self.protocol,
-                                 "node": self.server.node_id, "release": RELEASE})
+        answer = {"versions": ours.to_wire(), "use": self.protocol,
+                  "node": self.server.node_id, "release": RELEASE}
+        if self.protocol >= DIRECT and self.server.attach is not None:
+            answer["workers"] = self.server.workers
+        return Reply(Status.OK, answer)
+
+    async def _hand_over(self, decoder: codec.FrameDecoder) -> bool:
+        """Hand this connection to the worker its ``attach`` names; True
+        when the worker serves it now. Else the attach is answered with why
+        not and the connection goes on here."""
+        assert self._attach is not None
+        rid, req = self._attach
+        self._attach = None
+        # A read-write transport (asyncio's or uvloop's TCPTransport, which
+        # does not subclass asyncio.Transport).
+        transport = cast(asyncio.Transport, self.writer.transport)
+        transport.pause_reading()
+        why = self._attach_refusal(req, decoder)
+        if why is None:
+            assert self.server.attach is not None
+            opener, sealer = self.reader.opener, self.writer.sealer
+            assert opener is not None and sealer is not None
+            worker: int = req.payload["worker"]
+            state = SessionState(self.peer_id, worker, rid, opener.key, opener.received,
+                                 sealer.key, sealer.sent, 0, 0)
+            sock = transport.get_extra_info("socket")
+            try:
+                await self.server.attach(worker, sock.fileno(), state)
+            except AttachError as e:
+                why = str(e)
+            except TimeoutError:
+                # The worker may or may not have taken it: nobody may use it.
+                log.warning("dropping peer %s (%s): hand-over to a worker timed out",
+                            self.peer_id, self.addr)
+                transport.abort()
+                return True
+            else:
+                log.info("peer %s (%s) now talks to worker %d directly", self.peer_id,
+                         self.addr, worker)
+                transport.abort()  # closes our copy only: the worker holds the socket
+                return True
+        self._attach_spoiled = False
+        self._reply(rid, Reply(Status.UNAVAILABLE, f"cannot attach: {why}"))
+        transport.resume_reading()
+        return False
+
+    def _attach_refusal(self, req: Attach, decoder: codec.FrameDecoder) -> str | None:
+        if (self.protocol or 3) < DIRECT or self.server.attach is None:
+            return f"peer protocol {self.protocol or 3} has no attach (5 has)"
+        worker = req.payload.get("worker")
+        if type(worker) is not int or not 0 <= worker < self.server.workers:
+            return f"no worker {worker!r} (this node runs {self.server.workers})"
+        busy = (self._tasks or self._futures or self._replies or decoder.buffered
+                or self.reader.buffered() or self.writer.transport.get_write_buffer_size())
+        if self._attach_spoiled or busy:
+            return "attach must be the last request of an idle connection"
+        return None
 
     def _legacy(self) -> Reply | None:
         """A request before any hello comes from a release that speaks 3
@@ -229,6 +298,10 @@ class _PeerConnection:
             await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT_S)
 
 
+#: Hands a connection to one of the node's workers: (worker, socket fd,
+#: session state); AttachError when it did not happen (``data.direct``).
+AttachFn = Callable[[int, int, SessionState], Awaitable[None]]
+
 #: Optional hot path: a reply future for requests that need no task (the
 #: node hands reads and writes straight to a worker), None for the rest.
 FastPath = Callable[[Request], "asyncio.Future[Reply] | None"]
@@ -247,6 +320,7 @@ class PeerServer:
         max_inflight_per_connection: int = 4096, handshake_timeout_s: float = 1.0,
         max_frame: int = codec.DEFAULT_MAX_FRAME, fast: FastPath | None = None,
         allow_empty_secret: bool = False, versions: VersionRange | None = None,
+        attach: AttachFn | None = None, workers: int = 0,
     ) -> None:
         if not secret and not allow_empty_secret:
             # With an empty key anyone can compute the proof: the port would
@@ -255,6 +329,10 @@ class PeerServer:
         self.node_id = node_id
         self.versions = versions or local_range()
         self.fast = fast
+        #: Direct-to-worker connections (protocol 5): None to keep every
+        #: peer on the relay.
+        self.attach = attach if workers > 0 else None
+        self.workers = workers
         self.secret = secret
         self.handler = handler
         self.bind = bind

@@ -3,9 +3,13 @@ highest version both know wins (pure; ``peer`` and ``peer_server`` carry it).
 
 =====  ======================================================================
   3    the handshake proves the secret both ways, then every frame is sealed
-       (``peer_session``); the first version negotiation runs over
+       (``shardserver.protocol.session``); the first version negotiation runs over
   4    gossip endpoints carry the node's peer protocol and software release
        (``endpoints.encode``); sent only to peers that negotiated 4
+  5    ``hello``'s answer says how many workers the node runs, and a
+       connection may end its talk with the node by ``attach {"worker": k}``:
+       the node hands it to worker k, which serves the peer's replica reads
+       and writes itself from then on (``data.direct``, ``shardserver.direct``)
 =====  ======================================================================
 
 The negotiation runs inside the sealed session, as its first request
@@ -28,7 +32,9 @@ from coordinator.config import ConfigError
 
 #: The oldest and newest peer protocol this build speaks.
 PEER_PROTOCOL_MIN = 3
-PEER_PROTOCOL_MAX = 4
+PEER_PROTOCOL_MAX = 5
+#: The first version with direct-to-worker connections (``attach``).
+DIRECT = 5
 
 
 def _release() -> str:
@@ -98,3 +104,4 @@ class Negotiated:
     theirs: VersionRange
     node: str
     release: str  # "" when the peer predates the negotiation
+    workers: int = 0  # its worker count (protocol 5 on; 0: not told)

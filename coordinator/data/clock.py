@@ -37,6 +37,7 @@ from coordinator.cluster.endpoints import Endpoint
 from coordinator.data import reconcile
 from coordinator.data.contexts import ContextSeal
 from coordinator.errors import CommandError
+from shardserver.protocol import drift
 from shardserver.protocol.errors import ClockDriftError
 from shardserver.protocol.hlc import HLC
 from shardserver.protocol.versions import Context, Version
@@ -124,14 +125,11 @@ class Clock:
         its dot, a context counter or its floor lies past the bound (the
         peer's clock runs ahead, or was dragged). Only new writes are refused this way;
         nothing was acknowledged for them yet."""
-        newest = max(version.hlc, Context(version.clock, version.floor).newest())
-        ahead = self.hlc.ahead_ms(newest)
+        ahead = drift.ahead_ms(version, self.hlc.physical_ms())
         if ahead <= self.max_drift_ms:
             return None
         self.stats.peer_writes_refused += 1
-        who = version.actor.decode("utf-8", "replace")
-        why = (f"write by {who!r} carries a timestamp {ahead} ms ahead of this node's "
-               f"clock (max_clock_drift_ms = {self.max_drift_ms})")
+        why = drift.refusal(version, ahead, self.max_drift_ms)
         self._note("write", ahead, why)
         return why
 

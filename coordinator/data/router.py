@@ -1,6 +1,8 @@
 """Every request this node sends to a replica goes through the Router: to our
 own workers over their unix sockets, to other nodes over peer RPC, where
-their coordinator hands it to its worker. The Router owns those clients
+their coordinator hands it to its worker, or straight to their worker
+over a connection handed to it (peer protocol 5, ``data.direct``). The
+Router owns those clients
 (and each peer address's reconnect backoff), the cache of quorum plans, and
 the one path of a hinted write::
 
@@ -38,6 +40,7 @@ from coordinator.cluster.ring import preference_list as preference_list_of
 from coordinator.config import NodeConfig
 from coordinator.data import quorum
 from coordinator.data.datapath import send_after
+from coordinator.data.direct import DirectRoutes, WorkerAttach
 from coordinator.data.quorum import Plan
 from coordinator.errors import UnavailableError
 from shardserver.protocol import messages as m
@@ -124,6 +127,9 @@ class Router:
         self.versions = local_range(config.max_peer_protocol)
         #: What the last handshake with each peer address agreed.
         self.negotiated: dict[str, Negotiated] = {}
+        self.direct = DirectRoutes(config, self.versions)
+        #: Hands peers' connections to our workers (the peer server's attach).
+        self.attach = WorkerAttach(config, pool)
         self._plans: dict[int, Plan] = {}
         self._plans_at = 0.0
         # (ring, draining, nodes up) the cached plans were made for
@@ -149,6 +155,7 @@ class Router:
         return [seen[i] for i in range(self.pool.workers)]
 
     async def close(self) -> None:
+        await self.direct.close()
         for client in [*self._workers, *self._peers.values()]:
             await client.close()
 
@@ -192,7 +199,7 @@ class Router:
         reply past it); ShardUnavailable when the node cannot be reached."""
         if node == self.id:
             return await self.local(request, timeout)
-        return await self._peer_of(node).call(request, timeout)
+        return await self._peer_of(node, request).call(request, timeout)
 
     def submit(self, node: NodeId, request: m.Request) -> asyncio.Future[m.Reply]:
         """``call`` for the hot path: the reply's future, no task where none
@@ -200,18 +207,21 @@ class Router:
         if node == self.id:
             return self.submit_local(request)
         try:
-            peer = self._peer_of(node)
+            peer = self._peer_of(node, request)
         except ShardUnavailable as exc:
             fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
             fut.set_exception(exc)
             return fut
         return peer.submit(request)
 
-    def _peer_of(self, node: NodeId) -> ShardClient:
+    def _peer_of(self, node: NodeId, request: m.Request) -> ShardClient:
+        """The connection to take ``request`` to ``node``: straight to its
+        worker where that is up (``data.direct``), else its coordinator."""
         addr = self.cluster.addr_of(node)
         if addr is None:
             raise ShardUnavailable(f"peer {node}", "address unknown")
-        return self._peer_at(addr, node)
+        direct = self.direct.client_for(addr, node, self.negotiated.get(addr), request)
+        return direct if direct is not None else self._peer_at(addr, node)
 
     def _peer_at(self, addr: str, expect: NodeId | None = None) -> ShardClient:
         client = self._peers.get((addr, expect))

@@ -207,6 +207,8 @@ class NodeSnapshot:
     disk: DiskSpace
     read_only_mode: str | None  # the operator's kill switch: why writes are off, None: on
     peer_protocols: tuple[int, int]  # the range this node offers peers (max_peer_protocol)
+    direct_connections: int = 0  # ours to other nodes' workers, up now (peer protocol 5)
+    peer_connections_handed: int = 0  # peers' connections handed to our workers since start
     hotkeys: tuple[HotKey, ...] = ()  # the most requested keys, most first
 
 
@@ -241,6 +243,7 @@ class StatusSource:
         server = self.clients
         ring = self.view.ring
         pool = self.router.pool.status()
+        latest = self.worker_stats.latest if workers is None else workers
         return NodeSnapshot(
             node_id=self.config.id,
             process_id=os.getpid(),
@@ -261,11 +264,15 @@ class StatusSource:
             members=self._members(),
             max_clock_drift_ms=self.clock.max_drift_ms,
             hlc_ahead_ms=self.clock.lead_ms(),
-            clock=dataclasses.replace(self.clock.stats),
+            # Writes past the bound are refused here (relayed) or by our
+            # workers (peers' direct connections): one count for both.
+            clock=dataclasses.replace(self.clock.stats, peer_writes_refused=(
+                self.clock.stats.peer_writes_refused
+                + sum(w.direct.get("writes_refused", 0) for w in latest))),
             workers=len(pool),
             workers_ready=sum(1 for w in pool if w.ready),
             worker_restarts=sum(w.restarts for w in pool),
-            storage=storage_totals(self.worker_stats.latest if workers is None else workers),
+            storage=storage_totals(latest),
             repair=dataclasses.replace(self.anti_entropy.total,
                                        errors=list(self.anti_entropy.total.errors)),
             last_repair_ms=self.anti_entropy.last_repair_ms,
@@ -275,6 +282,8 @@ class StatusSource:
             disk=disk_space(self.config.data_dir),
             read_only_mode=self.read_only.refusal,
             peer_protocols=(self.router.versions.lo, self.router.versions.hi),
+            direct_connections=self.router.direct.connected(),
+            peer_connections_handed=self.router.attach.handed,
             hotkeys=tuple(self.data.hotkeys.top(self.config.hotkeys_top)),
         )
 
@@ -360,6 +369,8 @@ def info_sections(snap: NodeSnapshot) -> dict[str, dict[str, Any]]:
             "node_id": snap.node_id,
             "peer_protocol": snap.peer_protocols[1],
             "peer_protocol_min": snap.peer_protocols[0],
+            "direct_worker_connections": snap.direct_connections,
+            "peer_connections_handed": snap.peer_connections_handed,
             "os": _OS,
             "arch_bits": _ARCH_BITS,
             "process_id": snap.process_id,

@@ -335,6 +335,7 @@ _DECODERS: dict[str, Callable[[list[Any]], Request]] = {
     "bucket_digests": _d_bucket_digests,
     "repair_set": _d_repair_set,
     "hello": _d_map(m.Hello, "hello"),
+    "attach": _d_map(m.Attach, "attach"),
 }
 
 
@@ -532,7 +533,7 @@ def check_payload(request: Request, reply: Reply) -> Reply:
                 _key(item[0], f"bucket_digests reply [{j}].key")
                 size = versions.DIGEST_BYTES
                 _bytes(item[1], f"bucket_digests reply [{j}].digest", size, size)
-        case m.Ping() | m.Stats() | m.Gossip() | m.Admin() | m.Hello():
+        case m.Ping() | m.Stats() | m.Gossip() | m.Admin() | m.Hello() | m.Attach():
             if not isinstance(p, dict):
                 raise ProtocolError(f"{op} reply: expected a map, got {type(p).__name__}")
         case _:

@@ -25,6 +25,9 @@ message saying what went wrong)::
     FlushAll        None (peer-only; workers answer BAD_REQUEST)
     Hello           map: the peer protocol both sides will speak (peer-only,
                     answered by the peer server itself; coordinator/cluster/peer_versions.py)
+    Attach          map: {"worker": k}, sent by worker k of the answering node
+                    once it serves the connection itself (peer protocol 5;
+                    shardserver/direct.py)
     TreeLevel       bytes: 16 bytes (big-endian) per node asked for, in order
     BucketDigests   [[key, digest (8 bytes)], ...] in key order
     ReplicaRepairSet bytes: encode_siblings of the key's resulting sibling set
@@ -47,6 +50,7 @@ __all__ = [
     "Compact",
     "DropPartition",
     "Admin",
+    "Attach",
     "BucketDigests",
     "Flush",
     "FlushAll",
@@ -209,6 +213,17 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class Attach:
+    """Peer-only, protocol 5: ``{"worker": k}``, the connection's last
+    request to the peer coordinator, which hands the connection over to its
+    worker ``k``; from the answer on, that worker serves it directly
+    (replica reads and writes only; ``shardserver/direct.py``). Workers
+    answer BAD_REQUEST on their own sockets."""
+
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class FlushAll:
     """Peer-only: FLUSHALL's part on the receiving node: drop every
     partition of its own workers (each node knows its own worker split).
@@ -271,6 +286,7 @@ Request: TypeAlias = (
     | BucketDigests
     | ReplicaRepairSet
     | Hello
+    | Attach
 )
 
 #: Op code on the wire for each request type.
@@ -292,6 +308,7 @@ OP_OF: dict[type[Any], str] = {
     BucketDigests: "bucket_digests",
     ReplicaRepairSet: "repair_set",
     Hello: "hello",
+    Attach: "attach",
 }
 OPS: dict[str, type[Any]] = {op: cls for cls, op in OP_OF.items()}
 

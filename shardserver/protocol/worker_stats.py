@@ -51,3 +51,6 @@ class WorkerStats:
     engine: EngineStats
     store: dict[str, int] = field(default_factory=dict)  # the store's counters
     aae: dict[str, int] = field(default_factory=dict)  # Merkle tree figures
+    #: Peer connections the worker serves itself (peer protocol 5):
+    #: connections, adopted, requests, writes_refused (``shardserver.direct``).
+    direct: dict[str, int] = field(default_factory=dict)

@@ -1,6 +1,8 @@
 """A mixed-version cluster (issue 17.1): n3 is held at peer protocol 3
-(``[cluster] max_peer_protocol = 3``), n1 and n2 speak 4. The two talk 4
-to each other and 3 to n3 (their gossip to it has no protocol-4 fields),
+(``[cluster] max_peer_protocol = 3``), n1 and n2 speak the newest (5: their
+replica traffic to each other goes straight to the workers). The two talk
+it to each other and 3 to n3 (their gossip to it has no protocol-4 fields,
+their replica traffic to it takes its relay),
 every node shows every node's version, and the cluster serves reads and
 writes with every fault-schedule property holding: one schedule of each
 required fault (kill -9, graceful restart, pause, cut), n3 killed and
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as seed_of
 
+from coordinator.cluster.peer_versions import PEER_PROTOCOL_MAX
 from tests.cluster import wait_for
 from tests.faults.conftest import SETTINGS
 from tests.faults.nemesis import Nemesis, fault_cluster
@@ -55,12 +58,14 @@ def test_each_node_runs_and_shows_its_version(mixed: Nemesis) -> None:
 
 def assert_versions(mixed: Nemesis) -> None:
     c = mixed.cluster
-    assert [c.info(i, "server")["peer_protocol"] for i in range(3)] == [4, 4, 3]
+    new = PEER_PROTOCOL_MAX
+    assert [c.info(i, "server")["peer_protocol"] for i in range(3)] == [new, new, 3]
     for i in range(3):
         # n3 cannot gossip its version; the others know it from their own
         # handshake with it, and n3 learns theirs only from those handshakes.
         wait_for(f"n{i + 1} knows every node's peer protocol",
-                 lambda i=i: [v[0] for v in versions_seen(mixed, i).values()] == ["4", "4", "3"],
+                 lambda i=i: [v[0] for v in versions_seen(mixed, i).values()]
+                 == [str(new), str(new), "3"],
                  15)
     c.client(OLD).set("written-via-n3", "x")
     assert c.client(0).get("written-via-n3") == b"x"

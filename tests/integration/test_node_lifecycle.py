@@ -146,7 +146,8 @@ def test_long_data_dir_gets_a_short_socket_dir_removed_on_exit(tmp_path: Path) -
         short = line.split("worker sockets in ")[1].split(":")[0]
         assert short.startswith("/tmp/ringkv-")
         assert os.stat(short).st_mode & 0o777 == 0o700
-        assert sorted(os.listdir(short)) == ["worker-0.sock", "worker-1.sock"]
+        assert sorted(os.listdir(short)) == ["worker-0.attach", "worker-0.sock",
+                                         "worker-1.attach", "worker-1.sock"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
         assert not os.path.exists(short)

@@ -132,7 +132,7 @@ def test_replies_round_trip(batch: list[tuple[int, Reply]]) -> None:
 
 
 def test_every_request_type_has_an_op() -> None:
-    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 17
+    assert len(set(m.OP_OF.values())) == len(m.OP_OF) == 18
     assert m.op_of(m.ReplicaRead(1, b"k")) == "read"
 
 

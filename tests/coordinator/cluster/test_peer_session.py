@@ -12,16 +12,16 @@ import pytest
 
 from coordinator.cluster import peer_auth
 from coordinator.cluster.peer import peer_client
-from coordinator.cluster.peer_session import (
+from shardserver.protocol import codec
+from shardserver.protocol import messages as m
+from shardserver.protocol.errors import ShardUnavailable
+from shardserver.protocol.session import (
     TAG_BYTES,
     FrameOpener,
     FrameSealer,
     PeerIntegrityError,
     SealedReader,
 )
-from shardserver.protocol import codec
-from shardserver.protocol import messages as m
-from shardserver.protocol.errors import ShardUnavailable
 from tests.coordinator.cluster.test_peer import (
     SECRET,
     Handler,

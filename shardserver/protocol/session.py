@@ -90,13 +90,16 @@ class _Tagger:
 
 
 class FrameSealer:
-    """Tags the frames of one direction, in the order they are sent."""
+    """Tags the frames of one direction, in the order they are sent;
+    ``sent`` frames went before (a session handed to a worker goes on
+    counting where the coordinator stopped)."""
 
-    __slots__ = ("_tagger", "sent")
+    __slots__ = ("_tagger", "key", "sent")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, sent: int = 0) -> None:
         self._tagger = _Tagger(key)
-        self.sent = 0
+        self.key = key
+        self.sent = sent
 
     def seal(self, payload: bytes | memoryview) -> tuple[bytes, bytes]:
         """(the new length prefix, the tag) of the frame carrying ``payload``."""
@@ -106,13 +109,15 @@ class FrameSealer:
 
 
 class FrameOpener:
-    """Checks the frames of one direction, in the order they arrive."""
+    """Checks the frames of one direction, in the order they arrive;
+    ``received`` frames came before."""
 
-    __slots__ = ("_tagger", "received")
+    __slots__ = ("_tagger", "key", "received")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, received: int = 0) -> None:
         self._tagger = _Tagger(key)
-        self.received = 0
+        self.key = key
+        self.received = received
 
     def check(self, payload: bytes | memoryview, tag: bytes | memoryview) -> None:
         """Raise PeerIntegrityError unless ``tag`` is that of the next frame
@@ -149,12 +154,23 @@ class SealedReader(asyncio.StreamReader):
         self._opener: FrameOpener | None = None
         self._failed = False
 
-    def seal(self, key: bytes) -> None:
-        """From now on frames must carry tags under ``key``."""
-        self._opener = FrameOpener(key)
+    def seal(self, key: bytes, received: int = 0) -> None:
+        """From now on frames must carry tags under ``key``; ``received``
+        frames of the session came before (0 on a new connection)."""
+        self._opener = FrameOpener(key, received)
         self._plain_left = 0
         if self._held:  # sent behind the handshake: checked like the rest
             self._open(b"")
+
+    @property
+    def opener(self) -> FrameOpener | None:
+        return self._opener
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read: checked frames waiting for a
+        reader, and a partial frame held for its rest."""
+        # StreamReader's own buffer (not in typeshed): frames fed, not yet read.
+        return len(self._buffer) + len(self._held)  # type: ignore[attr-defined]
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         if self._failed:
@@ -226,8 +242,14 @@ class SealedWriter(asyncio.StreamWriter):
 
     _sealer: FrameSealer | None = None
 
-    def seal(self, key: bytes) -> None:
-        self._sealer = FrameSealer(key)
+    def seal(self, key: bytes, sent: int = 0) -> None:
+        """From now on frames are tagged under ``key``, the first as frame
+        number ``sent`` of the session."""
+        self._sealer = FrameSealer(key, sent)
+
+    @property
+    def sealer(self) -> FrameSealer | None:
+        return self._sealer
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         sealer = self._sealer
