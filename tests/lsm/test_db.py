@@ -228,6 +228,7 @@ def test_set_options_changes_run_time_knobs_and_refuses_the_rest(tmp_path: str) 
             "memtable_bytes": ("big", "memtable_bytes must be an int"),
             "compaction_filter": (3, "compaction_filter must be a callable or None"),
             "l0_slowdown_trigger": (1, "l0_compaction_trigger <= l0_slowdown_trigger"),
+            "compaction_nice": (20, "compaction_nice must be 0..19"),
         }
         for name, (value, message) in refused.items():
             with pytest.raises(InvalidArgumentError, match=message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -53,6 +54,15 @@ def test_child_merges_newest_first_and_drops_tombstones_at_the_bottom(tmp_path: 
     expected = [(b"k%03d" % i, (b"new%d" if i % 2 == 0 else b"old%d") % i) for i in range(200)]
     assert merged == expected  # k999's tombstone and the value it hid are gone
     assert out.dropped_tombstones == 1
+
+
+def test_child_runs_at_the_compaction_niceness(tmp_path: str) -> None:
+    # The processes serving requests get the CPU first; the compaction the rest.
+    job = _job(str(tmp_path), bottommost=True)
+    job = dataclasses.replace(job, options=dataclasses.replace(job.options, compaction_nice=7))
+    out = table_writer.run_in_child(job, lambda: False)
+    assert out.nice == min(19, os.nice(0) + 7)
+    assert out.files
 
 
 def test_child_and_thread_write_the_same_entries(tmp_path: str) -> None:
