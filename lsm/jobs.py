@@ -319,7 +319,9 @@ class Jobs:
         out: table_writer.CompactionOutput | None = None
         where = "thread"
         try:
-            if self._use_child and table_writer.can_run_in_child(job):
+            entries = sum(f.entries for _, f in task.all_inputs())
+            if (self._use_child and entries >= options.compaction_child_min_entries
+                    and table_writer.can_run_in_child(job)):
                 # Log the reservation first: if this process is killed, its
                 # child may write these numbers for a moment longer, and a
                 # restarted engine must not hand them out meanwhile.
@@ -327,6 +329,7 @@ class Jobs:
                 try:
                     out = table_writer.run_in_child(job, self._closing)
                     where = f"child process at nice {out.nice}"
+                    counters["compactions_in_child"] += 1
                 except table_writer.ChildUnavailable as exc:
                     log.warning("%s: compacting in-process from now on: %s", self._path, exc)
                     self._use_child = False
