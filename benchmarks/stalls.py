@@ -32,7 +32,7 @@ import open_loop
 
 from cli.bench import driver
 from cli.bench.config import BenchConfig
-from cli.bench.conn import ServerAddr
+from cli.bench.conn import BenchError, ServerAddr
 from cli.bench.keys import KeyDist
 from cli.bench.workload import Workload
 
@@ -59,7 +59,10 @@ def _load(port: int, rate: float, seconds: float) -> open_loop.HalfPeak:
         targets=(ServerAddr("127.0.0.1", port),), rate=rate, duration_s=seconds,
         connections=50, pipeline=1,
         workload=Workload(0.0, 1024, PRELOAD // 4, KeyDist("uniform")))
-    return open_loop.HalfPeak("cluster", 2 * rate, driver.run(config))
+    try:
+        return open_loop.HalfPeak("cluster", 2 * rate, driver.run(config))
+    except BenchError as exc:  # e.g. the server did not answer the warm-up in time
+        return open_loop.HalfPeak("cluster", 2 * rate, None, str(exc))
 
 
 def one_run(what: str, args: argparse.Namespace, port: int, data: str,
