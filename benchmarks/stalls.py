@@ -13,6 +13,10 @@ from the intended send time) with the disturbance starting 2 s in.
     PYTHONPATH=/other/tree python /other/tree/benchmarks/stalls.py ...   # the B side
 
 Prints one JSON line per run (percentiles in ms, errors, the load average).
+``--runs compact-cpu``: no load; ``ringkv compact`` on every node with the
+CPU it cost (/proc: the cluster's processes, compaction children included,
+against an idle window as long; and the three CLIs), 12,000 more SETs
+before each.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -45,11 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--runs", default="undisturbed,compact,kill",
-                   help="comma-separated subset of undisturbed,compact,kill")
+                   help="comma-separated subset of undisturbed,compact,kill,compact-cpu")
     p.add_argument("--dir", default=None, help="parent of the scratch directory")
     args = p.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    if unknown := set(args.runs) - {"undisturbed", "compact", "kill"}:
+    if unknown := set(args.runs) - {"undisturbed", "compact", "kill", "compact-cpu"}:
         p.error(f"unknown run(s) {', '.join(sorted(unknown))}")
     return args
 
@@ -63,6 +68,37 @@ def _load(port: int, rate: float, seconds: float) -> open_loop.HalfPeak:
         return open_loop.HalfPeak("cluster", 2 * rate, driver.run(config))
     except BenchError as exc:  # e.g. the server did not answer the warm-up in time
         return open_loop.HalfPeak("cluster", 2 * rate, None, str(exc))
+
+
+def _preload(port: int, requests: int, pipeline: int) -> None:
+    subprocess.run(["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(requests), "-r",
+                    str(PRELOAD // 4), "-d", "1024", "-P", str(pipeline), "-t", "set", "-q"],
+                   capture_output=True, timeout=300, check=False)
+
+
+def _tree_cpu_s() -> float:
+    me = os.getpid()
+    return sum(cluster.cpu_s(p) for p in cluster.process_tree(me) if p != me)
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def compaction_cpu(port: int, data: str) -> dict[str, Any]:
+    """The CPU one ``ringkv compact`` on every node costs, with no load."""
+    _preload(port, 4 * PRELOAD, 1)
+    tree, clis, started = _tree_cpu_s(), _children_cpu_s(), time.monotonic()
+    cluster.compact_all(data, cluster.Timeline())
+    took = time.monotonic() - started
+    tree, clis = _tree_cpu_s() - tree, _children_cpu_s() - clis
+    idle = _tree_cpu_s()
+    time.sleep(took)  # an idle window as long, for the cluster's background work
+    idle = _tree_cpu_s() - idle
+    return {"run": "compact-cpu", "took_s": round(took, 1), "cluster_cpu_s": round(tree, 2),
+            "idle_window_cpu_s": round(idle, 2), "cli_cpu_s": round(clis, 2),
+            "load": os.getloadavg()[0]}
 
 
 def one_run(what: str, args: argparse.Namespace, port: int, data: str,
@@ -96,16 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         ns = argparse.Namespace(workers=2)
         with cluster.started(cluster.TARGETS[0], ns, scratch) as (_, port):
             for pipeline in (1, 16):
-                subprocess.run(["redis-benchmark", "-p", str(port), "-c", "50", "-n",
-                                str(PRELOAD), "-r", str(PRELOAD // 4), "-d", "1024", "-P",
-                                str(pipeline), "-t", "set", "-q"],
-                               capture_output=True, timeout=300, check=False)
+                _preload(port, PRELOAD, pipeline)
             data = os.path.join(scratch, "cluster", "d")
             restarted: list[subprocess.Popen[bytes]] = []
             try:
                 for _ in range(args.rounds):
                     for what in args.runs:
-                        print(json.dumps(one_run(what, args, port, data, restarted)), flush=True)
+                        result = (compaction_cpu(port, data) if what == "compact-cpu"
+                                  else one_run(what, args, port, data, restarted))
+                        print(json.dumps(result), flush=True)
             finally:
                 for p in restarted:
                     cluster.stop_group(p)
