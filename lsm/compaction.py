@@ -132,19 +132,74 @@ def _task(
     )
 
 
-def manual_tasks_for_level(
-    version: LsmVersion, level: int, start: bytes | None, end: bytes | None
+def manual_step(
+    version: LsmVersion, level: int, start: bytes | None, end: bytes | None,
+    *, after: bytes | None, max_bytes: int,
 ) -> CompactionTask | None:
-    """For ``compact_range``: every file of ``level`` overlapping the range,
-    merged into ``level + 1``. Level 0 always goes whole: a level-0 file left
-    behind could hold an older version of a key whose newer one moved down."""
+    """One bounded step of ``compact_range`` at ``level``, or ``None`` when
+    the level is done. Level 0 goes whole: a level-0 file left behind could
+    hold an older version of a key whose newer one moved down. Level n >= 1
+    takes its files overlapping [start, end] that reach past ``after`` (the
+    largest key the previous step took), in key order, as many as fit in
+    ``max_bytes`` together with the level-(n+1) files they overlap (at least
+    one), and merges them into level n + 1."""
     if level == 0:
         inputs = version.levels[0]
-    else:
-        inputs = tuple(version.overlapping(level, start, end))
-    if not inputs:
+        return _task(version, 0, inputs, "manual compaction of level 0") if inputs else None
+    ahead = _ahead(version.overlapping(level, start, end), after)
+    if not ahead:
         return None
-    return _task(version, level, inputs, f"manual compaction of level {level}")
+    taken = [ahead[0]]
+    for f in ahead[1:]:
+        grown = [*taken, f]
+        _, largest = _range(grown)
+        below = version.overlapping(level + 1, grown[0].smallest, largest)
+        if sum(g.size for g in grown) + sum(b.size for b in below) > max_bytes:
+            break
+        taken = grown
+    return _task(version, level, tuple(taken), f"manual compaction of level {level}")
+
+
+def bottom_step(
+    version: LsmVersion, start: bytes | None, end: bytes | None, *, after: bytes | None,
+    max_bytes: int,
+) -> CompactionTask | None:
+    """One bounded step of ``compact_range(..., bottommost=True)``'s rewrite
+    of the deepest non-empty level (>= 1) in place: its files overlapping
+    the range that reach past ``after``, in key order, up to ``max_bytes``
+    (at least one). Their outputs end at or before the largest key taken,
+    so the next step, after that key, never takes them again."""
+    level = version.last_nonempty_level()
+    if level < 1:
+        return None
+    ahead = _ahead(version.overlapping(level, start, end), after)
+    if not ahead:
+        return None
+    taken = [ahead[0]]
+    for f in ahead[1:]:
+        if sum(g.size for g in taken) + f.size > max_bytes:
+            break
+        taken.append(f)
+    return CompactionTask(
+        level=level, inputs=tuple(taken), next_inputs=(), bottommost=True,
+        reason=f"bottom-level rewrite of level {level}", in_place=True,
+    )
+
+
+def _ahead(files: list[FileMeta], after: bytes | None) -> list[FileMeta]:
+    # A file straddling ``after`` (made meanwhile by a level-0 compaction)
+    # still holds keys past it, so it is taken again.
+    return sorted(
+        (f for f in files if after is None or f.largest > after), key=lambda f: f.smallest
+    )
+
+
+def level0_task(version: LsmVersion, options: Options) -> CompactionTask | None:
+    """Level 0 into level 1, if level 0 reached its compaction trigger."""
+    inputs = version.levels[0]
+    if len(inputs) < options.l0_compaction_trigger:
+        return None
+    return _task(version, 0, inputs, f"level 0 has {len(inputs)} files")
 
 
 def result_edit(
@@ -167,21 +222,4 @@ def trivial_move_edit(task: CompactionTask) -> VersionEdit:
         deleted=((task.level, f.number),),
         added=((task.output_level, f),),
         compact_pointers=((task.level, f.largest),),
-    )
-
-
-def bottom_rewrite_task(
-    version: LsmVersion, start: bytes | None, end: bytes | None
-) -> CompactionTask | None:
-    """For ``compact_range(..., bottommost=True)``: the files of the deepest
-    non-empty level (>= 1) overlapping the range, rewritten in place."""
-    level = version.last_nonempty_level()
-    if level < 1:
-        return None
-    inputs = tuple(version.overlapping(level, start, end))
-    if not inputs:
-        return None
-    return CompactionTask(
-        level=level, inputs=inputs, next_inputs=(), bottommost=True,
-        reason=f"bottom-level rewrite of level {level}", in_place=True,
     )

@@ -11,8 +11,9 @@ the memtables to flush and takes new versions, the version set picks
 compactions, hands out file numbers and logs edits, the WAL set syncs and
 retires WALs, the table cache says which tables may be deleted.
 ``_compaction_lock`` is held across a whole compaction (pick, run, install),
-so a manual compaction and the background one never overlap; the engine's
-lock order is written in lsm.db.
+so a manual compaction step and the background one never overlap; a manual
+compaction takes it once per bounded step and merges a due level 0 between
+steps. The engine's lock order is written in lsm.db.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ log = logging.getLogger("lsm.jobs")
 
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
+#: A manual compaction step reads about this many target-sized files (one
+#: level-n file and the ~fan-out files below it, like a background one).
+_MANUAL_STEP_FILES = 10
 
 
 class _Aborted(Exception):
@@ -249,20 +253,51 @@ class Jobs:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
     def compact_range(self, start: bytes | None, end: bytes | None, bottommost: bool) -> None:
-        """Manual compaction in the caller's thread (background compactions
-        wait on ``_compaction_lock`` meanwhile)."""
-        versions = self._versions
-        with self._compaction_lock:
-            last = max(1, versions.current.last_nonempty_level())
-            for level in range(last):
-                task = policy.manual_tasks_for_level(versions.current, level, start, end)
+        """Manual compaction in the caller's thread, in bounded steps (at
+        most ``_MANUAL_STEP_FILES`` target-sized files of input each, level 0
+        whole). ``_compaction_lock`` is held per step, not for the whole
+        range, and before each step a level-0 compaction that became due
+        runs first (the background thread may also take the lock between
+        two steps, but a lock promises no fairness). Held for the whole
+        range, as it was, level 0 piled up to the stop trigger during a
+        long manual compaction and writes waited for all of it."""
+        level, after = 0, None
+        while True:
+            with self._compaction_lock:
+                self._level0_first()
+                current = self._versions.current
+                if level >= max(1, current.last_nonempty_level()):
+                    break
+                task = policy.manual_step(
+                    current, level, start, end, after=after, max_bytes=self._step_bytes()
+                )
+                if task is None or level == 0:
+                    level, after = level + 1, None
+                else:
+                    after = max(f.largest for f in task.inputs)
                 if task is not None:
                     self._run(task)
-            if bottommost:
-                task = policy.bottom_rewrite_task(versions.current, start, end)
-                if task is not None:
-                    self._run(task)
+        after = None
+        while bottommost:
+            with self._compaction_lock:
+                self._level0_first()
+                task = policy.bottom_step(
+                    self._versions.current, start, end, after=after, max_bytes=self._step_bytes()
+                )
+                if task is None:
+                    break
+                after = max(f.largest for f in task.inputs)
+                self._run(task)
         self.wake()
+
+    def _step_bytes(self) -> int:
+        return self._options.target_file_bytes * _MANUAL_STEP_FILES
+
+    def _level0_first(self) -> None:
+        """Under ``_compaction_lock``: merge level 0 down if it is due."""
+        task = policy.level0_task(self._versions.current, self._options)
+        if task is not None:
+            self._run(task)
 
     def _run(self, task: policy.CompactionTask) -> None:
         started = time.perf_counter()
@@ -284,14 +319,17 @@ class Jobs:
         out: table_writer.CompactionOutput | None = None
         where = "thread"
         try:
-            if self._use_child and table_writer.can_run_in_child(job):
+            entries = sum(f.entries for _, f in task.all_inputs())
+            if (self._use_child and entries >= options.compaction_child_min_entries
+                    and table_writer.can_run_in_child(job)):
                 # Log the reservation first: if this process is killed, its
                 # child may write these numbers for a moment longer, and a
                 # restarted engine must not hand them out meanwhile.
                 self._install(VersionEdit(next_file_number=first + reserved))
                 try:
                     out = table_writer.run_in_child(job, self._closing)
-                    where = "child process"
+                    where = f"child process at nice {out.nice}"
+                    counters["compactions_in_child"] += 1
                 except table_writer.ChildUnavailable as exc:
                     log.warning("%s: compacting in-process from now on: %s", self._path, exc)
                     self._use_child = False

@@ -68,6 +68,7 @@ RUNTIME_OPTIONS = frozenset({
     "memtable_bytes", "max_immutable_memtables", "wal_bytes_per_sync",
     "l0_compaction_trigger", "l0_slowdown_trigger", "l0_stop_trigger", "slowdown_sleep_s",
     "level1_bytes", "level_fanout", "target_file_bytes", "compaction_filter",
+    "compaction_nice", "compaction_child_min_entries",
 })
 
 
@@ -118,6 +119,14 @@ class Options:
     # Run compactions in a child process when the file system is the real one
     # (see lsm.table_writer); off: on the compaction thread.
     compaction_in_process: bool = True
+    # The child runs at this niceness (os.nice; 0..19): on a busy machine the
+    # processes serving requests get the CPU first and a compaction takes
+    # what is left, so a compaction slows down rather than the requests.
+    compaction_nice: int = 10
+    # Compactions of fewer input entries run on the compaction thread even
+    # then: a child's start-up (interpreter, imports) costs ~0.2 s of CPU,
+    # the merge ~10 µs an entry, so a small one is cheaper in-process.
+    compaction_child_min_entries: int = 4096
 
     # Stamps ``created_ms`` in table properties; fixtures inject a fixed clock
     # so that the files they build are byte-for-byte reproducible.
@@ -158,6 +167,10 @@ class Options:
             raise InvalidArgumentError(
                 "level1_bytes, target_file_bytes and max_immutable_memtables must be >= 1"
             )
+        if self.compaction_child_min_entries < 0:
+            raise InvalidArgumentError("compaction_child_min_entries must be >= 0")
+        if not 0 <= self.compaction_nice <= 19:
+            raise InvalidArgumentError("compaction_nice must be 0..19")
         if self.slowdown_sleep_s < 0:
             raise InvalidArgumentError("slowdown_sleep_s must be >= 0")
         op = self.merge_operator

@@ -26,7 +26,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lsm import filenames
@@ -69,6 +69,7 @@ class CompactionOutput:
     dropped_tombstones: int
     filtered: int
     merge_operands: int = 0  # folded into another entry
+    nice: int = 0  # the niceness the compaction ran at
 
 
 def reserve_count(input_bytes: int, options: Options) -> int:
@@ -226,7 +227,8 @@ def run_in_child(
     # -P: no current directory on sys.path, so the child imports this very
     # lsm package (via PYTHONPATH) even when the cwd holds another one.
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "lsm.table_writer", str(os.getpid())],
+        [sys.executable, "-P", "-m", "lsm.table_writer", str(os.getpid()),
+         str(job.options.compaction_nice)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )
     request: bytes | None = pickle.dumps(job)
@@ -266,6 +268,9 @@ def _child_main() -> None:
     # reparenting changes getppid()) stops and removes what it wrote, so it
     # cannot write into a directory that a restarted engine now owns.
     parent = int(sys.argv[1])
+    # Lower our priority before anything else costs CPU (the job's unpickling
+    # imports the filter's and merge operator's modules).
+    nice = os.nice(int(sys.argv[2]))
 
     def orphaned() -> bool:
         return os.getppid() != parent
@@ -287,7 +292,7 @@ def _child_main() -> None:
         return reader
 
     try:
-        out = execute(job, fs, open_table, orphaned)
+        out = replace(execute(job, fs, open_table, orphaned), nice=nice)
         if orphaned():  # finished after all: nobody will install the outputs
             for f in out.files:
                 remove_quietly(fs, filenames.table_path(job.dirname, f.number))

@@ -66,6 +66,8 @@ class HintStore:
         # every partition of the ring in a sweep.
         self._of_partition: dict[int, dict[str, Hint]] = {}
         self._lock = asyncio.Lock()
+        # Pairs whose callers wait for the lock to make them durable.
+        self._queued: dict[tuple[int, str], int] = {}
         self._touched = False  # a last_ms changed since the file was written
         self._saved_ms = 0
         self.expired = 0  # hints that passed max_hint_window (their data is kept)
@@ -149,9 +151,25 @@ class HintStore:
         """Records for every ``(partition, owner)`` not held yet, in one
         write of the file (a ring change hints up to every partition at
         once: one write each would cost O(Q^2) bytes); durable when it
-        returns."""
+        returns.
+
+        Group commit: callers queue their pairs, and whoever gets the lock
+        writes every pair queued so far. When a node goes down, the first
+        write of each partition needs a new hint at once; one file write
+        per pair, one after the other, held the writes of the last
+        partitions for the sum of all those fsyncs."""
+        wanted = [p for p in dict.fromkeys(pairs) if p not in self._hints]
+        if not wanted:
+            return
+        for pair in wanted:
+            self._queued.setdefault(pair, now_ms)
         async with self._lock:
-            new = [Hint(p, owner, now_ms, now_ms) for p, owner in dict.fromkeys(pairs)
+            # Ours may have been written by the caller before us (or lost
+            # with its failed write: then we write it again, or fail too).
+            batch = {pair: self._queued.get(pair, now_ms) for pair in wanted}
+            batch.update(self._queued)
+            self._queued.clear()
+            new = [Hint(p, owner, ms, ms) for (p, owner), ms in batch.items()
                    if (p, owner) not in self._hints]
             if not new:
                 return

@@ -41,7 +41,7 @@ path, round_no, mode, keys, base = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
                                     int(sys.argv[4]), int(sys.argv[5]))
 store = ShardStore.open(path, range(0, 4), Options(
     fsync=mode, memtable_bytes=32 << 10, target_file_bytes=64 << 10, level1_bytes=256 << 10,
-    l0_compaction_trigger=2))
+    l0_compaction_trigger=2, compaction_child_min_entries=0))
 out = sys.stdout
 i = 0
 while True:

@@ -27,7 +27,8 @@ from lsm.batch import WriteBatch
 
 path, round_no, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 db = DB.open(path, Options(fsync=mode, memtable_bytes=64 << 10, target_file_bytes=128 << 10,
-                           level1_bytes=512 << 10, l0_compaction_trigger=2))
+                           level1_bytes=512 << 10, l0_compaction_trigger=2,
+                           compaction_child_min_entries=0))
 out = sys.stdout
 i = 0
 while True:

@@ -65,10 +65,66 @@ def test_trivial_move_and_result_edits_apply() -> None:
     assert not done.levels[0] and [f.number for f in done.levels[1]] == [7]
 
 
-def test_manual_level0_task_takes_all_level0_files() -> None:
+def test_manual_level0_step_takes_all_level0_files() -> None:
     v = LsmVersion.build([[meta(1, b"a", b"b"), meta(2, b"x", b"z")], [], [], []])
-    task = policy.manual_tasks_for_level(v, 0, b"a", b"a")
+    task = policy.manual_step(v, 0, b"a", b"a", after=None, max_bytes=1)
     assert task is not None and len(task.inputs) == 2
+
+
+def _steps(v: LsmVersion, level: int, max_bytes: int) -> list[tuple[list[int], list[int]]]:
+    """The manual steps of ``level``, each (inputs, next_inputs), without running them."""
+    out, after = [], None
+    while True:
+        task = policy.manual_step(v, level, None, None, after=after, max_bytes=max_bytes)
+        if task is None:
+            return out
+        out.append(([f.number for f in task.inputs], [f.number for f in task.next_inputs]))
+        after = max(f.largest for f in task.inputs)
+
+
+def test_manual_steps_are_bounded_and_walk_the_level_in_key_order() -> None:
+    v = LsmVersion.build([
+        [],
+        [meta(1, b"a", b"b"), meta(2, b"c", b"d"), meta(3, b"e", b"f"), meta(4, b"g", b"h")],
+        [meta(5, b"a", b"c"), meta(6, b"h", b"i")],
+        [],
+    ])
+    # Files 1 and 2 overlap file 5 below: 300 bytes; adding 3 would make 400.
+    assert _steps(v, 1, 300) == [([1, 2], [5]), ([3, 4], [6])]
+    # A budget below one file still takes one file a step.
+    assert _steps(v, 1, 1) == [([1], [5]), ([2], [5]), ([3], []), ([4], [6])]
+    assert _steps(v, 1, 10_000) == [([1, 2, 3, 4], [5, 6])]
+
+
+def test_manual_step_retakes_a_file_reaching_past_the_cursor() -> None:
+    # Made meanwhile by a level-0 compaction: it straddles where the last step ended.
+    v = LsmVersion.build([[], [meta(1, b"a", b"b"), meta(2, b"c", b"m")], [], []])
+    task = policy.manual_step(v, 1, None, None, after=b"d", max_bytes=1)
+    assert task is not None and [f.number for f in task.inputs] == [2]
+    assert policy.manual_step(v, 1, None, None, after=b"m", max_bytes=1) is None
+
+
+def test_bottom_steps_rewrite_the_deepest_level_in_place_in_bounded_steps() -> None:
+    v = LsmVersion.build([[], [meta(1, b"a", b"z")],
+                          [meta(2, b"a", b"b"), meta(3, b"c", b"d"), meta(4, b"e", b"f")], []])
+    first = policy.bottom_step(v, None, None, after=None, max_bytes=200)
+    assert first is not None and first.in_place and first.level == 2
+    assert [f.number for f in first.inputs] == [2, 3] and first.output_level == 2
+    second = policy.bottom_step(v, None, None, after=b"d", max_bytes=200)
+    assert second is not None and [f.number for f in second.inputs] == [4]
+    assert policy.bottom_step(v, None, None, after=b"f", max_bytes=200) is None
+    # Only files overlapping the range.
+    only = policy.bottom_step(v, b"c", b"c", after=None, max_bytes=10_000)
+    assert only is not None and [f.number for f in only.inputs] == [3]
+
+
+def test_level0_task_only_when_level0_reached_its_trigger() -> None:
+    one = LsmVersion.build([[meta(1, b"a", b"b")], [meta(2, b"a", b"c")], [], []])
+    assert policy.level0_task(one, OPTS) is None
+    two = LsmVersion.build([[meta(1, b"a", b"b"), meta(3, b"x", b"y")], [meta(2, b"a", b"c")],
+                            [], []])
+    task = policy.level0_task(two, OPTS)
+    assert task is not None and [f.number for f in task.next_inputs] == [2]
 
 
 def test_version_lookup_and_overlap_checks() -> None:

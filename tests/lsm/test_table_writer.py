@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 
 from lsm import filenames, table_writer
+from lsm.db import DB
 from lsm.errors import CorruptionError
 from lsm.fs import OsFileSystem
 from lsm.keys import KIND_DELETE, KIND_VALUE
@@ -55,6 +57,15 @@ def test_child_merges_newest_first_and_drops_tombstones_at_the_bottom(tmp_path: 
     assert out.dropped_tombstones == 1
 
 
+def test_child_runs_at_the_compaction_niceness(tmp_path: str) -> None:
+    # The processes serving requests get the CPU first; the compaction the rest.
+    job = _job(str(tmp_path), bottommost=True)
+    job = dataclasses.replace(job, options=dataclasses.replace(job.options, compaction_nice=7))
+    out = table_writer.run_in_child(job, lambda: False)
+    assert out.nice == min(19, os.nice(0) + 7)
+    assert out.files
+
+
 def test_child_and_thread_write_the_same_entries(tmp_path: str) -> None:
     a, b = os.path.join(tmp_path, "a"), os.path.join(tmp_path, "b")
     os.makedirs(a)
@@ -101,3 +112,19 @@ def test_corrupt_input_comes_back_as_corruption_error(tmp_path: str) -> None:
         table_writer.run_in_child(job, lambda: False)
     assert info.value.path == path and info.value.offset == 0
     assert _outputs(dirname) == []
+
+
+def test_small_compactions_run_in_process_big_ones_in_a_child(tmp_path: str) -> None:
+    # A child's start-up costs more CPU than merging a few thousand entries.
+    for threshold, in_child in ((10_000, False), (0, True)):
+        path = os.path.join(tmp_path, f"db{threshold}")
+        with DB.open(path, Options(compaction_child_min_entries=threshold)) as db:
+            for i in range(300):
+                db.put(b"k%04d" % i, b"v")
+                if i % 100 == 99:
+                    db.flush()
+            db.compact_range(bottommost=True)
+            counters = db.stats()["counters"]
+            assert counters["compactions"] >= 1
+            assert (counters.get("compactions_in_child", 0) >= 1) is in_child
+            assert dict(db.scan()) == {b"k%04d" % i: b"v" for i in range(300)}

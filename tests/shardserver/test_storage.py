@@ -45,7 +45,9 @@ def clock() -> Clock:
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[ShardStore]:
     s = ShardStore.open(
-        str(tmp_path / "db"), range(0, 8), Options(memtable_bytes=64 << 10, fsync="never"),
+        # Every compaction in a child (as big ones are): the filter travels pickled.
+        str(tmp_path / "db"), range(0, 8),
+        Options(memtable_bytes=64 << 10, fsync="never", compaction_child_min_entries=0),
         tombstone_grace_ms=DAY_MS, clock_ms=clock,
     )
     try:

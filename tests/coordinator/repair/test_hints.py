@@ -130,11 +130,8 @@ def _records(path: Path) -> list[list[object]]:
     return list(doc["hints"])
 
 
-def test_a_ring_change_hints_every_partition_with_one_write_of_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Regression: one write per new record made a ring change at Q = 4,096
-    write O(Q^2) bytes."""
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The hint count of each write of the file, from now on."""
     writes: list[int] = []
     real = files.write_doc
 
@@ -143,6 +140,15 @@ def test_a_ring_change_hints_every_partition_with_one_write_of_the_file(
         real(path, doc)
 
     monkeypatch.setattr(files, "write_doc", counting)
+    return writes
+
+
+def test_a_ring_change_hints_every_partition_with_one_write_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: one write per new record made a ring change at Q = 4,096
+    write O(Q^2) bytes."""
+    writes = _count_writes(monkeypatch)
 
     async def go() -> None:
         store = HintStore(str(tmp_path))
@@ -177,5 +183,54 @@ def test_add_many_that_cannot_write_the_file_keeps_no_record(
             await store.add_many([(1, "n2"), (2, "n2"), (2, "n3")], 2000)
         assert [(h.partition, h.owner) for h in store.all()] == [(1, "n2")]
         assert store.for_partition(2) == []
+
+    asyncio.run(go())
+
+
+def test_concurrent_new_hints_share_file_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 19.6): when a node went down, the first write of each
+    of its partitions made its own hint durable, one file write after the
+    other, so the writes of the last partitions waited for all those fsyncs.
+    Adds that queue while a write is in progress go out together in the next."""
+    writes = _count_writes(monkeypatch)
+
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        await asyncio.gather(*(store.add(p, "n3", 1000 + p, size=10) for p in range(64)))
+        assert writes == [1, 64]  # the first alone, then everyone queued behind it
+        assert len(store) == 64 and all(h.writes == 1 for h in store.all())
+        again = HintStore(str(tmp_path))
+        again.load()
+        assert sorted(h.partition for h in again.all()) == list(range(64))
+        assert again.for_partition(5)[0].since_ms == 1005
+
+    asyncio.run(go())
+
+
+def test_a_failed_group_write_leaves_each_waiter_to_write_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = files.write_doc
+    failures = [OSError(28, "No space left on device")]
+
+    def once_full(path: str, doc: dict) -> None:  # type: ignore[type-arg]
+        if failures:
+            raise failures.pop()
+        real(path, doc)
+
+    monkeypatch.setattr(files, "write_doc", once_full)
+
+    async def go() -> None:
+        store = HintStore(str(tmp_path))
+        results = await asyncio.gather(*(store.add(p, "n3", 1000) for p in range(3)),
+                                       return_exceptions=True)
+        assert isinstance(results[0], OSError)  # its write failed
+        assert results[1:] == [None, None]  # written again by the next waiter
+        assert sorted(h.partition for h in store.all()) == [1, 2]
+        again = HintStore(str(tmp_path))
+        again.load()
+        assert sorted(h.partition for h in again.all()) == [1, 2]
 
     asyncio.run(go())
