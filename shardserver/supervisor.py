@@ -288,8 +288,13 @@ class Supervisor:
                 st.failed_pings = 0
                 st.ready = False
             else:
-                st.ready = False
                 st.failed_pings += 1
+                # One late answer is a busy node, not a dead worker: a
+                # coordinator short of CPU must not cut off its own workers
+                # (its requests would then fail with NOQUORUM). Two in a row
+                # take it out of service; an exit does at once.
+                if st.failed_pings >= 2:
+                    st.ready = False
                 if st.failed_pings >= self._max_failed_pings and not self._stopping.is_set():
                     log.error("worker %d stopped answering pings; killing it", st.spec.index)
                     _signal(proc, signal.SIGKILL)

@@ -112,3 +112,36 @@ def test_an_error_while_watching_a_worker_restarts_it_instead_of_ending_supervis
             await sup.stop()
 
     asyncio.run(asyncio.wait_for(body(), 60.0))
+
+
+def test_one_late_ping_keeps_a_worker_in_service_two_take_it_out(tmp_path: Path) -> None:
+    """A coordinator short of CPU answers its own pings late: one missed
+    ping must not cut it off from a live worker; two in a row do."""
+    script: list[PingResult] = []
+    seen: list[bool] = []
+
+    async def scripted(path: str, timeout_s: float) -> PingResult:
+        result = await ping_worker(path, timeout_s)
+        return script.pop(0) if result == "ready" and script else result
+
+    async def body() -> None:
+        sup = Supervisor(str(tmp_path / "data"), str(tmp_path / "run"), 8, 1,
+                         ping=scripted, ping_interval_s=0.05)
+        await sup.start()
+        try:
+            await sup.wait_ready(30.0)
+            for then in (["down"], ["down", "down"]):
+                script.extend(then)
+                for _ in range(200):  # until the script is used up, and one ping more
+                    if not script:
+                        break
+                    await asyncio.sleep(0.01)
+                seen.append(sup.ready(0))
+                script.clear()
+                await sup.wait_ready(30.0)
+            assert sup.restarts(0) == 0
+        finally:
+            await sup.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60.0))
+    assert seen == [True, False]
