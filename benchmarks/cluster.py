@@ -101,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of cluster,node,redis")
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds of all runs; the best is reported (default 2, quick 1)")
-    p.add_argument("--workers", type=int, default=2, help="shard workers per ringkv node")
+    p.add_argument("--workers", type=int, default=0,
+                   help="shard workers per ringkv node (default 0: ringkv up's own choice by "
+                   "cores, as users run it)")
     p.add_argument("--profile-s", type=float, default=None,
                    help="py-spy seconds on node1's coordinator under SET load "
                    "(default 8, quick 3; 0: no profile)")
@@ -183,7 +185,7 @@ def role(pid: int) -> str:
             cmd = f.read().decode(errors="replace").replace("\0", " ")
     except OSError:
         return "gone"
-    node = m.group(0) + " " if (m := re.search(r"node\d+", cmd)) else ""
+    node = m.group(0) + " " if (m := re.search(r"node\d+", cmd)) else _parent_node(pid)
     for needle, name in (("cli serve", "coordinator"), ("shardserver.worker", "shard worker"),
                          ("lsm.table_writer", "compactor"), ("cli up", "`ringkv up`"),
                          ("redis-benchmark", "redis-benchmark"),
@@ -191,6 +193,19 @@ def role(pid: int) -> str:
         if needle in cmd:
             return node + name
     return cmd.split(" ")[0]
+
+
+def _parent_node(pid: int) -> str:
+    """"nodeN " of a shard worker (its config comes on stdin, so only its
+    parent's command line names the node), else ""."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            parent = f.read().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return ""
+    return m.group(0) + " " if (m := re.search(r"node\d+", parent)) else ""
 
 
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
@@ -658,7 +673,8 @@ def render(args: argparse.Namespace, runs: Runs, prof: str, elapsed: float, *,
         f"cluster. Best of {args.rounds} round(s) (worst in its own column; the other columns "
         "are from the best round); in each round every target runs SET then GET at each -P "
         "back to back, all three targets up meanwhile (an idle 3-node cluster takes ~0.04 "
-        f"cores). ringkv via `ringkv up`, {args.workers} shard workers per node, fsync "
+        f"cores). ringkv via `ringkv up`, "
+        f"{args.workers or 'by cores (ringkv up default)'} shard workers per node, fsync "
         "interval; redis-server --appendonly yes --appendfsync everysec --save ''. server "
         "cores = CPU seconds of the target's whole process tree "
         "(coordinators, shard workers, compactors) ÷ wall time; busiest process = the one "
