@@ -93,11 +93,21 @@ def test_store_drop_with_a_mark(store: ShardStore) -> None:
 
 
 def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None:
-    """Writers hit partition 1 without pause; a dropper scans it (the
-    handoff's pass: what it delivers), then drops it with the mark read
-    before the scan. Every acknowledged write was either delivered by a
-    pass whose drop succeeded, or is still stored."""
+    """Writers hit partition 1 in bursts; a dropper scans it (the handoff's
+    pass: what it delivers), then drops it with the mark read before the
+    scan. Every acknowledged write was either delivered by a pass whose drop
+    succeeded, or is still stored.
+
+    Every other attempt holds the writers back while it scans and lets them
+    go just before its drop (a handoff whose partition's writes moved
+    elsewhere), so drops succeed and the partition stays small; the attempts
+    in between race writers through the whole pass and wait for one more
+    acknowledged write before dropping, which the drop must refuse.
+    Without the held attempts, a partition that grew faster than one pass
+    could scan it never dropped again and each pass only got slower."""
     stop = threading.Event()
+    go = threading.Event()
+    go.set()
     acked: list[bytes] = []
     refused = 0
     lock = threading.Lock()
@@ -110,6 +120,9 @@ def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None
                 return
             if i % 10 == 0:  # bursts, so some drops find a quiet moment
                 time.sleep(rng.uniform(0, 0.01))
+            if not go.is_set():
+                go.wait(1)
+                continue
             key = b"w%d-%d" % (w, i)
             try:
                 store.write(1, key, ver(i))
@@ -127,14 +140,25 @@ def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 90  # ends as soon as enough races ran
-        while (drops < 20 or conflicts < 5 or len(acked) < 500) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120  # a guard only: 100 attempts take seconds
+        for attempt in range(100):
+            if time.monotonic() > deadline:
+                break
+            held = attempt % 2 == 1
+            if held:
+                go.clear()
             mark = store.write_mark(1)
             page = store.scan(1, None, 1000)
             seen = {k for k, _ in page.items}
             while page.next_after is not None:
                 page = store.scan(1, page.next_after, 1000)
                 seen |= {k for k, _ in page.items}
+            go.set()
+            if not held:  # let a write land during the pass: this drop must see it
+                landed = len(acked) + 1
+                until = time.monotonic() + 1
+                while len(acked) < landed and time.monotonic() < until:
+                    time.sleep(0.001)
             try:
                 store.drop_partition(1, if_mark=mark)
             except PartitionChangedError:
@@ -145,12 +169,14 @@ def test_writes_racing_conditional_drops_lose_nothing(store: ShardStore) -> None
             time.sleep(0.005)  # as a handoff would: the partition fills again
     finally:
         stop.set()
+        go.set()
         for t in threads:
-            t.join(10)
+            t.join(30)
+    assert not any(t.is_alive() for t in threads), "a writer did not finish within 30 s"
     left = {k for k, _ in store.scan(1, None, 1_000_000).items}
     lost = [k for k in acked if k not in delivered and k not in left]
     assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost, e.g. {lost[:3]}"
-    assert drops >= 20 and conflicts >= 5 and len(acked) >= 500
+    assert drops >= 20 and conflicts >= 5 and len(acked) >= 500, (drops, conflicts, len(acked))
 
 
 def test_an_exclusive_write_waits_for_writes_in_flight_and_holds_new_ones_off() -> None:
