@@ -204,6 +204,14 @@ class NodeCollector(Collector):
         yield _counter("ringkv_read_repairs", "Replicas sent a merged set after a read",
                        d.read_repairs)
         yield _counter("ringkv_late_acks", "Replica acks after the client's reply", d.late_acks)
+        yield _counter("ringkv_coalesced_reads", "GETs that joined a quorum read in flight",
+                       d.coalesced_reads)
+        yield _counter("ringkv_hot_key_cache_hits", "GETs answered by the hot-key cache",
+                       d.cache_hits)
+        yield _counter("ringkv_hot_key_cache_misses",
+                       "GETs of hot keys the hot-key cache did not hold", d.cache_misses)
+        yield _counter("ringkv_hedged_reads", "Replicas asked because one was slow to answer",
+                       d.hedged_reads)
         yield _gauge("ringkv_connected_clients", "Client connections", snap.connected_clients)
         yield _counter("ringkv_auth_failures", "Client AUTHs with a wrong password",
                        snap.clients.auth_failures)

@@ -6,7 +6,8 @@ minutes of requests (``ops.recent``).
 
 The ring is a circle of Q arcs, each coloured by the partition's first
 primary (grey stripes when a primary is down); a table lists each node's
-replicas per partition. Elements carry ``data-*`` attributes for tests and
+replicas per partition; the hot keys are the sketch's top ones (as in
+``INFO hotkeys``, keys escaped the same way). Elements carry ``data-*`` attributes for tests and
 scripts (``<tr class="node" data-node="n3" data-state="down">``)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import html
 import math
 from collections.abc import Sequence
 
+from coordinator.data.hotkeys import printable
 from coordinator.ops.health import RingHealth
 from coordinator.ops.recent import Interval
 from coordinator.ops.status import NodeSnapshot
@@ -48,7 +50,7 @@ def render(snap: NodeSnapshot, health: RingHealth, recent: Sequence[Interval]) -
         f"up {snap.uptime_s} s; refreshes every {REFRESH_S} s</small>",
         "<div class='grid'><div>", _ring_svg(health, colours, up), "</div><div>",
         _summary(snap, health), _nodes(snap, colours), "</div></div>",
-        _requests(recent), _hints(snap), _partitions(health, colours),
+        _requests(recent), _hot_keys(snap), _hints(snap), _partitions(health, colours),
         "</body></html>",
     ]
     return "".join(parts)
@@ -131,6 +133,18 @@ def _requests(recent: Sequence[Interval]) -> str:
     return ("<h2>Requests through this node</h2>" + spark +
             "<table><tr><th>10 s ending</th><th>per s</th><th>p50 ms</th><th>p99 ms</th></tr>"
             + rows + "</table>")
+
+
+def _hot_keys(snap: NodeSnapshot) -> str:
+    """The sketch's top keys at this coordinator (``INFO hotkeys``)."""
+    if not snap.hotkeys:
+        return "<h2>Hot keys</h2><p>No requests counted in the window yet.</p>"
+    rows = "".join(f"<tr data-hot-key='{_e(printable(h.key))}'><td>{rank}</td>"
+                   f"<td><code>{_e(printable(h.key))}</code></td>"
+                   f"<td>{h.reads_per_s:.1f}</td><td>{h.writes_per_s:.1f}</td></tr>"
+                   for rank, h in enumerate(snap.hotkeys, 1))
+    return ("<h2>Hot keys at this node</h2><table><tr><th>rank</th><th>key</th>"
+            "<th>reads/s</th><th>writes/s</th></tr>" + rows + "</table>")
 
 
 def _hints(snap: NodeSnapshot) -> str:

@@ -219,6 +219,11 @@ def test_status_page_in_headless_chromium_shows_the_node_down(
         pytest.skip("chromium not installed (Debian's chromium package; scripts/test.sh)")
     one_node_down(cluster)
     m = cluster.members[0]
+    # A hot key through node 0, with bytes the page must escape.
+    hot = b"hot<b>&'key"
+    with cluster.client(0, socket_timeout=10) as r:
+        for i in range(300):
+            assert r.set(hot, i) if i % 3 == 0 else r.get(hot) is not None
     url = f"http://{m.host}:{m.metrics_port}/"
     with urllib.request.urlopen(url, timeout=10) as resp:
         page = resp.read().decode()
@@ -240,6 +245,8 @@ def test_status_page_in_headless_chromium_shows_the_node_down(
         name = cluster.members[i].name
         assert f"data-node=\"{name}\" data-state=\"up\"" in dom
     assert "<svg" in dom and "data-partition=" in dom  # the ring
+    assert 'data-hot-key="hot&lt;b&gt;&amp;\'key"' in dom, dom[:3000]  # escaped, ranked
+    assert "<b>&" not in page
     under = re.search(r'data-figure="under-replicated">(\d+)<', dom)
     assert under is not None and int(under.group(1)) > 0
     print(f"screenshot {shot} ({shot.stat().st_size} bytes)")

@@ -82,7 +82,9 @@ def test_concurrent_gets_of_one_key_are_coalesced(cluster: Cluster) -> None:
     for t in threads:
         t.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
-    assert int(cluster.info(2, "stats")["coalesced_reads"]) > before
+    coalesced = int(cluster.info(2, "stats")["coalesced_reads"])
+    assert coalesced > before
+    assert scrape(cluster, 2)["ringkv_coalesced_reads_total"] >= coalesced  # and in Prometheus
 
 
 def test_a_write_through_another_node_is_seen_within_cache_ms(cluster: Cluster) -> None:
@@ -102,6 +104,9 @@ def test_a_write_through_another_node_is_seen_within_cache_ms(cluster: Cluster) 
     assert stale_after == []
     stats = cluster.info(0, "stats")
     assert int(stats["cache_hits"]) > 0 and int(stats["cache_misses"]) > 0
+    metrics = scrape(cluster, 0)
+    assert metrics["ringkv_hot_key_cache_hits_total"] >= int(stats["cache_hits"])
+    assert metrics["ringkv_hot_key_cache_misses_total"] >= int(stats["cache_misses"])
     assert stale_within > 0  # the cache did answer old values inside the bound
 
 
@@ -141,6 +146,8 @@ def test_hedged_reads_keep_r2_p99_near_healthy_with_one_replica_slowed(
         took.sort()
         p50, p99 = took[300], took[594]
         assert p99 < DELAY_MS / 1000, (p50, p99)
-        assert sum(int(c.info(i, "stats")["hedged_reads"]) for i in range(3)) > 0
+        hedged = sum(int(c.info(i, "stats")["hedged_reads"]) for i in range(3))
+        assert hedged > 0
+        assert sum(scrape(c, i)["ringkv_hedged_reads_total"] for i in range(3)) >= hedged
     finally:
         c.close()
