@@ -123,6 +123,14 @@ class Options:
     # processes serving requests get the CPU first and a compaction takes
     # what is left, so a compaction slows down rather than the requests.
     compaction_nice: int = 10
+    # The flush and compaction threads lower their own priority (Linux
+    # niceness is per thread) to flush_nice and compaction_nice: a memtable
+    # flush or a small in-process compaction burns CPU for tenths of a
+    # second, and at the same priority it took the core from the event loops
+    # of this and the other processes, which showed as 30-90 ms p99s at half
+    # of a 3-node cluster's peak on 2 cores (docs/benchmarks.md). The flush
+    # gets the milder one: writes stall if it falls behind.
+    flush_nice: int = 5
     # Compactions of fewer input entries run on the compaction thread even
     # then: a child's start-up (interpreter, imports) costs ~0.2 s of CPU,
     # the merge ~10 µs an entry, so a small one is cheaper in-process.
@@ -171,6 +179,8 @@ class Options:
             raise InvalidArgumentError("compaction_child_min_entries must be >= 0")
         if not 0 <= self.compaction_nice <= 19:
             raise InvalidArgumentError("compaction_nice must be 0..19")
+        if not 0 <= self.flush_nice <= 19:
+            raise InvalidArgumentError("flush_nice must be 0..19")
         if self.slowdown_sleep_s < 0:
             raise InvalidArgumentError("slowdown_sleep_s must be >= 0")
         op = self.merge_operator

@@ -229,6 +229,7 @@ def test_set_options_changes_run_time_knobs_and_refuses_the_rest(tmp_path: str) 
             "compaction_filter": (3, "compaction_filter must be a callable or None"),
             "l0_slowdown_trigger": (1, "l0_compaction_trigger <= l0_slowdown_trigger"),
             "compaction_nice": (20, "compaction_nice must be 0..19"),
+            "flush_nice": (3, "cannot change while the database is open"),
             "compaction_child_min_entries": (-1, "compaction_child_min_entries must be >= 0"),
         }
         for name, (value, message) in refused.items():

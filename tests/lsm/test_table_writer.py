@@ -66,6 +66,30 @@ def test_child_runs_at_the_compaction_niceness(tmp_path: str) -> None:
     assert out.files
 
 
+def test_flush_and_compaction_threads_run_niced_and_the_caller_does_not(tmp_path: str) -> None:
+    """Linux niceness is per thread: the engine's background threads take
+    flush_nice and compaction_nice, the thread that opened the database
+    (a worker's event loop) keeps its own."""
+    import threading
+    import time
+
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    db = DB.open(os.path.join(tmp_path, "db"), Options(flush_nice=3, compaction_nice=9))
+    try:
+        def niceness() -> dict[str, int]:
+            return {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id)
+                    for t in threading.enumerate()
+                    if t.name in ("lsm-flush", "lsm-compact") and t.native_id is not None}
+
+        deadline = time.monotonic() + 10
+        while niceness() != {"lsm-flush": max(me, 3), "lsm-compact": max(me, 9)}:
+            assert time.monotonic() < deadline, niceness()
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == me
+    finally:
+        db.close()
+
+
 def test_child_and_thread_write_the_same_entries(tmp_path: str) -> None:
     a, b = os.path.join(tmp_path, "a"), os.path.join(tmp_path, "b")
     os.makedirs(a)
