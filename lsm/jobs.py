@@ -18,9 +18,7 @@ steps. The engine's lock order is written in lsm.db.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -33,6 +31,7 @@ from lsm.keys import Entry
 from lsm.manifest import FileMeta, VersionEdit
 from lsm.memtable import MemTable
 from lsm.options import Options
+from lsm.priority import lower_thread_priority
 from lsm.table_cache import TableCache
 from lsm.version import LsmVersion
 from lsm.version_set import VersionSet
@@ -46,18 +45,6 @@ _BACKOFF_MAX_S = 1.0
 #: A manual compaction step reads about this many target-sized files (one
 #: level-n file and the ~fan-out files below it, like a background one).
 _MANUAL_STEP_FILES = 10
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Give the calling thread niceness ``nice`` (never raise it back): on
-    Linux niceness is per thread, so the process's event loop keeps its
-    priority. Where the call is refused (not permitted, not Linux) the
-    thread runs as it was."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
 
 
 class _Aborted(Exception):

@@ -62,8 +62,13 @@ class WorkerHost(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def run_in_pool(self, fn: Call) -> object: ...
+    async def run_in_pool(self, fn: Call, background: bool = False) -> object: ...
 _READ_BYTES = 256 << 10
+#: Requests that are long CPU-bound work no client waits on: they run on the
+#: worker's niced threads (Worker.run_in_pool), so an operator's compaction
+#: or an anti-entropy tree build yields the core to replica reads and writes.
+_BACKGROUND = (messages.Compact, messages.Flush, messages.DropPartition, messages.ScanPartition,
+               messages.TreeLevel, messages.BucketDigests)
 
 
 def error_status(exc: BaseException) -> tuple[Status, str]:
@@ -188,7 +193,8 @@ class WorkerConnection:
 
     async def _execute(self, store: ShardStore, rid: int, req: Request) -> None:
         try:
-            result = await self.worker.run_in_pool(dispatch(store, req))
+            result = await self.worker.run_in_pool(dispatch(store, req),
+                                                   isinstance(req, _BACKGROUND))
             if isinstance(req, messages.Stats) and isinstance(result, dict):
                 result["direct"] = self.worker.direct_counts  # the worker's, not the store's
             reply = Reply(Status.OK, result)

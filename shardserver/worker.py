@@ -37,6 +37,8 @@ from typing import Any
 
 import uvloop
 
+from lsm.options import Options
+from lsm.priority import lower_thread_priority
 from shardserver import handlers
 from shardserver.admission import Admission
 from shardserver.config import WorkerConfig
@@ -55,6 +57,12 @@ class Worker:
         self.admission = Admission(settings.max_inflight, settings.max_inflight_per_conn)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix=f"w{config.worker_id}"
+        )
+        # Compactions, drops, scans and tree builds (handlers._BACKGROUND)
+        # run on threads at the engine's compaction niceness.
+        self._background = ThreadPoolExecutor(
+            max_workers=settings.threads, thread_name_prefix=f"w{config.worker_id}-bg",
+            initializer=lower_thread_priority, initargs=(BACKGROUND_NICE,),
         )
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,9 +166,9 @@ class Worker:
             self._conns.discard(task)
             await conn.close()
 
-    async def run_in_pool(self, fn: handlers.Call) -> object:
+    async def run_in_pool(self, fn: handlers.Call, background: bool = False) -> object:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn)
+        return await loop.run_in_executor(self._background if background else self._pool, fn)
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -174,7 +182,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         # In-flight engine calls finish in their threads; then close the engine.
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        for pool in (self._pool, self._background):
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
             self.store = None
@@ -189,6 +198,8 @@ class Worker:
 #: one of them could keep it 5 ms, and a loop turn with a few sends waited
 #: that many times over. 0.5 ms hands it back ten times sooner.
 SWITCH_INTERVAL_S = 0.0005
+#: The niceness of the threads that run background requests.
+BACKGROUND_NICE = Options().compaction_nice
 
 
 async def run(config: WorkerConfig) -> int:
