@@ -7,8 +7,9 @@ minutes of requests (``ops.recent``).
 The ring is a circle of Q arcs, each coloured by the partition's first
 primary (grey stripes when a primary is down); a table lists each node's
 replicas per partition; the hot keys are the sketch's top ones (as in
-``INFO hotkeys``, keys escaped the same way). Elements carry ``data-*`` attributes for tests and
-scripts (``<tr class="node" data-node="n3" data-state="down">``)."""
+``INFO hotkeys``, keys escaped the same way). Elements carry ``data-*``
+attributes for tests and scripts
+(``<tr class="node" data-node="n3" data-state="down">``)."""
 
 from __future__ import annotations
 
