@@ -63,6 +63,8 @@ class WorkerHost(Protocol):
     def ready(self) -> bool: ...
 
     async def run_in_pool(self, fn: Call, background: bool = False) -> object: ...
+
+
 _READ_BYTES = 256 << 10
 #: Requests that are long CPU-bound work no client waits on: they run on the
 #: worker's niced threads (Worker.run_in_pool), so an operator's compaction
