@@ -263,6 +263,9 @@ class RequestParser:
             if self._argc_left < 0 and self._buf[self._start] != 0x2A:  # not '*'
                 if not self._scan_inline():
                     break
+            elif self._argc_left < 0 and (end := self._whole_request()) > 0:
+                if not self._take_request(end):
+                    break
             elif not self._scan_multibulk():
                 break
         # Drop consumed bytes once they are at least as many as those kept,
@@ -341,6 +344,74 @@ class RequestParser:
             return None
         return int(text)
 
+    def _whole_request(self) -> int:
+        """Where the multibulk request at _start ends, if it is complete and
+        plainly within every limit; else 0, and the general scan (which
+        resumes, discards and words the errors) takes it.
+
+        The common case in one pass: canonical lengths (no sign, no leading
+        zero, at most 18 digits, which _INTEGER also admits), every bulk at
+        most max_bulk, the request at most max_request, an authenticated
+        client. Anything else, including a request cut short, goes the
+        general way, so the two can only differ in speed."""
+        if self._restricted or self._discarding or self._drop:
+            return 0
+        buf = self._buf
+        end = len(buf)
+        cr = buf.find(b"\r\n", self._start + 1, self._start + 21)
+        if cr < 0:
+            return 0
+        head = buf[self._start + 1 : cr]
+        if not head.isdigit() or head[0] == 0x30:  # also refuses "0" and "-1"
+            return 0
+        argc = int(head)
+        if argc > self.max_multibulk:
+            return 0
+        max_bulk = self.max_bulk
+        pos = cr + 2
+        for _ in range(argc):
+            if pos >= end or buf[pos] != 0x24:  # '$'
+                return 0
+            cr = buf.find(b"\r\n", pos + 1, pos + 21)
+            if cr < 0:
+                return 0
+            head = buf[pos + 1 : cr]
+            if not head.isdigit() or (head[0] == 0x30 and len(head) > 1):
+                return 0
+            length = int(head)
+            if length > max_bulk:
+                return 0
+            pos = cr + 4 + length
+            if pos > end:
+                return 0
+        if pos - self._start > self.max_request:
+            return 0
+        self._argc = argc
+        return pos
+
+    def _take_request(self, end: int) -> bool:
+        """Hand the request framed in _buf[_start:end] (``_argc`` arguments)
+        to hiredis, which cuts it up; False (and the parser dead) if it does
+        not come out as that many arguments."""
+        # hiredis takes any buffer; its stub only admits bytes, and a copy
+        # just to please the stub would double the work for large values.
+        self._reader.feed(cast(bytes, self._buf), self._start, end - self._start)
+        try:
+            request = self._reader.gets()
+        except hiredis.HiredisError as exc:
+            request = exc
+        self._start = self._pos = end
+        self._argc_left = -1
+        if not isinstance(request, list) or len(request) != self._argc:
+            # Unreachable with checked framing; kept as a guard, not an assert,
+            # because the bytes come from the network: an error reply and a
+            # closed connection, never an exception out of the parser.
+            self._fail(f"malformed request ({request})"
+                       if isinstance(request, Exception) else "invalid multibulk length")
+            return False
+        self._ready.append(request)
+        return True
+
     def _discard(self, length: int) -> None:
         """Drop the bulk of ``length`` whose header ends at _pos, and the
         rest of its request as it comes (the request's kept bytes go too)."""
@@ -407,21 +478,4 @@ class RequestParser:
             self._argc_left = -1
             return True
         # The request's framing is checked end to end; hiredis cuts it up.
-        # hiredis takes any buffer; its stub only admits bytes, and a copy
-        # just to please the stub would double the work for large values.
-        self._reader.feed(cast(bytes, self._buf), self._start, self._pos - self._start)
-        try:
-            request = self._reader.gets()
-        except hiredis.HiredisError as exc:
-            request = exc
-        self._start = self._pos
-        self._argc_left = -1
-        if not isinstance(request, list) or len(request) != self._argc:
-            # Unreachable with checked framing; kept as a guard, not an assert,
-            # because the bytes come from the network: an error reply and a
-            # closed connection, never an exception out of the parser.
-            self._fail(f"malformed request ({request})"
-                       if isinstance(request, Exception) else "invalid multibulk length")
-            return False
-        self._ready.append(request)
-        return True
+        return self._take_request(self._pos)

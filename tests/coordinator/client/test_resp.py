@@ -160,6 +160,69 @@ def test_pipelined_requests_split_at_any_boundary(
     assert got == expected
 
 
+class GeneralOnly(RequestParser):
+    """The parser without its one-pass fast path for whole requests."""
+
+    def _whole_request(self) -> int:
+        return 0
+
+
+def outcome(parser: RequestParser, wire: bytes, points: list[int], auth_at: int) -> list[object]:
+    """What ``parser`` makes of ``wire`` fed in the pieces between ``points``,
+    restricted (unauthenticated) until the ``auth_at``-th request is out."""
+    got: list[object] = []
+    if auth_at:
+        parser.restrict()
+    for a, b in itertools.pairwise(points):
+        parser.feed(wire[a:b])
+        while (item := parser.gets()) is not None:
+            got.append(repr(item) if isinstance(item, RespProtocolError | Discarded) else item)
+            if len(got) == auth_at:
+                parser.lift()
+            if isinstance(item, RespProtocolError):
+                return got
+    return got
+
+
+# Byte strings that change a request's framing where they land: signs,
+# leading zeros, odd digits, lone CR/LF, other type bytes.
+framing_noise = st.sampled_from(
+    [b"0", b"00", b"-", b"-1", b"+", b" ", b"\r", b"\n", b"\r\n", b"*", b"$", b":", b"x",
+     b"99999999999999999999", b"\x00"]
+)
+
+
+@pytest.mark.property
+@settings(max_examples=400)
+@given(
+    requests=st.lists(
+        st.lists(st.binary(max_size=40), min_size=1, max_size=5), min_size=1, max_size=6),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.booleans(), framing_noise,
+                             st.integers(0, 3)), max_size=3),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    max_bulk=st.sampled_from([8, 16, 1024]),
+    auth_at=st.integers(0, 3),
+)
+def test_the_fast_path_answers_as_the_general_scan(
+    requests: list[list[bytes]], edits: list[tuple[int, bool, bytes, int]], cuts: list[int],
+    max_bulk: int, auth_at: int,
+) -> None:
+    """Valid and damaged pipelines, cut anywhere, big bulks discarded, limits
+    before AUTH: the parser with its whole-request fast path gives the same
+    requests, discards and error texts, in the same order, as without it."""
+    wire = bytearray(b"".join(pack(*args) for args in requests))
+    for spot, in_header, noise, drop in edits:  # noise over a few bytes
+        heads = [i + 1 for i in range(len(wire)) if wire[i : i + 1] in (b"$", b"*")]
+        at = heads[spot % len(heads)] if in_header and heads else spot % (len(wire) + 1)
+        wire[at : at + drop] = noise
+    data = bytes(wire)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    limits = {"max_bulk": max_bulk, "max_request": 4 * max_bulk + 64}
+    fast = outcome(RequestParser(**limits), data, points, auth_at)
+    general = outcome(GeneralOnly(**limits), data, points, auth_at)
+    assert fast == general
+
+
 # -- inline ------------------------------------------------------------------
 
 
