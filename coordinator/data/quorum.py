@@ -133,24 +133,30 @@ class Tally:
         return self.outcome()
 
     def _target(self, node: NodeId) -> Target | None:
-        return next((t for t in self.plan.targets if t.node == node), None)
+        for t in self.plan.targets:
+            if t.node == node:
+                return t
+        return None
 
     def _reach(self) -> tuple[int, int, int, int]:
-        """(got, got from primaries, could get, could get from primaries)."""
-        got = len(self.ok)
-        got_primaries = sum(self.ok.values())
-        open_ = [
-            t for t in self.plan.targets if t.node not in self.ok and t.node not in self.failed
-        ]
-        could = got + len(open_)
-        could_primaries = got_primaries + sum(1 for t in open_ if t.primary)
+        """(got, got from primaries, could get, could get from primaries).
+        One pass over the (few) targets: this runs at every reply."""
+        ok, failed = self.ok, self.failed
+        got = len(ok)
+        got_primaries = sum(ok.values())
+        could, could_primaries = got, got_primaries
+        for t in self.plan.targets:
+            if t.node not in ok and t.node not in failed:
+                could += 1
+                could_primaries += t.primary
         return got, got_primaries, could, could_primaries
 
     def outcome(self) -> Outcome:
         got, got_primaries, could, could_primaries = self._reach()
-        if got >= self.needed and got_primaries >= self.needed_primaries:
+        needed, needed_primaries = self.needed, self.needed_primaries
+        if got >= needed and got_primaries >= needed_primaries:
             return Outcome.SUCCEEDED
-        if could < self.needed or could_primaries < self.needed_primaries:
+        if could < needed or could_primaries < needed_primaries:
             return Outcome.FAILED
         return Outcome.PENDING
 
