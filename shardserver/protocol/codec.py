@@ -467,10 +467,24 @@ def _check_plain(obj: object, field: str) -> None:
             raise ProtocolError(f"{field}: unexpected {type(v).__name__} value")
 
 
+#: Status by wire code, for the common case in ``decode_replies``.
+_STATUS_OF = {s.value: s for s in Status}
+
+
 def decode_replies(payload: bytes) -> list[tuple[int, Reply]]:
     """Inverse of ``encode_replies``; payloads are checked by ``check_payload``."""
     out: list[tuple[int, Reply]] = []
     for i, env in enumerate(_unpack(payload, "reply frame")):
+        # The common case first, with the same checks and no field names
+        # formatted: [id, known status, nil | bytes | (any status) str].
+        if type(env) is list and len(env) == 3:
+            rid, code, body = env
+            if (type(rid) is int and 0 <= rid <= MAX_REQUEST_ID and type(code) is int
+                    and (status := _STATUS_OF.get(code)) is not None
+                    and (body is None or type(body) is str
+                         or (type(body) is bytes and status is Status.OK))):
+                out.append((rid, Reply(status, body)))
+                continue
         if not isinstance(env, list) or len(env) != 3:
             raise ProtocolError(f"reply {i}: expected [request_id, status, payload]")
         rid = _int(env[0], f"reply {i}.request_id", 0, MAX_REQUEST_ID)
