@@ -32,6 +32,7 @@ from coordinator.ops.admin import RestartCheck
 from lsm.options import FsyncMode
 from shardserver.config import WorkerSettings
 from shardserver.errors import WorkerConfigError
+from shardserver.protocol import heap
 from shardserver.protocol.pool import default_worker_count, usable_cores
 from shardserver.supervisor import Supervisor, socket_path
 from shardserver.worker_count import recorded_workers
@@ -128,6 +129,7 @@ async def _run(node: Node, config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     def ready(node: Node) -> None:
+        heap.settle()
         print(f"ringkv node {config.id}: clients on {config.bind}:{node.client_server.port}, "
               f"peers on {config.bind}:{node.peer_server.port}", flush=True)
 

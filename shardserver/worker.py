@@ -44,6 +44,7 @@ from shardserver.admission import Admission
 from shardserver.config import WorkerConfig
 from shardserver.direct import DirectPeers
 from shardserver.errors import WorkerConfigError
+from shardserver.protocol import heap
 from shardserver.protocol.attach import attach_path
 from shardserver.storage import ShardStore
 
@@ -209,6 +210,7 @@ async def run(config: WorkerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     await worker.start()
+    heap.settle()
     try:
         await worker.serve_until_stopped()
     finally:
