@@ -187,41 +187,40 @@ class Round:
 
     def _on_done(self, fut: asyncio.Future[ShardReply]) -> None:
         self._open -= 1
+        outcome = Outcome.PENDING
         if not fut.cancelled():
             if self.decided:
                 before = len(self.replies)
                 self._take(fut)
                 self.late += len(self.replies) - before
             else:
-                self._take(fut)
+                outcome = self._take(fut)
                 if self.on_short is not None:
                     self.on_short()
-        if not self.decided and (self._open == 0
-                                 or self.tally.outcome() is not Outcome.PENDING):
+                    outcome = self.tally.outcome()  # it may have asked one more
+        if not self.decided and (self._open == 0 or outcome is not Outcome.PENDING):
             self._decide()
         if self._open == 0:
             self._finish()
 
-    def _take(self, fut: asyncio.Future[ShardReply]) -> None:
+    def _take(self, fut: asyncio.Future[ShardReply]) -> Outcome:
+        """Count the call's answer; the tally's outcome after it."""
         target = self.calls[fut]
         exc = fut.exception()
         if exc is None and self._hops is not None:
             self._hops.observe(target.node, self._loop.time() - self._started)
         if isinstance(exc, ShardUnavailable):
-            self.tally.fail(target.node, f"down ({exc.reason})")
-            return
+            return self.tally.fail(target.node, f"down ({exc.reason})")
         if exc is not None:  # a bug in a call must not hang the request
             log.error("call to %s failed", target.node, exc_info=exc)
-            self.tally.fail(target.node, f"error: {exc}")
-            return
+            return self.tally.fail(target.node, f"error: {exc}")
         reply = fut.result()
         if reply.ok:
             self.replies[target.node] = reply
-            self.tally.ack(target.node)
-        else:
-            if reply.status is Status.READ_ONLY:
-                self.read_only.append(f"{target.node}: {reply.message}")
-            self.tally.fail(target.node, _reason(reply))
+            return self.tally.ack(target.node)
+        if reply.status is Status.READ_ONLY:
+            self.read_only.append(f"{target.node}: {reply.message}")
+        return self.tally.fail(target.node, _reason(reply))
 
     def add(self, fut: asyncio.Future[ShardReply], target: Target) -> None:
         """One more call (a spare replica asked late)."""
