@@ -230,6 +230,8 @@ def decode(obj: object, what: str = "clock") -> VClock:
     """
     if not isinstance(obj, (list, tuple)):
         raise VersionFormatError(f"{what}: expected a list of pairs, got {type(obj).__name__}")
+    if not obj:
+        return EMPTY  # every plain SET/DEL's clock
     if len(obj) > MAX_CLOCK_ENTRIES:
         raise VersionFormatError(f"{what}: {len(obj)} entries > {MAX_CLOCK_ENTRIES}")
     out: dict[ActorId, int] = {}
