@@ -64,7 +64,7 @@ from coordinator.data.shared_reads import Pending, ReadOptions, SharedReads
 from coordinator.errors import CommandError, ReadOnlyError
 from coordinator.histogram import Histograms
 from coordinator.ratelimit import TokenBucket
-from shardserver.protocol.errors import ShardUnavailable
+from shardserver.protocol.errors import ShardUnavailable, VersionFormatError
 from shardserver.protocol.messages import (
     ReplicaRead,
     ReplicaWrite,
@@ -157,8 +157,8 @@ class Round:
     (cancelled). One timer per round covers both."""
 
     __slots__ = ("_hops", "_loop", "_on_decided", "_open", "_started", "_then", "_timer",
-                 "calls", "decided", "decoded", "finished", "late", "on_short", "read_only",
-                 "replies", "tally")
+                 "agreed", "calls", "decided", "decoded", "finished", "late", "on_short",
+                 "read_only", "replies", "tally")
 
     def __init__(self, tally: Tally, calls: dict[asyncio.Future[ShardReply], Target],
                  timeout_s: float, on_decided: Callable[[Round], None],
@@ -170,6 +170,8 @@ class Round:
         self.calls = calls
         self.replies: dict[NodeId, ShardReply] = {}
         self.decoded: dict[str, SiblingSet | None] = {}  # replies' payloads, decoded once
+        #: A read's answers at its decision were the same bytes, already merged.
+        self.agreed = False
         self.read_only: list[str] = []
         self.late = 0  # successful replies after the decision
         self.decided = False
@@ -399,7 +401,10 @@ class DataPath:
             self._failed_quorum("read", tally)
             self._shared.failed(key, pending, tally.error())
             return
-        merged = reconcile.reconcile(self._answers(rnd), self.sibling_cap).merged
+        merged = self._unanimous(rnd)
+        rnd.agreed = merged is not None
+        if merged is None:
+            merged = reconcile.reconcile(self._answers(rnd), self.sibling_cap).merged
         if merged:
             self.clock.saw(max(v.hlc for v in merged))
         self._shared.answered(key, pending, merged)
@@ -428,6 +433,15 @@ class DataPath:
                     "(max_reply_bytes); ask for fewer keys")
         return found
 
+    def _unanimous(self, rnd: Round) -> SiblingSet | None:
+        """``reconcile.unanimous`` of the round's answers (bad bytes: None,
+        and ``_answers`` names them as reconcile does)."""
+        try:
+            return reconcile.unanimous((r.payload for r in rnd.replies.values()),
+                                       self.sibling_cap)
+        except VersionFormatError:
+            return None
+
     def _answers(self, rnd: Round) -> dict[str, SiblingSet | None]:
         for node, reply in rnd.replies.items():
             if node not in rnd.decoded:
@@ -438,8 +452,9 @@ class DataPath:
     def _check_replicas(self, partition: int, key: bytes, rnd: Round) -> None:
         """Once every replica answered (or the time is up): send the merged
         set to the replicas whose answer lacked part of it (read repair)."""
-        if len(rnd.replies) < 2:
-            return
+        if len(rnd.replies) < 2 or (rnd.agreed and len(
+                {r.payload for r in rnd.replies.values()}) == 1):
+            return  # one answer, or all alike as the first ones were: nothing to repair
         result = reconcile.reconcile(self._answers(rnd), self.sibling_cap)
         if result.stale:
             self._spawn(self._repair(partition, key, result.merged, result.stale))

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from coordinator.data import votes
@@ -117,6 +117,25 @@ def reconcile(answers: Mapping[str, SiblingSet | None], cap: int) -> ReadResult:
         sorted(node for node, siblings in answers.items() if merged and siblings != merged)
     )
     return ReadResult(merged, dropped, stale)
+
+
+def unanimous(payloads: Iterable[bytes | None], cap: int) -> SiblingSet | None:
+    """The common read, cheaply: when every replica answered the very same
+    bytes (``None``: nothing stored) and that set is already what merging
+    makes of it, the merged set, decoded once; else None (then
+    :func:`reconcile` the decoded answers). Where it answers, it agrees with
+    ``reconcile``: the same merged set and no stale replica."""
+    distinct = set(payloads)
+    if len(distinct) != 1:
+        return None
+    (payload,) = distinct
+    if payload is None:
+        return ()
+    siblings = versions.decode_siblings(payload)
+    if votes.conflicts([siblings]):
+        return None
+    merged = versions.merge_sets((), siblings, cap).siblings
+    return merged if merged == siblings else None
 
 
 def get_reply(siblings: SiblingSet) -> bytes | None:

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from coordinator.data import votes
 from coordinator.data.reconcile import (
     context_write,
     decode_context,
     get_reply,
     plain_write,
     reconcile,
+    unanimous,
     vget_reply,
 )
 from coordinator.errors import CommandError
 from shardserver.protocol import versions
+from shardserver.protocol.errors import VersionFormatError
 from shardserver.protocol.vclock import ActorId, make_actor
 
 A = make_actor("n1", 1)
@@ -90,3 +95,61 @@ def test_a_vget_context_carries_the_floor_of_the_plain_writes_it_saw() -> None:
     # A context from before floors still decodes, without one.
     old = versions.encode_context(versions.Context(versions.context_of(s).clock))
     assert old[0] == 1 and decode_context(old, NOW_MS, DRIFT_MS).floor is None
+
+
+# -- the unanimous fast path ----------------------------------------------------
+
+actors = st.sampled_from([A, B, make_actor("n3", 2)])
+any_versions = st.builds(
+    versions.Version, clock=st.just(versions.EMPTY), hlc=st.integers(0, 5), actor=actors,
+    value=st.one_of(st.none(), st.sampled_from([b"x", b"y", b"z"])),
+    floor=st.one_of(st.none(), st.tuples(st.integers(0, 5), actors)),
+).map(lambda v: v if v.floor is None or v.floor <= v.lww_key()
+      else versions.as_plain(v))  # a floor above the own id is refused on decode
+
+
+@pytest.mark.property
+@settings(max_examples=300)
+@given(siblings=st.lists(any_versions, max_size=4), copies=st.integers(1, 3),
+       cap=st.integers(1, 4), odd=st.one_of(st.none(), st.lists(any_versions, max_size=3)))
+def test_unanimous_agrees_with_reconcile_where_it_answers(
+    siblings: list[versions.Version], copies: int, cap: int,
+    odd: list[versions.Version] | None,
+) -> None:
+    """Any bytes a replica may send (unsorted, duplicated, superseded or
+    clashing versions, over the cap), the same from every replica or one
+    replica different: where the fast path answers, reconcile finds the same
+    merged set and no replica to repair."""
+    payloads: list[bytes | None] = [versions.encode_siblings(tuple(siblings)) if siblings
+                                    else None] * copies
+    if odd is not None:
+        payloads.append(versions.encode_siblings(tuple(odd)) if odd else None)
+    try:
+        answers = {f"n{i}": None if p is None else versions.decode_siblings(p)
+                   for i, p in enumerate(payloads)}
+    except VersionFormatError:  # bytes the decoder refuses (a duplicate version)
+        if len(set(payloads)) == 1:
+            with pytest.raises(VersionFormatError):
+                unanimous(payloads, cap)
+        else:
+            assert unanimous(payloads, cap) is None
+        return
+    fast = unanimous(payloads, cap)
+    full = reconcile(answers, cap)
+    if fast is not None:
+        assert fast == full.merged
+        assert full.stale == ()
+    elif len(set(payloads)) == 1 and full.stale == () and payloads[0] is not None:
+        # It may decline only where merging changes the set or copies clash.
+        decoded = versions.decode_siblings(payloads[0])
+        assert full.merged != decoded or votes.conflicts([decoded])
+
+
+def test_unanimous_takes_the_common_read_and_declines_the_rest() -> None:
+    s = apply((), plain_write(A, 100, b"v"))
+    one = versions.encode_siblings(s)
+    assert unanimous([one, one], 16) == s
+    assert unanimous([None, None], 16) == ()
+    other = versions.encode_siblings(apply(s, plain_write(B, 200, b"w")))
+    assert unanimous([one, other], 16) is None
+    assert unanimous([one, None], 16) is None
