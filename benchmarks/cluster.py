@@ -485,7 +485,7 @@ class Timeline:
         print(f"    {self.events[-1]}", flush=True)
 
 
-def _ringkv(*argv: str, log: str) -> subprocess.Popen[bytes]:
+def ringkv(*argv: str, log: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
     with open(log, "ab") as out:
@@ -497,7 +497,7 @@ def _ringkv(*argv: str, log: str) -> subprocess.Popen[bytes]:
 def compact_all(data: str, line: Timeline, nodes: int = 3) -> None:
     """``ringkv compact`` on every node at once (a full manual compaction)."""
     line.note("ringkv compact on every node")
-    procs = [_ringkv("compact", "--json", "--config", os.path.join(data, f"node{i}.toml"),
+    procs = [ringkv("compact", "--json", "--config", os.path.join(data, f"node{i}.toml"),
                      log=os.path.join(data, "compact.log")) for i in range(1, nodes + 1)]
     codes = [p.wait(600) for p in procs]
     line.note(f"compactions done (exit {', '.join(map(str, codes))})")
@@ -516,7 +516,7 @@ def kill_and_restart(leader: int, data: str, port: int, line: Timeline, *,
             os.kill(pid, signal.SIGKILL)
     line.note("node3 killed (kill -9, coordinator and workers)")
     time.sleep(down_s)  # the outage itself, not a wait for a condition
-    restarted.append(_ringkv("serve", "--config", os.path.join(data, "node3.toml"),
+    restarted.append(ringkv("serve", "--config", os.path.join(data, "node3.toml"),
                              log=os.path.join(data, "node3-restart.log")))
     line.note("node3 started again")
     deadline = time.monotonic() + 60

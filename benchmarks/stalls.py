@@ -17,6 +17,13 @@ Prints one JSON line per run (percentiles in ms, errors, the load average).
 CPU it cost (/proc: the cluster's processes, compaction children included,
 against an idle window as long; and the three CLIs), 12,000 more SETs
 before each.
+
+Two runs split ``compact`` into its parts: ``compact-admin`` sends the
+same admin requests as ``ringkv compact`` (a node's status, then a
+compaction per worker; every node at once) from one process started before
+the first such run, so no interpreter starts during the load: the server's
+share. ``cli-start`` starts three ``ringkv ring`` at once, a request that
+costs the server nothing: the CLIs' share.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from cli.bench.keys import KeyDist
 from cli.bench.workload import Workload
 
 PRELOAD = 3000  # as cluster.py --quick: its requests, keyspace requests // 4
+RUNS = ("undisturbed", "compact", "compact-admin", "cli-start", "kill", "compact-cpu")
+NODES = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--runs", default="undisturbed,compact,kill",
-                   help="comma-separated subset of undisturbed,compact,kill,compact-cpu")
+                   help=f"comma-separated subset of {','.join(RUNS)}")
     p.add_argument("--dir", default=None, help="parent of the scratch directory")
     args = p.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    if unknown := set(args.runs) - {"undisturbed", "compact", "kill", "compact-cpu"}:
+    if unknown := set(args.runs) - set(RUNS):
         p.error(f"unknown run(s) {', '.join(sorted(unknown))}")
     return args
 
@@ -101,14 +110,89 @@ def compaction_cpu(port: int, data: str) -> dict[str, Any]:
             "load": os.getloadavg()[0]}
 
 
+class AdminCompactor:
+    """A child process, started once and before the load, that compacts
+    every node as ``ringkv compact`` does each time it is asked (a line on
+    its stdin; it answers with one when done)."""
+
+    def __init__(self, data: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [harness.REPO, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--admin-compactor", data],
+            cwd=harness.REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._answer()  # "ready": imports done
+
+    def compact(self, line: cluster.Timeline) -> None:
+        assert self.proc.stdin is not None
+        line.note("admin compaction of every node (from a running process)")
+        self.proc.stdin.write("compact\n")
+        self.proc.stdin.flush()
+        line.note(f"compactions done ({self._answer()})")
+
+    def _answer(self) -> str:
+        assert self.proc.stdout is not None
+        answer = self.proc.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError(f"the admin compactor exited ({self.proc.wait(10)})")
+        return answer
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def serve_compactions(data: str) -> int:
+    """The :class:`AdminCompactor`'s side: the requests ``ringkv compact``
+    sends (``cli.cluster.compact``), to every node at once."""
+    from cli.admin import AdminClient, _secret
+    from coordinator.ops import admin_api as api
+
+    clients = []
+    for i in range(1, NODES + 1):
+        secret, addr = _secret(None, os.path.join(data, f"node{i}.toml"))
+        clients.append(AdminClient(addr or "", secret, None, True))
+
+    def compact(client: AdminClient) -> None:
+        status = client.call(api.StatusRequest(), api.NodeStatus)
+        for worker in range(status.workers):
+            client.call(api.CompactRequest(worker=worker), api.CompactReply)
+
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        started = time.monotonic()
+        threads = [threading.Thread(target=compact, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"took {time.monotonic() - started:.1f} s", flush=True)
+    return 0
+
+
+def cli_start(data: str, line: cluster.Timeline) -> None:
+    """Three ``ringkv ring`` at once, as ``compact_all`` starts its CLIs."""
+    line.note("ringkv ring on every node")
+    procs = [cluster.ringkv("ring", "--json", "--config", os.path.join(data, f"node{i}.toml"),
+                            log=os.path.join(data, "ring.log")) for i in range(1, NODES + 1)]
+    line.note(f"rings done (exit {', '.join(str(p.wait(600)) for p in procs)})")
+
+
 def one_run(what: str, args: argparse.Namespace, port: int, data: str,
-            restarted: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+            restarted: list[subprocess.Popen[bytes]], *,
+            compactor: AdminCompactor | None = None) -> dict[str, Any]:
     line = cluster.Timeline()
 
     def disturb() -> None:
         time.sleep(2.0)  # 1 s warm-up, then 1 s of undisturbed load
         if what == "compact":
             cluster.compact_all(data, line)
+        elif what == "compact-admin":
+            assert compactor is not None
+            compactor.compact(line)
+        elif what == "cli-start":
+            cli_start(data, line)
         elif what == "kill":
             # Our own tree: node3 restarted by a kill run is our child, not `up`'s.
             cluster.kill_and_restart(os.getpid(), data, port, line, restarted=restarted)
@@ -127,6 +211,9 @@ def one_run(what: str, args: argparse.Namespace, port: int, data: str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--admin-compactor"]:
+        return serve_compactions(argv[1])
     args = parse_args(argv)
     with harness.work_dir(args.dir) as scratch:
         ns = argparse.Namespace(workers=2)
@@ -135,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
                 _preload(port, PRELOAD, pipeline)
             data = os.path.join(scratch, "cluster", "d")
             restarted: list[subprocess.Popen[bytes]] = []
+            compactor = AdminCompactor(data) if "compact-admin" in args.runs else None
             try:
                 for _ in range(args.rounds):
                     for what in args.runs:
                         result = (compaction_cpu(port, data) if what == "compact-cpu"
-                                  else one_run(what, args, port, data, restarted))
+                                  else one_run(what, args, port, data, restarted,
+                                          compactor=compactor))
                         print(json.dumps(result), flush=True)
             finally:
+                if compactor is not None:
+                    compactor.close()
                 for p in restarted:
                     cluster.stop_group(p)
     return 0

@@ -34,8 +34,9 @@ block caches' locks, ``Jobs._idle`` (pause) and ``DB._options_lock``
 (:meth:`DB.set_options`). Each part's module says what it calls under its
 own lock.
 
-Threads hold ``WritePath._mu`` across I/O (a writer switching to a new WAL
-creates it and syncs the directory, ``close`` syncs the WALs), so the calls
+Threads hold ``WritePath._mu`` across I/O (a memtable switch syncs the tail
+the old WAL took while it was being synced, ``close`` syncs the WALs; the
+switch lets the lock go for the rest of its I/O), so the calls
 for an event loop (``try_write``, ``get_cached``) never wait for it: they try
 it without blocking, or read the state only.
 """

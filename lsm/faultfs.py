@@ -28,7 +28,9 @@ to know which writes the engine promised to keep.
 
 Faults: ``space_limit`` makes appends beyond a byte budget fail with ENOSPC;
 ``fail`` is a hook ``(op, path) -> errno | None`` that injects any errno into
-any operation.
+any operation. ``slow`` is a hook ``(op, path) -> None`` called before each
+fsync and directory fsync *outside* the file system's lock: a test parks the
+syncing thread there (a slow disk) while other threads' operations go on.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from lsm.fs import (
 )
 
 FaultHook = Callable[[str, str], int | None]
+SlowHook = Callable[[str, str], None]
 
 #: Operation names passed to ``fail`` hooks and counted by ``crash_at``.
 OPS = (
@@ -118,6 +121,7 @@ class _MemWritable(WritableFile):
         self.sync_flushed()
 
     def sync_flushed(self) -> None:
+        self._fs.slow_down("fsync", self.path)
         with self._fs.mu:
             self._check("fsync")
             self._inode.synced = bytes(self._inode.data)
@@ -179,6 +183,7 @@ class FaultFileSystem(FileSystem):
         self.generation = 0
         self.space_limit: int | None = None
         self.fail: FaultHook | None = None
+        self.slow: SlowHook | None = None
         self.rng = random.Random(seed)
         self.bytes_written = 0
         self.down = False  # crashed by crash_at(), until restart()
@@ -214,6 +219,12 @@ class FaultFileSystem(FileSystem):
             code = hook(op, path)
             if code is not None:
                 raise translate_os_error(OSError(code, os.strerror(code), path), op, path)
+
+    def slow_down(self, op: str, path: str) -> None:
+        """Call the ``slow`` hook, if any (``mu`` not held)."""
+        hook = self.slow
+        if hook is not None:
+            hook(op, path)
 
     def used_bytes(self) -> int:
         return sum(len(i.data) for i in self.live.values())
@@ -367,6 +378,7 @@ class FaultFileSystem(FileSystem):
 
     def sync_dir(self, path: str) -> None:
         path = path.rstrip("/") or "/"
+        self.slow_down("fsync directory", path)
         with self.mu:
             self.inject("fsync directory", path)
             for p in [p for p in self.durable if self._parent(p) == path]:

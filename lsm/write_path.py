@@ -7,9 +7,18 @@ under ``_mu`` and read without a lock. New versions come from the
 :class:`~lsm.version_set.VersionSet` (through :meth:`install_version`, called
 under its lock); WAL files and their fsyncs belong to the
 :class:`~lsm.wal_set.WalSet`, called under ``_mu``. Threads may hold ``_mu``
-across I/O (a writer switching to a new WAL creates it and syncs the
-directory), so :meth:`try_write` only tries it. The engine's lock order is
-written in lsm.db.
+across I/O (a switch to a new WAL syncs what writes added to the old one
+while it was being synced; recovery from a WAL failure, ``close``), so
+:meth:`try_write` only tries it. The engine's lock order is written in
+lsm.db.
+
+Switching memtables: the thread that switches lets ``_mu`` go while it
+syncs the old WAL and creates and syncs the new one, so writers keep
+appending to the old WAL and memtable meanwhile (up to twice its size);
+then, under ``_mu`` again, it syncs what they added (nothing if none came)
+and installs the new ones. The old WAL is durable before the new one
+receives a byte, as before; a put waits for that last sync only, not for
+the whole switch (which a compaction's flush forces on every worker).
 
 Failure model: a failed write to disk (ENOSPC, EIO) latches ``_error`` and
 writes raise it until the failed part recovers; reads go on. A WAL failure
@@ -20,6 +29,7 @@ thread (lsm.jobs), whose first success clears the latch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +38,7 @@ from collections.abc import Callable
 
 from lsm import filenames
 from lsm.errors import ClosedError, StorageIOError
+from lsm.fs import WritableFile
 from lsm.keys import Entry, Op
 from lsm.lookup import State
 from lsm.memtable import MemTable
@@ -75,6 +86,7 @@ class WritePath:
         self._last_resume = 0.0
         self._closing = False
         self._closed = False
+        self._switching = False  # a thread is switching memtables, _mu let go
 
     # -- read-only views ------------------------------------------------------
     @property
@@ -197,30 +209,80 @@ class WritePath:
                     self._cv.wait(opts.slowdown_sleep_s)
                     continue
                 if mem.approx_bytes >= opts.memtable_bytes:
-                    self._switch_memtable()
+                    if not self._switching:
+                        self._switch_memtable()  # lets _mu go: look again
+                        continue
+                    if mem.approx_bytes >= 2 * opts.memtable_bytes:
+                        self._cv.wait(0.1)  # the switch under way takes too long
+                        continue
+                    # else: the switch under way takes this memtable, this write too
                 return
         finally:
             if stall_start is not None:
                 self._counters["stall_us"] += int((time.perf_counter() - stall_start) * 1e6)
 
     def _switch_memtable(self) -> None:
-        """Start a new memtable and WAL (``_mu`` held). The old WAL is closed
-        by the flush job once its memtable is on disk.
+        """Start a new memtable and WAL (``_mu`` held on entry and on return,
+        let go meanwhile: see the module's docstring). The old WAL is closed
+        by the flush job once its memtable is on disk. Returns without a
+        switch if the engine started closing or failed meanwhile; callers
+        check again.
 
         Unless fsync is "never", the old WAL is synced first: the new one's
         records must not become durable (by the syncer, or by the OS writing
         pages back in any order) while older acknowledged records are not,
         or a power cut would leave a hole in the middle of the history."""
         old = self._wal
-        number = self._versions.new_file_number()
+        self._switching = True
+        failure: StorageIOError | None = None
+        self._mu.release()
         try:
-            if self._options.fsync != "never":
-                self._wals.sync(old.number, old.flushed_size)
-            f = self._fs.create(filenames.wal_path(self._path, number))
-            self._fs.sync_dir(self._path)
+            created = self._prepare_wal(old)
         except StorageIOError as exc:
+            failure = exc
+        finally:
+            self._mu.acquire()
+            self._switching = False
+            self._cv.notify_all()
+        if failure is not None:
+            self._latch(failure, "wal")
+            raise failure
+        if self._closing or self._error is not None:
+            self._discard_wal(*created)
+            return
+        try:
+            self._sync_old_wal(old)  # what writers added while _mu was free
+        except StorageIOError as exc:
+            self._discard_wal(*created)
             self._latch(exc, "wal")
             raise
+        self._install_wal(*created)
+
+    def _prepare_wal(self, old: WalWriter) -> tuple[WritableFile, int]:
+        """Sync ``old`` and create the next WAL, durably named."""
+        number = self._versions.new_file_number()
+        self._sync_old_wal(old)
+        f = self._fs.create(filenames.wal_path(self._path, number))
+        try:
+            self._fs.sync_dir(self._path)
+        except StorageIOError:
+            self._discard_wal(f, number)
+            raise
+        return f, number
+
+    def _sync_old_wal(self, old: WalWriter) -> None:
+        if self._options.fsync != "never":
+            self._wals.sync(old.number, old.flushed_size)
+
+    def _discard_wal(self, f: WritableFile, number: int) -> None:
+        """Drop a WAL that never took a record (an empty one left behind is
+        replayed as empty)."""
+        with contextlib.suppress(StorageIOError, FileNotFoundError):
+            f.close()
+            self._fs.remove(filenames.wal_path(self._path, number))
+
+    def _install_wal(self, f: WritableFile, number: int) -> None:
+        """Make the new WAL and a new memtable current (``_mu`` held)."""
         wal = WalWriter(f, number)
         self._wals.add(wal)
         self._wal = wal
@@ -254,11 +316,16 @@ class WritePath:
         holds data now is on disk."""
         with self._mu:
             self._check_writable()
+            while self._switching:  # let a writer's switch finish first
+                self._cv.wait(0.1)
+                self._check_writable()
             mem, imms, _ = self._state
             waiting = list(imms)
             if len(mem):
-                self._switch_memtable()
                 waiting.append(mem)
+                while self._state[0] is mem:
+                    self._check_writable()  # raises, or resumes with a new memtable
+                    self._switch_memtable()
             while any(m is w for m in self._state[1] for w in waiting):
                 self._raise_latched()
                 if self._closing:
@@ -342,7 +409,8 @@ class WritePath:
         if err is None:
             return
         now = time.monotonic()
-        if self._error_source == "wal" and now - self._last_resume >= _RESUME_INTERVAL_S:
+        if (self._error_source == "wal" and not self._switching
+                and now - self._last_resume >= _RESUME_INTERVAL_S):
             self._last_resume = now
             self._resume_wal()
             if self._error is None:
@@ -356,7 +424,7 @@ class WritePath:
         try:
             old.discard_buffer()
             self._fs.truncate(old.path, self._wal_good)
-            self._switch_memtable()
+            self._install_wal(*self._prepare_wal(old))  # _mu held throughout
         except StorageIOError as exc:
             self._error = exc
             return

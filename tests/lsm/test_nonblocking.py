@@ -40,22 +40,28 @@ def _prompt(call: Callable[[], object]) -> object:
     return result
 
 
-class Gate:
-    """A fault hook that parks the first thread to reach ``op`` on a path
-    ending in ``suffix`` until released: a background thread stuck in I/O."""
+class SlowSync:
+    """A ``FaultFileSystem.slow`` hook that parks the first thread to fsync
+    a path ending in ``suffix`` (outside the file system's lock, so other
+    threads' writes go on) until released: a slow disk. Later fsyncs go
+    to ``then``, if given."""
 
-    def __init__(self, op: str, suffix: str) -> None:
-        self.op, self.suffix = op, suffix
+    def __init__(self, suffix: str, then: SlowSync | None = None) -> None:
+        self.suffix, self.then = suffix, then
         self.reached = threading.Event()
         self.release = threading.Event()
-        self.armed = False
+        self.armed = True
 
-    def __call__(self, op: str, path: str) -> int | None:
-        if self.armed and op == self.op and path.endswith(self.suffix):
-            self.armed = False
-            self.reached.set()
-            self.release.wait(30)
-        return None
+    def __call__(self, op: str, path: str) -> None:
+        if not (op == "fsync" and path.endswith(self.suffix)):
+            return
+        if not self.armed:
+            if self.then is not None:
+                self.then(op, path)
+            return
+        self.armed = False
+        self.reached.set()
+        self.release.wait(30)
 
 
 @pytest.fixture
@@ -87,27 +93,59 @@ def test_try_write_refuses_when_the_memtable_is_full(memdb: tuple[DB, FaultFileS
     assert db.try_write(WriteBatch().put(b"after", b"1"))
 
 
-def test_try_write_does_not_wait_for_a_lock_held_across_io(
-    memdb: tuple[DB, FaultFileSystem],
-) -> None:
-    db, fs = memdb
-    gate = Gate("create", ".log")
-    fs.fail = gate
+def test_try_write_does_not_wait_for_a_lock_held_across_io() -> None:
+    fs = FaultFileSystem()
+    with DB.open("/db", small(fs=fs, fsync_interval_ms=600_000)) as db:  # no syncer tick
+        db.put(b"k", b"v")
+        tail = SlowSync(".log")
+        fs.slow = first = SlowSync(".log", then=tail)
+        flusher = threading.Thread(target=db.flush)
+        flusher.start()
+        try:
+            assert first.reached.wait(10)  # the switch syncs the old WAL, lock let go
+            db.put(b"k", b"during")
+            first.release.set()
+            # ... then syncs what that put added, holding the write lock
+            assert tail.reached.wait(10)
+            assert _prompt(lambda: db.try_write(WriteBatch().put(b"k", b"new"))) is False
+            assert _prompt(lambda: db.get_cached(b"k")) == b"during"  # reads take no lock
+        finally:
+            first.release.set()
+            tail.release.set()
+            flusher.join(30)
+        assert db.get(b"k") == b"during"
+        wait_until(lambda: db.try_write(WriteBatch().put(b"k", b"new")), timeout=10,
+                   what="try_write to accept once the lock is free")
+        assert db.get(b"k") == b"new"
+
+
+def test_a_put_goes_on_while_a_memtable_switch_syncs_the_old_wal() -> None:
+    """A compaction's flush switches memtables: the old WAL is synced and
+    the new one created while writers go on into the old one; the write
+    lock is not held across those syncs (it was: puts waited for them)."""
+    fs = FaultFileSystem()
+    db = DB.open("/db", small(fs=fs, fsync_interval_ms=600_000))  # no syncer tick
     db.put(b"k", b"v")
-    gate.armed = True
-    flusher = threading.Thread(target=db.flush)  # creates a WAL under the write lock
+    slow = SlowSync(".log")
+    fs.slow = slow
+    flusher = threading.Thread(target=db.flush)
+    writer = threading.Thread(target=db.put, args=(b"during", b"switch"))
     flusher.start()
     try:
-        assert gate.reached.wait(10)
-        assert _prompt(lambda: db.try_write(WriteBatch().put(b"k", b"new"))) is False
-        assert _prompt(lambda: db.get_cached(b"k")) == b"v"  # reads take no lock
+        assert slow.reached.wait(10), "the flush never synced the old WAL"
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "the put waited for the old WAL's fsync"
+        assert db.get(b"during") == b"switch"
     finally:
-        gate.release.set()
+        slow.release.set()
         flusher.join(30)
-    assert db.get(b"k") == b"v"
-    wait_until(lambda: db.try_write(WriteBatch().put(b"k", b"new")), timeout=10,
-               what="try_write to accept once the lock is free")
-    assert db.get(b"k") == b"new"
+        writer.join(30)
+    assert db.stats()["memtable_entries"] == 0  # the put went with the switched memtable
+    fs.crash()  # a power cut after the flush: the put made during the switch is kept
+    db.kill()
+    with DB.open("/db", small(fs=fs)) as again:
+        assert (again.get(b"k"), again.get(b"during")) == (b"v", b"switch")
 
 
 def test_try_write_refuses_an_fsync_of_its_own(tmp_path: str) -> None:
