@@ -172,7 +172,8 @@ def serve_compactions(data: str) -> int:
 
 
 def cli_start(data: str, line: cluster.Timeline) -> None:
-    """Three ``ringkv ring`` at once, as ``compact_all`` starts its CLIs."""
+    """Three ``ringkv ring`` at once, as ``compact_all`` started its CLIs
+    before ``ringkv compact --all`` (one CLI start per node)."""
     line.note("ringkv ring on every node")
     procs = [cluster.ringkv("ring", "--json", "--config", os.path.join(data, f"node{i}.toml"),
                             log=os.path.join(data, "ring.log")) for i in range(1, NODES + 1)]

@@ -231,9 +231,17 @@ def drain(target: AdminClient, off: bool) -> None:
 
 @click.command()
 @click.option("--partition", type=click.IntRange(0, 65535), help="Only this partition.")
+@click.option("--all", "every_node", is_flag=True,
+              help="Every node of the cluster at once, from this one command.")
 @admin_options()
-def compact(target: AdminClient, partition: int | None) -> None:
-    """Compact a node's storage now; reports SSTables and bytes before and after."""
+def compact(target: AdminClient, partition: int | None, every_node: bool) -> None:
+    """Compact a node's storage now (--all: every node's); reports SSTables
+    and bytes before and after."""
+    if every_node:
+        if target.node is not None:
+            fail(2, "--all and --node exclude each other")
+        _compact_cluster(target, partition)
+        return
     if partition is not None:
         steps = [api.CompactRequest(partition=partition)]
     else:
@@ -243,6 +251,48 @@ def compact(target: AdminClient, partition: int | None) -> None:
     with _progress(target, steps, "compacting") as bar:
         for step in bar:
             reports.append(target.call(step, api.CompactReply))
+    doc, lines = _compacted(reports, partition)
+    target.show(doc, lines)
+
+
+def _compact_cluster(target: AdminClient, partition: int | None) -> None:
+    """``compact`` on every node that is up, all at once: worker i of every
+    node in step i (or the partition on each), forwarded by the node asked.
+    One process instead of one per node (each start costs ~0.3 s of CPU,
+    taken from the nodes on a small machine)."""
+    doc = target.call(api.StatusRequest(cluster=True), api.ClusterStatus)
+    up = {n.node: n.workers for n in doc.nodes if isinstance(n, api.NodeStatus)}
+    errors = {n.node: n.error or "unreachable" for n in doc.nodes
+              if not isinstance(n, api.NodeStatus)}
+    if partition is not None:
+        steps = [(api.CompactRequest(partition=partition), sorted(up))]
+    else:
+        steps = [(api.CompactRequest(worker=i), sorted(n for n, w in up.items() if w > i))
+                 for i in range(max(up.values(), default=0))]
+    reports: dict[str, list[api.CompactReply]] = {n: [] for n in up}
+    with _progress(target, steps, "compacting every node, step") as bar:
+        for request, nodes in bar:
+            for node, got in target.call_each(request, api.CompactReply, nodes).items():
+                if isinstance(got, str):
+                    errors[node] = got
+                elif node not in errors:
+                    reports[node].append(got)
+    docs: dict[str, Any] = {}
+    lines: list[str] = []
+    for node in sorted(reports):
+        if node in errors or not reports[node]:
+            continue
+        docs[node], node_lines = _compacted(reports[node], partition)
+        lines += node_lines
+    lines += [f"{node}: not compacted: {why}" for node, why in sorted(errors.items())]
+    target.show({"nodes": docs, "errors": errors}, lines)
+    if errors:
+        raise SystemExit(1)
+
+
+def _compacted(reports: list[api.CompactReply],
+               partition: int | None) -> tuple[dict[str, Any], list[str]]:
+    """One node's compaction steps as the document and the lines shown."""
     b, a = reports[0].before, reports[-1].after
     seconds = round(sum(r.seconds for r in reports), 2)
     doc = {"node": reports[0].node, "partition": partition, "steps": len(reports),
@@ -254,7 +304,7 @@ def compact(target: AdminClient, partition: int | None) -> None:
              f"{b.levels_over_target} levels over target",
              f"  after:  {_levels(a.sstables)}, {_size(a.bytes)}, "
              f"{a.levels_over_target} levels over target"]
-    target.show(doc, lines)
+    return doc, lines
 
 
 #: Partitions per admin call of ``ringkv repair``.

@@ -74,6 +74,25 @@ def test_compact_flush_hints_transfers(cluster: Cluster, secret_file: str) -> No
     assert run_json(cluster, secret_file, "transfers", "--node", "n3")["running"] == []
 
 
+def test_compact_all_compacts_every_node_from_one_command(cluster: Cluster,
+                                                         secret_file: str) -> None:
+    for batch in range(2):  # two flushes: two L0 files per worker on every node
+        cluster.client(0).mset({f"a{batch}-{i}": "y" * 100 for i in range(500)})
+        for node in ("n1", "n2", "n3"):
+            code, out = run(cluster, secret_file, "flush", "--node", node)
+            assert code == 0, out
+    doc = run_json(cluster, secret_file, "compact", "--all")
+    assert doc["errors"] == {} and sorted(doc["nodes"]) == ["n1", "n2", "n3"]
+    for node, report in doc["nodes"].items():
+        assert report["node"] == node and report["steps"] == 2, report
+        assert report["before"]["l0_files"] >= 2 and report["after"]["l0_files"] == 0, report
+    code, out = run(cluster, secret_file, "compact", "--all")
+    assert code == 0 and [line.split()[1] for line in out.splitlines()
+                          if line.startswith("compacted")] == ["n1", "n2", "n3"]
+    code, out = run(cluster, secret_file, "compact", "--all", "--node", "n2")
+    assert code == 2 and out.strip() == "error: --all and --node exclude each other"
+
+
 def test_errors_are_one_line_and_non_zero(cluster: Cluster, secret_file: str,
                                           tmp_path: Path) -> None:
     code, out = run(cluster, secret_file, "compact", "--partition", "99")
