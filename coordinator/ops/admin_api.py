@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.data.hotkeys import HotKey
-from coordinator.repair.anti_entropy import RepairReport
-from coordinator.repair.handoff import HintBacklog
+from coordinator.repair.reports import HintBacklog, RepairReport
 from shardserver.protocol import records
 from shardserver.protocol.errors import ProtocolError
 

@@ -36,9 +36,10 @@ from coordinator.data.router import Router
 from coordinator.ops.health import RingHealth, ring_health
 from coordinator.ops.host import DiskSpace, cpu_seconds, disk_space, resident_bytes
 from coordinator.ops.read_only import ReadOnlySwitch
-from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
-from coordinator.repair.handoff import Handoff, HintBacklog
+from coordinator.repair.anti_entropy import AntiEntropy
+from coordinator.repair.handoff import Handoff
 from coordinator.repair.hints import HintStore
+from coordinator.repair.reports import HintBacklog, RepairReport
 from shardserver.protocol.errors import ShardError, ShardUnavailable
 from shardserver.protocol.worker_stats import WorkerStats
 

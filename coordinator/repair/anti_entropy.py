@@ -25,17 +25,16 @@ left alone and reported.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.ring import NodeId
 from coordinator.data import votes
 from coordinator.repair.replicas import Replicas
+from coordinator.repair.reports import RepairReport
 from shardserver.protocol import merkle
 from shardserver.protocol import messages as m
 from shardserver.protocol.errors import ShardUnavailable
@@ -56,43 +55,9 @@ TREE_TIMEOUT_S = 60.0
 #: bounds each reply and the calls in flight.
 BUCKETS_PER_CALL = 64
 KEYS_PER_BATCH = 64
-MAX_ERRORS = 20
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (partitions done, partitions total)
-
-
-@dataclass
-class RepairReport:
-    partitions: int = 0
-    pairs: int = 0
-    keys_compared: int = 0  # keys in differing leaf buckets, summed over pairs
-    keys_repaired: int = 0  # keys at least one replica of a pair was written for
-    bytes_sent: int = 0  # keys and sibling sets pushed to replicas
-    errors: list[str] = field(default_factory=list)  # at most MAX_ERRORS
-    error_count: int = 0
-    pairs_skipped: int = 0  # the peer was down
-    buckets_differing: int = 0
-    keys_differing: int = 0  # digest differs or missing on one side
-    corrupt_fixed: int = 0  # rotten copies replaced after a vote
-    bytes_exchanged: int = 0  # tree nodes and bucket digests received
-    seconds: float = 0.0
-
-    def error(self, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append(message)
-
-    def add(self, other: RepairReport) -> None:
-        for f in dataclasses.fields(self):
-            if f.name == "errors":  # the latest are the ones worth showing
-                self.errors = (self.errors + other.errors)[-MAX_ERRORS:]
-            else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        self.seconds = round(self.seconds, 3)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class _Failed(Exception):

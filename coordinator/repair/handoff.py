@@ -48,6 +48,7 @@ from coordinator.cluster.ring import NodeId
 from coordinator.config import NodeConfig
 from coordinator.repair.hints import Hint, HintStore
 from coordinator.repair.replicas import LocalReplicas
+from coordinator.repair.reports import HintBacklog
 from shardserver.protocol import messages as m
 from shardserver.protocol.backoff import Backoff
 from shardserver.protocol.errors import ShardUnavailable
@@ -64,18 +65,6 @@ BACKOFF_MAX_S = 30.0
 PARKED_RETRY_S = 300.0
 #: A drop compacts the partition's key range.
 DROP_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class HintBacklog:
-    """Hints held for one target: partitions (and how many of them
-    expired), hinted writes and bytes, and the oldest hint's age."""
-
-    partitions: int = 0
-    expired: int = 0
-    writes: int = 0
-    bytes: int = 0
-    oldest_s: int = 0
 
 
 class TransferFailed(Exception):

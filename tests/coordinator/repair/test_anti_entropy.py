@@ -18,7 +18,8 @@ import pytest
 from coordinator.cluster import ring as ringmod
 from coordinator.cluster.ring import NodeId, Ring
 from coordinator.data.votes import conflicts, vote
-from coordinator.repair.anti_entropy import AntiEntropy, RepairReport
+from coordinator.repair.anti_entropy import AntiEntropy
+from coordinator.repair.reports import RepairReport
 from lsm.options import Options
 from shardserver.protocol.errors import ShardUnavailable
 from shardserver.protocol.hlc import make_hlc
