@@ -32,6 +32,7 @@ class NullArray:
 
 
 OK = SimpleString("OK")
+_OK = b"+OK\r\n"  # OK encoded (RESP2 and 3 alike)
 PONG = SimpleString("PONG")
 NULL_ARRAY = NullArray()
 
@@ -101,6 +102,10 @@ def encode_reply(obj: RespReply, proto: int = 2) -> bytes:
     arrays, dicts maps; the wrapper types and
     :class:`~coordinator.errors.RespError` say what plain values cannot.
     """
+    if obj is OK:  # the commonest reply (SET), and
+        return _OK
+    if type(obj) is bytes:  # GET's
+        return b"$%d\r\n%s\r\n" % (len(obj), obj)
     if isinstance(obj, bytes | bytearray | memoryview):
         return bulk(bytes(obj))
     if isinstance(obj, str):

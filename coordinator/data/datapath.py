@@ -549,7 +549,7 @@ class DataPath:
         def request(t: Target) -> Request:
             return ReplicaWrite(partition, key, version, mode, t.hint_for if hinted else None)
 
-        self.stats.fallback_writes += sum(1 for t in p.targets if not t.primary)
+        self.stats.fallback_writes += p.fallbacks
         out: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
         rnd = self._send(p, tally, request,
                          functools.partial(self._write_decided, key, version, out), after)

@@ -72,10 +72,14 @@ class Target:
 class Plan:
     targets: tuple[Target, ...]
     down_primaries: tuple[NodeId, ...]
+    #: Counted once: plans are kept per partition and read by every request.
+    primaries_up: int = field(init=False, compare=False)
+    fallbacks: int = field(init=False, compare=False)
 
-    @property
-    def primaries_up(self) -> int:
-        return sum(1 for t in self.targets if t.primary)
+    def __post_init__(self) -> None:
+        up = sum(1 for t in self.targets if t.primary)
+        object.__setattr__(self, "primaries_up", up)
+        object.__setattr__(self, "fallbacks", len(self.targets) - up)
 
 
 def plan(preference: Sequence[NodeId], n: int, is_up: Callable[[NodeId], bool]) -> Plan:
@@ -164,7 +168,7 @@ class Tally:
         """Before anything is sent: the error if too few targets are up to
         ever succeed (as Cassandra answers Unavailable without writing)."""
         targets = self.plan.targets
-        up, primaries_up = len(targets), sum(1 for t in targets if t.primary)
+        up, primaries_up = len(targets), self.plan.primaries_up
         if up >= self.needed and primaries_up >= self.needed_primaries:
             return None
         if up >= self.needed:
