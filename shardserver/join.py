@@ -83,8 +83,13 @@ def check_version(v: Version) -> None:
         if isinstance(counter, bool) or not isinstance(counter, int) \
                 or not 1 <= counter <= MAX_COUNTER:
             raise VersionFormatError(f"clock counter {counter!r} out of 1..2**64-1")
-    if v.floor is not None:
-        versions.decode_floor(versions.encode_floor(v.floor), "floor", v.lww_key())
+    floor = v.floor
+    if floor is not None and not (type(floor) is tuple and len(floor) == 2
+                                  and type(floor[0]) is int and type(floor[1]) is bytes
+                                  and 0 < len(floor[1]) <= MAX_ACTOR_BYTES
+                                  and 0 <= floor[0] <= MAX_HLC and floor <= v.lww_key()):
+        # Not the common, valid floor: the decoder's check names what is wrong.
+        versions.decode_floor(versions.encode_floor(floor), "floor", v.lww_key())
 
 
 def _check_actor(actor: object, what: str) -> None:

@@ -20,7 +20,10 @@ __all__ = ["ahead_ms", "refusal"]
 def ahead_ms(version: Version, physical_ms: int) -> int:
     """How far the newest timestamp ``version`` carries lies ahead of
     ``physical_ms`` (negative: behind)."""
-    newest = max(version.hlc, Context(version.clock, version.floor).newest())
+    if not version.clock.entries and (version.floor is None or version.floor[0] <= version.hlc):
+        newest = version.hlc  # a plain write's: nothing newer than its own dot
+    else:
+        newest = max(version.hlc, Context(version.clock, version.floor).newest())
     return hlc_wall_ms(newest) - physical_ms
 
 
